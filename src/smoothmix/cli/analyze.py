@@ -1,0 +1,10 @@
+"""Placeholder for the `smoothmix analyze` subcommand (being written)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("analyze", help="(not yet available)")
+    parser.set_defaults(func=lambda args: 1)
