@@ -1,0 +1,184 @@
+"""Checkpoints: atomic save, safe load, and model reconstruction.
+
+A checkpoint is a dict with at least ``arch`` and ``state_dict`` (of ``Sequential(Normalize,
+net)``); smoothmix adds ``num_classes``, ``normalization``, ``epoch``, ``optimizer``,
+``scheduler``, ``rng``, ``method``, ``sigma`` and ``config``. The public reference checkpoints
+(``arch``, ``state_dict``, ``optimizer``, ``epoch``) load too: they do not record their
+normalisation, so :func:`load_model` states which one it assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from smoothmix.errors import SmoothmixError
+from smoothmix.models import NORMALIZATIONS, create_model, model_defaults
+
+log = logging.getLogger(__name__)
+
+#: Name of the latest checkpoint in a training output directory (the reference's name).
+CHECKPOINT_NAME = "checkpoint.pth.tar"
+
+# Wrapper segments that DataParallel/DDP ("module") and torch.compile ("_orig_mod") insert
+# into state-dict keys; they carry no weights of their own.
+_WRAPPER_SEGMENTS = frozenset({"module", "_orig_mod"})
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: a killed process leaves the old file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict without executing pickled code (``weights_only=True``).
+
+    ``path`` may be a training output directory holding ``checkpoint.pth.tar``.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / CHECKPOINT_NAME).is_file():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise SmoothmixError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for bad bytes; all mean "unreadable"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            reason = "it contains pickled Python objects other than tensors and plain data"
+        raise SmoothmixError(
+            f"cannot read checkpoint {path}: {reason} (is it a complete PyTorch checkpoint?)"
+        ) from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
+        what = (
+            f"a dict with keys {sorted(map(str, ckpt))[:6]}"
+            if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
+        )
+        raise SmoothmixError(
+            f"{path} is not a smoothmix/reference checkpoint: expected a dict with 'arch' and "
+            f"'state_dict', found {what}"
+        )
+    return ckpt
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove DataParallel/DDP ``module.`` and torch.compile ``_orig_mod.`` key segments."""
+    return {
+        ".".join(p for p in key.split(".") if p not in _WRAPPER_SEGMENTS): value
+        for key, value in state_dict.items()
+    }
+
+
+def _first(keys: set[str], k: int = 3) -> str:
+    items = sorted(keys)
+    return ", ".join(items[:k]) + (f" (+{len(items) - k} more)" if len(items) > k else "")
+
+
+def _infer_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    # The classifier is the last 2-D weight (fc2 for LeNet, fc for the ResNets).
+    weights = [v for k, v in state_dict.items() if k.endswith(".weight") and v.ndim == 2]
+    return int(weights[-1].shape[0]) if weights else None
+
+
+def load_state_into(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str, source: str
+) -> None:
+    """Load ``state_dict`` into ``Sequential(Normalize, net)`` with one-line errors.
+
+    Accepts keys of the wrapped model (``1.…``) or of the bare network (no ``1.`` prefix).
+    """
+    sd = strip_wrapper_prefixes(state_dict)
+    if sd and not any(k.startswith(("0.", "1.")) for k in sd):
+        sd = {f"1.{k}": v for k, v in sd.items()}  # a bare network's state dict
+    norm_keys = {k for k in sd if k.startswith("0.")}
+    if norm_keys:
+        raise SmoothmixError(
+            f"{source} stores a normalisation layer ({_first(norm_keys)}) that smoothmix does "
+            "not keep in checkpoints; its first layer does not match — choose the "
+            f"normalisation with --normalization ({', '.join(NORMALIZATIONS)}) and save the "
+            "state dict without it"
+        )
+    expected = model.state_dict()
+    # Checkpoints from PyTorch < 0.4.1 have no BatchNorm counters; BatchNorm fills them in.
+    missing = {k for k in expected.keys() - sd.keys() if not k.endswith("num_batches_tracked")}
+    unexpected = sd.keys() - expected.keys()
+    bad_shape = {
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items() if k in sd and sd[k].shape != v.shape
+    }
+    if missing or unexpected or bad_shape:
+        parts = [
+            f"missing {_first(missing)}" if missing else "",
+            f"unexpected {_first(unexpected)}" if unexpected else "",
+            f"shape mismatch {_first(bad_shape, 2)}" if bad_shape else "",
+        ]
+        raise SmoothmixError(
+            f"{source} does not fit architecture {arch!r}: "
+            + "; ".join(p for p in parts if p)
+            + " — was it saved for a different --arch or number of classes?"
+        )
+    model.load_state_dict(sd, strict=False)  # strictness checked above, with better messages
+
+
+def load_model(
+    path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    normalization: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint (ours or a reference one), in eval mode.
+
+    Normalisation: ``normalization`` if given, else the checkpoint's, else the default of the
+    architecture's dataset — reference checkpoints do not record it (SmoothAdv's released
+    models centre only: pass ``cifar10-center``/``imagenet-center``). The choice is returned
+    in ``ckpt["normalization"]`` and its origin in ``ckpt["normalization_source"]``.
+    """
+    ckpt = load_checkpoint(path)
+    arch = ckpt["arch"]
+    if not isinstance(arch, str):
+        raise SmoothmixError(f"checkpoint {path} has a non-string 'arch' entry: {arch!r}")
+    info = model_defaults(arch)
+    if normalization is not None:
+        source = "requested"
+        if ckpt.get("normalization") not in (None, normalization):
+            log.warning("overriding the checkpoint's normalization %r with %r",
+                        ckpt["normalization"], normalization)
+    elif ckpt.get("normalization") is not None:
+        normalization, source = ckpt["normalization"], "checkpoint"
+    else:
+        normalization, source = info.normalization, "assumed (not recorded in checkpoint)"
+        log.warning(
+            "checkpoint %s does not record its normalization; assuming %r (the %s default) — "
+            "pass a different one if it was trained otherwise", path, normalization, info.dataset
+        )
+    num_classes = ckpt.get("num_classes") or _infer_num_classes(
+        strip_wrapper_prefixes(ckpt["state_dict"])
+    )
+    model = create_model(arch, num_classes=num_classes, normalization=normalization)
+    load_state_into(model, ckpt["state_dict"], arch, f"checkpoint {path}")
+    if device is not None:
+        model.to(device)
+    model.eval()
+    ckpt.update(
+        num_classes=num_classes or info.num_classes,
+        normalization=normalization,
+        normalization_source=source,
+    )
+    return model, ckpt

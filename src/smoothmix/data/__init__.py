@@ -1,0 +1,210 @@
+"""Datasets by name and the loaders that feed training.
+
+``load_dataset(name, split, data_dir)`` finds the files in ``data_dir`` (``--data-dir``), else
+in ``$SMOOTHMIX_DATA``, else — MNIST only — in the copy embedded in the package. Images come
+out as float C×H×W in [0, 1]; normalisation belongs to the model (SPEC §1).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from smoothmix.data.datasets import (
+    MNIST_FILES,
+    FolderImageDataset,
+    ImageDataset,
+    TensorImageDataset,
+    find_mnist_files,
+    first_image,
+    is_cifar10_dir,
+    read_cifar10,
+    read_image_folder,
+    read_mnist,
+)
+from smoothmix.data.loaders import DeviceBatchLoader, make_loader
+from smoothmix.errors import SmoothmixError
+
+__all__ = [
+    "DatasetInfo",
+    "DeviceBatchLoader",
+    "FolderImageDataset",
+    "ImageDataset",
+    "TensorImageDataset",
+    "dataset_defaults",
+    "embedded_mnist_dir",
+    "list_datasets",
+    "load_dataset",
+    "make_loader",
+]
+
+DATA_ENV = "SMOOTHMIX_DATA"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the CLI needs before loading: defaults of the published experiments."""
+
+    name: str
+    num_classes: int | None  # None: read from the class folders
+    arch: str | None  # default architecture; None: the user must choose
+    normalization: str
+    input_shape: tuple[int, int, int] | None
+    description: str
+
+
+_DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo("mnist", 10, "lenet", "mnist", (1, 28, 28),
+                    "MNIST idx files (embedded copy used when no data dir is given)"),
+        DatasetInfo("cifar10", 10, "cifar_resnet110", "cifar10", (3, 32, 32),
+                    "CIFAR-10 python batches (cifar-10-batches-py)"),
+        DatasetInfo("imagenet", 1000, "resnet50", "imagenet", (3, 224, 224),
+                    "ImageNet train/ and val/ class folders"),
+        DatasetInfo("imagefolder", None, None, "none", None,
+                    "any class-folder dataset: DIR/train and DIR/test (or DIR/val)"),
+    )
+}
+
+
+def list_datasets() -> list[str]:
+    return list(_DATASETS)
+
+
+def dataset_defaults(name: str) -> DatasetInfo:
+    if name not in _DATASETS:
+        raise SmoothmixError(f"unknown dataset {name!r}; valid: {', '.join(_DATASETS)}")
+    return _DATASETS[name]
+
+
+def embedded_mnist_dir() -> Path:
+    """The MNIST copy shipped inside the package."""
+    return Path(str(importlib.resources.files("smoothmix.data").joinpath("mnist")))
+
+
+def _roots(data_dir: str | os.PathLike | None) -> tuple[list[Path], str]:
+    """Data roots to search, and how the user can provide another one."""
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()], "check --data-dir"
+    if os.environ.get(DATA_ENV):
+        return [Path(os.environ[DATA_ENV]).expanduser()], f"check ${DATA_ENV}"
+    return [], f"pass --data-dir DIR or set ${DATA_ENV}"
+
+
+def _not_found(what: str, looked: list[Path], how: str) -> SmoothmixError:
+    where = ", ".join(str(p) for p in looked) if looked else "nowhere (no data directory given)"
+    return SmoothmixError(f"{what} not found; looked in: {where}; {how}")
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(reader, directory: str, split: str) -> TensorImageDataset:
+    return reader(Path(directory), split)
+
+
+def _in_memory(reader, directory: Path, split: str) -> TensorImageDataset:
+    # Re-reading 60k MNIST images costs ~1 s; share the tensors but not the dataset object.
+    d = _cached(reader, str(directory.resolve()), split)
+    return TensorImageDataset(d.images, d.labels, d.num_classes, d.name, d.augment)
+
+
+def _load_mnist(split: str, data_dir) -> TensorImageDataset:
+    roots, how = _roots(data_dir)
+    looked = [c for r in roots for c in (r, r / "mnist", r / "MNIST" / "raw", r / "MNIST")]
+    if data_dir is None:
+        looked.append(embedded_mnist_dir())  # $SMOOTHMIX_DATA without MNIST: same data
+    for directory in looked:
+        if find_mnist_files(directory, split) is not None:
+            return _in_memory(read_mnist, directory, split)
+    stems = " and ".join(f"{s}[.gz]" for s in MNIST_FILES[split])
+    raise _not_found(f"MNIST {split} files ({stems})", looked, how)
+
+
+def _load_cifar10(split: str, data_dir) -> TensorImageDataset:
+    roots, how = _roots(data_dir)
+    looked = [c for r in roots for c in
+              (r, r / "cifar-10-batches-py", r / "cifar10" / "cifar-10-batches-py", r / "cifar10")]
+    for directory in looked:
+        if is_cifar10_dir(directory, split):
+            return _in_memory(read_cifar10, directory, split)
+    files = "data_batch_1..5" if split == "train" else "test_batch"
+    raise _not_found(f"CIFAR-10 {split} batches ({files} of cifar-10-batches-py)", looked,
+                     how + " (download cifar-10-python.tar.gz and extract it there)")
+
+
+def _split_dir(root: Path, split: str) -> Path | None:
+    names = ("train",) if split == "train" else ("test", "val")
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def _load_imagenet(split: str, data_dir) -> FolderImageDataset:
+    from torchvision import transforms as T
+
+    roots, how = _roots(data_dir)
+    looked = [c for r in roots for c in (r, r / "imagenet")]
+    names = ("train",) if split == "train" else ("val", "test")
+    for root in looked:
+        directory = next((root / n for n in names if (root / n).is_dir()), None)
+        if directory is not None:
+            break
+    else:
+        raise _not_found(f"ImageNet {split} folder ({' or '.join(names)}/ with one folder per "
+                         "class)", looked, how)
+    if split == "train":
+        transform = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor()])
+    else:
+        transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor()])
+    return read_image_folder(directory, "imagenet", transform, "RGB", (3, 224, 224))
+
+
+def _load_imagefolder(split: str, data_dir) -> FolderImageDataset:
+    from PIL import Image
+    from torchvision import transforms as T
+
+    roots, how = _roots(data_dir)
+    root = roots[0] if roots else None
+    directory = _split_dir(root, split) if root is not None else None
+    if directory is None:
+        want = "train/" if split == "train" else "test/ or val/"
+        raise _not_found(f"image-folder {split} split ({want} with one folder per class)",
+                         roots, how)
+    # Size and colour mode come from the training split's first image so that both splits
+    # (and every image in them) reach the model with one shape.
+    reference = first_image(_split_dir(root, "train") or directory)
+    with Image.open(reference) as img:
+        mode = "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+        width, height = img.size
+    transform = T.Compose([T.Resize((height, width)), T.ToTensor()])
+    dataset = read_image_folder(directory, "imagefolder", transform, mode,
+                                (1 if mode == "L" else 3, height, width))
+    train_dir = _split_dir(root, "train")
+    if split != "train" and train_dir is not None:
+        train_classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+        if train_classes != dataset.classes:
+            raise SmoothmixError(f"class folders of {directory} differ from those of "
+                                 f"{train_dir}; both splits need the same classes")
+    return dataset
+
+
+_LOADERS = {
+    "mnist": _load_mnist,
+    "cifar10": _load_cifar10,
+    "imagenet": _load_imagenet,
+    "imagefolder": _load_imagefolder,
+}
+
+
+def load_dataset(
+    name: str, split: str = "test", data_dir: str | os.PathLike | None = None
+) -> ImageDataset:
+    """Load ``split`` ("train" or "test"; "val" means "test") of dataset ``name``."""
+    dataset_defaults(name)  # validates the name
+    split = {"val": "test"}.get(split, split)
+    if split not in ("train", "test"):
+        raise SmoothmixError(f"unknown split {split!r}; valid: train, test")
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise SmoothmixError(f"data directory {data_dir} does not exist")
+    return _LOADERS[name](split, data_dir)

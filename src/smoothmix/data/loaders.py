@@ -1,0 +1,192 @@
+"""Batch loaders that yield device tensors and reshuffle reproducibly per epoch.
+
+In-memory datasets (MNIST, CIFAR-10) go through :class:`DeviceBatchLoader`: the uint8
+images are copied to the device once, and batching, augmentation (random crop with zero
+padding + horizontal flip, as batched tensor ops) and the conversion to float happen there —
+no CPU workers, no per-sample PIL transforms. Other datasets use a ``DataLoader`` (with a
+``DistributedSampler`` under DDP) behind the same interface.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from smoothmix.data.datasets import TensorImageDataset
+from smoothmix.errors import SmoothmixError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def random_crop_flip(
+    images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Per-example random crop (of the input's size, from a zero-padded copy) and horizontal
+    flip with probability 1/2: torchvision's RandomCrop(padding) + RandomHorizontalFlip, but
+    for a whole N×C×H×W batch in one gather on the batch's device."""
+    n, _, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (n, 1), device=device, generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (n, 1), device=device, generator=generator)
+    flip = torch.rand(n, 1, device=device, generator=generator) < 0.5
+    rows = top + torch.arange(h, device=device)
+    columns = torch.arange(w, device=device)
+    cols = left + torch.where(flip, w - 1 - columns, columns)  # a flip reverses the columns read
+    batch = torch.arange(n, device=device)[:, None, None]
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # N×H×W×C
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _check_shard(batch_size: int, rank: int, world_size: int) -> None:
+    if batch_size < 1:
+        raise SmoothmixError(f"batch size must be at least 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise SmoothmixError(f"bad distributed rank {rank} of world size {world_size}")
+
+
+class DeviceBatchLoader:
+    """Batches of an in-memory dataset, held on ``device`` as uint8.
+
+    Each epoch uses the permutation of a generator seeded with ``seed + epoch`` — identical
+    on all ranks, of which rank r takes every ``world_size``-th index from r on, so DDP ranks
+    see disjoint examples and the same number of batches (the permutation is padded by
+    wrapping around, as ``DistributedSampler`` does, unless ``drop_last``). Call
+    :meth:`set_epoch` before each epoch, or every epoch repeats epoch 0's order.
+    """
+
+    def __init__(
+        self,
+        dataset: TensorImageDataset,
+        batch_size: int,
+        device: torch.device | str,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        padding: int = 4,
+    ) -> None:
+        _check_shard(batch_size, rank, world_size)
+        self.device = torch.device(device)
+        self.images = dataset.images.to(self.device)
+        self.labels = dataset.labels.to(self.device)
+        self.batch_size = batch_size
+        self.shuffle, self.augment, self.padding = shuffle, augment, padding
+        self.seed, self.rank, self.world_size, self.drop_last = seed, rank, world_size, drop_last
+        n = len(dataset)
+        self.num_samples = n // world_size if drop_last else math.ceil(n / world_size)
+        if self.num_samples == 0:
+            raise SmoothmixError(f"{n} examples cannot be shared by {world_size} processes")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def shard_indices(self) -> torch.Tensor:
+        """This rank's example indices for the current epoch (on the CPU)."""
+        n = len(self.labels)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        total = self.num_samples * self.world_size
+        order = order.repeat(math.ceil(total / n))[:total]
+        return order[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[Batch]:
+        indices = self.shard_indices().to(self.device)
+        generator = None
+        if self.augment:
+            # Distinct per rank and per epoch, reproducible across runs and resumes.
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed((self.seed + self.epoch) * 100_003 + self.rank)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            idx = indices[start:start + self.batch_size]
+            x = self.images.index_select(0, idx)
+            if self.augment:
+                x = random_crop_flip(x, self.padding, generator)
+            yield x.float().div_(255), self.labels.index_select(0, idx)
+
+
+class DeviceDataLoader:
+    """A ``DataLoader`` that yields device tensors and reshuffles with ``seed + epoch``."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        device: torch.device | str,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = 4,
+        drop_last: bool = False,
+    ) -> None:
+        _check_shard(batch_size, rank, world_size)
+        self.device = torch.device(device)
+        self.seed = seed
+        self.sampler = (
+            DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
+                               seed=seed, drop_last=drop_last)
+            if world_size > 1 else None
+        )
+        # Also seeds the workers' random transforms, so an epoch is reproducible.
+        self.generator = torch.Generator()
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle and self.sampler is None,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=drop_last,
+            generator=self.generator,
+        )
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        self.generator.manual_seed(self.seed + epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    device: torch.device | str,
+    train: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 4,
+    drop_last: bool = False,
+) -> DeviceBatchLoader | DeviceDataLoader:
+    """The loader for ``dataset``: shuffled (and augmented where the dataset asks for it)
+    when ``train``, in order otherwise; sharded over ``world_size`` ranks."""
+    if isinstance(dataset, TensorImageDataset):
+        return DeviceBatchLoader(
+            dataset, batch_size, device, shuffle=train, augment=train and dataset.augment,
+            seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
+        )
+    return DeviceDataLoader(dataset, batch_size, device, shuffle=train, seed=seed, rank=rank,
+                            world_size=world_size, workers=workers, drop_last=drop_last)
