@@ -1,0 +1,390 @@
+"""Certify or predict a whole dataset into a resumable, shardable result file.
+
+The result file is the reference ``certify.py`` format (SPEC §2): one tab-separated header
+line, then ``idx label predict radius correct time`` per example (``predict`` files drop
+``radius``), radius written with ``repr`` so no example moves across a ``>= r`` threshold,
+time in seconds. Reference analysis scripts (``pandas.read_csv(path, sep="\\t")``) read it.
+
+The run's settings live in a sidecar ``FILE.json`` so that the TSV stays plain. A rerun with
+the same settings appends only the missing examples (a row is flushed and fsync'ed as soon
+as it is computed; a torn last line from a crash is cut off); a rerun with other settings is
+refused. Each example draws its noise from a generator seeded by (seed, idx), so a row does
+not depend on which process or shard computed it: merged shards equal a single-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from smoothmix import __version__
+from smoothmix.core import Smooth, check_certify_args, check_predict_args, module_device
+from smoothmix.distributed import distributed_env
+from smoothmix.errors import SmoothmixError, require
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "certify": ("idx", "label", "predict", "radius", "correct", "time"),
+    "predict": ("idx", "label", "predict", "correct", "time"),
+}
+_POLL_SECONDS = 2.0
+
+Shard = tuple[int, int]
+
+
+def certify_dataset(
+    model: nn.Module,
+    dataset: Sequence,
+    sigma: float,
+    out_path: str | os.PathLike,
+    *,
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    skip: int = 1,
+    max_idx: int = -1,
+    shard: Shard | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    identity: Mapping[str, object] | None = None,
+    progress: bool = True,
+) -> Path:
+    """CERTIFY every ``skip``-th example with idx < ``max_idx`` (-1: all) into ``out_path``.
+
+    ``shard=(i, k)`` takes every k-th of those examples starting at the i-th. With
+    ``shard=None`` under torchrun each rank takes its share, writes ``OUT.rankIofK.tsv``,
+    and rank 0 merges them into ``out_path`` once all are complete. ``identity`` names what
+    the caller knows about the model and data (checkpoint hash, dataset, split, ...); it is
+    stored with the settings, and a rerun into the same file must match it.
+    """
+    smooth = _smooth(model, dataset, sigma, num_classes)
+
+    def classify(x: torch.Tensor, generator: torch.Generator) -> tuple[int, float]:
+        return smooth.certify(x, n0, n, alpha, batch_size, generator=generator)
+
+    check_certify_args(n0, n, alpha, batch_size)  # before any file is touched
+    return _run("certify", classify, dataset, sigma, out_path, {"n0": n0, "n": n, "alpha": alpha},
+                skip, max_idx, shard, seed, identity, batch_size, progress, model)
+
+
+def predict_dataset(
+    model: nn.Module,
+    dataset: Sequence,
+    sigma: float,
+    out_path: str | os.PathLike,
+    *,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    skip: int = 1,
+    max_idx: int = -1,
+    shard: Shard | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    identity: Mapping[str, object] | None = None,
+    progress: bool = True,
+) -> Path:
+    """PREDICT (abstain = -1) over a dataset; file ``idx label predict correct time``.
+    Arguments as for :func:`certify_dataset`."""
+    smooth = _smooth(model, dataset, sigma, num_classes)
+
+    def classify(x: torch.Tensor, generator: torch.Generator) -> tuple[int, float]:
+        return smooth.predict(x, n, alpha, batch_size, generator=generator), math.nan
+
+    check_predict_args(n, alpha, batch_size)
+    return _run("predict", classify, dataset, sigma, out_path, {"n": n, "alpha": alpha}, skip,
+                max_idx, shard, seed, identity, batch_size, progress, model)
+
+
+def selected_indices(num_examples: int, skip: int = 1, max_idx: int = -1,
+                     shard: Shard = (0, 1)) -> range:
+    """The dataset indices a run covers: every ``skip``-th idx below ``max_idx`` (like the
+    reference ``certify.py``), then every k-th of those starting at the i-th for shard (i, k)."""
+    stop = num_examples if max_idx < 0 else min(max_idx, num_examples)
+    i, k = shard
+    return range(0, stop, skip)[i::k]
+
+
+def shard_path(out_path: str | os.PathLike, rank: int, world_size: int) -> Path:
+    """Where rank ``rank`` of ``world_size`` writes its part: ``OUT.rankIofK.tsv``."""
+    out = Path(out_path)
+    return out.with_name(f"{out.stem}.rank{rank}of{world_size}{out.suffix or '.tsv'}")
+
+
+def parse_shard(text: str) -> Shard:
+    """``"I/K"`` -> (I, K) with 0 <= I < K."""
+    try:
+        i, k = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise SmoothmixError(f"--shard must look like I/K (e.g. 0/4), got {text!r}") from None
+    require(k >= 1 and 0 <= i < k, f"--shard I/K needs 0 <= I < K, got {text!r}")
+    return i, k
+
+
+def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLike]) -> Path:
+    """Merge the shard files of one run into ``out_path``, sorted by idx.
+
+    Refuses shards of different runs, a shard given twice or missing, rows that overlap,
+    and gaps relative to the examples the run's settings cover.
+    """
+    require(len(shards) >= 1, "merge needs at least one shard file")
+    metas = [_read_meta(Path(p), required=True) for p in shards]
+    first = metas[0]
+    common = {k: v for k, v in first["settings"].items() if k != "shard"}
+    for path, meta in zip(shards, metas, strict=True):
+        require(meta["kind"] == first["kind"],
+                f"{path} is a {meta['kind']} file, {shards[0]} a {first['kind']} file")
+        other = {k: v for k, v in meta["settings"].items() if k != "shard"}
+        diff = _diff(common, other)
+        require(not diff, f"{path} comes from another run than {shards[0]} ({diff})")
+    kind = first["kind"]
+    parts = [parse_shard(meta["settings"]["shard"]) for meta in metas]
+    num_shards = {k for _, k in parts}
+    require(len(num_shards) == 1, f"shards of different splits: {sorted(num_shards)} parts")
+    k = num_shards.pop()
+    given = [i for i, _ in parts]
+    for i in range(k):
+        require(given.count(i) <= 1, f"shard {i}/{k} is given more than once")
+        require(i in given, f"shard {i}/{k} is missing (shards given: {sorted(given)})")
+
+    rows: dict[int, str] = {}
+    for path in shards:
+        for idx, line in _read_rows(Path(path), kind, repair=False):
+            require(idx not in rows, f"idx {idx} appears twice (overlapping shards at {path})")
+            rows[idx] = line
+    expected = selected_indices(common["num_examples"], common["skip"], common["max_idx"])
+    _require_complete(rows.keys(), expected, "merged shards")
+
+    out = Path(out_path)
+    settings = {**common, "shard": "0/1"}
+    existing = _read_meta(out, required=False) if out.exists() else None
+    if existing is not None and _has_rows(out, kind):
+        diff = _diff(existing["settings"], settings)
+        require(existing["kind"] == kind and not diff,
+                f"{out} already holds another run ({diff or existing['kind']}); choose another "
+                "output file")
+    meta = {**first, "settings": settings}
+    _atomic_write(_meta_path(out), json.dumps(meta, indent=2) + "\n")
+    _atomic_write(out, "\t".join(COLUMNS[kind]) + "\n" + "".join(rows[i] for i in sorted(rows)))
+    return out
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _smooth(model: nn.Module, dataset: Sequence, sigma: float, num_classes: int | None) -> Smooth:
+    if num_classes is None:
+        num_classes = getattr(dataset, "num_classes", None)
+        require(num_classes is not None, "num_classes not given and the dataset has none")
+    return Smooth(model, int(num_classes), sigma)
+
+
+def _run(
+    kind: str,
+    classify: Callable[[torch.Tensor, torch.Generator], tuple[int, float]],
+    dataset: Sequence,
+    sigma: float,
+    out_path: str | os.PathLike,
+    counts: dict[str, object],
+    skip: int,
+    max_idx: int,
+    shard: Shard | None,
+    seed: int,
+    identity: Mapping[str, object] | None,
+    batch_size: int,
+    progress: bool,
+    model: nn.Module,
+) -> Path:
+    require(skip >= 1, f"skip must be >= 1, got {skip}")
+    out = Path(out_path)
+    rank, world, _ = distributed_env()
+    require(shard is None or world == 1,
+            "--shard splits work between independent jobs; under torchrun the ranks shard "
+            "automatically, so leave --shard out")
+    auto = shard is None and world > 1
+    part = (rank, world) if auto else (shard or (0, 1))
+    require(part[1] >= 1 and 0 <= part[0] < part[1], f"bad shard {part}")
+    base = {
+        "sigma": float(sigma), **counts, "skip": skip, "max_idx": max_idx, "seed": seed,
+        "num_examples": len(dataset), **dict(identity or {}),
+    }
+    whole = {**base, "shard": "0/1"}
+    if auto:
+        # A finished merged file means this is a rerun of a completed job.
+        finished = _check_existing(out, kind, whole, repair=False)
+        if finished == set(selected_indices(len(dataset), skip, max_idx)):
+            return out
+    target = shard_path(out, *part) if auto else out
+    settings = {**base, "shard": f"{part[0]}/{part[1]}"}
+    expected = selected_indices(len(dataset), skip, max_idx, part)
+    done = _check_existing(target, kind, settings, repair=True)
+    extra = sorted(done - set(expected))
+    require(not extra, f"{target} holds idx {extra[:1]}, which this run does not cover")
+    device = module_device(model, torch.device("cpu"))
+    if not done:
+        info = {"batch_size": batch_size, "device": str(device),
+                "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        meta = {"smoothmix": __version__, "kind": kind, "settings": settings, "info": info}
+        _atomic_write(_meta_path(target), json.dumps(meta, indent=2) + "\n")
+        _atomic_write(target, "\t".join(COLUMNS[kind]) + "\n")
+
+    todo = [idx for idx in expected if idx not in done]
+    bar = tqdm(total=len(expected), initial=len(expected) - len(todo), unit="img",
+               desc=f"{kind} {target.name}", disable=not progress or (auto and rank != 0),
+               dynamic_ncols=True)
+    with open(target, "a", encoding="utf-8") as fh, bar:
+        for idx in todo:
+            x, label = dataset[idx]
+            generator = torch.Generator(device=device).manual_seed(_example_seed(seed, idx))
+            start = time.perf_counter()
+            prediction, radius = classify(x, generator)
+            elapsed = time.perf_counter() - start
+            fields = [idx, int(label), prediction]
+            if kind == "certify":
+                fields.append(repr(float(radius)))
+            fields += [int(prediction == int(label)), f"{elapsed:.4f}"]
+            fh.write("\t".join(str(f) for f in fields) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())  # a killed run loses at most the example in flight
+            bar.update(1)
+
+    if not auto:
+        return target
+    if rank != 0:
+        return target
+    parts = [shard_path(out, r, world) for r in range(world)]
+    _wait_for_shards(parts, kind, len(dataset), skip, max_idx, world)
+    return merge_results(out, parts)
+
+
+def _wait_for_shards(parts: list[Path], kind: str, num_examples: int, skip: int, max_idx: int,
+                     world: int) -> None:
+    """Rank 0's barrier: a file-based wait, because a rank resuming a long shard can outlast
+    any process-group timeout; torchrun stops rank 0 if another rank fails."""
+    for r, path in enumerate(parts):
+        expected = set(selected_indices(num_examples, skip, max_idx, (r, world)))
+        while not (path.exists() and expected <= _indices(path, kind)):
+            time.sleep(_POLL_SECONDS)
+
+
+def _indices(path: Path, kind: str) -> set[int]:
+    return {idx for idx, _ in _read_rows(path, kind, repair=False, strict=False)}
+
+
+def _check_existing(path: Path, kind: str, settings: Mapping[str, object],
+                    repair: bool) -> set[int]:
+    """The idx already in ``path`` if it belongs to this run (torn last line repaired);
+    an empty set if there is nothing to resume; SmoothmixError if it is another run's file."""
+    if not path.exists() or not _has_rows(path, kind):
+        return set()
+    meta = _read_meta(path, required=False)
+    require(meta is not None,
+            f"{path} exists but has no settings file {_meta_path(path).name}, so it cannot be "
+            "resumed safely; choose another output file or move it away")
+    diff = _diff(meta["settings"], settings)
+    require(meta["kind"] == kind and not diff,
+            f"{path} was written by another run ({diff or meta['kind'] + ' file'}); rerun with "
+            "the same settings to resume, or choose another output file")
+    return {idx for idx, _ in _read_rows(path, kind, repair=repair, strict=repair)}
+
+
+def _read_rows(path: Path, kind: str, repair: bool, strict: bool = True) -> list[tuple[int, str]]:
+    """(idx, line) of every complete row. A torn or malformed *last* line is what a crash
+    leaves behind: it is cut off when ``repair``, an error when ``strict``, else ignored.
+    A malformed line anywhere else means the file is damaged."""
+    lines = path.read_bytes().split(b"\n")
+    header, complete, tail = lines[0], lines[1:-1], lines[-1]  # tail: bytes after the last \n
+    require(header.decode("utf-8", "replace").split("\t") == list(COLUMNS[kind]),
+            f"{path} is not a smoothmix {kind} result file (header {header[:60]!r})")
+    rows: list[tuple[int, str]] = []
+    good_end = len(header) + 1
+    for pos, raw in enumerate(complete):
+        idx = _parse_row(raw, kind)
+        if idx is None:
+            require(pos == len(complete) - 1 and not tail,
+                    f"{path}: line {pos + 2} is damaged ({raw[:60]!r}); fix or remove it")
+            tail = raw
+            break
+        rows.append((idx, raw.decode() + "\n"))
+        good_end += len(raw) + 1
+    if tail:
+        require(repair or not strict, f"{path} ends in an incomplete row; rerun to repair it")
+        if repair:
+            with open(path, "r+b") as fh:
+                fh.truncate(good_end)
+    return rows
+
+
+def _parse_row(raw: bytes, kind: str) -> int | None:
+    try:
+        fields = raw.decode("utf-8").split("\t")
+        if len(fields) != len(COLUMNS[kind]):
+            return None
+        for value in fields[1:3]:
+            int(value)
+        float(fields[-1])
+        if kind == "certify":
+            float(fields[3])
+        return int(fields[0])
+    except ValueError:
+        return None
+
+
+def _has_rows(path: Path, kind: str) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    return head.count(b"\n") >= 1 and len(head) > head.index(b"\n") + 1
+
+
+def _require_complete(found: object, expected: range, what: str) -> None:
+    found_set = set(found)  # type: ignore[call-overload]
+    missing = [i for i in expected if i not in found_set]
+    require(not missing, f"{what} miss {len(missing)} example(s), first idx {missing[:5]}")
+    extra = sorted(found_set - set(expected))
+    require(not extra, f"{what} hold idx {extra[:5]} that the run's settings do not cover")
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _read_meta(path: Path, required: bool) -> dict | None:
+    meta_path = _meta_path(path)
+    if not meta_path.exists():
+        require(not required, f"{path} has no settings file {meta_path.name}")
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        meta["kind"], meta["settings"]  # noqa: B018 - shape check
+    except (ValueError, KeyError, TypeError):
+        raise SmoothmixError(f"{meta_path} is not a smoothmix settings file") from None
+    return meta
+
+
+def _diff(old: Mapping[str, object], new: Mapping[str, object]) -> str:
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(f"{k}: {old.get(k)!r} in the file vs {new.get(k)!r} now" for k in keys[:3])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _example_seed(seed: int, idx: int) -> int:
+    """A 63-bit seed for example ``idx`` that does not depend on the shard computing it."""
+    return int(np.random.SeedSequence([seed, idx]).generate_state(1, np.uint64)[0] >> 1)
