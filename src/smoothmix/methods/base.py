@@ -1,0 +1,257 @@
+"""The interface every training method implements, and the pieces they share.
+
+A method turns one batch ``(x, y)`` into a differentiable loss; the training loop knows
+nothing else about it. Hyperparameters are declared once per method as :class:`Option`
+objects, so that validation, defaults, the CLI flags and the presets all come from the
+same table.
+
+Noise layout (all methods): the ``m`` noise draws of a batch of ``B`` images are one
+tensor of shape ``(m, B, ...)``; the noisy copies go through the model as ONE batch of
+``m*B`` rows with copy ``i`` of image ``b`` at row ``i*B + b``, so per-image averages
+over the copies are ``.view(m, B, K).mean(0)`` and labels are ``y.repeat(m)``.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from smoothmix.errors import SmoothmixError
+
+# Anything below this is treated as 0 inside a log (SPEC §3.3/3.5/3.6 clamp at 1e-20).
+LOG_CLAMP = 1e-20
+
+
+@dataclass
+class StepOutput:
+    """What a method returns for one batch.
+
+    ``loss`` is the scalar to back-propagate; ``metrics`` are detached scalar tensors on the
+    batch's device (batch means), to be accumulated by the loop and read once per logging
+    interval, so a step never waits for the device.
+    """
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+
+
+class OptionInfo(NamedTuple):
+    """Public description of one method option (for the CLI, presets and docs)."""
+
+    default: Any
+    help: str
+    type: type
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Option:
+    """Declaration of one hyperparameter of a method.
+
+    ``check`` returns an error text (the part after "must be") or ``None`` when the value is
+    fine; ``nullable`` options accept ``None`` as a real value (e.g. "no max-norm").
+    """
+
+    default: Any
+    help: str
+    type: type
+    check: Callable[[Any], str | None] | None = None
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+
+    def info(self) -> OptionInfo:
+        return OptionInfo(self.default, self.help, self.type, self.choices)
+
+
+def at_least(bound: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= bound else f"at least {bound:g}"
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else "positive"
+
+
+def non_negative(v: float) -> str | None:
+    return None if v >= 0 else "non-negative"
+
+
+def _coerce(method: str, name: str, option: Option, value: Any) -> Any:
+    """Convert ``value`` to the option's type or raise a one-line error naming the option."""
+    where = f"{method} option {name}"
+    if value is None:
+        return None if option.nullable else option.default
+    if isinstance(value, bool) and option.type is not bool:
+        raise SmoothmixError(f"{where} must be a number, got {value!r}")
+    try:
+        if option.type is int:
+            as_float = float(value)
+            if not as_float.is_integer():
+                raise ValueError
+            value = int(as_float)
+        elif option.type is float:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
+        else:
+            value = option.type(value)
+    except (TypeError, ValueError):
+        kind = {int: "an integer", float: "a finite number"}.get(option.type, option.type.__name__)
+        raise SmoothmixError(f"{where} must be {kind}, got {value!r}") from None
+    if option.choices is not None and value not in option.choices:
+        valid = ", ".join(map(str, option.choices))
+        raise SmoothmixError(f"{where} must be one of {valid}, got {value!r}")
+    if option.check is not None:
+        problem = option.check(value)
+        if problem:
+            raise SmoothmixError(f"{where} must be {problem}, got {value!r}")
+    return value
+
+
+class TrainingMethod(abc.ABC):
+    """One randomized-smoothing training objective (SPEC §3).
+
+    ``__init__`` validates every option (unknown names and bad values raise
+    :class:`SmoothmixError`) and stores them as attributes of the same name.
+    ``__call__(model, x, y, epoch)`` returns the loss of one batch. ``model`` is in train
+    mode on entry and on exit; attacks switch it to eval mode and freeze its parameters
+    while they run. ``x`` holds images in [0, 1] (noise is added here, before the model's
+    normalisation layer), ``y`` the integer labels, ``epoch`` the 0-based epoch (for
+    warm-ups and deferred terms).
+    """
+
+    name: ClassVar[str]
+    options: ClassVar[dict[str, Option]] = {}
+
+    def __init__(self, sigma: float, num_classes: int, **options: Any) -> None:
+        try:
+            sigma = float(sigma)
+        except (TypeError, ValueError):
+            raise SmoothmixError(f"sigma must be a number, got {sigma!r}") from None
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise SmoothmixError(
+                f"sigma must be positive (noise level in [0, 1] pixel units), got {sigma!r}"
+            )
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise SmoothmixError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            valid = ", ".join(sorted(self.options)) or "(none)"
+            raise SmoothmixError(
+                f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
+                f"method {self.name}; valid options: {valid}"
+            )
+        self.sigma = sigma
+        self.num_classes = num_classes
+        for key, option in self.options.items():
+            setattr(self, key, _coerce(self.name, key, option, options.get(key)))
+
+    def config(self) -> dict[str, Any]:
+        """All option values, for checkpoints and logs."""
+        return {key: getattr(self, key) for key in self.options}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}(sigma={self.sigma}, num_classes={self.num_classes}, {args})"
+
+    # -- hooks (tests override these to fix the randomness) -------------------------------
+    def _noise(self, x: Tensor, m: int) -> Tensor:
+        """``m`` Gaussian draws of shape ``(m, *x.shape)`` with standard deviation sigma."""
+        return torch.randn((m, *x.shape), device=x.device, dtype=x.dtype) * self.sigma
+
+    @abc.abstractmethod
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
+        """Loss of one batch (see class docstring)."""
+
+
+# -- shared pieces ------------------------------------------------------------------------
+
+
+def noisy_copies(x: Tensor, noise: Tensor) -> Tensor:
+    """The ``m*B`` rows ``x + noise[i]`` (copy-major layout, see module docstring)."""
+    return (x.unsqueeze(0) + noise).flatten(0, 1)
+
+
+def mean_over_copies(probs: Tensor, m: int) -> Tensor:
+    """Per-image mean over the ``m`` copies of an ``(m*B, K)`` tensor -> ``(B, K)``."""
+    return probs.view(m, -1, probs.shape[-1]).mean(0)
+
+
+def soft_cross_entropy(target: Tensor, log_q: Tensor) -> Tensor:
+    """Row-wise ``-sum_c target_c * log_q_c``; ``target`` keeps its gradient."""
+    return -(target * log_q).sum(-1)
+
+
+def kl_divergence(target: Tensor, log_q: Tensor) -> Tensor:
+    """Row-wise ``KL(target || q) = sum_c t_c (log t_c - log q_c)``.
+
+    The soft target keeps its gradient (the references do not detach it). Written out
+    instead of ``F.kl_div`` because the latter's gradient w.r.t. the target is NaN where a
+    target entry is exactly 0 (an underflowed softmax); here such entries contribute 0 to
+    the value and a finite gradient, and elsewhere the two agree.
+    """
+    return (target * (target.clamp_min(1e-30).log() - log_q)).sum(-1)
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """Top-1 accuracy as a detached scalar tensor (no host sync)."""
+    return (logits.detach().argmax(-1) == y).float().mean()
+
+
+def unwrap_ddp(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper, else the model itself.
+
+    Attacks call this: their forwards need no gradient synchronisation (the parameters are
+    frozen and identical on every rank), and a DDP forward in train mode would arm the
+    reducer for a backward that never comes (attacks differentiate w.r.t. the input only)
+    and broadcast buffers on every attack step. Loss terms go through ``model`` itself.
+    """
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _has_batch_statistics(model: nn.Module) -> bool:
+    return any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in model.modules())
+
+
+def forward_groups(model: nn.Module, groups: Sequence[Tensor]) -> list[Tensor]:
+    """Logits of several input batches, as ONE forward where that changes nothing.
+
+    Concatenating saves a forward launch and lets one backward serve all terms, and larger
+    batches run faster. But batch-norm layers in train mode normalise with the batch's own
+    statistics, so for them a joint forward would change the loss; there each group gets
+    its own forward, exactly as in the reference code.
+    """
+    if len(groups) == 1:
+        return [model(groups[0])]
+    if _has_batch_statistics(unwrap_ddp(model)) and model.training:
+        return [model(g) for g in groups]
+    out = model(torch.cat(list(groups)))
+    return list(out.split([len(g) for g in groups]))
+
+
+def warmup_factor(epoch: int, warmup: int) -> float:
+    """``min(1, (epoch + 1) / warmup)`` (0-based epochs); ``warmup = 0`` means none."""
+    return 1.0 if warmup <= 0 else min(1.0, (epoch + 1) / warmup)
+
+
+def check_batch(x: Tensor, y: Tensor) -> None:
+    """Cheap shape checks (no device sync) with a clear message instead of a deep error."""
+    if x.dim() < 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise SmoothmixError(
+            f"a training batch must be images N x ... with N labels, got x {tuple(x.shape)} "
+            f"and y {tuple(y.shape)}"
+        )
+    if not x.is_floating_point():
+        raise SmoothmixError(f"images must be floats in [0, 1], got dtype {x.dtype}")
+
+
+def cross_entropy_copies(logits: Tensor, y: Tensor, m: int) -> Tensor:
+    """Mean cross-entropy of the ``m*B`` noisy rows against their labels."""
+    return F.cross_entropy(logits, y.repeat(m))

@@ -1,0 +1,21 @@
+"""Gaussian data augmentation (Cohen et al. 2019; SPEC §3.1)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from smoothmix.methods.base import StepOutput, TrainingMethod, accuracy, check_batch
+
+
+class Gaussian(TrainingMethod):
+    """``L = CE(f(x + delta), y)`` with one fresh noise draw per image per step."""
+
+    name = "gaussian"
+    options = {}
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
+        check_batch(x, y)
+        logits = model(x + self._noise(x, 1)[0]).float()
+        loss = F.cross_entropy(logits, y)
+        return StepOutput(loss, {"loss": loss.detach(), "acc": accuracy(logits, y)})
