@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -79,6 +81,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return ckpt
 
 
+def capture_rng_state() -> dict[str, Any]:
+    """All RNG states (torch CPU/CUDA, numpy, random) in a form ``weights_only`` loading accepts
+    (numpy's own state tuple holds an ndarray, which safe loading refuses)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
 def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Remove DataParallel/DDP ``module.`` and torch.compile ``_orig_mod.`` key segments."""
     return {
@@ -121,7 +146,7 @@ def load_state_into(
     missing = {k for k in expected.keys() - sd.keys() if not k.endswith("num_batches_tracked")}
     unexpected = sd.keys() - expected.keys()
     bad_shape = {
-        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        f"{k} {tuple(sd[k].shape)} (model: {tuple(v.shape)})"
         for k, v in expected.items() if k in sd and sd[k].shape != v.shape
     }
     if missing or unexpected or bad_shape:
