@@ -1,0 +1,335 @@
+"""High-level training API: what ``smoothmix train`` runs, callable from Python.
+
+Two ways in:
+
+* by name — ``train("runs/x", dataset="mnist", method="smoothmix", sigma=0.5)`` or
+  ``train("runs/x", preset="mnist-smoothmix-0.50")``: builds the model, loads the data,
+  creates the method and calls :func:`~smoothmix.training.loop.fit`;
+* your own network and data — pass ``model=`` (an ``nn.Module`` mapping [0, 1] images to
+  logits; wrap it with :func:`smoothmix.models.wrap_model` to add normalisation) and
+  ``train_set=``/``test_set=`` (any ``Dataset`` of ``(image, label)``)::
+
+      from smoothmix.models import wrap_model
+      from smoothmix.training import train
+      ckpt = train("runs/mine", model=wrap_model(my_net), train_set=ds, test_set=ds_test,
+                   num_classes=10, method="consistency", sigma=0.25, epochs=30, lr=0.05)
+
+  or, with everything explicit, ``fit(model, create_method(...), train_set, test_set,
+  TrainConfig(...), outdir)``.
+
+Precedence: explicit arguments > preset > the checkpoint's settings (when resuming) >
+per-dataset defaults. Every check that can fail on user input runs before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from smoothmix import distributed
+from smoothmix.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from smoothmix.errors import SmoothmixError, require
+from smoothmix.training.loop import TrainConfig, check_outdir, fit, seed_everything
+from smoothmix.training.presets import get_preset
+
+# Per-dataset schedule defaults (SPEC §3.6 table; ImageNet: Cohen et al.'s 90/0.1/30).
+SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist": {"epochs": 90, "lr": 0.01, "lr_step": 30},
+    "cifar10": {"epochs": 150, "lr": 0.1, "lr_step": 50},
+    "imagenet": {"epochs": 90, "lr": 0.1, "lr_step": 30},
+}
+_FALLBACK_SCHEDULE = {"epochs": 90, "lr": 0.1, "lr_step": 30}
+
+# Options that count things and must be at least 1 (m and T of SPEC §3).
+_COUNT_OPTIONS = {"num_noise": "m (--num-noise)", "num_steps": "T (--num-steps)"}
+
+
+def option_flag(name: str) -> str:
+    """The CLI flag of a method option (``deferred_epochs`` is set by ``--deferred``)."""
+    return "--deferred" if name == "deferred_epochs" else "--" + name.replace("_", "-")
+
+
+def default_batch_size(method: str, num_noise: int | None) -> int:
+    """Images per step of the reference recipes: 256 images × m copies are split into m
+    steps of 256/m; MACER uses 64 images × its 16 copies."""
+    if method == "macer":
+        return 64
+    return max(1, 256 // max(1, num_noise or 1))
+
+
+@dataclass
+class TrainSpec:
+    """A fully resolved training run (what gets stored in the checkpoint's config)."""
+
+    method: str
+    sigma: float
+    method_options: dict[str, Any]
+    config: TrainConfig
+    dataset: str | None = None
+    arch: str | None = None
+    normalization: str | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    preset: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self, num_classes: int | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "arch": self.arch, "normalization": self.normalization, "num_classes": num_classes,
+            "method": self.method, "method_options": dict(self.method_options),
+        }
+        if self.dataset is not None:
+            meta.update(dataset=self.dataset, train_subset=self.train_subset,
+                        test_subset=self.test_subset)
+        if self.preset is not None:
+            meta["preset"] = self.preset
+        return meta
+
+
+def _saved_settings(outdir: Path) -> dict[str, Any] | None:
+    """The settings of the run in ``outdir``, when resuming it (None for a fresh run)."""
+    if not (outdir / CHECKPOINT_NAME).is_file():
+        return None
+    ckpt = load_checkpoint(outdir / CHECKPOINT_NAME)
+    saved = dict(ckpt.get("config") or {})
+    for key in ("arch", "method", "sigma", "method_options", "normalization"):
+        if ckpt.get(key) is not None:
+            saved[key] = ckpt[key]
+    return saved
+
+
+def _validate_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    from smoothmix.methods import METHODS, method_options
+
+    require(method in METHODS, f"unknown method {method!r}; valid methods: "
+            f"{', '.join(sorted(METHODS))}")
+    accepted = method_options(method)
+    for name, value in options.items():
+        if name not in accepted:
+            takes = ", ".join(option_flag(k) for k in accepted) or "none"
+            raise SmoothmixError(f"{option_flag(name)} is not an option of method {method!r} "
+                                 f"(its options: {takes})")
+        if name in _COUNT_OPTIONS:
+            require(isinstance(value, (int, float)) and value >= 1,
+                    f"{_COUNT_OPTIONS[name]} must be an integer >= 1, got {value}")
+    return dict(options)
+
+
+def resolve(
+    *,
+    outdir: str | os.PathLike,
+    dataset: str | None = None,
+    arch: str | None = None,
+    method: str | None = None,
+    sigma: float | None = None,
+    preset: str | None = None,
+    method_options: Mapping[str, Any] | None = None,
+    deferred: bool | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    lr_step: int | None = None,
+    lr_milestones: tuple[int, ...] | None = None,
+    momentum: float | None = None,
+    weight_decay: float | None = None,
+    seed: int | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    resume: bool = False,
+    custom_model: bool = False,
+    **execution: Any,
+) -> TrainSpec:
+    """Merge explicit settings, a preset and (when resuming) the saved run into a spec.
+
+    ``execution`` holds TrainConfig fields that do not define the recipe (device, amp,
+    compile, channels_last, workers, progress, ...). Raises :class:`SmoothmixError` on any
+    bad or conflicting setting.
+    """
+    outdir = Path(outdir)
+    explicit_opts = {k: v for k, v in (method_options or {}).items() if v is not None}
+    p = get_preset(preset) if preset else None
+    if p is not None:
+        require(method is None or method == p.method,
+                f"--method {method} conflicts with preset {p.name} (method {p.method}); "
+                "drop --preset or choose a preset of that method")
+        require(dataset is None or dataset == p.dataset,
+                f"--dataset {dataset} conflicts with preset {p.name} (dataset {p.dataset}); "
+                "drop --preset or choose a preset for that dataset")
+    saved = _saved_settings(outdir) if resume else None
+
+    def pick(name: str, value: Any, preset_value: Any = None, default: Any = None) -> Any:
+        if value is not None:
+            return value
+        if preset_value is not None:
+            return preset_value
+        if saved is not None and saved.get(name) is not None:
+            return saved[name]
+        return default
+
+    method = pick("method", method, p and p.method)
+    require(method is not None, "no training method given: pass --method (or --preset; "
+            "`smoothmix presets` lists them)")
+    sigma = pick("sigma", sigma, p and p.sigma)
+    require(sigma is not None, "no noise level given: pass --sigma (in [0, 1] pixel units)")
+    require(isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0,
+            f"--sigma must be > 0 (noise standard deviation in [0, 1] pixel units), got {sigma}")
+    if sigma > 4:
+        raise SmoothmixError(f"--sigma {sigma} is far above 1; sigma is in [0, 1] pixel units, "
+                             "not 0..255 (SPEC: sigma 0.5 means N(0, 0.25 I) noise)")
+
+    if not custom_model:
+        from smoothmix.data import dataset_defaults
+        from smoothmix.models import model_defaults
+
+        dataset = pick("dataset", dataset, p and p.dataset)
+        require(dataset is not None, "no dataset given: pass --dataset (or --preset)")
+        info = dataset_defaults(dataset)
+        arch = pick("arch", arch, p and p.arch, info.arch)
+        require(arch is not None, f"dataset {dataset!r} has no default architecture: pass "
+                "--arch")
+        model_defaults(arch)  # validates the name
+        normalization = saved.get("normalization") if saved else None
+        normalization = normalization or (info.normalization if info.normalization != "none"
+                                          else model_defaults(arch).normalization)
+        schedule = SCHEDULE_DEFAULTS.get(dataset, _FALLBACK_SCHEDULE)
+    else:
+        normalization = None
+        schedule = _FALLBACK_SCHEDULE
+
+    # Method options: saved run < preset < explicit (mismatches with a saved run are caught
+    # by the resume check, not silently merged away).
+    options: dict[str, Any] = {}
+    if saved is not None and saved.get("method") == method:
+        options.update(saved.get("method_options") or {})
+    if p is not None:
+        options.update(p.options)
+    options.update(explicit_opts)
+    options.pop("deferred_epochs", None)
+
+    fields = set(TrainConfig.__dataclass_fields__)
+    unknown = sorted(set(execution) - fields)
+    require(not unknown, f"unknown training setting(s) {', '.join(unknown)}; valid: "
+            f"{', '.join(sorted(fields))}")
+    config = TrainConfig(
+        epochs=int(pick("epochs", epochs, p and p.epochs, schedule["epochs"])),
+        lr=float(pick("lr", lr, p and p.lr, schedule["lr"])),
+        lr_step=int(pick("lr_step", lr_step, p and p.lr_step, schedule["lr_step"])),
+        lr_milestones=pick("lr_milestones", lr_milestones, p and p.lr_milestones),
+        momentum=float(pick("momentum", momentum, None, 0.9)),
+        weight_decay=float(pick("weight_decay", weight_decay, None, 1e-4)),
+        seed=int(pick("seed", seed, None, 0)),
+        **execution,
+    )
+    if lr_step is not None and lr_milestones is None:
+        config.lr_milestones = None  # an explicit --lr-step replaces a preset's milestones
+    if config.lr_milestones is not None:
+        config.lr_milestones = tuple(int(m) for m in config.lr_milestones)
+    defer = deferred if deferred is not None else (p.deferred if p is not None else None)
+    if defer is None and saved is not None and saved.get("method") == method:
+        defer = "deferred_epochs" in (saved.get("method_options") or {})
+    if defer:
+        options["deferred_epochs"] = config.first_lr_drop()
+    options = _validate_options(method, options)
+    config.batch_size = int(pick("batch_size", batch_size, p and p.batch_size,
+                                 default_batch_size(method, options.get("num_noise"))))
+    config.validate()
+
+    for name, n in (("--train-subset", train_subset), ("--test-subset", test_subset)):
+        require(n is None or n >= 1, f"{name} must be >= 1, got {n}")
+    return TrainSpec(
+        method=method, sigma=float(sigma), method_options=options, config=config,
+        dataset=dataset, arch=arch, normalization=normalization,
+        train_subset=pick("train_subset", train_subset) if not custom_model else None,
+        test_subset=pick("test_subset", test_subset) if not custom_model else test_subset,
+        preset=p.name if p else None,
+    )
+
+
+def train(
+    outdir: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    arch: str | None = None,
+    method: str | None = None,
+    sigma: float | None = None,
+    preset: str | None = None,
+    method_options: Mapping[str, Any] | None = None,
+    deferred: bool | None = None,
+    resume: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    model: nn.Module | None = None,
+    train_set: Any | None = None,
+    test_set: Any | None = None,
+    num_classes: int | None = None,
+    **config: Any,
+) -> Path:
+    """Train a smoothed classifier's base model; return the final checkpoint's path.
+
+    ``config`` takes the :class:`TrainConfig` fields (``epochs``, ``batch_size``, ``lr``,
+    ``lr_step``, ``lr_milestones``, ``momentum``, ``weight_decay``, ``seed``, ``device``,
+    ``amp``, ``compile``, ``channels_last``, ``workers``, ``progress``, ...). Method
+    hyperparameters go in ``method_options`` (e.g. ``{"num_noise": 4, "eta": 5.0}``);
+    ``deferred=True`` delays MACER's robustness term to the first learning-rate drop.
+    """
+    from smoothmix.methods import create_method
+
+    custom = model is not None
+    if custom:
+        require(train_set is not None, "model= needs train_set= (and usually test_set=)")
+    else:
+        require(train_set is None and test_set is None,
+                "train_set=/test_set= need model= (or use dataset= by name)")
+    spec = resolve(outdir=outdir, dataset=dataset, arch=arch, method=method, sigma=sigma,
+                   preset=preset, method_options=method_options, deferred=deferred,
+                   train_subset=train_subset, test_subset=test_subset, resume=resume,
+                   custom_model=custom, **config)
+    outdir = Path(outdir)
+    check_outdir(outdir, resume)  # fail before loading data when the outdir is taken
+
+    if not custom:
+        from smoothmix.data import load_dataset
+        from smoothmix.models import create_model
+
+        assert spec.dataset is not None and spec.arch is not None
+        train_set = load_dataset(spec.dataset, "train", data_dir)
+        test_set = load_dataset(spec.dataset, "test", data_dir)
+        if spec.train_subset is not None:
+            train_set = train_set.subset(spec.train_subset)
+        if spec.test_subset is not None:
+            test_set = test_set.subset(spec.test_subset)
+        num_classes = train_set.num_classes
+        seed_everything(spec.config.seed)  # the initial weights depend on the seed only
+        model = create_model(spec.arch, num_classes=num_classes,
+                             normalization=spec.normalization)
+    else:
+        num_classes = num_classes or getattr(train_set, "num_classes", None)
+        require(num_classes is not None, "num_classes= is needed: the training set has no "
+                "num_classes attribute")
+    assert model is not None
+    method_obj = create_method(spec.method, spec.sigma, int(num_classes), **spec.method_options)
+
+    _announce(spec, train_set, outdir, resume)
+    return fit(model, method_obj, train_set, test_set, spec.config, outdir, resume=resume,
+               sigma=spec.sigma, metadata=spec.metadata(int(num_classes)))
+
+
+def _announce(spec: TrainSpec, train_set: Any, outdir: Path, resume: bool) -> None:
+    rank, world, _ = distributed.distributed_env()  # the process group is not up yet
+    if rank != 0:
+        return
+    c = spec.config
+    opts = " ".join(f"{k}={v}" for k, v in spec.method_options.items())
+    what = f"{spec.arch} on {spec.dataset}" if spec.dataset else "custom model"
+    print(f"smoothmix train: {what} ({len(train_set)} images), {spec.method} sigma={spec.sigma}"
+          f"{' ' + opts if opts else ''}; {c.epochs} epochs, batch {c.batch_size}, lr {c.lr:g}"
+          f"{' (resume)' if resume else ''}{f', {world} processes' if world > 1 else ''}"
+          f" -> {outdir}", flush=True)
