@@ -1,10 +1,183 @@
-"""Placeholder for the `smoothmix certify` subcommand (being written)."""
+"""`smoothmix certify`, `smoothmix predict` and `smoothmix merge`: a thin shell over
+:mod:`smoothmix.certification`."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+from smoothmix.certification import (
+    certify_dataset,
+    merge_results,
+    parse_shard,
+    predict_dataset,
+)
+from smoothmix.core import check_certify_args, check_predict_args
+from smoothmix.distributed import distributed_env
+from smoothmix.errors import SmoothmixError, require
+
+DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("certify", help="(not yet available)")
-    parser.set_defaults(func=lambda args: 1)
+    certify = subparsers.add_parser(
+        "certify",
+        help="certify a checkpoint's smoothed classifier on a dataset (CERTIFY, Cohen et al.)",
+        description="Run CERTIFY on every --skip-th test example and write the reference "
+        "result file (idx label predict radius correct time; radius at full precision). "
+        "Rerunning the same command resumes an interrupted run. Under torchrun the ranks "
+        "split the examples and rank 0 writes the merged file.",
+    )
+    _add_run_options(certify, with_n0=True)
+    certify.set_defaults(func=run_certify)
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="run PREDICT (abstaining smoothed prediction) over a dataset",
+        description="Run PREDICT on every --skip-th example and write "
+        "idx label predict correct time (predict -1 = abstain). Resumes like certify.",
+    )
+    _add_run_options(predict, with_n0=False)
+    predict.set_defaults(func=run_predict)
+
+    merge = subparsers.add_parser(
+        "merge",
+        help="merge the shard files of one certify/predict run into one file sorted by idx",
+        description="Merge the files written with --shard 0/K ... K-1/K into OUT. Fails on "
+        "shards from different runs, missing or repeated shards, overlapping rows and gaps.",
+    )
+    merge.add_argument("out", metavar="OUT", help="merged result file to write")
+    merge.add_argument("shards", nargs="+", metavar="SHARD", help="the shard result files")
+    merge.set_defaults(func=run_merge)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, with_n0: bool) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="model checkpoint (smoothmix's or the reference code's)")
+    parser.add_argument("--dataset", required=True, choices=DATASETS,
+                        help="dataset to evaluate on")
+    parser.add_argument("--sigma", type=float, required=True,
+                        help="noise level sigma in [0, 1] pixel units")
+    if with_n0:
+        parser.add_argument("--n0", type=int, default=100,
+                            help="noise samples used to select the class (default 100)")
+    parser.add_argument("--n", type=int, default=100_000,
+                        help="noise samples for the bound (certify) or the vote (predict); "
+                        "it caps the radius (default 100000)")
+    parser.add_argument("--alpha", type=float, default=0.001,
+                        help="failure probability of the certificate (default 0.001)")
+    parser.add_argument("--batch", type=int, default=1000,
+                        help="most noisy images in memory at once (default 1000)")
+    parser.add_argument("--skip", type=int, default=1,
+                        help="evaluate every SKIP-th example (default 1: all)")
+    parser.add_argument("--max", type=int, default=-1, dest="max_idx",
+                        help="stop before dataset index MAX, as the reference certify.py does "
+                        "(default -1: no limit)")
+    parser.add_argument("--split", default="test", choices=("test", "train"),
+                        help="dataset split (default test)")
+    parser.add_argument("--data-dir", default=None,
+                        help="dataset directory (default $SMOOTHMIX_DATA; MNIST is embedded)")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N or auto (default auto)")
+    parser.add_argument("--shard", type=str, default=None, metavar="I/K",
+                        help="take every K-th selected example starting at the I-th, for "
+                        "independent jobs; combine them with `smoothmix merge`")
+    parser.add_argument("--normalization", default=None,
+                        help="normalisation layer to assume (e.g. cifar10-center for "
+                        "SmoothAdv's models; default: the checkpoint's or the dataset's)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="noise seed; example idx uses a stream derived from (seed, idx), "
+                        "so results do not depend on sharding (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--out", required=True, help="result file (.tsv) to write or resume")
+
+
+def run_certify(args: argparse.Namespace) -> int:
+    check_certify_args(args.n0, args.n, args.alpha, args.batch)
+    return _run(args, "certify")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    check_predict_args(args.n, args.alpha, args.batch)
+    return _run(args, "predict")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    for path in args.shards:
+        require(Path(path).is_file(), f"shard file {path} does not exist")
+    out = merge_results(args.out, args.shards)
+    print(f"merged {len(args.shards)} shards into {out}")
+    return 0
+
+
+def _run(args: argparse.Namespace, kind: str) -> int:
+    # Cheap checks before the (slow) model and data loading.
+    require(args.sigma > 0, f"--sigma must be positive (pixel units in [0, 1]), got {args.sigma}")
+    require(args.skip >= 1, f"--skip must be >= 1, got {args.skip}")
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    from smoothmix.checkpoint import load_model
+    from smoothmix.data import load_dataset
+    from smoothmix.device import resolve_device
+
+    device = resolve_device(args.device)
+    require(Path(args.checkpoint).is_file(), f"checkpoint {args.checkpoint} does not exist")
+    model, ckpt = load_model(args.checkpoint, device, args.normalization)
+    dataset = load_dataset(args.dataset, args.split, args.data_dir)
+    _check_compatible(model, ckpt, dataset, args)
+    identity = {
+        "checkpoint_sha256": _sha256(args.checkpoint),
+        "arch": ckpt.get("arch"),
+        "normalization": ckpt.get("normalization"),
+        "dataset": args.dataset,
+        "split": args.split,
+    }
+    common = dict(
+        n=args.n, alpha=args.alpha, batch_size=args.batch, skip=args.skip,
+        max_idx=args.max_idx, shard=shard, seed=args.seed, num_classes=dataset.num_classes,
+        identity=identity, progress=not args.no_progress,
+    )
+    if kind == "certify":
+        out = certify_dataset(model, dataset, args.sigma, args.out, n0=args.n0, **common)
+    else:
+        out = predict_dataset(model, dataset, args.sigma, args.out, **common)
+    rank, world, _ = distributed_env()
+    if rank == 0:
+        print(f"{kind} results in {out}" + (f" (merged from {world} ranks)" if world > 1 else ""))
+    return 0
+
+
+def _check_compatible(model: torch.nn.Module, ckpt: dict, dataset, args) -> None:
+    """Catch a model/dataset mismatch now, with a clear message, not deep inside a forward."""
+    classes = ckpt.get("num_classes")
+    require(classes in (None, dataset.num_classes),
+            f"checkpoint {args.checkpoint} has {classes} classes but {args.dataset} has "
+            f"{dataset.num_classes}; is it a model for another dataset?")
+    x, _ = dataset[0]
+    try:
+        with torch.inference_mode():
+            logits = model(x.unsqueeze(0).to(next(model.parameters()).device))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SmoothmixError(
+            f"model {ckpt.get('arch')!r} cannot classify {args.dataset} images of shape "
+            f"{tuple(x.shape)} ({first})"
+        ) from None
+    require(logits.shape[-1] == dataset.num_classes,
+            f"model outputs {logits.shape[-1]} classes but {args.dataset} has "
+            f"{dataset.num_classes}")
+    trained = ckpt.get("sigma")
+    if trained is not None and float(trained) != args.sigma and distributed_env()[0] == 0:
+        print(f"note: the checkpoint was trained with sigma={trained}, certifying at "
+              f"sigma={args.sigma}", file=sys.stderr)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
