@@ -139,9 +139,11 @@ def write_tiny_cifar(root, per_batch=3):
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, per_batch).tolist()
         batches[name] = (data, labels)
-        with open(directory / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels,
-                         b"filenames": [b"x.png"] * per_batch}, f)
+        batch = {b"batch_label": name.encode(), b"data": data, b"labels": labels,
+                 b"filenames": [b"x.png"] * per_batch}
+        # Protocol 2 with NumPy 1's module name, as in the files distributed since 2009.
+        raw = pickle.dumps(batch, protocol=2)
+        (directory / name).write_bytes(raw.replace(b"numpy._core.", b"numpy.core."))
     with open(directory / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [b"c%d" % i for i in range(10)],
                      b"num_cases_per_batch": per_batch, b"num_vis": 3072}, f)
@@ -170,6 +172,9 @@ def test_cifar10_missing_and_corrupt(tmp_path):
     directory, _ = write_tiny_cifar(tmp_path)
     (directory / "test_batch").write_bytes(b"not a pickle")
     with pytest.raises(SmoothmixError, match="cannot read CIFAR-10 batch"):
+        load_dataset("cifar10", "test", data_dir=tmp_path)
+    (directory / "test_batch").write_bytes(pickle.dumps({b"data": print}))  # code, not data
+    with pytest.raises(SmoothmixError, match="refusing to load builtins.print"):
         load_dataset("cifar10", "test", data_dir=tmp_path)
 
 

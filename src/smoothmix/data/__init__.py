@@ -18,9 +18,9 @@ from smoothmix.data.datasets import (
     FolderImageDataset,
     ImageDataset,
     TensorImageDataset,
+    cifar10_files,
     find_mnist_files,
     first_image,
-    is_cifar10_dir,
     read_cifar10,
     read_image_folder,
     read_mnist,
@@ -101,13 +101,15 @@ def _not_found(what: str, looked: list[Path], how: str) -> SmoothmixError:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(reader, directory: str, split: str) -> TensorImageDataset:
+def _cached(reader, directory: str, split: str, stamp) -> TensorImageDataset:
     return reader(Path(directory), split)
 
 
-def _in_memory(reader, directory: Path, split: str) -> TensorImageDataset:
-    # Re-reading 60k MNIST images costs ~1 s; share the tensors but not the dataset object.
-    d = _cached(reader, str(directory.resolve()), split)
+def _in_memory(reader, directory: Path, split: str, files) -> TensorImageDataset:
+    # Re-reading 60k MNIST images costs ~1 s; share the tensors (keyed by the files' size and
+    # mtime, so edited files are re-read) but not the dataset object.
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    d = _cached(reader, str(directory.resolve()), split, stamp)
     return TensorImageDataset(d.images, d.labels, d.num_classes, d.name, d.augment)
 
 
@@ -117,8 +119,9 @@ def _load_mnist(split: str, data_dir) -> TensorImageDataset:
     if data_dir is None:
         looked.append(embedded_mnist_dir())  # $SMOOTHMIX_DATA without MNIST: same data
     for directory in looked:
-        if find_mnist_files(directory, split) is not None:
-            return _in_memory(read_mnist, directory, split)
+        files = find_mnist_files(directory, split)
+        if files is not None:
+            return _in_memory(read_mnist, directory, split, files)
     stems = " and ".join(f"{s}[.gz]" for s in MNIST_FILES[split])
     raise _not_found(f"MNIST {split} files ({stems})", looked, how)
 
@@ -128,8 +131,9 @@ def _load_cifar10(split: str, data_dir) -> TensorImageDataset:
     looked = [c for r in roots for c in
               (r, r / "cifar-10-batches-py", r / "cifar10" / "cifar-10-batches-py", r / "cifar10")]
     for directory in looked:
-        if is_cifar10_dir(directory, split):
-            return _in_memory(read_cifar10, directory, split)
+        files = cifar10_files(directory, split)
+        if all(p.is_file() for p in files):
+            return _in_memory(read_cifar10, directory, split, files)
     files = "data_batch_1..5" if split == "train" else "test_batch"
     raise _not_found(f"CIFAR-10 {split} batches ({files} of cifar-10-batches-py)", looked,
                      how + " (download cifar-10-python.tar.gz and extract it there)")

@@ -134,18 +134,39 @@ _CIFAR_FILES = {
 }
 
 
-def is_cifar10_dir(directory: Path, split: str) -> bool:
-    return all((directory / f).is_file() for f in _CIFAR_FILES[split])
+def cifar10_files(directory: Path, split: str) -> list[Path]:
+    return [directory / f for f in _CIFAR_FILES[split]]
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR-10 batches (dicts, lists, numpy arrays) and nothing else, so a
+    tampered file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return _ArrayUnpickler(f, encoding="bytes").load()
 
 
 def read_cifar10(directory: Path, split: str) -> TensorImageDataset:
-    """Read the python-pickle batches of ``cifar-10-batches-py`` (trusted local files)."""
+    """Read the python-pickle batches of ``cifar-10-batches-py``."""
     images, labels = [], []
-    for name in _CIFAR_FILES[split]:
-        path = directory / name
+    for path in cifar10_files(directory, split):
         try:
-            with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+            batch = _unpickle(path)
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             images.append(data.reshape(-1, 3, 32, 32))
             labels.extend(int(v) for v in batch[b"labels"])
@@ -154,8 +175,10 @@ def read_cifar10(directory: Path, split: str) -> TensorImageDataset:
     num_classes = 10
     meta = directory / "batches.meta"
     if meta.is_file():
-        with open(meta, "rb") as f:
-            num_classes = len(pickle.load(f, encoding="bytes").get(b"label_names", [0] * 10))
+        try:
+            num_classes = len(_unpickle(meta).get(b"label_names", [0] * 10))
+        except Exception as exc:
+            raise SmoothmixError(f"cannot read CIFAR-10 metadata {meta}: {exc!r}") from exc
     x = torch.from_numpy(np.concatenate(images))
     y = torch.tensor(labels, dtype=torch.int64)
     if len(x) != len(y):
