@@ -224,7 +224,7 @@ def test_imagenet_transforms(tmp_path):
         ds = load_dataset("imagenet", split, data_dir=tmp_path)
         x, y = ds[1]
         assert x.shape == (3, 224, 224) and y == 1 and 0 <= x.min() and x.max() <= 1
-    with pytest.raises(SmoothmixError, match=r"ImageNet test folder \(val or test/"):
+    with pytest.raises(SmoothmixError, match=r"ImageNet test split \(test/ or val/"):
         load_dataset("imagenet", "test", data_dir=tmp_path / "imagenet" / "train")
 
 

@@ -144,19 +144,19 @@ def _split_dir(root: Path, split: str) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 
 
+def _split_folder_missing(what: str, split: str, looked: list[Path], how: str) -> SmoothmixError:
+    want = "train/" if split == "train" else "test/ or val/"
+    return _not_found(f"{what} {split} split ({want} with one folder per class)", looked, how)
+
+
 def _load_imagenet(split: str, data_dir) -> FolderImageDataset:
     from torchvision import transforms as T
 
     roots, how = _roots(data_dir)
     looked = [c for r in roots for c in (r, r / "imagenet")]
-    names = ("train",) if split == "train" else ("val", "test")
-    for root in looked:
-        directory = next((root / n for n in names if (root / n).is_dir()), None)
-        if directory is not None:
-            break
-    else:
-        raise _not_found(f"ImageNet {split} folder ({' or '.join(names)}/ with one folder per "
-                         "class)", looked, how)
+    directory = next(filter(None, (_split_dir(root, split) for root in looked)), None)
+    if directory is None:
+        raise _split_folder_missing("ImageNet", split, looked, how)
     if split == "train":
         transform = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor()])
     else:
@@ -172,9 +172,7 @@ def _load_imagefolder(split: str, data_dir) -> FolderImageDataset:
     root = roots[0] if roots else None
     directory = _split_dir(root, split) if root is not None else None
     if directory is None:
-        want = "train/" if split == "train" else "test/ or val/"
-        raise _not_found(f"image-folder {split} split ({want} with one folder per class)",
-                         roots, how)
+        raise _split_folder_missing("image-folder", split, roots, how)
     # Size and colour mode come from the training split's first image so that both splits
     # (and every image in them) reach the model with one shape.
     reference = first_image(_split_dir(root, "train") or directory)
