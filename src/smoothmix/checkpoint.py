@@ -82,22 +82,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """All RNG states (torch CPU/CUDA, numpy, random) in a form ``weights_only`` loading accepts
-    (numpy's own state tuple holds an ndarray, which safe loading refuses)."""
+    """All RNG states (torch CPU and current CUDA device, numpy, random) in a form that
+    ``weights_only`` loading accepts (numpy's own state tuple holds an ndarray, which safe
+    loading refuses). Only the current CUDA device is read: querying all of them would open
+    a context on every GPU from every DDP rank."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if cuda else None,
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "python": random.getstate(),
     }
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
+    """Inverse of :func:`capture_rng_state` (the CUDA state goes to the current device)."""
     torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
