@@ -113,10 +113,13 @@ def test_unexpected_normalization_keys(tmp_path):
         load_model(tmp_path / "a.pth")
 
 
-def test_unknown_arch_in_checkpoint(tmp_path):
+def test_unknown_or_custom_arch_in_checkpoint(tmp_path):
     torch.save({"arch": "vgg16", "state_dict": {}}, tmp_path / "a.pth")
     with pytest.raises(SmoothmixError, match="unknown architecture 'vgg16'.*cifar_resnet110"):
         load_model(tmp_path / "a.pth")
+    save_checkpoint(tmp_path / "b.pth", {"arch": None, "state_dict": {}})
+    with pytest.raises(SmoothmixError, match="custom network"):
+        load_model(tmp_path / "b.pth")
 
 
 def test_missing_corrupt_truncated_and_foreign_files(tmp_path):

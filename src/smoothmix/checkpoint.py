@@ -180,6 +180,11 @@ def load_model(
     """
     ckpt = load_checkpoint(path)
     arch = ckpt["arch"]
+    if arch is None:
+        raise SmoothmixError(
+            f"checkpoint {path} holds a custom network (no architecture name): build it "
+            "yourself and load load_checkpoint(path)['state_dict'] into it"
+        )
     if not isinstance(arch, str):
         raise SmoothmixError(f"checkpoint {path} has a non-string 'arch' entry: {arch!r}")
     info = model_defaults(arch)
