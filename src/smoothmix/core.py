@@ -9,6 +9,7 @@ the top two classes at level ``alpha``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -43,6 +44,7 @@ def certified_radius(p_lower: float, sigma: float) -> float:
     return float(sigma * norm.ppf(p_lower))
 
 
+@functools.lru_cache(maxsize=64)
 def smallest_certifying_n(alpha: float) -> int:
     """Smallest n for which CERTIFY at level ``alpha`` can return a class at all.
 
@@ -58,6 +60,7 @@ def smallest_certifying_n(alpha: float) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=64)
 def smallest_predicting_n(alpha: float) -> int:
     """Smallest n for which PREDICT at level ``alpha`` can return a class at all: the
     two-sided binomial p-value of n votes against 0 is 2 / 2**n, which must be <= alpha."""

@@ -1,0 +1,233 @@
+"""The dataset runner: file format, per-example seeding, resume, refusal, shards, merge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from smoothmix.certification import (
+    certify_dataset,
+    merge_results,
+    parse_shard,
+    predict_dataset,
+    selected_indices,
+    shard_path,
+)
+from smoothmix.core import Smooth
+from smoothmix.errors import SmoothmixError
+
+SETTINGS = dict(n0=10, n=200, alpha=0.01, batch_size=64, progress=False)
+
+
+class ToyDataset:
+    num_classes = 3
+
+    def __init__(self, size: int = 12) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.rand(size, 1, 4, 4, generator=gen)
+        self.y = torch.randint(0, 3, (size,), generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], int(self.y[i])
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+
+
+def rows(path) -> list[list[str]]:
+    """Data rows without the time column."""
+    lines = path.read_text().splitlines()
+    assert lines[0].split("\t")[-1] == "time"
+    return [line.split("\t")[:-1] for line in lines[1:]]
+
+
+def test_result_file_format_and_per_example_seeding(tmp_path, model):
+    ds = ToyDataset()
+    out = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", **SETTINGS)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+    assert len(lines) == 1 + len(ds)
+    from smoothmix.certification import _example_seed
+
+    smooth = Smooth(model, 3, 0.25)
+    for idx, line in enumerate(lines[1:]):
+        i, label, pred, radius, correct, seconds = line.split("\t")
+        gen = torch.Generator().manual_seed(_example_seed(0, idx))
+        expect = smooth.certify(ds.x[idx], 10, 200, 0.01, 64, generator=gen)
+        assert (int(i), int(label), int(pred), float(radius)) == (idx, int(ds.y[idx]), *expect)
+        assert repr(float(radius)) == radius  # full precision, round-trips exactly
+        assert int(correct) == (int(pred) == int(label))
+        assert float(seconds) >= 0
+    meta = json.loads((tmp_path / "c.tsv.json").read_text())
+    assert meta["kind"] == "certify"
+    assert meta["settings"]["sigma"] == 0.25 and meta["settings"]["n"] == 200
+    pandas = pytest.importorskip("pandas")
+    frame = pandas.read_csv(out, sep="\t")  # how the reference analysis scripts read it
+    assert list(frame.columns) == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert frame["radius"].tolist() == [float(r[3]) for r in rows(out)]
+
+
+def test_skip_and_max_follow_the_reference_semantics():
+    assert list(selected_indices(100, skip=20)) == [0, 20, 40, 60, 80]
+    assert list(selected_indices(100, skip=20, max_idx=50)) == [0, 20, 40]  # idx < max
+    assert list(selected_indices(10, skip=1, max_idx=-1, shard=(1, 3))) == [1, 4, 7]
+    assert list(selected_indices(100, skip=20, shard=(1, 2))) == [20, 60]
+
+
+def test_predict_file(tmp_path, model):
+    out = predict_dataset(model, ToyDataset(), 0.25, tmp_path / "p.tsv", n=200, alpha=0.01,
+                          batch_size=64, skip=3, progress=False)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "idx\tlabel\tpredict\tcorrect\ttime"
+    assert [int(line.split("\t")[0]) for line in lines[1:]] == [0, 3, 6, 9]
+
+
+def test_resume_skips_written_rows_and_repairs_a_torn_line(tmp_path, model):
+    ds = ToyDataset()
+    full = certify_dataset(model, ds, 0.25, tmp_path / "full.tsv", **SETTINGS)
+    part = tmp_path / "part.tsv"
+    certify_dataset(model, ds, 0.25, part, max_idx=-1, **SETTINGS)
+    # Simulate a crash after 5 examples, in the middle of writing the 6th row.
+    lines = part.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:6]) + lines[6][:5])
+    certify_dataset(model, ds, 0.25, part, **SETTINGS)
+    assert rows(part) == rows(full)
+    # A complete run is a no-op.
+    before = part.read_bytes()
+    certify_dataset(model, ds, 0.25, part, **SETTINGS)
+    assert part.read_bytes() == before
+
+
+def test_malformed_last_complete_line_is_repaired_but_a_damaged_middle_is_refused(tmp_path,
+                                                                                  model):
+    ds = ToyDataset()
+    full = certify_dataset(model, ds, 0.25, tmp_path / "full.tsv", **SETTINGS)
+    path = tmp_path / "c.tsv"
+    lines = full.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:4]) + "3\t1\n")
+    (tmp_path / "c.tsv.json").write_text((tmp_path / "full.tsv.json").read_text())
+    certify_dataset(model, ds, 0.25, path, **SETTINGS)
+    assert rows(path) == rows(full)
+    path.write_text("".join(lines[:3]) + "garbage\n" + "".join(lines[4:]))
+    with pytest.raises(SmoothmixError, match="line 4 is damaged"):
+        certify_dataset(model, ds, 0.25, path, **SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "change, word",
+    [
+        (dict(sigma=0.5), "sigma"),
+        (dict(n=300), "n:"),
+        (dict(alpha=0.001), "alpha"),
+        (dict(skip=2), "skip"),
+        (dict(seed=1), "seed"),
+        (dict(identity={"checkpoint_sha256": "other"}), "checkpoint_sha256"),
+    ],
+)
+def test_refuses_to_append_to_another_runs_file(tmp_path, model, change, word):
+    ds = ToyDataset()
+    path = tmp_path / "c.tsv"
+    certify_dataset(model, ds, 0.25, path, max_idx=4, **SETTINGS)
+    settings = {**SETTINGS, "max_idx": 4, **change}
+    sigma = settings.pop("sigma", 0.25)
+    before = path.read_bytes()
+    with pytest.raises(SmoothmixError, match=word) as info:
+        certify_dataset(model, ds, sigma, path, **settings)
+    assert "\n" not in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_refuses_a_file_without_settings_and_a_predict_file(tmp_path, model):
+    ds = ToyDataset()
+    path = tmp_path / "c.tsv"
+    path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0.1\n")
+    with pytest.raises(SmoothmixError, match="no settings file"):
+        certify_dataset(model, ds, 0.25, path, **SETTINGS)
+    p = predict_dataset(model, ds, 0.25, tmp_path / "p.tsv", n=200, alpha=0.01, batch_size=64,
+                        max_idx=2, progress=False)
+    with pytest.raises(SmoothmixError, match="another run"):
+        certify_dataset(model, ds, 0.25, p, **SETTINGS)
+
+
+def test_a_file_with_only_a_header_is_started_afresh(tmp_path, model):
+    ds = ToyDataset()
+    path = tmp_path / "c.tsv"
+    certify_dataset(model, ds, 0.5, path, max_idx=0, **SETTINGS)  # header only
+    certify_dataset(model, ds, 0.25, path, max_idx=3, **SETTINGS)
+    assert len(rows(path)) == 3
+
+
+def test_shards_merge_to_the_single_process_result(tmp_path, model):
+    ds = ToyDataset(13)
+    single = certify_dataset(model, ds, 0.25, tmp_path / "all.tsv", skip=2, **SETTINGS)
+    parts = [certify_dataset(model, ds, 0.25, tmp_path / f"s{i}.tsv", skip=2, shard=(i, 3),
+                             **SETTINGS) for i in range(3)]
+    merged = merge_results(tmp_path / "merged.tsv", parts[::-1])
+    assert rows(merged) == rows(single)
+    # The merged file is the single-process run: resuming into it has nothing to do.
+    before = merged.read_bytes()
+    certify_dataset(model, ds, 0.25, merged, skip=2, **SETTINGS)
+    assert merged.read_bytes() == before
+
+
+def test_merge_refuses_overlaps_gaps_and_other_runs(tmp_path, model):
+    ds = ToyDataset()
+    s0, s1 = (certify_dataset(model, ds, 0.25, tmp_path / f"s{i}.tsv", shard=(i, 2), **SETTINGS)
+              for i in range(2))
+    with pytest.raises(SmoothmixError, match="shard 1/2 is missing"):
+        merge_results(tmp_path / "m.tsv", [s0])
+    with pytest.raises(SmoothmixError, match="given more than once"):
+        merge_results(tmp_path / "m.tsv", [s0, s1, s0])
+    other = certify_dataset(model, ds, 0.5, tmp_path / "o1.tsv", shard=(1, 2), **SETTINGS)
+    with pytest.raises(SmoothmixError, match="another run"):
+        merge_results(tmp_path / "m.tsv", [s0, other])
+    # A gap: shard 1 lost its last row.
+    lines = s1.read_text().splitlines(keepends=True)
+    s1.write_text("".join(lines[:-1]))
+    with pytest.raises(SmoothmixError, match=r"miss 1 example\(s\), first idx \[11\]"):
+        merge_results(tmp_path / "m.tsv", [s0, s1])
+    # An overlap: shard 1 also holds a row of shard 0.
+    s1.write_text("".join(lines) + s0.read_text().splitlines(keepends=True)[1])
+    with pytest.raises(SmoothmixError, match="idx 0 appears twice"):
+        merge_results(tmp_path / "m.tsv", [s0, s1])
+    assert not (tmp_path / "m.tsv").exists()
+
+
+def test_torchrun_ranks_shard_and_rank_zero_merges(tmp_path, model, monkeypatch):
+    # The logic of a 2-rank run, in one process: rank 1 first, then rank 0 merges.
+    ds = ToyDataset()
+    single = certify_dataset(model, ds, 0.25, tmp_path / "single.tsv", **SETTINGS)
+    out = tmp_path / "dist.tsv"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert certify_dataset(model, ds, 0.25, out, **SETTINGS) == shard_path(out, 1, 2)
+    assert not out.exists()
+    monkeypatch.setenv("RANK", "0")
+    assert certify_dataset(model, ds, 0.25, out, **SETTINGS) == out
+    assert rows(out) == rows(single)
+    assert shard_path(out, 0, 2).name == "dist.rank0of2.tsv"
+    with pytest.raises(SmoothmixError, match="leave --shard out"):
+        certify_dataset(model, ds, 0.25, out, shard=(0, 2), **SETTINGS)
+
+
+def test_parse_shard():
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("5/5", "-1/2", "1", "a/b", "1/0"):
+        with pytest.raises(SmoothmixError, match="shard"):
+            parse_shard(bad)
+
+
+def test_bad_counts_fail_before_any_file_is_written(tmp_path, model):
+    with pytest.raises(SmoothmixError, match="use n >= 10"):
+        certify_dataset(model, ToyDataset(), 0.25, tmp_path / "c.tsv", n0=10, n=5,
+                        alpha=0.001, progress=False)
+    assert not (tmp_path / "c.tsv").exists()

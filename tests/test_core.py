@@ -1,0 +1,304 @@
+"""Soundness of CERTIFY/PREDICT against closed-form ground truth (SPEC §2).
+
+A linear binary classifier f(x) = 1[w.x + b > 0] smoothed with N(0, sigma^2 I) noise has
+p_A = Phi(|w.x + b| / (sigma ||w||)) and its smoothed classifier is f itself, so the true
+robust radius is the distance |w.x + b| / ||w|| to the decision boundary. Every trial that
+certifies a wrong class or a radius beyond that distance is a false certificate; CERTIFY
+promises they happen with probability at most alpha.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binom, binomtest, norm
+from torch import nn
+
+from smoothmix.core import (
+    Smooth,
+    certified_radius,
+    clopper_pearson_lower,
+    smallest_certifying_n,
+    smallest_predicting_n,
+)
+from smoothmix.errors import SmoothmixError
+
+W = torch.tensor([3.0, -4.0])  # ||w|| = 5
+
+
+class Linear2(nn.Module):
+    """Binary linear classifier on 1x1x2 images: class 1 iff w.x + b > 0."""
+
+    def __init__(self, b: float) -> None:
+        super().__init__()
+        self.register_buffer("w", W.clone())
+        self.b = b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+def linear_case(p_a: float, sigma: float) -> tuple[Linear2, torch.Tensor, float]:
+    """A classifier and an image x = 0 whose top class 1 has probability p_a; true radius."""
+    margin = sigma * 5.0 * norm.ppf(p_a)  # w.x + b at x = 0
+    return Linear2(margin), torch.zeros(1, 1, 2), margin / 5.0
+
+
+def exact_false_certification_rate(p_a: float, n0: int, n: int, alpha: float) -> float:
+    """P(CERTIFY certifies a wrong class or a radius > the true one), computed exactly.
+
+    Selection picks class 1 iff it wins the n0 votes (n0 odd: no ties). Given class 1, a
+    certificate exceeds the true radius iff the bound exceeds p_a; given class 0 (probability
+    1 - p_a), any certificate at all (bound >= 1/2) is false.
+    """
+    k = np.arange(n + 1)
+    lower = np.array([clopper_pearson_lower(int(i), n, alpha) for i in k])
+    select_right = binom.sf(n0 // 2, n0, p_a)
+    over = binom.pmf(k, n, p_a)[lower > p_a].sum()
+    wrong = binom.pmf(k, n, 1 - p_a)[lower >= 0.5].sum()
+    return float(select_right * over + (1 - select_right) * wrong)
+
+
+def false_certifications(p_a: float, sigma: float, n0: int, n: int, alpha: float,
+                         trials: int) -> int:
+    model, x, true_radius = linear_case(p_a, sigma)
+    smooth = Smooth(model, num_classes=2, sigma=sigma)
+    torch.manual_seed(1234)
+    bad = 0
+    for _ in range(trials):
+        label, radius = smooth.certify(x, n0=n0, n=n, alpha=alpha, batch_size=1000)
+        if label == 0 or (label == 1 and radius > true_radius * (1 + 1e-9)):
+            bad += 1
+    return bad
+
+
+def test_false_certification_rate_matches_exact_value_and_stays_below_alpha():
+    p_a, sigma, n0, n, alpha, trials = 0.8, 0.5, 11, 200, 0.1, 3000
+    q = exact_false_certification_rate(p_a, n0, n, alpha)
+    assert 0.02 < q <= alpha  # the test has power: false certificates do happen
+    bad = false_certifications(p_a, sigma, n0, n, alpha, trials)
+    assert binomtest(bad, trials, q).pvalue > 1e-3, (bad, trials, q)
+    assert binomtest(bad, trials, alpha, alternative="greater").pvalue > 1e-3
+
+
+def test_false_certification_harness_catches_an_unsound_bound(monkeypatch):
+    # The same harness must flag a bound without confidence (the point estimate n_A / n).
+    import smoothmix.core as core
+
+    monkeypatch.setattr(core, "clopper_pearson_lower", lambda n_a, n, alpha: n_a / n)
+    bad = false_certifications(0.8, 0.5, 11, 200, 0.1, 600)
+    assert binomtest(bad, 600, 0.1, alternative="greater").pvalue < 1e-3
+
+
+def test_radius_approaches_the_true_radius_as_n_grows():
+    sigma = 0.5
+    model, x, true_radius = linear_case(0.9, sigma)
+    smooth = Smooth(model, num_classes=2, sigma=sigma)
+    torch.manual_seed(0)
+    gaps = []
+    for n in (1_000, 10_000, 100_000):
+        radii = [smooth.certify(x, 100, n, 0.001, batch_size=100_000)[1] for _ in range(5)]
+        assert all(0 < r <= true_radius for r in radii)
+        gaps.append(true_radius - float(np.mean(radii)))
+    assert gaps[0] > gaps[1] > gaps[2]
+    # Expected gap at n = 1e5: z_0.999 * sqrt(p(1-p)/n) / phi(Phi^-1(p)) * sigma ~ 0.008.
+    assert gaps[2] < 0.03 * sigma
+
+
+def test_clopper_pearson_matches_statsmodels_and_its_definition():
+    proportion_confint = pytest.importorskip("statsmodels.stats.proportion").proportion_confint
+    for n in (1, 7, 100, 1000, 100_000):
+        for n_a in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            for alpha in (0.001, 0.01, 0.05):
+                ours = clopper_pearson_lower(n_a, n, alpha)
+                ref = proportion_confint(n_a, n, alpha=2 * alpha, method="beta")[0]
+                assert ours == pytest.approx(float(np.nan_to_num(ref)), rel=1e-9, abs=1e-12)
+                if n_a == 0:
+                    assert ours == 0.0
+                else:
+                    # Defining property: P(Bin(n, p_lower) >= n_a) = alpha.
+                    assert binom.sf(n_a - 1, n, ours) == pytest.approx(alpha, rel=1e-6)
+    assert clopper_pearson_lower(10, 10, 0.001) == pytest.approx(0.001 ** (1 / 10))
+
+
+@pytest.mark.parametrize("n, cap", [(100_000, 3.81), (10_000, 3.20)])
+def test_radius_cap_with_unanimous_votes(n, cap):
+    for sigma in (0.25, 1.0):
+        radius = certified_radius(clopper_pearson_lower(n, n, 0.001), sigma)
+        assert radius == pytest.approx(cap * sigma, abs=0.005 * sigma)
+        assert radius == pytest.approx(sigma * norm.ppf(0.001 ** (1 / n)), rel=1e-12)
+
+
+class Constant(nn.Module):
+    def __init__(self, label: int, num_classes: int = 10) -> None:
+        super().__init__()
+        self.label, self.num_classes = label, num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(len(x), self.num_classes)
+        out[:, self.label] = 1.0
+        return out
+
+
+def test_certify_with_unanimous_classifier_reaches_the_cap():
+    smooth = Smooth(Constant(3), num_classes=10, sigma=0.5)
+    label, radius = smooth.certify(torch.rand(1, 4, 4), 100, 10_000, 0.001, batch_size=1000)
+    assert label == 3
+    assert radius == pytest.approx(0.5 * norm.ppf(0.001 ** (1e-4)), rel=1e-12)
+
+
+def test_smallest_certifying_n_is_exact():
+    for alpha in (0.5, 0.1, 0.01, 0.001, 1e-6, 0.0625):
+        n_min = smallest_certifying_n(alpha)
+        brute = next(n for n in range(1, 200) if clopper_pearson_lower(n, n, alpha) >= 0.5)
+        assert n_min == brute
+    assert smallest_certifying_n(0.001) == 10  # 0.001 ** (1/10) = 0.5012 >= 1/2
+    smooth = Smooth(Constant(1), num_classes=10, sigma=0.25)
+    assert smooth.certify(torch.zeros(1, 2, 2), 1, 10, 0.001, 100)[0] == 1
+    with pytest.raises(SmoothmixError, match=r"n >= 10"):
+        smooth.certify(torch.zeros(1, 2, 2), 1, 9, 0.001, 100)
+
+
+def test_smallest_predicting_n_is_exact():
+    for alpha in (0.1, 0.01, 0.001):
+        n_min = smallest_predicting_n(alpha)
+        brute = next(n for n in range(1, 200) if binomtest(n, n, 0.5).pvalue <= alpha)
+        assert n_min == brute
+    with pytest.raises(SmoothmixError, match=r"n >= 11"):
+        Smooth(Constant(1), 10, 0.25).predict(torch.zeros(1, 2, 2), 10, 0.001, 100)
+
+
+class Tied(nn.Module):
+    """Classes 0 and 1 exactly tied under the noise (sign of the first pixel's noise at
+    x = 0); class 2 never wins."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1)[:, 0]
+        return torch.stack([z, -z, torch.full_like(z, -1e9)], dim=1)
+
+
+def test_predict_abstains_at_the_right_rate_on_a_tie():
+    n, alpha, trials = 100, 0.1, 2000
+    k = np.arange(n + 1)
+    rejects = np.array([binomtest(int(i), n, 0.5).pvalue <= alpha for i in k])
+    r = float(binom.pmf(k, n, 0.5)[rejects].sum())  # chance PREDICT names a class
+    assert 0.05 < r <= alpha
+    smooth = Smooth(Tied(), num_classes=3, sigma=1.0)
+    torch.manual_seed(7)
+    answers = [smooth.predict(torch.zeros(1, 1, 1), n, alpha, 1000) for _ in range(trials)]
+    named = sum(a != -1 for a in answers)
+    assert set(answers) <= {-1, 0, 1}
+    assert binomtest(named, trials, r).pvalue > 1e-3, (named, r)
+    assert binomtest(named, trials, alpha, alternative="greater").pvalue > 1e-3
+
+
+def test_predict_returns_a_clear_winner():
+    model, x, _ = linear_case(0.99, 0.25)
+    torch.manual_seed(0)
+    assert Smooth(model, 2, 0.25).predict(x, 1000, 0.001, 256) == 1
+
+
+class SwitchAfter(nn.Module):
+    """Class 0 for the first ``k`` rows it ever sees, class 1 afterwards."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k, self.seen = k, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(self.seen, self.seen + len(x))
+        self.seen += len(x)
+        return nn.functional.one_hot((rows >= self.k).long(), 2).float()
+
+
+def test_certify_bounds_with_fresh_samples_only():
+    # Selection sees class 0 only, the n fresh samples class 1 only: reusing the selection
+    # votes would count 100 for class 0; fresh counting gives n_A = 0 and abstains.
+    model = SwitchAfter(100)
+    assert Smooth(model, 2, 0.5).certify(torch.zeros(1, 2, 2), 100, 1000, 0.01, 64) == (-1, 0.0)
+    assert model.seen == 1100  # exactly n0 + n noisy samples, chunked within batch_size
+
+
+class ModeRecorder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(1)
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return self.bn(x).flatten(1)[:, :2]
+
+
+def test_base_classifier_runs_in_eval_mode_and_mode_is_restored():
+    model = ModeRecorder().train()
+    Smooth(model, 2, 0.5).certify(torch.zeros(1, 1, 2), 10, 100, 0.1, 50)
+    assert model.modes and not any(model.modes)
+    assert model.training
+
+
+def test_chunks_respect_batch_size():
+    sizes: list[int] = []
+
+    class Spy(Constant):
+        def forward(self, x):
+            sizes.append(len(x))
+            return super().forward(x)
+
+    Smooth(Spy(0, 2), 2, 0.5).predict(torch.zeros(3, 8, 8), 1000, 0.01, batch_size=300)
+    assert sum(sizes) == 1000 and max(sizes) <= 300
+    sizes.clear()
+    Smooth(Spy(0, 2), 2, 0.5, chunk_size=64).predict(torch.zeros(1, 2, 2), 200, 0.01, 1000)
+    assert sum(sizes) == 200 and max(sizes) == 64
+
+
+def test_same_generator_seed_gives_same_answer():
+    model, x, _ = linear_case(0.7, 0.5)
+    smooth = Smooth(model, 2, 0.5)
+    runs = [smooth.certify(x, 10, 500, 0.01, 128, generator=torch.Generator().manual_seed(5))
+            for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0][0] == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sigma=0.0), "sigma must be a positive"),
+        (dict(sigma=-0.5), "sigma must be a positive"),
+        (dict(sigma=float("nan")), "sigma must be a positive"),
+        (dict(alpha=0.0), "alpha must lie strictly between 0 and 1"),
+        (dict(alpha=1.0), "alpha must lie strictly between 0 and 1"),
+        (dict(n0=0), "n0 must be >= 1"),
+        (dict(n=0), "n=0 can never certify at alpha=0.001: use n >= 10"),
+        (dict(n=5), "n=5 can never certify at alpha=0.001: use n >= 10"),
+        (dict(batch_size=0), "batch_size must be >= 1"),
+        (dict(x=torch.zeros(4, 1, 2, 2)), "a batch"),
+        (dict(x=torch.zeros(2, 2)), "C x H x W"),
+        (dict(x=torch.zeros(1, 2, 2, dtype=torch.uint8)), "float"),
+        (dict(x=[[0.0]]), "torch.Tensor"),
+        (dict(num_classes=3), "logits of shape"),
+        (dict(num_classes=1), "num_classes must be >= 2"),
+    ],
+)
+def test_bad_input_gives_one_line_smoothmix_error(kwargs, message):
+    args = dict(sigma=0.5, alpha=0.001, n0=10, n=100, batch_size=50, x=torch.zeros(1, 2, 2),
+                num_classes=2)
+    args.update(kwargs)
+    with pytest.raises(SmoothmixError, match=message) as info:
+        smooth = Smooth(Constant(0, 2), args["num_classes"], args["sigma"])
+        smooth.certify(args["x"], args["n0"], args["n"], args["alpha"], args["batch_size"])
+    assert "\n" not in str(info.value)
+
+
+def test_certified_radius_and_bound_validate_their_inputs():
+    with pytest.raises(SmoothmixError, match="certifies nothing"):
+        certified_radius(0.4, 0.5)
+    with pytest.raises(SmoothmixError):
+        clopper_pearson_lower(5, 4, 0.01)
+    assert certified_radius(0.5, 1.0) == 0.0
+    assert certified_radius(norm.cdf(1.0), 0.5) == pytest.approx(0.5)
+    assert math.isinf(certified_radius(1.0, 0.5))
