@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run CERTIFY on every --skip-th test example and write the reference "
         "result file (idx label predict radius correct time; radius at full precision). "
         "Rerunning the same command resumes an interrupted run. Under torchrun the ranks "
-        "split the examples and rank 0 writes the merged file.",
+        "split the examples and rank 0 writes the merged file; write `torchrun ... -m "
+        "smoothmix -- certify ...` (with the --) so that torchrun does not mistake --n or "
+        "--max for abbreviations of its own options.",
     )
     _add_run_options(certify, with_n0=True)
     certify.set_defaults(func=run_certify)
@@ -63,9 +65,9 @@ def _add_run_options(parser: argparse.ArgumentParser, with_n0: bool) -> None:
     parser.add_argument("--sigma", type=float, required=True,
                         help="noise level sigma in [0, 1] pixel units")
     if with_n0:
-        parser.add_argument("--n0", type=int, default=100,
+        parser.add_argument("--n0", "--N0", type=int, default=100,
                             help="noise samples used to select the class (default 100)")
-    parser.add_argument("--n", type=int, default=100_000,
+    parser.add_argument("--n", "--N", type=int, default=100_000,
                         help="noise samples for the bound (certify) or the vote (predict); "
                         "it caps the radius (default 100000)")
     parser.add_argument("--alpha", type=float, default=0.001,
@@ -157,6 +159,14 @@ def _check_compatible(model: torch.nn.Module, ckpt: dict, dataset, args) -> None
             f"checkpoint {args.checkpoint} has {classes} classes but {args.dataset} has "
             f"{dataset.num_classes}; is it a model for another dataset?")
     x, _ = dataset[0]
+    from smoothmix.models import model_defaults
+
+    expected = tuple(model_defaults(ckpt["arch"]).input_shape)
+    # Convolutional nets with global pooling accept other sizes without complaint and then
+    # give meaningless certificates; insist on the shape the architecture was built for.
+    require(tuple(x.shape) == expected,
+            f"model {ckpt['arch']!r} takes {_shape(expected)} images but {args.dataset} has "
+            f"{_shape(x.shape)}; is the checkpoint for another dataset?")
     try:
         with torch.inference_mode():
             logits = model(x.unsqueeze(0).to(next(model.parameters()).device))
@@ -173,6 +183,10 @@ def _check_compatible(model: torch.nn.Module, ckpt: dict, dataset, args) -> None
     if trained is not None and float(trained) != args.sigma and distributed_env()[0] == 0:
         print(f"note: the checkpoint was trained with sigma={trained}, certifying at "
               f"sigma={args.sigma}", file=sys.stderr)
+
+
+def _shape(shape) -> str:
+    return "x".join(str(d) for d in shape)
 
 
 def _sha256(path: str) -> str:

@@ -1,0 +1,197 @@
+"""`smoothmix certify / predict / merge / analyze` end to end on the embedded MNIST.
+
+Includes the two process-level guarantees: a run killed with SIGKILL and rerun equals an
+uninterrupted run, and a 2-process gloo torchrun run equals the single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from smoothmix.checkpoint import save_checkpoint
+from smoothmix.cli import main
+from smoothmix.models import create_model
+
+FAST = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--batch", "100", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    paths = {}
+    for name, arch, norm in (("lenet", "lenet", "mnist"), ("resnet", "cifar_resnet20", "cifar10")):
+        model = create_model(arch)
+        paths[name] = root / f"{name}.pth"
+        save_checkpoint(paths[name], {"arch": arch, "state_dict": model.state_dict(),
+                                      "num_classes": 10, "normalization": norm, "epoch": 1})
+    mismatched = root / "mismatched.pth"
+    save_checkpoint(mismatched, {"arch": "lenet", "normalization": "mnist",
+                                 "state_dict": create_model("cifar_resnet20").state_dict()})
+    paths["mismatched"] = mismatched
+    corrupt = root / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint at all" * 100)
+    paths["corrupt"] = corrupt
+    return paths
+
+
+def data_rows(path: Path) -> list[list[str]]:
+    lines = path.read_text().splitlines()
+    return [line.split("\t")[:-1] for line in lines[1:]]  # without the time column
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_certify_predict_and_analyze(tmp_path, ckpts, capsys):
+    out = tmp_path / "c.tsv"
+    assert main(["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25",
+                 "--max", "6", "--skip", "2", *FAST, "--out", str(out)]) == 0
+    rows = data_rows(out)
+    assert [r[0] for r in rows] == ["0", "2", "4"]
+    # MNIST test labels of idx 0, 2, 4 are 7, 1, 4.
+    assert [r[1] for r in rows] == ["7", "1", "4"]
+    pred = tmp_path / "p.tsv"
+    assert main(["predict", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25",
+                 "--n", "100", "--alpha", "0.01", "--max", "3", "--no-progress",
+                 "--out", str(pred)]) == 0
+    assert pred.read_text().splitlines()[0] == "idx\tlabel\tpredict\tcorrect\ttime"
+    capsys.readouterr()
+    assert main(["analyze", str(out), str(out), "--radii", "0,0.1", "--format", "csv",
+                 "--labels", "a,b"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "name,examples,ACR,r=0,r=0.1"
+    assert table[1].startswith("a,3,") and table[2].startswith("b,3,")
+
+
+def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, ckpts):
+    common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.5", "--max", "7", *FAST]
+    assert main(["certify", *common, "--out", str(tmp_path / "all.tsv")]) == 0
+    for i in range(2):
+        assert main(["certify", *common, "--shard", f"{i}/2",
+                     "--out", str(tmp_path / f"s{i}.tsv")]) == 0
+    assert main(["merge", str(tmp_path / "m.tsv"), str(tmp_path / "s1.tsv"),
+                 str(tmp_path / "s0.tsv")]) == 0
+    assert data_rows(tmp_path / "m.tsv") == data_rows(tmp_path / "all.tsv")
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ckpts):
+    args = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25",
+            "--n0", "10", "--N", "1500", "--alpha", "0.001", "--batch", "500", "--max", "6",
+            "--no-progress"]
+    out = tmp_path / "killed.tsv"
+    cmd = [sys.executable, "-m", "smoothmix", *args, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.read_text().count("\n") >= 3:  # header + 2 rows
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(data_rows(out))
+    assert 2 <= written < 6
+    rerun = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert main([*args, "--out", str(tmp_path / "whole.tsv")]) == 0
+    rows = data_rows(out)
+    assert rows == data_rows(tmp_path / "whole.tsv")
+    assert [int(r[0]) for r in rows] == list(range(6))
+
+
+def test_torchrun_two_gloo_processes_equal_the_single_process_run(tmp_path, ckpts):
+    common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max", "9",
+              "--device", "cpu", *FAST]
+    out = tmp_path / "dist.tsv"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           "--nproc_per_node=2", "-m", "smoothmix", "--", "certify", *common, "--out", str(out)]
+    result = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert main(["certify", *common, "--out", str(tmp_path / "single.tsv")]) == 0
+    rows = data_rows(out)
+    assert [int(r[0]) for r in rows] == list(range(9))
+    assert rows == data_rows(tmp_path / "single.tsv")
+    assert (tmp_path / "dist.rank1of2.tsv").exists()
+
+
+def _error(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sigma", "0"], "--sigma must be positive"),
+        (["--sigma", "-0.5"], "--sigma must be positive"),
+        (["--alpha", "0"], "alpha must lie strictly between 0 and 1"),
+        (["--alpha", "1.5"], "alpha must lie strictly between 0 and 1"),
+        (["--n0", "0"], "n0 must be >= 1"),
+        (["--n", "0"], "n=0 can never certify"),
+        (["--n", "5", "--alpha", "0.001"], "n=5 can never certify at alpha=0.001: use n >= 10"),
+        (["--batch", "0"], "batch_size must be >= 1"),
+        (["--shard", "2/2"], "0 <= I < K"),
+        (["--skip", "0"], "--skip must be >= 1"),
+    ],
+)
+def test_bad_numbers_exit_2_with_one_line(tmp_path, ckpts, capsys, extra, message):
+    argv = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", *FAST,
+            "--out", str(tmp_path / "c.tsv"), *extra]
+    assert message in _error(capsys, argv)
+    assert not (tmp_path / "c.tsv").exists()
+
+
+def test_bad_files_exit_2_with_one_line(tmp_path, ckpts, capsys, monkeypatch):
+    monkeypatch.delenv("SMOOTHMIX_DATA", raising=False)
+    out = str(tmp_path / "c.tsv")
+
+    def certify(ckpt, *extra):
+        return _error(capsys, ["certify", str(ckpt), "--dataset", "mnist", "--sigma", "0.25",
+                               *FAST, "--max", "2", "--out", out, *extra])
+
+    assert "does not exist" in certify(tmp_path / "missing.pth")
+    assert "corrupt.pth" in certify(ckpts["corrupt"])
+    assert "lenet" in certify(ckpts["mismatched"])
+    assert "takes 3x32x32 images but mnist has 1x28x28" in certify(ckpts["resnet"])
+    err = _error(capsys, ["certify", str(ckpts["resnet"]), "--dataset", "cifar10", "--sigma",
+                          "0.25", *FAST, "--out", out])
+    assert "CIFAR-10" in err and "--data-dir" in err
+    # An output file that belongs to another run.
+    assert main(["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.5", *FAST,
+                 "--max", "2", "--out", out]) == 0
+    assert "sigma: 0.5 in the file vs 0.25 now" in certify(ckpts["lenet"])
+    assert "use n >= 11" in _error(capsys, ["predict", str(ckpts["lenet"]), "--dataset",
+                                            "mnist", "--sigma", "0.25", "--n", "10",
+                                            "--out", out])
+    assert "does not exist" in _error(capsys, ["merge", out, str(tmp_path / "nope.tsv")])
+    assert "does not exist" in _error(capsys, ["analyze", str(tmp_path / "nope.tsv")])
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path, ckpts):
+    result = subprocess.run(
+        [sys.executable, "-m", "smoothmix", "certify", str(ckpts["corrupt"]), "--dataset",
+         "mnist", "--sigma", "0.25", "--out", str(tmp_path / "c.tsv")],
+        env=clean_env(), capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("smoothmix certify: error:")
+    assert len(result.stderr.strip().splitlines()) == 1
