@@ -1,0 +1,145 @@
+"""Certification throughput: smoothmix's ``Smooth.certify`` against the reference loop and
+against a bare inference loop (the model-bound limit).
+
+Same model, same images, same n0 + N noisy samples per image and the same ``batch_size``:
+
+* smoothmix  - ``smoothmix.core.Smooth.certify``;
+* reference  - a transcription of Cohen et al.'s ``core.Smooth._sample_noise``: per batch of
+  ``batch_size``, ``x.repeat``, ``randn_like``, forward, ``argmax``, predictions copied to
+  the host and counted with numpy (``count_arr``);
+* model-bound - forward passes only, over the same number of pre-made noisy images, at the
+  batch size that is fastest for this model and device (picked by a short scan).
+
+One run each; prints samples/s and the two ratios. Usage:
+    python benchmarks/certify_throughput.py [--images 3] [--n 100000] [--batch 1000]
+        [--checkpoint PATH] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from smoothmix.core import Smooth
+from smoothmix.data import load_dataset
+from smoothmix.device import resolve_device
+from smoothmix.models import create_model
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reference_sample_noise(model, x, num, batch_size, sigma, num_classes) -> np.ndarray:
+    """Cohen et al.'s ``_sample_noise`` (core.py), device taken from x instead of 'cuda'."""
+    with torch.no_grad():
+        counts = np.zeros(num_classes, dtype=int)
+        for _ in range(math.ceil(num / batch_size)):
+            this_batch_size = min(batch_size, num)
+            num -= this_batch_size
+            batch = x.repeat((this_batch_size, 1, 1, 1))
+            noise = torch.randn_like(batch) * sigma
+            predictions = model(batch + noise).argmax(1)
+            counts += count_arr(predictions.cpu().numpy(), num_classes)
+        return counts
+
+
+def count_arr(arr: np.ndarray, length: int) -> np.ndarray:
+    counts = np.zeros(length, dtype=int)
+    for idx in arr:
+        counts[idx] += 1
+    return counts
+
+
+def reference_certify(model, x, n0, n, batch_size, sigma, num_classes) -> None:
+    counts0 = reference_sample_noise(model, x, n0, batch_size, sigma, num_classes)
+    c_hat = counts0.argmax().item()
+    counts = reference_sample_noise(model, x, n, batch_size, sigma, num_classes)
+    return c_hat, counts[c_hat]
+
+
+def timed(fn, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def model_bound(model, shape, total, device, candidates) -> tuple[float, int]:
+    """Samples/s of bare forward passes at the fastest batch size among ``candidates``."""
+    def loop(batch: int, count: int) -> None:
+        noisy = torch.randn((batch, *shape), device=device)
+        with torch.inference_mode():
+            for start in range(0, count, batch):
+                model(noisy[: min(batch, count - start)])
+
+    scan = {}
+    for batch in candidates:
+        loop(batch, batch)  # warm-up (allocator, kernel selection)
+        scan[batch] = 4 * batch / timed(lambda b=batch: loop(b, 4 * b), device)
+    best = max(scan, key=scan.get)
+    print("  model-bound scan (samples/s by batch): "
+          + ", ".join(f"{b}: {r:,.0f}" for b, r in scan.items()))
+    return total / timed(lambda: loop(best, total), device), best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=3, help="MNIST test images to certify")
+    parser.add_argument("--n0", type=int, default=100)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--sigma", type=float, default=0.5)
+    parser.add_argument("--checkpoint", default=None, help="LeNet checkpoint (default: random)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    if args.checkpoint:
+        from smoothmix.checkpoint import load_model
+
+        model, _ = load_model(args.checkpoint, device)
+    else:
+        torch.manual_seed(0)
+        model = create_model("lenet").to(device).eval()
+    data = load_dataset("mnist", "test")
+    images = [data[i][0].to(device) for i in range(args.images)]
+    per_image = args.n0 + args.n
+    total = per_image * len(images)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device {device} ({name}), torch threads {torch.get_num_threads()}, "
+          f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+    print(f"LeNet, {len(images)} images x (n0={args.n0} + N={args.n}) samples, "
+          f"batch_size={args.batch}")
+
+    smooth = Smooth(model, 10, args.sigma)
+    smooth.certify(images[0], 10, 1000, 0.001, args.batch)  # warm-up
+    reference_certify(model, images[0], 10, 1000, args.batch, args.sigma, 10)
+
+    # Alternate image by image so that a change in machine load hits both alike.
+    t_ours = t_ref = 0.0
+    for x in images:
+        t_ours += timed(lambda x=x: smooth.certify(x, args.n0, args.n, 0.001, args.batch),
+                        device)
+        t_ref += timed(lambda x=x: reference_certify(model, x, args.n0, args.n, args.batch,
+                                                     args.sigma, 10), device)
+    candidates = (125, 250, 500, 1000) if device.type == "cpu" else (1000, 4000, 10000, 20000)
+    bound, best = model_bound(model, images[0].shape, total, device, candidates)
+
+    ours, ref = total / t_ours, total / t_ref
+    print(f"  smoothmix Smooth.certify : {ours:10,.0f} samples/s")
+    print(f"  reference transcription  : {ref:10,.0f} samples/s")
+    print(f"  model-bound (batch {best:5d}): {bound:10,.0f} samples/s")
+    print(f"smoothmix / model-bound = {ours / bound:.2f}   (target >= 0.9)")
+    print(f"smoothmix / reference   = {ours / ref:.2f}   (target >= 1.2)")
+
+
+if __name__ == "__main__":
+    main()
