@@ -33,7 +33,13 @@ import torch.distributed as dist
 from torch import nn
 
 from smoothmix import distributed
-from smoothmix.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from smoothmix.checkpoint import (
+    CHECKPOINT_NAME,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from smoothmix.device import resolve_device
 from smoothmix.errors import SmoothmixError, require
 
@@ -106,31 +112,6 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- RNG state
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    """All RNG states of this process as plain data + tensors (loadable weights_only)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def seed_everything(seed: int) -> None:
@@ -453,7 +434,7 @@ def fit(
     # ---- RNG: restore exactly, or seed fresh (per rank) right before the first epoch.
     saved_rng = (ckpt or {}).get("rng")
     if isinstance(saved_rng, list) and len(saved_rng) == world:
-        _set_rng_state(saved_rng[rank], device)
+        restore_rng_state(saved_rng[rank])
     else:
         if ckpt is not None and main:
             print(f"note: checkpoint RNG state was saved by {len(saved_rng or [])} process(es), "
@@ -528,7 +509,7 @@ def fit(
                 row["test_noisy_loss"] = t[1] / max(t[2], 1)
             row["time_s"] = time.time() - t0
 
-            rng = _gather_objects(_rng_state(device))
+            rng = _gather_objects(capture_rng_state())
             if main:
                 save_checkpoint(ckpt_path, {
                     "arch": arch,
@@ -553,13 +534,16 @@ def fit(
                         if k != "epoch":
                             tb.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
                     tb.flush()
+                summary = f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f}"
+                if "train_acc" in row:
+                    summary += f" acc {row['train_acc']:.3f}"
+                if "test_noisy_acc" in row:
+                    summary += f" noisy test acc {row['test_noisy_acc']:.3f}"
+                summary += f" ({row['time_s']:.1f} s)"
                 if bar is not None:
-                    summary = f"loss {row['train_loss']:.4f}"
-                    if "train_acc" in row:
-                        summary += f" acc {row['train_acc']:.3f}"
-                    if "test_noisy_acc" in row:
-                        summary += f" noisy test acc {row['test_noisy_acc']:.3f}"
-                    bar.write(f"epoch {epoch + 1}/{config.epochs}: {summary}")
+                    bar.write(summary)
+                else:
+                    print(summary, flush=True)
             distributed.barrier()
     finally:
         if bar is not None:

@@ -1,0 +1,204 @@
+"""`smoothmix train` / `smoothmix presets` end to end: real processes, SIGKILL, torchrun."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from smoothmix.checkpoint import load_checkpoint, load_model
+from smoothmix.cli import main
+from smoothmix.training import PRESETS
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ENV.pop("SMOOTHMIX_DATA", None)
+TINY = ["--dataset", "mnist", "--arch", "lenet", "--train-subset", "256", "--test-subset", "64",
+        "--device", "cpu", "--quiet", "--lr-step", "2"]
+
+
+def smoothmix_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "smoothmix", *args]
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(smoothmix_cmd(*args), env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def state_dict(outdir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(outdir / "checkpoint.pth.tar")["state_dict"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def log_rows(outdir: Path) -> list[dict[str, str]]:
+    with open(outdir / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- kill and resume
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    args = [*TINY, "--method", "smoothmix", "--sigma", "0.5", "--num-noise", "2",
+            "--num-steps", "2", "--batch", "32", "--epochs", "4"]
+    killed, ref = tmp_path / "killed", tmp_path / "ref"
+    proc = subprocess.Popen(smoothmix_cmd("train", *args, "--outdir", str(killed)), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = killed / "checkpoint.pth.tar"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err  # it was killed, it did not finish
+    epoch_at_kill = load_checkpoint(ckpt)["epoch"]
+    assert 1 <= epoch_at_kill < 4
+
+    resumed = run_cli("train", "--outdir", str(killed), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    full = run_cli("train", *args, "--outdir", str(ref))
+    assert full.returncode == 0, full.stderr
+
+    assert load_checkpoint(ckpt)["epoch"] == 4
+    assert_same_weights(state_dict(killed), state_dict(ref))  # CPU: bit for bit
+    rows_k, rows_r = log_rows(killed), log_rows(ref)
+    assert [r["epoch"] for r in rows_k] == ["1", "2", "3", "4"]
+    assert [r["train_loss"] for r in rows_k] == [r["train_loss"] for r in rows_r]
+    assert [r["test_noisy_acc"] for r in rows_k] == [r["test_noisy_acc"] for r in rows_r]
+    # StepLR every 2 epochs (from --lr-step 2, kept through the resume).
+    assert [float(r["lr"]) for r in rows_k] == pytest.approx([0.01, 0.01, 0.001, 0.001])
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("smoothmix train: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "smoothmixx", "--sigma", "0.5"], "valid methods"),
+    (["--method", "gaussian", "--sigma", "0.5", "--arch", "resnet18"], "unknown architecture"),
+    (["--method", "gaussian", "--sigma", "0"], "sigma must be > 0"),
+    (["--method", "gaussian", "--sigma", "-0.5"], "sigma must be > 0"),
+    (["--method", "smoothmix", "--sigma", "0.5", "--num-noise", "0"], "m (--num-noise)"),
+    (["--method", "smoothmix", "--sigma", "0.5", "--num-steps", "0"], "T (--num-steps)"),
+    (["--method", "gaussian", "--sigma", "0.5", "--num-steps", "3"], "--num-steps is not"),
+    (["--method", "smoothadv", "--sigma", "0.5", "--attack", "fgsm"], "pgd, ddn"),
+    (["--preset", "mnist-smoothmix-0.3"], "valid presets"),
+    (["--method", "gaussian", "--sigma", "0.5", "--batch", "0"], "batch size"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, capsys, extra, message):
+    argv = ["train", "--dataset", "mnist", "--outdir", str(tmp_path / "o"), *extra]
+    line = one_line_error(capsys, argv)
+    assert message in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_dataset_lists_valid_names(tmp_path, capsys):
+    line = one_line_error(capsys, ["train", "--dataset", "svhn", "--method", "gaussian",
+                                   "--sigma", "0.5", "--outdir", str(tmp_path / "o")])
+    assert "mnist" in line and "cifar10" in line
+
+
+def test_nonempty_outdir_and_incompatible_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--method", "gaussian", "--sigma", "0.5", "--epochs", "1",
+            "--train-subset", "64", "--outdir", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "is not empty; pass --resume" in one_line_error(capsys, args)
+    line = one_line_error(capsys, [*args, "--resume", "--method", "stability"])
+    assert "method 'gaussian' -> 'stability'" in line
+    line = one_line_error(capsys, [*args, "--resume", "--sigma", "0.25"])
+    assert "sigma 0.5 -> 0.25" in line
+    line = one_line_error(capsys, [*args, "--resume", "--arch", "cifar_resnet20"])
+    assert "arch 'lenet' -> 'cifar_resnet20'" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
+    res = run_cli("train", "--dataset", "mnist", "--method", "nope", "--sigma", "0.5",
+                  "--outdir", str(tmp_path / "o"))
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- presets
+
+
+def test_presets_command_lists_every_preset(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in PRESETS:
+        assert name in out
+    assert main(["presets", "macer"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()[1:]
+    assert lines and all("macer" in line for line in lines)
+    assert main(["presets", "nothing-like-this"]) == 2
+
+
+def test_preset_with_overrides_trains(tmp_path, capsys):
+    out = tmp_path / "p"
+    code = main(["train", "--preset", "mnist-consistency-0.25", "--epochs", "1", "--lbd", "3",
+                 "--train-subset", "128", "--test-subset", "32", "--quiet", "--device", "cpu",
+                 "--outdir", str(out)])
+    assert code == 0, capsys.readouterr().err
+    ckpt = load_checkpoint(out / "checkpoint.pth.tar")
+    assert (ckpt["method"], ckpt["sigma"], ckpt["arch"]) == ("consistency", 0.25, "lenet")
+    assert ckpt["config"]["epochs"] == 1 and ckpt["config"]["batch_size"] == 128
+    assert ckpt["config"]["lr"] == 0.01 and ckpt["config"]["preset"] == "mnist-consistency-0.25"
+    assert ckpt["method_options"] == {"num_noise": 2, "eta": 0.5, "lbd": 3.0}
+    model, _ = load_model(out / "checkpoint.pth.tar")
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------- torchrun
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--standalone", "-m", "smoothmix", *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=150)
+
+
+def test_torchrun_two_process_gloo_training_and_resume(tmp_path):
+    args = ["train", *TINY, "--method", "gaussian", "--sigma", "0.25", "--batch", "64",
+            "--train-subset", "512"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    res = torchrun(*args, "--epochs", "2", "--outdir", str(full))
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = torchrun(*args, "--epochs", "1", "--outdir", str(part))
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = torchrun("train", "--epochs", "2", "--outdir", str(part), "--resume", "--quiet",
+                   "--device", "cpu")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    ckpt = load_checkpoint(full / "checkpoint.pth.tar")
+    assert ckpt["config"]["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # per-rank noise
+    # Rank 0 alone writes: one event file, one row per epoch.
+    assert len([p for p in full.iterdir() if p.name.startswith("events.")]) == 1
+    assert [r["epoch"] for r in log_rows(full)] == ["1", "2"]
+    model, _ = load_model(full / "checkpoint.pth.tar")
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert_same_weights(state_dict(full), state_dict(part))  # resume under torchrun is exact

@@ -1,0 +1,312 @@
+"""The training loop, its resume, presets and the resolution of settings (in-process)."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from smoothmix.checkpoint import load_checkpoint
+from smoothmix.data import TensorImageDataset
+from smoothmix.errors import SmoothmixError
+from smoothmix.methods import METHODS, StepOutput, create_method, method_options
+from smoothmix.models import wrap_model
+from smoothmix.training import PRESETS, TrainConfig, evaluate_noisy, fit, get_preset, resolve
+from smoothmix.training.loop import check_outdir
+
+# ---------------------------------------------------------------- tiny stand-ins
+
+
+class NoisyCE:
+    """A minimal method: CE on one Gaussian draw from the global RNG (so that resuming has
+    to restore the RNG to reproduce the run)."""
+
+    name = "noisy-ce"
+
+    def __init__(self, sigma: float) -> None:
+        self.sigma = sigma
+
+    def __call__(self, model, x, y, epoch):
+        logits = model(x + self.sigma * torch.randn_like(x))
+        acc = (logits.argmax(1) == y).float().mean().detach()
+        return StepOutput(nn.functional.cross_entropy(logits, y), {"acc": acc})
+
+
+def tiny_data(n: int, seed: int) -> TensorImageDataset:
+    """Two classes told apart by mean brightness: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    base = torch.where(labels[:, None, None, None] == 1, 170, 80)
+    images = (base + torch.randint(-60, 60, (n, 1, 6, 6), generator=g)).clamp(0, 255)
+    return TensorImageDataset(images.to(torch.uint8), labels, 2, "tiny")
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 2)))
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=16, lr=0.05, lr_step=2, seed=7, device="cpu",
+                progress=False, workers=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run_fit(outdir, epochs, resume=False, sigma=0.25, seed=7, **kw):
+    return fit(tiny_model(), NoisyCE(sigma), tiny_data(80, 1), tiny_data(40, 2),
+               config(epochs=epochs, seed=seed, **kw), outdir, resume=resume,
+               metadata={"arch": None, "method": "noisy-ce"})
+
+
+def read_log(outdir):
+    with open(outdir / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def test_fit_learns_and_writes_log_checkpoint_tensorboard(tmp_path):
+    path = run_fit(tmp_path / "a", epochs=4, lr=0.5, lr_step=3)
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == 4 and ckpt["method"] == "noisy-ce" and ckpt["sigma"] == 0.25
+    assert set(ckpt) >= {"arch", "state_dict", "num_classes", "normalization", "optimizer",
+                         "scheduler", "rng", "config"}
+    assert ckpt["num_classes"] == 2 and len(ckpt["rng"]) == 1
+    assert all(not k.startswith(("module.", "_orig_mod.")) for k in ckpt["state_dict"])
+    # StepLR(3, 0.1): epochs 1-3 at 0.5, 4 at 0.05.
+    rows = read_log(tmp_path / "a")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.5, 0.5, 0.5, 0.05])
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(rows[-1]["test_noisy_acc"]) > 0.8  # separable at sigma 0.25
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "a").iterdir())
+    # Optimiser: SGD with momentum 0.9 and weight decay 1e-4 by default.
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert group["momentum"] == 0.9 and group["weight_decay"] == 1e-4
+
+
+def test_train_metrics_are_example_weighted_epoch_means(tmp_path):
+    class Constant:
+        """Loss = mean label of the batch: the epoch mean must be the dataset's mean label
+        (batches of unequal size are weighted by their size)."""
+
+        sigma = 0.5
+
+        def __call__(self, model, x, y, epoch):
+            loss = (model(x).sum() * 0 + y.float().mean())
+            return StepOutput(loss, {"ones": torch.ones(())})
+
+    train_set = tiny_data(50, 1)  # 16 + 16 + 16 + 2: the last batch is short
+    fit(tiny_model(), Constant(), train_set, None, config(epochs=1), tmp_path / "c")
+    row = read_log(tmp_path / "c")[0]
+    assert float(row["train_loss"]) == pytest.approx(train_set.labels.float().mean().item())
+    assert float(row["train_ones"]) == pytest.approx(1.0)
+
+
+def test_resume_equals_uninterrupted_bitwise(tmp_path):
+    full = load_checkpoint(run_fit(tmp_path / "full", epochs=3))
+    run_fit(tmp_path / "part", epochs=1)
+    part = load_checkpoint(run_fit(tmp_path / "part", epochs=3, resume=True))
+    assert part["epoch"] == 3
+    for key, value in full["state_dict"].items():
+        assert torch.equal(value, part["state_dict"][key]), key
+    mom_full = [s["momentum_buffer"] for s in full["optimizer"]["state"].values()]
+    mom_part = [s["momentum_buffer"] for s in part["optimizer"]["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(mom_full, mom_part, strict=True))
+    assert full["scheduler"] == part["scheduler"]
+    assert [r["train_loss"] for r in read_log(tmp_path / "full")] == \
+        [r["train_loss"] for r in read_log(tmp_path / "part")]
+
+
+def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):
+    out = tmp_path / "r"
+    run_fit(out, epochs=2)
+    # A run killed between writing row 3 and its checkpoint would leave this behind.
+    with open(out / "log.csv", "a") as f:
+        f.write("3,0.005,9,9,9,9,9\n")
+    run_fit(out, epochs=3, resume=True)
+    rows = read_log(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[2]["train_loss"]) != 9
+
+
+def test_seed_reproducible_and_matters(tmp_path):
+    a = load_checkpoint(run_fit(tmp_path / "a", epochs=1, seed=3))["state_dict"]
+    b = load_checkpoint(run_fit(tmp_path / "b", epochs=1, seed=3))["state_dict"]
+    c = load_checkpoint(run_fit(tmp_path / "c", epochs=1, seed=4))["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_nonempty_outdir_refused_and_untouched(tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(SmoothmixError, match="not empty"):
+        run_fit(out, epochs=1)
+    with pytest.raises(SmoothmixError, match="no checkpoint.pth.tar"):
+        run_fit(out, epochs=1, resume=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "keep me"
+    # --resume on a new directory starts fresh (job scripts can always pass it).
+    assert check_outdir(tmp_path / "new", resume=True) is False
+
+
+def test_incompatible_resume_is_refused(tmp_path):
+    out = tmp_path / "r"
+    run_fit(out, epochs=1)
+    before = (out / "checkpoint.pth.tar").read_bytes()
+    with pytest.raises(SmoothmixError, match=r"sigma 0.25 -> 0.5"):
+        run_fit(out, epochs=2, resume=True, sigma=0.5)
+    with pytest.raises(SmoothmixError, match=r"batch_size 16 -> 32"):
+        run_fit(out, epochs=2, resume=True, batch_size=32)
+    with pytest.raises(SmoothmixError, match="method 'noisy-ce' -> 'other'"):
+        fit(tiny_model(), NoisyCE(0.25), tiny_data(80, 1), None, config(epochs=2), out,
+            resume=True, metadata={"method": "other"})
+    assert (out / "checkpoint.pth.tar").read_bytes() == before
+
+
+def test_model_that_rejects_the_data_is_a_one_line_error(tmp_path):
+    model = wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(100, 2)))  # wants 100 pixels
+    with pytest.raises(SmoothmixError, match=r"does not accept .* shape \(1, 6, 6\)"):
+        fit(model, NoisyCE(0.25), tiny_data(20, 1), None, config(epochs=1), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_noisy_counts_against_hand_computation():
+    data = tiny_data(30, 5)
+    x = data.images.float() / 255
+    model = tiny_model(1).eval()
+    from smoothmix.data import make_loader
+
+    loader = make_loader(data, 7, "cpu", train=False)
+    correct, loss_sum, count = evaluate_noisy(model, loader, 0.3, seed=11).tolist()
+    g = torch.Generator().manual_seed(11)
+    noise = torch.cat([torch.randn((len(b),) + x.shape[1:], generator=g)
+                       for b in torch.arange(30).split(7)])
+    with torch.no_grad():
+        logits = model(x + 0.3 * noise)
+    assert count == 30
+    assert correct == (logits.argmax(1) == data.labels).sum().item()
+    assert loss_sum == pytest.approx(
+        nn.functional.cross_entropy(logits, data.labels, reduction="sum").item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- presets and settings
+
+EXPECTED_PRESETS = (
+    [f"mnist-smoothmix-{s}" for s in ("0.25", "0.50", "1.00")]
+    + ["mnist-smoothmix-onestep-1.00"]
+    + [f"{d}-{m}-{s}" for d in ("mnist", "cifar10")
+       for m in ("gaussian", "stability", "smoothadv", "macer", "consistency")
+       for s in ("0.25", "0.50", "1.00")]
+    + [f"cifar10-smoothmix-{s}" for s in ("0.25", "0.50", "1.00")]
+    + ["imagenet-smoothmix-0.50", "imagenet-smoothmix-1.00", "imagenet-gaussian-0.50"]
+)
+
+
+def test_every_preset_exists_and_its_options_are_valid_for_its_method():
+    assert set(EXPECTED_PRESETS) <= set(PRESETS)
+    for p in PRESETS.values():
+        assert p.method in METHODS, p.name
+        options = dict(p.options)
+        if p.deferred:
+            options["deferred_epochs"] = p.lr_step
+        create_method(p.method, p.sigma, 10, **options)  # raises on a bad option
+        assert p.name.endswith(f"{p.sigma:.2f}")
+
+
+def test_preset_batches_follow_the_reference_recipes():
+    for p in PRESETS.values():
+        if p.method == "macer":
+            assert p.batch_size == 64, p.name
+        else:
+            m = p.options.get("num_noise", 1)
+            assert p.batch_size == 256 // m, p.name
+    mnist = get_preset("mnist-smoothmix-0.50")
+    assert (mnist.batch_size, mnist.epochs, mnist.lr, mnist.lr_step) == (64, 90, 0.01, 30)
+    assert mnist.options == {"num_noise": 4, "num_steps": 4, "step_size": 1.0, "eta": 5.0,
+                             "mix_step": 0}
+    assert get_preset("cifar10-smoothadv-1.00").options["epsilon"] == 2.0
+    assert get_preset("mnist-smoothadv-0.25").options["epsilon"] == pytest.approx(255 / 256)
+    assert get_preset("mnist-macer-1.00").options["lbd"] == 6.0
+    assert get_preset("cifar10-macer-0.50").lr_milestones == (200, 400)
+    assert get_preset("mnist-smoothmix-onestep-1.00").options["mix_step"] == 1
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(SmoothmixError, match="mnist-smoothmix-0.50") as info:
+        get_preset("mnist-smoothmix-0.3")
+    assert "\n" not in str(info.value)
+
+
+def test_resolve_preset_then_explicit_overrides(tmp_path):
+    spec = resolve(outdir=tmp_path, preset="mnist-smoothmix-0.50")
+    assert (spec.dataset, spec.arch, spec.method, spec.sigma) == ("mnist", "lenet", "smoothmix",
+                                                                  0.5)
+    assert spec.config.batch_size == 64 and spec.config.epochs == 90
+    assert spec.method_options["eta"] == 5.0
+    spec = resolve(outdir=tmp_path, preset="mnist-smoothmix-0.50", epochs=2, lr=0.1,
+                   batch_size=32, sigma=0.25, method_options={"eta": 1.0, "num_steps": None})
+    assert (spec.config.epochs, spec.config.lr, spec.config.batch_size) == (2, 0.1, 32)
+    assert spec.sigma == 0.25
+    assert spec.method_options["eta"] == 1.0 and spec.method_options["num_steps"] == 4
+
+
+def test_resolve_defaults_and_deferred(tmp_path):
+    spec = resolve(outdir=tmp_path, dataset="mnist", method="smoothmix", sigma=0.5,
+                   method_options={"num_noise": 2})
+    assert spec.arch == "lenet" and spec.config.batch_size == 128  # 256 / m
+    assert (spec.config.epochs, spec.config.lr, spec.config.lr_step) == (90, 0.01, 30)
+    spec = resolve(outdir=tmp_path, preset="mnist-macer-0.50", lr_step=10)
+    assert spec.method_options["deferred_epochs"] == 10  # the first LR drop
+    spec = resolve(outdir=tmp_path, preset="cifar10-macer-0.50", deferred=True)
+    assert spec.method_options["deferred_epochs"] == 200
+    spec = resolve(outdir=tmp_path, preset="mnist-macer-0.50", deferred=False)
+    assert "deferred_epochs" not in spec.method_options
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dataset="mnist", method="smoothmixx", sigma=0.5), "valid methods: .*smoothmix"),
+    (dict(dataset="mnst", method="gaussian", sigma=0.5), "valid: mnist"),
+    (dict(dataset="mnist", arch="lenet5", method="gaussian", sigma=0.5), "valid: lenet"),
+    (dict(dataset="mnist", method="gaussian", sigma=0.0), "sigma must be > 0"),
+    (dict(dataset="mnist", method="gaussian", sigma=-1), "sigma must be > 0"),
+    (dict(dataset="mnist", method="gaussian", sigma=128.0), "pixel units"),
+    (dict(dataset="mnist", method="gaussian"), "pass --sigma"),
+    (dict(dataset="mnist", method="smoothmix", sigma=0.5, method_options={"num_noise": 0}),
+     "m .* >= 1"),
+    (dict(dataset="mnist", method="smoothmix", sigma=0.5, method_options={"num_steps": 0}),
+     "T .* >= 1"),
+    (dict(dataset="mnist", method="gaussian", sigma=0.5, method_options={"eta": 1.0}),
+     "--eta is not an option of method 'gaussian'"),
+    (dict(dataset="mnist", method="gaussian", sigma=0.5, deferred=True),
+     "--deferred is not an option"),
+    (dict(preset="mnist-macer-0.50", method="gaussian"), "conflicts with preset"),
+    (dict(dataset="mnist", method="gaussian", sigma=0.5, epochs=0), "epochs must be >= 1"),
+    (dict(dataset="mnist", method="gaussian", sigma=0.5, batch_size=0), "batch size"),
+    (dict(dataset="mnist", method="gaussian", sigma=0.5, bogus=1), "unknown training setting"),
+])
+def test_resolve_bad_input(tmp_path, kwargs, message):
+    with pytest.raises(SmoothmixError, match=message) as info:
+        resolve(outdir=tmp_path, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_method_options_table_covers_cli_flags():
+    from smoothmix.cli.train import METHOD_OPTION_FLAGS
+
+    cli = {dest for _, dest, _, _ in METHOD_OPTION_FLAGS} | {"deferred_epochs"}
+    every = set().union(*(method_options(m) for m in METHODS))
+    assert every <= cli, every - cli  # every method option can be typed on the command line
+
+
+def test_sigma_is_stored_from_method_when_not_given(tmp_path):
+    path = fit(tiny_model(), NoisyCE(0.75), tiny_data(20, 1), None, config(epochs=1),
+               tmp_path / "s")
+    assert math.isclose(load_checkpoint(path)["sigma"], 0.75)
