@@ -73,8 +73,10 @@ def certify_dataset(
         return smooth.certify(x, n0, n, alpha, batch_size, generator=generator)
 
     check_certify_args(n0, n, alpha, batch_size)  # before any file is touched
-    return _run("certify", classify, dataset, sigma, out_path, {"n0": n0, "n": n, "alpha": alpha},
-                skip, max_idx, shard, seed, identity, batch_size, progress, model)
+    settings = _settings(sigma, {"n0": n0, "n": n, "alpha": alpha}, skip, max_idx, seed,
+                         dataset, identity)
+    return _run("certify", classify, model, dataset, out_path, settings, shard, batch_size,
+                progress)
 
 
 def predict_dataset(
@@ -102,8 +104,9 @@ def predict_dataset(
         return smooth.predict(x, n, alpha, batch_size, generator=generator), math.nan
 
     check_predict_args(n, alpha, batch_size)
-    return _run("predict", classify, dataset, sigma, out_path, {"n": n, "alpha": alpha}, skip,
-                max_idx, shard, seed, identity, batch_size, progress, model)
+    settings = _settings(sigma, {"n": n, "alpha": alpha}, skip, max_idx, seed, dataset, identity)
+    return _run("predict", classify, model, dataset, out_path, settings, shard, batch_size,
+                progress)
 
 
 def selected_indices(num_examples: int, skip: int = 1, max_idx: int = -1,
@@ -189,23 +192,25 @@ def _smooth(model: nn.Module, dataset: Sequence, sigma: float, num_classes: int 
     return Smooth(model, int(num_classes), sigma)
 
 
+def _settings(sigma: float, counts: dict[str, object], skip: int, max_idx: int, seed: int,
+              dataset: Sequence, identity: Mapping[str, object] | None) -> dict[str, object]:
+    """Everything that decides a row's value: a resumed or merged file must agree on it."""
+    require(skip >= 1, f"skip must be >= 1, got {skip}")
+    return {"sigma": float(sigma), **counts, "skip": skip, "max_idx": max_idx, "seed": seed,
+            "num_examples": len(dataset), **dict(identity or {})}
+
+
 def _run(
     kind: str,
     classify: Callable[[torch.Tensor, torch.Generator], tuple[int, float]],
+    model: nn.Module,
     dataset: Sequence,
-    sigma: float,
     out_path: str | os.PathLike,
-    counts: dict[str, object],
-    skip: int,
-    max_idx: int,
+    base: dict[str, object],
     shard: Shard | None,
-    seed: int,
-    identity: Mapping[str, object] | None,
     batch_size: int,
     progress: bool,
-    model: nn.Module,
 ) -> Path:
-    require(skip >= 1, f"skip must be >= 1, got {skip}")
     out = Path(out_path)
     rank, world, _ = distributed_env()
     require(shard is None or world == 1,
@@ -214,19 +219,15 @@ def _run(
     auto = shard is None and world > 1
     part = (rank, world) if auto else (shard or (0, 1))
     require(part[1] >= 1 and 0 <= part[0] < part[1], f"bad shard {part}")
-    base = {
-        "sigma": float(sigma), **counts, "skip": skip, "max_idx": max_idx, "seed": seed,
-        "num_examples": len(dataset), **dict(identity or {}),
-    }
-    whole = {**base, "shard": "0/1"}
+    num_examples, skip, max_idx = len(dataset), base["skip"], base["max_idx"]
     if auto:
         # A finished merged file means this is a rerun of a completed job.
-        finished = _check_existing(out, kind, whole, repair=False)
-        if finished == set(selected_indices(len(dataset), skip, max_idx)):
+        finished = _check_existing(out, kind, {**base, "shard": "0/1"}, repair=False)
+        if finished == set(selected_indices(num_examples, skip, max_idx)):
             return out
     target = shard_path(out, *part) if auto else out
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
-    expected = selected_indices(len(dataset), skip, max_idx, part)
+    expected = selected_indices(num_examples, skip, max_idx, part)
     done = _check_existing(target, kind, settings, repair=True)
     extra = sorted(done - set(expected))
     require(not extra, f"{target} holds idx {extra[:1]}, which this run does not cover")
@@ -245,7 +246,7 @@ def _run(
     with open(target, "a", encoding="utf-8") as fh, bar:
         for idx in todo:
             x, label = dataset[idx]
-            generator = torch.Generator(device=device).manual_seed(_example_seed(seed, idx))
+            generator = torch.Generator(device=device).manual_seed(_example_seed(base["seed"], idx))
             start = time.perf_counter()
             prediction, radius = classify(x, generator)
             elapsed = time.perf_counter() - start
@@ -258,12 +259,10 @@ def _run(
             os.fsync(fh.fileno())  # a killed run loses at most the example in flight
             bar.update(1)
 
-    if not auto:
-        return target
-    if rank != 0:
+    if not auto or rank != 0:
         return target
     parts = [shard_path(out, r, world) for r in range(world)]
-    _wait_for_shards(parts, kind, len(dataset), skip, max_idx, world)
+    _wait_for_shards(parts, kind, num_examples, skip, max_idx, world)
     return merge_results(out, parts)
 
 

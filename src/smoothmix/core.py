@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 import torch
 from scipy.stats import beta, binomtest, norm
@@ -75,19 +76,21 @@ def smallest_predicting_n(alpha: float) -> int:
 
 def check_certify_args(n0: int, n: int, alpha: float, batch_size: int) -> None:
     """SmoothmixError unless CERTIFY(n0, n, alpha) is well posed and can certify at all."""
-    require(n0 >= 1, f"n0 must be >= 1, got {n0}")
+    _check_count("n0", n0)
+    _check_count("batch_size", batch_size)
     _check_alpha(alpha)
+    _check_count("n", n, minimum=0)
     n_min = smallest_certifying_n(alpha)
     require(n >= n_min, f"n={n} can never certify at alpha={alpha}: use n >= {n_min}")
-    require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
 
 
 def check_predict_args(n: int, alpha: float, batch_size: int) -> None:
     """SmoothmixError unless PREDICT(n, alpha) is well posed and can return a class at all."""
+    _check_count("batch_size", batch_size)
     _check_alpha(alpha)
+    _check_count("n", n, minimum=0)
     n_min = smallest_predicting_n(alpha)
     require(n >= n_min, f"n={n} can never predict at alpha={alpha}: use n >= {n_min}")
-    require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
 
 
 class Smooth:
@@ -162,8 +165,6 @@ class Smooth:
     ) -> torch.Tensor:
         """Votes of the base classifier on ``num`` noisy copies of ``x``: an int64 tensor of
         length num_classes, left on the classifier's device (no host sync per chunk)."""
-        require(num >= 1, f"the number of noise samples must be >= 1, got {num}")
-        require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
         _check_image(x)
         device = module_device(self.base_classifier, x.device)
         if generator is not None and generator.device.type != device.type:
@@ -232,6 +233,14 @@ def _check_alpha(alpha: float) -> None:
     require(
         _is_real(alpha) and 0 < alpha < 1, f"alpha must lie strictly between 0 and 1, got {alpha}"
     )
+
+
+def _check_count(name: str, value: int, minimum: int = 1) -> None:
+    try:
+        ok = operator.index(value) >= minimum
+    except TypeError:
+        ok = False
+    require(ok, f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _is_real(value: object) -> bool:
