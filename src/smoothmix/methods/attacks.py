@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoothmix.methods.base import LOG_CLAMP, mean_over_copies, noisy_copies, unwrap_ddp
+from smoothmix.methods.base import (
+    LOG_CLAMP,
+    full_precision,
+    mean_over_copies,
+    noisy_copies,
+    unwrap_ddp,
+)
 
 __all__ = [
     "frozen_eval",
@@ -64,7 +70,7 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
 
 def _objective(logits: Tensor, y: Tensor, m: int) -> Tensor:
     """``J`` per example from the ``m*B`` noisy logits (computed in float32 under autocast)."""
-    probs = mean_over_copies(logits.float().softmax(-1), m)
+    probs = mean_over_copies(full_precision(logits).softmax(-1), m)
     return -probs.gather(1, y.unsqueeze(1)).squeeze(1).clamp_min(LOG_CLAMP).log()
 
 
@@ -212,6 +218,7 @@ def ddn_attack(
             delta = delta * (norm / _norms(delta).clamp_min(1e-12))
             x_q = ((x + delta) * (levels - 1)).round_().div_(levels - 1).clamp_(0.0, 1.0)
             delta = x_q - x
-    best_delta = project_ball(x + best_delta, x, epsilon) - x
+    # Quantise before projecting (the reference does the opposite) so that the result is
+    # guaranteed to lie in the epsilon-ball that SmoothAdv trains against.
     best_delta = (best_delta * (levels - 1)).round_().div_(levels - 1)
-    return (x + best_delta).clamp_(0.0, 1.0)
+    return project_ball((x + best_delta).clamp_(0.0, 1.0), x, epsilon)

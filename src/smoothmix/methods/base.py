@@ -200,6 +200,12 @@ def kl_divergence(target: Tensor, log_q: Tensor) -> Tensor:
     return (target * (target.clamp_min(1e-30).log() - log_q)).sum(-1)
 
 
+def full_precision(t: Tensor) -> Tensor:
+    """At least float32 (losses of bf16/fp16 autocast logits are computed in float32;
+    float64 stays float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:
     """Top-1 accuracy as a detached scalar tensor (no host sync)."""
     return (logits.detach().argmax(-1) == y).float().mean()

@@ -13,6 +13,7 @@ from smoothmix.methods.base import (
     at_least,
     check_batch,
     cross_entropy_copies,
+    full_precision,
     kl_divergence,
     mean_over_copies,
     noisy_copies,
@@ -39,7 +40,7 @@ class Consistency(TrainingMethod):
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
         check_batch(x, y)
         m = self.num_noise
-        logits = model(noisy_copies(x, self._noise(x, m))).float()
+        logits = full_precision(model(noisy_copies(x, self._noise(x, m))))
         loss_ce = cross_entropy_copies(logits, y, m)
         log_p = logits.log_softmax(-1)
         p_bar = mean_over_copies(log_p.exp(), m)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smoothmix.methods.base import StepOutput, TrainingMethod, accuracy, check_batch
+from smoothmix.methods.base import (
+    StepOutput,
+    TrainingMethod,
+    accuracy,
+    check_batch,
+    full_precision,
+)
 
 
 class Gaussian(TrainingMethod):
@@ -16,6 +22,6 @@ class Gaussian(TrainingMethod):
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
         check_batch(x, y)
-        logits = model(x + self._noise(x, 1)[0]).float()
+        logits = full_precision(model(x + self._noise(x, 1)[0]))
         loss = F.cross_entropy(logits, y)
         return StepOutput(loss, {"loss": loss.detach(), "acc": accuracy(logits, y)})

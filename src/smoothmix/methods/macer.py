@@ -13,6 +13,7 @@ from smoothmix.methods.base import (
     accuracy,
     at_least,
     check_batch,
+    full_precision,
     mean_over_copies,
     noisy_copies,
     non_negative,
@@ -46,7 +47,7 @@ class Macer(TrainingMethod):
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
         check_batch(x, y)
         k = self.num_noise
-        logits = model(noisy_copies(x, self._noise(x, k))).float()
+        logits = full_precision(model(noisy_copies(x, self._noise(x, k))))
         p_y = mean_over_copies(logits.softmax(-1), k).gather(1, y.unsqueeze(1)).squeeze(1)
         cl = -(p_y + 1e-10).log()
 

@@ -13,6 +13,7 @@ from smoothmix.methods.base import (
     at_least,
     check_batch,
     cross_entropy_copies,
+    full_precision,
     noisy_copies,
     non_negative,
     positive,
@@ -51,6 +52,6 @@ class SmoothAdv(TrainingMethod):
         noise = self._noise(x, m)
         attack = pgd_attack if self.attack == "pgd" else ddn_attack
         x_adv = attack(model, x, y, noise, self.current_epsilon(epoch), self.num_steps)
-        logits = model(noisy_copies(x_adv, noise)).float()
+        logits = full_precision(model(noisy_copies(x_adv, noise)))
         loss = cross_entropy_copies(logits, y, m)
         return StepOutput(loss, {"loss": loss.detach(), "acc": accuracy(logits, y.repeat(m))})

@@ -16,6 +16,7 @@ from smoothmix.methods.base import (
     at_least,
     check_batch,
     forward_groups,
+    full_precision,
     kl_divergence,
     mean_over_copies,
     noisy_copies,
@@ -80,7 +81,7 @@ class SmoothMixLoss(TrainingMethod):
         logits0, logits_mix = forward_groups(
             model, [noisy_copies(x0, noise), noisy_copies(x_mix, noise)]
         )
-        logits0, logits_mix = logits0.float(), logits_mix.float()
+        logits0, logits_mix = full_precision(logits0), full_precision(logits_mix)
         loss_nat = F.cross_entropy(logits0, y.repeat(m))
         smoothed = mean_over_copies(logits0.softmax(-1), m)
         lam_y = lam.to(smoothed.dtype).unsqueeze(1)

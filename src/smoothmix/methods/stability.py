@@ -12,6 +12,7 @@ from smoothmix.methods.base import (
     accuracy,
     check_batch,
     forward_groups,
+    full_precision,
     non_negative,
     soft_cross_entropy,
 )
@@ -34,7 +35,7 @@ class Stability(TrainingMethod):
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
         check_batch(x, y)
         clean, noisy = forward_groups(model, [x, x + self._noise(x, 1)[0]])
-        clean, noisy = clean.float(), noisy.float()
+        clean, noisy = full_precision(clean), full_precision(noisy)
         loss_ce = F.cross_entropy(clean, y)
         loss_stab = soft_cross_entropy(clean.softmax(-1), noisy.log_softmax(-1)).mean()
         loss = loss_ce + self.lbd * loss_stab

@@ -1,0 +1,176 @@
+"""Images per second of one SmoothMix training step: smoothmix vs the reference step.
+
+The workload is the MNIST / LeNet recipe at sigma = 0.5 (SPEC §3.6): m = 4 noise draws,
+T = 4 search steps of length 1.0, 64 images x 4 noise copies per optimiser step, SGD
+(lr 0.01, momentum 0.9, weight decay 1e-4). Both contestants start from the same weights,
+see the same batches and run on the same machine in one process; their timed rounds are
+interleaved so that load from other processes hits both alike.
+
+* ``reference``: a straightforward transcription of the public SmoothMix training step
+  (``code/train.py`` of jh-jeong/smoothmix): a Python loop over the m noise draws with one
+  forward of 64 images each in every search step, the two loss forwards on the
+  concatenated copies, and ``loss.item()`` after every step.
+* ``smoothmix``: :class:`smoothmix.methods.SmoothMixLoss` -- all m*64 noisy copies in one
+  forward per search step, the x0 and x_mix copies in one joint forward, no host sync.
+
+Usage: ``python benchmarks/train_throughput.py [--steps 40] [--threads N] [--device cpu]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from smoothmix.data import load_dataset
+from smoothmix.device import resolve_device
+from smoothmix.methods import create_method
+from smoothmix.models import create_model
+
+SIGMA, M, T, ALPHA, ETA, BATCH, K = 0.5, 4, 4, 1.0, 5.0, 64, 10
+
+
+# ---- the reference step, transcribed (kept deliberately unoptimised) -------------------
+def _requires_grad_(model, flag):
+    for p in model.parameters():
+        p.requires_grad_(flag)
+
+
+def _reference_attack(model, inputs, labels, noises, steps, alpha):
+    def _batch_l2norm(x):
+        return torch.norm(x.reshape(x.size(0), -1), dim=1)
+
+    adv = inputs.detach()
+    init = inputs.detach()
+    for i in range(steps):
+        if i == 0:  # mix_step = 0
+            init = adv.detach()
+        adv.requires_grad_()
+        softmax = [F.softmax(model(adv + noise), dim=1) for noise in noises]
+        avg_softmax = sum(softmax) / len(noises)
+        logsoftmax = torch.log(avg_softmax.clamp(min=1e-20))
+        loss = F.nll_loss(logsoftmax, labels, reduction="sum")
+        grad = torch.autograd.grad(loss, [adv])[0]
+        grad = grad / (_batch_l2norm(grad).view(-1, 1, 1, 1) + 1e-8)
+        adv = torch.clamp(adv + alpha * grad, 0, 1).detach()
+    return init, adv
+
+
+def reference_step(model, optimizer, inputs, targets, warmup_v):
+    noises = [torch.randn_like(inputs) * SIGMA for _ in range(M)]
+    _requires_grad_(model, False)
+    model.eval()
+    inputs, inputs_adv = _reference_attack(model, inputs, targets, noises, T, ALPHA)
+    model.train()
+    _requires_grad_(model, True)
+
+    logits_c = model(torch.cat([inputs + noise for noise in noises], dim=0))
+    targets_c = targets.repeat(M)
+    clean_avg_sm = sum(F.softmax(c, dim=1) for c in torch.chunk(logits_c, M, dim=0)) / M
+    loss_xent = F.cross_entropy(logits_c, targets_c, reduction="none")
+
+    _eye = torch.eye(K, device=inputs.device)
+    _unif = _eye.mean(0, keepdim=True)
+    lam = torch.rand(inputs.size(0), device=inputs.device) / 2
+    in_mix = (1 - lam).view(-1, 1, 1, 1) * inputs + lam.view(-1, 1, 1, 1) * inputs_adv
+    targets_mix = (1 - lam).view(-1, 1) * clean_avg_sm + lam.view(-1, 1) * _unif
+
+    logits_mix_c = F.log_softmax(model(torch.cat([in_mix + n for n in noises], dim=0)), dim=1)
+    ind_correct = (torch.topk(clean_avg_sm, 1)[1][:, 0] == targets).float().repeat(M)
+    loss_mixup = F.kl_div(logits_mix_c, targets_mix.repeat(M, 1), reduction="none").sum(1)
+    loss = loss_xent.mean() + ETA * warmup_v * (ind_correct * loss_mixup).mean()
+    loss_value = loss.item()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss_value
+
+
+# ---- ours ---------------------------------------------------------------------------
+def smoothmix_step(method, model, optimizer, inputs, targets, epoch):
+    out = method(model, inputs, targets, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    return out.metrics["loss"]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per contestant")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per contestant")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+
+    data = load_dataset("mnist", "train")
+    n_batches = args.warmup + args.steps
+    images = data.images[: n_batches * BATCH].to(device).float().div_(255)
+    labels = data.labels[: n_batches * BATCH].to(device)
+    batches = list(zip(images.split(BATCH), labels.split(BATCH), strict=True))
+
+    init = create_model("lenet").state_dict()
+    models, optimizers = {}, {}
+    for name in ("reference", "smoothmix"):
+        model = create_model("lenet").to(device)
+        model.load_state_dict(init)
+        model.train()
+        models[name] = model
+        optimizers[name] = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
+                                           weight_decay=1e-4)
+    method = create_method("smoothmix", SIGMA, K, num_noise=M, num_steps=T, step_size=ALPHA,
+                           eta=ETA)
+    epoch = 9  # warm-up weight 1, as in most of training
+
+    def run(name, batch):
+        x, y = batch
+        if name == "reference":
+            return reference_step(models[name], optimizers[name], x, y, 1.0)
+        return smoothmix_step(method, models[name], optimizers[name], x, y, epoch)
+
+    for name in models:
+        for batch in batches[: args.warmup]:
+            run(name, batch)
+    _sync(device)
+
+    elapsed = dict.fromkeys(models, 0.0)
+    timed = batches[args.warmup :]
+    per_round = -(-len(timed) // args.rounds)
+    for r in range(args.rounds):
+        chunk = timed[r * per_round : (r + 1) * per_round]
+        for name in models:
+            start = time.perf_counter()
+            for batch in chunk:
+                run(name, batch)
+            _sync(device)
+            elapsed[name] += time.perf_counter() - start
+
+    n_images = len(timed) * BATCH
+    rate = {name: n_images / elapsed[name] for name in models}
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{platform.processor() or platform.machine()}, "
+                  f"{torch.get_num_threads()} threads")
+    print(f"SmoothMix training step, MNIST LeNet, sigma={SIGMA}, m={M}, T={T}, "
+          f"{BATCH} images x {M} noise copies per step; {len(timed)} timed steps; "
+          f"device {device} ({where}); torch {torch.__version__}")
+    for name in models:
+        print(f"  {name:9s}: {rate[name]:8.1f} images/s  ({1000 * elapsed[name] / len(timed):.1f} "
+              f"ms/step)")
+    print(f"  speed-up : {rate['smoothmix'] / rate['reference']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
