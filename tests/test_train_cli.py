@@ -202,3 +202,55 @@ def test_torchrun_two_process_gloo_training_and_resume(tmp_path):
     model, _ = load_model(full / "checkpoint.pth.tar")
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     assert_same_weights(state_dict(full), state_dict(part))  # resume under torchrun is exact
+
+
+DDP_SCRIPT = '''
+import sys
+import torch
+from torch import nn
+from smoothmix.data import TensorImageDataset
+from smoothmix.methods import StepOutput
+from smoothmix.models import wrap_model
+from smoothmix.training import TrainConfig, fit
+
+
+class CleanCE:
+    """No noise: the only difference between 1 and 2 processes is the data parallelism."""
+
+    sigma = 0.5
+
+    def __call__(self, model, x, y, epoch):
+        logits = model(x)
+        return StepOutput(nn.functional.cross_entropy(logits, y), {})
+
+
+g = torch.Generator().manual_seed(0)
+images = torch.randint(0, 256, (64, 1, 6, 6), generator=g, dtype=torch.uint8)
+data = TensorImageDataset(images, torch.randint(0, 3, (64,), generator=g), 3, "random")
+torch.manual_seed(0)
+model = wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)))
+fit(model, CleanCE(), data, None, TrainConfig(epochs=2, batch_size=16, lr=0.5, lr_step=1,
+    device="cpu", progress=False, workers=0), sys.argv[1])
+'''
+
+
+def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
+    """DistributedSampler semantics: 2 ranks × 8 images with averaged gradients take the same
+    steps as 1 process × 16 images."""
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", str(script), str(tmp_path / "two")], env=ENV,
+                         capture_output=True, text=True, timeout=150)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = state_dict(tmp_path / "one"), state_dict(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    # ...and not trivially: the weights moved away from the initialisation.
+    torch.manual_seed(0)
+    init = torch.nn.Linear(36, 3).weight
+    assert (a["1.1.weight"] - init).abs().max() > 1e-2

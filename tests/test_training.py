@@ -310,3 +310,29 @@ def test_sigma_is_stored_from_method_when_not_given(tmp_path):
     path = fit(tiny_model(), NoisyCE(0.75), tiny_data(20, 1), None, config(epochs=1),
                tmp_path / "s")
     assert math.isclose(load_checkpoint(path)["sigma"], 0.75)
+
+
+def test_batch_must_divide_over_processes(tmp_path, monkeypatch):
+    from smoothmix import distributed
+
+    monkeypatch.setattr(distributed, "init_distributed", lambda device: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(SmoothmixError, match="--batch 15 is not divisible by the 2 processes"):
+        run_fit(tmp_path / "d", epochs=1, batch_size=15)
+    assert not (tmp_path / "d").exists()
+
+
+def test_train_api_with_a_users_own_module_and_dataset(tmp_path):
+    from smoothmix.training import train
+
+    path = train(tmp_path / "own", model=tiny_model(), train_set=tiny_data(64, 1),
+                 test_set=tiny_data(32, 2), method="consistency", sigma=0.25,
+                 method_options={"num_noise": 2, "lbd": 1.0}, epochs=2, batch_size=16, lr=0.2,
+                 device="cpu", progress=False, workers=0)
+    ckpt = load_checkpoint(path)
+    assert ckpt["arch"] is None and ckpt["method"] == "consistency" and ckpt["num_classes"] == 2
+    assert ckpt["method_options"] == {"num_noise": 2, "lbd": 1.0}
+    assert ckpt["method_config"]["eta"] == 0.5  # the method's default, recorded
+    assert len(read_log(tmp_path / "own")) == 2
+    with pytest.raises(SmoothmixError, match="needs train_set"):
+        train(tmp_path / "x", model=tiny_model(), method="gaussian", sigma=0.25)

@@ -356,11 +356,11 @@ def fit(
     outdir = Path(outdir)
 
     device = resolve_device(config.device)
+    _, env_world, local_rank = distributed.distributed_env()
+    if env_world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)  # one GPU per torchrun process
     is_dist = distributed.init_distributed(device)
     rank, world = distributed.rank(), distributed.world_size()
-    _, _, local_rank = distributed.distributed_env()
-    if is_dist and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
     require(config.batch_size % world == 0,
             f"--batch {config.batch_size} is not divisible by the {world} processes; each "
             "rank trains on batch/world images per step")
@@ -443,12 +443,16 @@ def fit(
     del ckpt
 
     config_dict = {**config.to_dict(), **meta, "world_size": world}
+    if main and start_epoch >= config.epochs:
+        print(f"{outdir} already holds {start_epoch} trained epochs (>= {config.epochs}); "
+              "nothing to do (pass a larger --epochs to train further)", flush=True)
     bar = None
     if main and config.progress and start_epoch < config.epochs:
         from tqdm.auto import tqdm
 
+        # disable=None: a bar on terminals only, so batch-job logs get the epoch lines alone.
         bar = tqdm(total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                   unit="step", dynamic_ncols=True)
+                   unit="step", dynamic_ncols=True, disable=None)
     amp_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.amp \
         else contextlib.nullcontext
 
