@@ -176,6 +176,9 @@ def test_model_that_rejects_the_data_is_a_one_line_error(tmp_path):
     with pytest.raises(SmoothmixError, match=r"does not accept .* shape \(1, 6, 6\)"):
         fit(model, NoisyCE(0.25), tiny_data(20, 1), None, config(epochs=1), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+    model = wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)))  # 3 logits, 2 classes
+    with pytest.raises(SmoothmixError, match=r"one logit per class, shape \(batch, 2\)"):
+        fit(model, NoisyCE(0.25), tiny_data(20, 1), None, config(epochs=1), tmp_path / "x")
 
 
 def test_evaluate_noisy_counts_against_hand_computation():
@@ -336,3 +339,17 @@ def test_train_api_with_a_users_own_module_and_dataset(tmp_path):
     assert len(read_log(tmp_path / "own")) == 2
     with pytest.raises(SmoothmixError, match="needs train_set"):
         train(tmp_path / "x", model=tiny_model(), method="gaussian", sigma=0.25)
+
+
+def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    class BlowsUp(NoisyCE):
+        def __call__(self, model, x, y, epoch):
+            out = super().__call__(model, x, y, epoch)
+            return StepOutput(out.loss * (float("nan") if epoch == 1 else 1.0), out.metrics)
+
+    out = tmp_path / "nan"
+    with pytest.raises(SmoothmixError, match="diverged in epoch 2"):
+        fit(tiny_model(), BlowsUp(0.25), tiny_data(32, 1), None, config(epochs=3), out)
+    ckpt = load_checkpoint(out / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())

@@ -287,7 +287,8 @@ def _gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device) -> None:
+def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device,
+                         num_classes: int | None) -> None:
     """A wrong arch/dataset pairing fails here with one line, not deep inside a method."""
     try:
         x, _ = dataset[0]
@@ -299,12 +300,16 @@ def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device) -
     model.eval()
     try:
         with torch.no_grad():
-            model(x.unsqueeze(0).to(device=device, dtype=torch.float32))
+            out = model(x.unsqueeze(0).to(device=device, dtype=torch.float32))
     except (RuntimeError, ValueError, IndexError) as exc:
         raise SmoothmixError(f"the model does not accept this dataset's images of shape "
                              f"{tuple(x.shape)}: {_first_line(exc)}") from exc
     finally:
         model.train(was_training)
+    shape = tuple(getattr(out, "shape", ()))
+    require(len(shape) == 2 and (num_classes is None or shape[1] == num_classes),
+            f"the model must output one logit per class, shape (batch, {num_classes}); it "
+            f"outputs {shape}")
 
 
 def _num_classes(train_set: Any, method: Any, given: int | None) -> int | None:
@@ -389,7 +394,7 @@ def fit(
     distributed.barrier()  # nobody writes until every rank has checked the outdir
 
     raw_model = model.to(device)
-    _check_accepts_input(raw_model, train_set, device)
+    _check_accepts_input(raw_model, train_set, device, num_classes)
     if config.channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(raw_model, config, device)
@@ -503,6 +508,11 @@ def fit(
             values_host = totals.tolist()
             n_total = values_host[-1]
             row["train_loss"] = values_host[0] / n_total
+            # Checked once per epoch (no per-step sync); the last good checkpoint is kept.
+            require(math.isfinite(row["train_loss"]),
+                    f"training diverged in epoch {epoch + 1} (train loss {row['train_loss']}); "
+                    f"the checkpoint of epoch {epoch} is kept — lower --lr and --resume, or "
+                    "start again")
             for k, v in zip(keys, values_host[1:-1], strict=True):
                 row[f"train_{k}"] = v / n_total
             if test_loader is not None:
