@@ -35,6 +35,10 @@ METHOD_OPTION_FLAGS: tuple[tuple[str, str, type, str], ...] = (
      "SmoothMix: project the search onto an L2 ball of this radius (default: off)"),
 )
 
+_METAVARS = {"num_noise": "M", "num_steps": "T", "step_size": "STEP", "mix_step": "{0,1}",
+             "epsilon": "EPS", "attack": "{pgd,ddn}", "warmup": "EPOCHS", "lbd": "LAMBDA",
+             "max_norm": "R"}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -64,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     opt_g = p.add_argument_group("optimisation (defaults: preset, else the dataset's recipe)")
     opt_g.add_argument("--epochs", type=int, help="number of epochs (mnist 90, cifar10 150)")
-    opt_g.add_argument("--batch", type=int, dest="batch_size",
+    opt_g.add_argument("--batch", type=int, dest="batch_size", metavar="B",
                        help="images per optimiser step over all processes (default 256/m; "
                        "64 for MACER); under torchrun it must be divisible by the process "
                        "count")
@@ -80,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     m_g = p.add_argument_group("method options (default: the method's published value)")
     for flag, dest, typ, text in METHOD_OPTION_FLAGS:
-        m_g.add_argument(flag, dest=f"opt_{dest}", type=typ, default=None, help=text)
+        m_g.add_argument(flag, dest=f"opt_{dest}", type=typ, default=None, help=text,
+                         metavar=_METAVARS.get(dest, dest.upper()))
     m_g.add_argument("--deferred", action=argparse.BooleanOptionalAction, default=None,
                      help="MACER: no robustness term until the first learning-rate drop "
                      "(--no-deferred turns a preset's off)")
