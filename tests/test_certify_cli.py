@@ -89,7 +89,7 @@ def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, ckpts):
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ckpts):
     args = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25",
-            "--n0", "10", "--N", "1500", "--alpha", "0.001", "--batch", "500", "--max", "6",
+            "--n0", "10", "--N", "1500", "--alpha", "0.001", "--batch", "500", "--max", "12",
             "--no-progress"]
     out = tmp_path / "killed.tsv"
     cmd = [sys.executable, "-m", "smoothmix", *args, "--out", str(out)]
@@ -99,18 +99,18 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ckpts):
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_text().count("\n") >= 3:  # header + 2 rows
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     written = len(data_rows(out))
-    assert 2 <= written < 6
+    assert 2 <= written < 12
     rerun = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert main([*args, "--out", str(tmp_path / "whole.tsv")]) == 0
     rows = data_rows(out)
     assert rows == data_rows(tmp_path / "whole.tsv")
-    assert [int(r[0]) for r in rows] == list(range(6))
+    assert [int(r[0]) for r in rows] == list(range(12))
 
 
 def test_torchrun_two_gloo_processes_equal_the_single_process_run(tmp_path, ckpts):

@@ -256,6 +256,33 @@ def test_chunks_respect_batch_size():
     assert sum(sizes) == 200 and max(sizes) == 64
 
 
+def test_cpu_chunk_is_tuned_within_batch_size_for_long_runs():
+    sizes: list[int] = []
+
+    class Spy(Constant):
+        def forward(self, x):
+            sizes.append(len(x))
+            return super().forward(x)
+
+    smooth = Smooth(Spy(1, 2), 2, 0.5)
+    assert smooth.predict(torch.zeros(1, 2, 2), 30_000, 0.01, batch_size=1000) == 1
+    (chunk,) = smooth._tuned.values()
+    assert chunk in (1000, 500, 250, 125, 62)
+    assert max(sizes) <= 1000
+
+
+def test_noise_does_not_depend_on_the_forward_chunk():
+    # Noise is drawn per batch_size block, so the tuned chunk cannot change a seeded result
+    # (this is what makes sharded and single-process runs agree row for row).
+    model, x, _ = linear_case(0.6, 0.5)
+    answers = {
+        Smooth(model, 2, 0.5, chunk_size=c).certify(
+            x, 10, 3000, 0.01, 1000, generator=torch.Generator().manual_seed(3))
+        for c in (None, 1000, 333, 64)
+    }
+    assert len(answers) == 1
+
+
 def test_same_generator_seed_gives_same_answer():
     model, x, _ = linear_case(0.7, 0.5)
     smooth = Smooth(model, 2, 0.5)

@@ -76,7 +76,7 @@ def _add_run_options(parser: argparse.ArgumentParser, with_n0: bool) -> None:
                         help="most noisy images in memory at once (default 1000)")
     parser.add_argument("--skip", type=int, default=1,
                         help="evaluate every SKIP-th example (default 1: all)")
-    parser.add_argument("--max", type=int, default=-1, dest="max_idx",
+    parser.add_argument("--max", type=int, default=-1, dest="max_idx", metavar="MAX",
                         help="stop before dataset index MAX, as the reference certify.py does "
                         "(default -1: no limit)")
     parser.add_argument("--split", default="test", choices=("test", "train"),
