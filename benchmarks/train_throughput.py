@@ -12,6 +12,9 @@ interleaved so that load from other processes hits both alike.
   concatenated copies, and ``loss.item()`` after every step.
 * ``smoothmix``: :class:`smoothmix.methods.SmoothMixLoss` -- all m*64 noisy copies in one
   forward per search step, the x0 and x_mix copies in one joint forward, no host sync.
+* ``smoothmix --channels-last``: the same step on the model in channels_last memory format
+  (what ``smoothmix train --channels-last`` does); and, for a fair reading, the reference
+  step on that model too.
 
 Usage: ``python benchmarks/train_throughput.py [--steps 40] [--threads N] [--device cpu]``
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import torch
@@ -103,10 +107,19 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+CONTESTANTS = {
+    # name: (step function, channels_last model)
+    "reference": ("reference", False),
+    "smoothmix": ("smoothmix", False),
+    "smoothmix --channels-last": ("smoothmix", True),
+    "reference + channels_last": ("reference", True),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="timed steps per contestant")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved timing rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per contestant")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
@@ -124,11 +137,12 @@ def main() -> None:
 
     init = create_model("lenet").state_dict()
     models, optimizers = {}, {}
-    for name in ("reference", "smoothmix"):
+    for name, (_, channels_last) in CONTESTANTS.items():
         model = create_model("lenet").to(device)
         model.load_state_dict(init)
-        model.train()
-        models[name] = model
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        models[name] = model.train()
         optimizers[name] = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
                                            weight_decay=1e-4)
     method = create_method("smoothmix", SIGMA, K, num_noise=M, num_steps=T, step_size=ALPHA,
@@ -137,7 +151,9 @@ def main() -> None:
 
     def run(name, batch):
         x, y = batch
-        if name == "reference":
+        if CONTESTANTS[name][1]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if CONTESTANTS[name][0] == "reference":
             return reference_step(models[name], optimizers[name], x, y, 1.0)
         return smoothmix_step(method, models[name], optimizers[name], x, y, epoch)
 
@@ -146,30 +162,36 @@ def main() -> None:
             run(name, batch)
     _sync(device)
 
-    elapsed = dict.fromkeys(models, 0.0)
+    # Rounds interleave the contestants so that load from other processes hits all alike;
+    # the median step time discards the steps that such load stretched.
+    wall = {name: [] for name in models}
+    cpu = {name: 0.0 for name in models}
     timed = batches[args.warmup :]
     per_round = -(-len(timed) // args.rounds)
     for r in range(args.rounds):
         chunk = timed[r * per_round : (r + 1) * per_round]
         for name in models:
-            start = time.perf_counter()
+            cpu_start = time.process_time()
             for batch in chunk:
+                start = time.perf_counter()
                 run(name, batch)
-            _sync(device)
-            elapsed[name] += time.perf_counter() - start
+                _sync(device)
+                wall[name].append(time.perf_counter() - start)
+            cpu[name] += time.process_time() - cpu_start
 
-    n_images = len(timed) * BATCH
-    rate = {name: n_images / elapsed[name] for name in models}
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} threads")
     print(f"SmoothMix training step, MNIST LeNet, sigma={SIGMA}, m={M}, T={T}, "
-          f"{BATCH} images x {M} noise copies per step; {len(timed)} timed steps; "
+          f"{BATCH} images x {M} noise copies per step, SGD; {len(timed)} timed steps each; "
           f"device {device} ({where}); torch {torch.__version__}")
+    median = {name: statistics.median(times) for name, times in wall.items()}
+    base = median["reference"]
+    print(f"  {'contestant':27s} {'images/s':>9s} {'median ms/step':>15s} {'CPU ms/step':>12s} "
+          f"{'vs reference':>13s}")
     for name in models:
-        print(f"  {name:9s}: {rate[name]:8.1f} images/s  ({1000 * elapsed[name] / len(timed):.1f} "
-              f"ms/step)")
-    print(f"  speed-up : {rate['smoothmix'] / rate['reference']:.2f}x")
+        print(f"  {name:27s} {BATCH / median[name]:9.1f} {1000 * median[name]:15.1f} "
+              f"{1000 * cpu[name] / len(timed):12.1f} {base / median[name]:12.2f}x")
 
 
 if __name__ == "__main__":

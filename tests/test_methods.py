@@ -343,37 +343,46 @@ def test_batch_norm_models_get_separate_loss_forwards():
     assert calls == [(False, 2 * B), (True, 2 * B), (True, 2 * B)]
 
 
-def test_ddp_wrapped_model_gets_the_same_gradients():
+def test_ddp_wrapped_model_gets_the_same_gradients(tmp_path):
     # Single-process gloo group in a subprocess (keeps the test process free of global
     # process-group state): attack forwards bypass DDP, loss forwards go through it.
     script = textwrap.dedent("""
-        import os, torch, torch.distributed as dist
+        import sys, torch, torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel as DDP
         from smoothmix.methods import create_method
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))
-        plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 5))
-        plain.load_state_dict(net.state_dict())
-        ddp = DDP(net)
+        # A file store: no TCP port that a concurrent test could hold.
+        dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0,
+                                world_size=1)
+        nn = torch.nn
         x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 5, (8,))
-        for name in ("smoothmix", "smoothadv", "consistency"):
-            for step in range(2):
-                for model in (ddp, plain):
-                    method = create_method(name, 0.5, 5, num_noise=2)
-                    torch.manual_seed(step)
-                    model.zero_grad()
-                    method(model, x, y, 3).loss.backward()
-                diff = max((a.grad - b.grad).abs().max().item()
-                           for a, b in zip(net.parameters(), plain.parameters()))
-                assert diff < 1e-6, (name, diff)
-                assert ddp.training and all(p.requires_grad for p in net.parameters())
+        def mlp():
+            return nn.Sequential(nn.Flatten(), nn.Linear(16, 5))
+        def with_bn():  # batch norm: SmoothMix's two loss forwards stay separate
+            return nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(),
+                                 nn.Linear(12, 5))
+        for build in (mlp, with_bn):
+            torch.manual_seed(0)
+            net, plain = build(), build()
+            plain.load_state_dict(net.state_dict())
+            ddp = DDP(net)
+            for name in ("smoothmix", "smoothadv", "consistency"):
+                for step in range(2):
+                    for model in (ddp, plain):
+                        method = create_method(name, 0.5, 5, num_noise=2)
+                        torch.manual_seed(step)
+                        model.zero_grad()
+                        method(model, x, y, 3).loss.backward()
+                    diff = max((a.grad - b.grad).abs().max().item()
+                               for a, b in zip(net.parameters(), plain.parameters()))
+                    assert diff < 1e-5, (name, diff)
+                    assert ddp.training and all(p.requires_grad for p in net.parameters())
+            for a, b in zip(net.state_dict().values(), plain.state_dict().values()):
+                assert torch.allclose(a.float(), b.float(), atol=1e-5)
         dist.destroy_process_group()
         print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "store")],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
