@@ -99,6 +99,11 @@ def test_smoothmix_search_max_norm_projection():
     model = tiny_model()
     x, y, noise = batch()
     path = smoothmix_search(model, x, y, noise, num_steps=5, step_size=1.0, max_norm=1.2)
+    expected = x
+    for t in range(5):  # the reference: renorm the perturbation, then clamp
+        step = expected + unit(reference_grad(model, expected, y, noise))
+        expected = (x + (step - x).renorm(p=2, dim=0, maxnorm=1.2)).clamp(0, 1)
+        torch.testing.assert_close(path[t + 1], expected, rtol=1e-6, atol=1e-6)
     for p in path:
         assert (norms(p - x) <= 1.2 + 1e-9).all()
         assert p.min() >= 0 and p.max() <= 1

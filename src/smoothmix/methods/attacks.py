@@ -125,7 +125,8 @@ def smoothmix_search(
     """SmoothMix's unrestricted adversarial search (SPEC §3.6 step 1).
 
     ``x~(0) = x``; ``x~(t+1) = clamp_[0,1](x~(t) + step_size * g / (||g|| + 1e-8))`` with
-    ``g = dJ/dx~(t)``, optionally projected onto the ``max_norm`` ball around ``x``.
+    ``g = dJ/dx~(t)``; with ``max_norm`` the step is first projected onto that ball around
+    ``x`` (the clamp keeps it inside: it moves each pixel towards ``x``'s side of [0, 1]).
     Returns the path ``[x~(0), ..., x~(T)]`` (detached), so ``path[1]`` is the one-step
     adversary and ``path[-1]`` the end point; ``||x~(t) - x|| <= t * step_size``.
     """
@@ -134,10 +135,10 @@ def smoothmix_search(
         x_adv = path[0]
         for _ in range(num_steps):
             grad, _ = input_gradient(net, x_adv, y, noise)
-            x_adv = (x_adv + step_size * _unit(grad)).clamp_(0.0, 1.0)
-            if max_norm is not None:
+            x_adv = x_adv + step_size * _unit(grad)
+            if max_norm is not None:  # project, then clamp: the reference's order
                 x_adv = project_ball(x_adv, x, max_norm)
-            path.append(x_adv)
+            path.append(x_adv.clamp_(0.0, 1.0))
     return path
 
 
