@@ -82,7 +82,8 @@ class SmoothMixLoss(TrainingMethod):
             model, [noisy_copies(x0, noise), noisy_copies(x_mix, noise)]
         )
         logits0, logits_mix = full_precision(logits0), full_precision(logits_mix)
-        loss_nat = F.cross_entropy(logits0, y.repeat(m))
+        y_copies = y.repeat(m)
+        loss_nat = F.cross_entropy(logits0, y_copies)
         smoothed = mean_over_copies(logits0.softmax(-1), m)
         lam_y = lam.to(smoothed.dtype).unsqueeze(1)
         y_mix = (1 - lam_y) * smoothed + lam_y / num_classes
@@ -95,5 +96,5 @@ class SmoothMixLoss(TrainingMethod):
             "loss_nat": loss_nat.detach(),
             "loss_mix": loss_mix.detach(),
             "mix_fraction": correct.float().mean(),
-            "acc": accuracy(logits0, y.repeat(m)),
+            "acc": accuracy(logits0, y_copies),
         })
