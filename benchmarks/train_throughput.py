@@ -22,6 +22,7 @@ Usage: ``python benchmarks/train_throughput.py [--steps 40] [--threads N] [--dev
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -161,6 +162,7 @@ def main() -> None:
         for batch in batches[: args.warmup]:
             run(name, batch)
     _sync(device)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     # Rounds interleave the contestants so that load from other processes hits all alike;
     # the median step time discards the steps that such load stretched.
@@ -185,6 +187,9 @@ def main() -> None:
     print(f"SmoothMix training step, MNIST LeNet, sigma={SIGMA}, m={M}, T={T}, "
           f"{BATCH} images x {M} noise copies per step, SGD; {len(timed)} timed steps each; "
           f"device {device} ({where}); torch {torch.__version__}")
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"  1-minute load average {load_before:.2f} before, {load_after:.2f} after the timed "
+          f"steps (other processes on these cores slow both contestants, unevenly)")
     median = {name: statistics.median(times) for name, times in wall.items()}
     base = median["reference"]
     print(f"  {'contestant':27s} {'images/s':>9s} {'median ms/step':>15s} {'CPU ms/step':>12s} "
