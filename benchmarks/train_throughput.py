@@ -45,6 +45,9 @@ def _requires_grad_(model, flag):
 
 
 def _reference_attack(model, inputs, labels, noises, steps, alpha):
+    if inputs.min() < 0 or inputs.max() > 1:
+        raise ValueError("Input values should be in the [0, 1] range.")
+
     def _batch_l2norm(x):
         return torch.norm(x.reshape(x.size(0), -1), dim=1)
 
