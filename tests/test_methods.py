@@ -460,6 +460,13 @@ def test_bad_options_raise_one_line_errors(name, kwargs, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+def test_num_classes_must_be_an_integer_of_at_least_two():
+    assert create_method("gaussian", SIGMA, torch.tensor(10)).num_classes == 10
+    for bad in (1, 2.5, True, "ten"):
+        with pytest.raises(SmoothmixError, match="num_classes must be an integer >= 2"):
+            create_method("gaussian", SIGMA, bad)
+
+
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(SmoothmixError, match="unknown method 'mixup'; valid methods: .*macer"):
         create_method("mixup", SIGMA, K)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -139,7 +140,13 @@ class TrainingMethod(abc.ABC):
             raise SmoothmixError(
                 f"sigma must be positive (noise level in [0, 1] pixel units), got {sigma!r}"
             )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        try:
+            if isinstance(num_classes, bool):
+                raise TypeError
+            classes = operator.index(num_classes)  # int, numpy or torch integer
+        except TypeError:
+            classes = -1
+        if classes < 2:
             raise SmoothmixError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         unknown = sorted(set(options) - set(self.options))
         if unknown:
@@ -149,7 +156,7 @@ class TrainingMethod(abc.ABC):
                 f"method {self.name}; valid options: {valid}"
             )
         self.sigma = sigma
-        self.num_classes = num_classes
+        self.num_classes = classes
         for key, option in self.options.items():
             setattr(self, key, _coerce(self.name, key, option, options.get(key)))
 
