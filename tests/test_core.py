@@ -265,7 +265,7 @@ def test_cpu_chunk_is_tuned_within_batch_size_for_long_runs():
             return super().forward(x)
 
     smooth = Smooth(Spy(1, 2), 2, 0.5)
-    assert smooth.predict(torch.zeros(1, 2, 2), 30_000, 0.01, batch_size=1000) == 1
+    assert smooth.predict(torch.zeros(1, 2, 2), 50_000, 0.01, batch_size=1000) == 1
     (chunk,) = smooth._tuned.values()
     assert chunk in (1000, 500, 250, 125, 62)
     assert max(sizes) <= 1000

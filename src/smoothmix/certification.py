@@ -8,8 +8,11 @@ time in seconds. Reference analysis scripts (``pandas.read_csv(path, sep="\\t")`
 The run's settings live in a sidecar ``FILE.json`` so that the TSV stays plain. A rerun with
 the same settings appends only the missing examples (a row is flushed and fsync'ed as soon
 as it is computed; a torn last line from a crash is cut off); a rerun with other settings is
-refused. Each example draws its noise from a generator seeded by (seed, idx), so a row does
-not depend on which process or shard computed it: merged shards equal a single-process run.
+refused. Each example draws its noise from a generator seeded by (seed, idx), in blocks of
+``batch_size``, so a row does not depend on which process or shard computed it: merged shards
+equal a single-process run with the same seed and batch size (on the same kind of device).
+A resumed run may change the batch size or device; its rows are then equally valid but no
+longer bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
