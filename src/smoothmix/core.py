@@ -185,7 +185,7 @@ class Smooth:
         self.base_classifier.eval()  # train-mode batch norm would make the votes dependent
         try:
             with torch.inference_mode():
-                chunk = self._chunk_size(noisy, tune=num >= _TUNE_MIN_SAMPLES)
+                chunk = self._chunk_size(x, block_size, tune=num >= _TUNE_MIN_SAMPLES)
                 for start in range(0, num, block_size):
                     block = noisy[: min(block_size, num - start)]
                     block.normal_(0.0, self.sigma, generator=generator).add_(x)
@@ -198,20 +198,20 @@ class Smooth:
             self.base_classifier.train(was_training)
         return counts
 
-    def _chunk_size(self, block: torch.Tensor, tune: bool) -> int:
-        """Rows per forward pass for blocks like ``block``.
+    def _chunk_size(self, x: torch.Tensor, block_size: int, tune: bool) -> int:
+        """Rows per forward pass for blocks of ``block_size`` noisy copies of images like x.
 
         Accelerators get the whole block. On a CPU the best size depends on the model, the
         cache and the machine's load (LeNet on 2 idle cores is ~1.6x faster at 250 rows than
         at 1000; on busy cores 1000 wins), so before a long run a few sizes are timed once on
-        a noise-free block and the fastest is kept for this block shape.
+        copies of x (leaving the generator untouched) and the fastest is kept for this shape.
         """
         if self.chunk_size is not None:
-            return min(self.chunk_size, len(block))
-        key = (tuple(block.shape), block.dtype)
-        if block.device.type == "cpu" and tune and key not in self._tuned:
-            top = min(len(block), _TUNE_MAX_CHUNK)
-            copies = block[0].expand(top, *block.shape[1:]).contiguous()  # no generator use
+            return min(self.chunk_size, block_size)
+        key = (tuple(x.shape), x.dtype, block_size)
+        if x.device.type == "cpu" and tune and key not in self._tuned:
+            top = min(block_size, _TUNE_MAX_CHUNK)
+            copies = x.expand(top, *x.shape).contiguous()
             sizes = sorted({max(1, top >> k) for k in range(5)}, reverse=True)
             for size in sizes:
                 self.base_classifier(copies[:size])  # warm-up: kernel selection per shape
@@ -223,7 +223,7 @@ class Smooth:
                         self.base_classifier(part)
                     seconds[size] = min(seconds[size], time.perf_counter() - start)
             self._tuned[key] = min(seconds, key=seconds.get)
-        return self._tuned.get(key, len(block))
+        return self._tuned.get(key, block_size)
 
     def _check_logits(self, logits: torch.Tensor, rows: int) -> None:
         require(
