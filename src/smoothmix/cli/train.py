@@ -106,9 +106,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d_g.add_argument("--amp", action="store_true",
                      help="bfloat16 autocast for the forward passes (fast on recent GPUs; on "
                      "CPU PyTorch supports it but it is rarely faster)")
-    d_g.add_argument("--channels-last", action="store_true",
-                     help="channels_last memory format for model and inputs (faster convs on "
-                     "GPUs with tensor cores)")
+    d_g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                     help="channels_last memory format for model and inputs (default: on for "
+                     "image models; ~1.6x faster SmoothMix steps for LeNet on CPU, the layout "
+                     "GPU tensor cores want)")
     d_g.add_argument("--compile", action="store_true",
                      help="torch.compile the model (slow first epoch, faster afterwards)")
     d_g.add_argument("--quiet", action="store_true",

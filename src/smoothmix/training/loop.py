@@ -62,8 +62,9 @@ class TrainConfig:
     image is expanded to the method's noise copies inside the method). The learning rate is
     multiplied by ``lr_gamma`` every ``lr_step`` epochs, or at ``lr_milestones`` when given.
     ``amp`` runs the method's forward passes under bfloat16 autocast (on CUDA this is the fast
-    path; on CPU it is supported by PyTorch but rarely faster). ``channels_last`` and
-    ``compile`` (``torch.compile``) are opt-in GPU speed-ups; on CUDA the SGD step is fused.
+    path; on CPU it is supported by PyTorch but rarely faster). ``channels_last`` (None:
+    on for image models, measured faster on CPU and GPU convnets) sets the memory format of
+    model and inputs; ``compile`` (``torch.compile``) is opt-in; on CUDA the SGD step is fused.
     """
 
     epochs: int = 90
@@ -78,7 +79,7 @@ class TrainConfig:
     device: str | None = None
     amp: bool = False
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None
     workers: int = 4
     test_batch_size: int | None = None
     log_every: int = 20
@@ -288,8 +289,9 @@ def _gather_objects(obj: Any) -> list[Any]:
 
 
 def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device,
-                         num_classes: int | None) -> None:
-    """A wrong arch/dataset pairing fails here with one line, not deep inside a method."""
+                         num_classes: int | None) -> int:
+    """A wrong arch/dataset pairing fails here with one line, not deep inside a method.
+    Returns the number of dimensions of one example (3 for C x H x W images)."""
     try:
         x, _ = dataset[0]
     except Exception as exc:
@@ -310,6 +312,7 @@ def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device,
     require(len(shape) == 2 and (num_classes is None or shape[1] == num_classes),
             f"the model must output one logit per class, shape (batch, {num_classes}); it "
             f"outputs {shape}")
+    return x.dim()
 
 
 def _num_classes(train_set: Any, method: Any, given: int | None) -> int | None:
@@ -394,8 +397,12 @@ def fit(
     distributed.barrier()  # nobody writes until every rank has checked the outdir
 
     raw_model = model.to(device)
-    _check_accepts_input(raw_model, train_set, device, num_classes)
-    if config.channels_last:
+    input_dims = _check_accepts_input(raw_model, train_set, device, num_classes)
+    # Auto (None): channels_last for image models. Measured on 2 CPU cores it makes the
+    # SmoothMix/LeNet step ~1.6x faster (the input gradient of a 1-channel conv is slow
+    # in NCHW); on GPUs it is the layout tensor cores want.
+    channels_last = config.channels_last if config.channels_last is not None else input_dims == 3
+    if channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(raw_model, config, device)
     scheduler = _make_scheduler(optimizer, config)
@@ -480,7 +487,7 @@ def fit(
             for step, (x, y) in enumerate(train_loader):
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
-                if config.channels_last:
+                if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with amp_ctx():
                     out = method(train_model, x, y, epoch)
@@ -518,7 +525,7 @@ def fit(
             if test_loader is not None:
                 t = _all_reduce_sum(evaluate_noisy(
                     raw_model, test_loader, sigma, seed=_rank_seed(config.seed + epoch, rank),
-                    amp=config.amp, channels_last=config.channels_last)).tolist()
+                    amp=config.amp, channels_last=channels_last)).tolist()
                 row["test_noisy_acc"] = t[0] / max(t[2], 1)
                 row["test_noisy_loss"] = t[1] / max(t[2], 1)
             row["time_s"] = time.time() - t0
