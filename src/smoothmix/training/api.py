@@ -293,7 +293,7 @@ def train(
                    train_subset=train_subset, test_subset=test_subset, resume=resume,
                    custom_model=custom, **config)
     outdir = Path(outdir)
-    check_outdir(outdir, resume)  # fail before loading data when the outdir is taken
+    resuming = check_outdir(outdir, resume)  # fail before loading data when the outdir is taken
 
     if not custom:
         from smoothmix.data import load_dataset
@@ -317,7 +317,7 @@ def train(
     assert model is not None
     method_obj = create_method(spec.method, spec.sigma, int(num_classes), **spec.method_options)
 
-    _announce(spec, train_set, outdir, resume)
+    _announce(spec, train_set, outdir, resuming)
     return fit(model, method_obj, train_set, test_set, spec.config, outdir, resume=resume,
                sigma=spec.sigma, metadata=spec.metadata(int(num_classes)))
 
