@@ -1,0 +1,35 @@
+"""`smoothmix demo` end to end on a tiny budget, and its resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smoothmix.analysis import read_results
+from smoothmix.cli import main
+
+
+def test_demo_runs_end_to_end_and_reruns_from_its_files(tmp_path: Path, capsys) -> None:
+    args = ["demo", "--outdir", str(tmp_path / "demo"), "--train-images", "256", "--epochs", "1",
+            "--certify-skip", "2500", "--n", "200", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| gaussian | 4 |" in out and "| smoothmix | 4 |" in out
+    demo = tmp_path / "demo"
+    for name in ("gaussian", "smoothmix"):
+        assert (demo / name / "checkpoint.pth.tar").is_file()
+        results = read_results(demo / f"certify_{name}.tsv")
+        assert list(results.idx) == [0, 2500, 5000, 7500]
+    assert (demo / "certified_accuracy.png").stat().st_size > 0
+    table = (demo / "table.md").read_text()
+
+    # A rerun finds everything done: same table, nothing retrained or recertified.
+    stamp = (demo / "certify_gaussian.tsv").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (demo / "table.md").read_text() == table
+    assert (demo / "certify_gaussian.tsv").stat().st_mtime_ns == stamp
+
+
+def test_demo_rejects_bad_budget(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--outdir", str(tmp_path / "d"), "--sigma", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sigma" in err
