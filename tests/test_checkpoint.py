@@ -128,6 +128,9 @@ def test_missing_corrupt_truncated_and_foreign_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(bytes(range(256)) * 10)
     with pytest.raises(SmoothmixError, match="cannot read checkpoint .*junk.pth"):
         load_checkpoint(tmp_path / "junk.pth")
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    with pytest.raises(SmoothmixError, match="notes.txt: not a PyTorch checkpoint file"):
+        load_checkpoint(tmp_path / "notes.txt")
     save_checkpoint(tmp_path / "ok.pth", {"arch": "lenet",
                                           "state_dict": create_model("lenet").state_dict()})
     data = (tmp_path / "ok.pth").read_bytes()

@@ -9,6 +9,7 @@ normalisation, so :func:`load_model` states which one it assumed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothmix.errors import SmoothmixError
+from smoothmix.errors import SmoothmixError, require
 from smoothmix.models import NORMALIZATIONS, create_model, model_defaults
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad bytes; all mean "unreadable"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+        with open(path, "rb") as fh:
+            magic = fh.read(2)
+        if magic != b"PK" and not magic.startswith(b"\x80"):  # zip (torch >= 1.6) or pickle
+            reason = "not a PyTorch checkpoint file (unrecognised format)"
+        elif "weights only" in str(exc).lower() or "weights_only" in str(exc):
             reason = "it contains pickled Python objects other than tensors and plain data"
         raise SmoothmixError(
             f"cannot read checkpoint {path}: {reason} (is it a complete PyTorch checkpoint?)"
@@ -215,3 +220,45 @@ def load_model(
         normalization_source=source,
     )
     return model, ckpt
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file: what identifies "the same model" across reruns of a result file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_model_fits_dataset(model: nn.Module, ckpt: dict[str, Any], dataset: Any,
+                             dataset_name: str, checkpoint: str | os.PathLike) -> None:
+    """Catch a model/dataset mismatch now, with one clear line, not deep inside a forward."""
+    classes = ckpt.get("num_classes")
+    require(classes in (None, dataset.num_classes),
+            f"checkpoint {checkpoint} has {classes} classes but {dataset_name} has "
+            f"{dataset.num_classes}; is it a model for another dataset?")
+    x, _ = dataset[0]
+    if ckpt.get("arch") is not None:
+        expected = tuple(model_defaults(ckpt["arch"]).input_shape)
+        # Convolutional nets with global pooling accept other sizes without complaint and
+        # then give meaningless certificates; insist on the shape the arch was built for.
+        require(tuple(x.shape) == expected,
+                f"model {ckpt['arch']!r} takes {_shape(expected)} images but {dataset_name} "
+                f"has {_shape(x.shape)}; is the checkpoint for another dataset?")
+    try:
+        with torch.inference_mode():
+            logits = model(x.unsqueeze(0).to(next(model.parameters()).device))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SmoothmixError(
+            f"model {ckpt.get('arch')!r} cannot classify {dataset_name} images of shape "
+            f"{tuple(x.shape)} ({first})"
+        ) from None
+    require(logits.shape[-1] == dataset.num_classes,
+            f"model outputs {logits.shape[-1]} classes but {dataset_name} has "
+            f"{dataset.num_classes}")
+
+
+def _shape(shape: Any) -> str:
+    return "x".join(str(d) for d in shape)

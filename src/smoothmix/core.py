@@ -181,6 +181,7 @@ class Smooth:
         block_size = min(num, batch_size)
         noisy = torch.empty((block_size, *x.shape), dtype=x.dtype, device=device)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        ones = torch.ones(block_size, dtype=torch.long, device=device)
         was_training = self.base_classifier.training
         self.base_classifier.eval()  # train-mode batch norm would make the votes dependent
         try:
@@ -193,7 +194,9 @@ class Smooth:
                         logits = self.base_classifier(part)
                         if start == 0:
                             self._check_logits(logits, len(part))
-                        counts += torch.bincount(logits.argmax(1), minlength=self.num_classes)
+                        # index_add_, not bincount: CUDA's bincount reads the
+                        # predictions' min/max back to the host on every call.
+                        counts.index_add_(0, logits.argmax(1), ones[: len(part)])
         finally:
             self.base_classifier.train(was_training)
         return counts

@@ -55,7 +55,7 @@ def run_demo(outdir: str | os.PathLike = "smoothmix-demo", budget: DemoBudget | 
     """Run the demo into ``outdir`` and return the printed results table (markdown)."""
     from smoothmix.analysis import format_table, plot_certified_accuracy, read_results
     from smoothmix.certification import certify_dataset
-    from smoothmix.checkpoint import CHECKPOINT_NAME, load_model
+    from smoothmix.checkpoint import CHECKPOINT_NAME, file_sha256, load_model
     from smoothmix.data import load_dataset
     from smoothmix.training import train
 
@@ -76,11 +76,14 @@ def run_demo(outdir: str | os.PathLike = "smoothmix-demo", budget: DemoBudget | 
               train_subset=budget.train_images, test_subset=budget.test_images_eval,
               seed=0, device=device, progress=progress, resume=True)
         print(f"== {name}: certifying", flush=True)
-        model, _ = load_model(run_dir / CHECKPOINT_NAME, device=device)
+        ckpt_path = run_dir / CHECKPOINT_NAME
+        model, _ = load_model(ckpt_path, device=device)
         tsv = out / f"certify_{name}.tsv"
         certify_dataset(model, test_set, budget.sigma, tsv, n0=budget.n0, n=budget.n,
                         alpha=budget.alpha, batch_size=1000, skip=budget.certify_skip,
-                        progress=progress, identity={"demo": name})
+                        progress=progress,
+                        # A retrained model (e.g. more --epochs) must not reuse old rows.
+                        identity={"demo": name, "checkpoint_sha256": file_sha256(ckpt_path)})
         results.append(read_results(tsv))
 
     radii = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]

@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
-
-import torch
 
 from smoothmix.certification import (
     certify_dataset,
@@ -18,7 +15,7 @@ from smoothmix.certification import (
 )
 from smoothmix.core import check_certify_args, check_predict_args
 from smoothmix.distributed import distributed_env
-from smoothmix.errors import SmoothmixError, require
+from smoothmix.errors import require
 
 DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
 
@@ -121,7 +118,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     require(args.sigma > 0, f"--sigma must be positive (pixel units in [0, 1]), got {args.sigma}")
     require(args.skip >= 1, f"--skip must be >= 1, got {args.skip}")
     shard = parse_shard(args.shard) if args.shard is not None else None
-    from smoothmix.checkpoint import load_model
+    from smoothmix.checkpoint import check_model_fits_dataset, file_sha256, load_model
     from smoothmix.data import load_dataset
     from smoothmix.device import resolve_device
 
@@ -129,9 +126,13 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     require(Path(args.checkpoint).is_file(), f"checkpoint {args.checkpoint} does not exist")
     model, ckpt = load_model(args.checkpoint, device, args.normalization)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
-    _check_compatible(model, ckpt, dataset, args)
+    check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
+    trained = ckpt.get("sigma")
+    if trained is not None and float(trained) != args.sigma and distributed_env()[0] == 0:
+        print(f"note: the checkpoint was trained with sigma={trained}, certifying at "
+              f"sigma={args.sigma}", file=sys.stderr)
     identity = {
-        "checkpoint_sha256": _sha256(args.checkpoint),
+        "checkpoint_sha256": file_sha256(args.checkpoint),
         "arch": ckpt.get("arch"),
         "normalization": ckpt.get("normalization"),
         "dataset": args.dataset,
@@ -150,48 +151,3 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     if rank == 0:
         print(f"{kind} results in {out}" + (f" (merged from {world} ranks)" if world > 1 else ""))
     return 0
-
-
-def _check_compatible(model: torch.nn.Module, ckpt: dict, dataset, args) -> None:
-    """Catch a model/dataset mismatch now, with a clear message, not deep inside a forward."""
-    classes = ckpt.get("num_classes")
-    require(classes in (None, dataset.num_classes),
-            f"checkpoint {args.checkpoint} has {classes} classes but {args.dataset} has "
-            f"{dataset.num_classes}; is it a model for another dataset?")
-    x, _ = dataset[0]
-    from smoothmix.models import model_defaults
-
-    expected = tuple(model_defaults(ckpt["arch"]).input_shape)
-    # Convolutional nets with global pooling accept other sizes without complaint and then
-    # give meaningless certificates; insist on the shape the architecture was built for.
-    require(tuple(x.shape) == expected,
-            f"model {ckpt['arch']!r} takes {_shape(expected)} images but {args.dataset} has "
-            f"{_shape(x.shape)}; is the checkpoint for another dataset?")
-    try:
-        with torch.inference_mode():
-            logits = model(x.unsqueeze(0).to(next(model.parameters()).device))
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SmoothmixError(
-            f"model {ckpt.get('arch')!r} cannot classify {args.dataset} images of shape "
-            f"{tuple(x.shape)} ({first})"
-        ) from None
-    require(logits.shape[-1] == dataset.num_classes,
-            f"model outputs {logits.shape[-1]} classes but {args.dataset} has "
-            f"{dataset.num_classes}")
-    trained = ckpt.get("sigma")
-    if trained is not None and float(trained) != args.sigma and distributed_env()[0] == 0:
-        print(f"note: the checkpoint was trained with sigma={trained}, certifying at "
-              f"sigma={args.sigma}", file=sys.stderr)
-
-
-def _shape(shape) -> str:
-    return "x".join(str(d) for d in shape)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

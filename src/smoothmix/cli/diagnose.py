@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "max_{c != y} P(f(x+delta) = c) (the SmoothMix paper's motivating table).",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="model checkpoint")
-    p.add_argument("--dataset", required=True, help="mnist, cifar10, imagenet or imagefolder")
+    p.add_argument("--dataset", required=True,
+                   choices=("mnist", "cifar10", "imagenet", "imagefolder"),
+                   help="dataset of the test images")
     p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
     p.add_argument("--split", default="test", help="train or test (default test)")
     p.add_argument("--data-dir", help="dataset root (default: $SMOOTHMIX_DATA; MNIST: embedded)")
@@ -48,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smoothmix.checkpoint import load_model
+    from smoothmix.checkpoint import check_model_fits_dataset, load_model
     from smoothmix.data import load_dataset
     from smoothmix.diagnostics import format_rows, overconfidence
 
@@ -57,9 +59,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, device=device, normalization=args.normalization)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
-    require(ckpt.get("num_classes") in (None, dataset.num_classes),
-            f"checkpoint has {ckpt.get('num_classes')} classes, dataset {args.dataset} has "
-            f"{dataset.num_classes}")
+    check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
     indices = list(range(0, len(dataset), args.skip))[: args.max_images]
     items = [dataset[i] for i in indices]
     images = torch.stack([x for x, _ in items]).to(device)

@@ -180,7 +180,7 @@ def ddn_attack(
     noise: Tensor,
     epsilon: float,
     num_steps: int,
-    init_norm: float | None = None,
+    init_norm: float = 1.0,
     gamma: float = 0.05,
     levels: int = 256,
 ) -> Tensor:
@@ -193,10 +193,11 @@ def ddn_attack(
     otherwise (capped at the largest possible perturbation), then quantises ``x + delta``
     to ``levels`` grey levels inside [0, 1]. The result is the smallest adversarial
     perturbation found (none found: ``x`` itself), projected onto the epsilon-ball.
-    ``init_norm`` defaults to ``epsilon`` (as SmoothAdv's training script sets it).
+    ``init_norm`` defaults to 1.0, SmoothAdv's ``--init-norm-DDN 256`` (in 1/256 units)
+    whatever epsilon is.
     """
-    norm = torch.full((x.shape[0],), epsilon if init_norm is None else init_norm,
-                      device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    norm = torch.full((x.shape[0],), init_norm, device=x.device,
+                      dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
     worst = _norms(torch.maximum(x, 1 - x))
     best_norm = worst.clone()
     best_delta = torch.zeros_like(x)

@@ -226,7 +226,10 @@ def unwrap_ddp(model: nn.Module) -> nn.Module:
     reducer for a backward that never comes (attacks differentiate w.r.t. the input only)
     and broadcast buffers on every attack step. Loss terms go through ``model`` itself.
     """
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    # torch.compile(DDP(net)) (what ``--compile`` does under torchrun) hides the DDP
+    # wrapper behind ``_orig_mod``; its attacks then run on the eager inner module.
+    inner = getattr(model, "_orig_mod", model)
+    return inner.module if isinstance(inner, DistributedDataParallel) else model
 
 
 def _has_batch_statistics(model: nn.Module) -> bool:
