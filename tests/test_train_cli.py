@@ -182,8 +182,10 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_torchrun_two_process_gloo_training_and_resume(tmp_path):
-    args = ["train", *TINY, "--method", "gaussian", "--sigma", "0.25", "--batch", "64",
-            "--train-subset", "512"]
+    # SmoothMix, so that its attack (on the unwrapped module) and its two loss forwards
+    # before one backward run under a real 2-process DDP.
+    args = ["train", *TINY, "--method", "smoothmix", "--num-noise", "2", "--num-steps", "2",
+            "--sigma", "0.25", "--batch", "64"]
     full, part = tmp_path / "full", tmp_path / "part"
     res = torchrun(*args, "--epochs", "2", "--outdir", str(full))
     assert res.returncode == 0, res.stderr[-3000:]
