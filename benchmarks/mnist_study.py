@@ -7,7 +7,7 @@ budget: the first ``--train-images`` training images, ``--epochs`` epochs, 64 im
 optimiser step (the presets use 256/m, 256 or 64), warm-ups (SmoothAdv's epsilon,
 SmoothMix's mix weight) over 1 epoch instead of 10, and MACER's robustness term from the
 start (the preset defers it to the first learning-rate drop, at epoch 30; measured: with
-lambda = 16 from the start LeNet collapsed to chance in epoch 2). CERTIFY on
+lambda = 16 from the start LeNet fell to chance accuracy from epoch 2 on). CERTIFY on
 every ``--skip``-th test image with N = ``--n``.
 
 Usage: ``python benchmarks/mnist_study.py [--sigma 0.5] [--outdir runs/mnist-study]``.
