@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothmix.errors import SmoothmixError, require
+from smoothmix.errors import SmoothmixError, first_line, require
 from smoothmix.models import NORMALIZATIONS, create_model, model_defaults
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad bytes; all mean "unreadable"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         with open(path, "rb") as fh:
             magic = fh.read(2)
         if magic != b"PK" and not magic.startswith(b"\x80"):  # zip (torch >= 1.6) or pickle
@@ -250,10 +250,9 @@ def check_model_fits_dataset(model: nn.Module, ckpt: dict[str, Any], dataset: An
         with torch.inference_mode():
             logits = model(x.unsqueeze(0).to(next(model.parameters()).device))
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SmoothmixError(
             f"model {ckpt.get('arch')!r} cannot classify {dataset_name} images of shape "
-            f"{tuple(x.shape)} ({first})"
+            f"{tuple(x.shape)} ({first_line(exc)})"
         ) from None
     require(logits.shape[-1] == dataset.num_classes,
             f"model outputs {logits.shape[-1]} classes but {dataset_name} has "

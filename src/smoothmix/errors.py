@@ -16,3 +16,10 @@ def require(condition: bool, message: str) -> None:
     """Raise :class:`SmoothmixError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise SmoothmixError(message)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if empty), for wrapping a
+    deep library error into a one-line :class:`SmoothmixError`."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -41,7 +41,7 @@ from smoothmix.checkpoint import (
     save_checkpoint,
 )
 from smoothmix.device import resolve_device
-from smoothmix.errors import SmoothmixError, require
+from smoothmix.errors import SmoothmixError, first_line, require
 
 LOG_NAME = "log.csv"
 
@@ -127,11 +127,6 @@ def _rank_seed(seed: int, rank: int) -> int:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_outdir(outdir: Path, resume: bool) -> bool:
@@ -295,7 +290,7 @@ def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device,
     try:
         x, _ = dataset[0]
     except Exception as exc:
-        raise SmoothmixError(f"cannot read the first training example: {_first_line(exc)}") \
+        raise SmoothmixError(f"cannot read the first training example: {first_line(exc)}") \
             from exc
     x = torch.as_tensor(x)
     was_training = model.training
@@ -305,7 +300,7 @@ def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device,
             out = model(x.unsqueeze(0).to(device=device, dtype=torch.float32))
     except (RuntimeError, ValueError, IndexError) as exc:
         raise SmoothmixError(f"the model does not accept this dataset's images of shape "
-                             f"{tuple(x.shape)}: {_first_line(exc)}") from exc
+                             f"{tuple(x.shape)}: {first_line(exc)}") from exc
     finally:
         model.train(was_training)
     shape = tuple(getattr(out, "shape", ()))
@@ -414,7 +409,7 @@ def fit(
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise SmoothmixError(f"cannot resume from {ckpt_path}: {_first_line(exc)}") from exc
+            raise SmoothmixError(f"cannot resume from {ckpt_path}: {first_line(exc)}") from exc
         start_epoch = int(ckpt["epoch"])
 
     train_model: nn.Module = raw_model
