@@ -5,12 +5,20 @@ images are copied to the device once, and batching, augmentation (random crop wi
 padding + horizontal flip, as batched tensor ops) and the conversion to float happen there —
 no CPU workers, no per-sample PIL transforms. Other datasets use a ``DataLoader`` (with a
 ``DistributedSampler`` under DDP) behind the same interface.
+
+Per-example side data (e.g. CAT-RS's soft targets): :func:`attach_side_data` gives a dataset
+tables keyed by dataset index; a loader built with ``side=("name", ...)`` yields
+``(x, y, {"name": rows})`` with the rows of the batch's examples, gathered on the device by
+the same indices as the images, so shuffling, DDP sharding and resume (order from
+``seed + epoch``) carry over unchanged. Without ``side`` the loaders yield ``(x, y)``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +28,59 @@ from smoothmix.data.datasets import TensorImageDataset
 from smoothmix.errors import SmoothmixError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+SideBatch = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+SIDE_ATTR = "side_data"
+
+D = TypeVar("D")
+
+
+def attach_side_data(dataset: D, **tables: torch.Tensor) -> D:
+    """A shallow copy of ``dataset`` carrying per-example tables (row i = example i).
+
+    Existing tables are kept unless replaced by name. Each table must have one row per
+    example. The dataset itself is not modified (datasets are cached and shared).
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    merged = dict(side_tables(dataset))
+    for name, table in tables.items():
+        table = torch.as_tensor(table)
+        if table.dim() < 1 or table.shape[0] != n:
+            raise SmoothmixError(f"side data {name!r} has {tuple(table.shape)[:1] or 'no'} rows "
+                                 f"for a dataset of {n} examples")
+        merged[name] = table
+    out = copy.copy(dataset)
+    setattr(out, SIDE_ATTR, merged)
+    return out
+
+
+def side_tables(dataset: Any) -> Mapping[str, torch.Tensor]:
+    """The per-example tables attached to ``dataset`` (empty if none)."""
+    return getattr(dataset, SIDE_ATTR, None) or {}
+
+
+def _side_on_device(dataset: Any, names: Sequence[str],
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    tables = side_tables(dataset)
+    missing = [name for name in names if name not in tables]
+    if missing:
+        raise SmoothmixError(
+            f"the training method needs per-example {', '.join(map(repr, missing))} data, "
+            "which the training set does not carry (attach it with attach_side_data; "
+            "`smoothmix train` does so from --targets)")
+    return {name: tables[name].to(device) for name in names}
+
+
+class _WithIndex:
+    """``dataset[i] -> (*dataset[i], i)``, so a DataLoader batch carries its indices."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return (*self.dataset[index], index)
 
 
 def random_crop_flip(
@@ -71,9 +132,11 @@ class DeviceBatchLoader:
         world_size: int = 1,
         drop_last: bool = False,
         padding: int = 4,
+        side: Sequence[str] = (),
     ) -> None:
         _check_shard(batch_size, rank, world_size)
         self.device = torch.device(device)
+        self.side = _side_on_device(dataset, side, self.device)
         self.images = dataset.images.to(self.device)
         self.labels = dataset.labels.to(self.device)
         self.batch_size = batch_size
@@ -105,7 +168,7 @@ class DeviceBatchLoader:
         order = order.repeat(math.ceil(total / n))[:total]
         return order[self.rank::self.world_size]
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[Batch | SideBatch]:
         indices = self.shard_indices().to(self.device)
         generator = None
         if self.augment:
@@ -117,7 +180,11 @@ class DeviceBatchLoader:
             x = self.images.index_select(0, idx)
             if self.augment:
                 x = random_crop_flip(x, self.padding, generator)
-            yield x.float().div_(255), self.labels.index_select(0, idx)
+            if self.side:
+                yield (x.float().div_(255), self.labels.index_select(0, idx),
+                       {k: t.index_select(0, idx) for k, t in self.side.items()})
+            else:
+                yield x.float().div_(255), self.labels.index_select(0, idx)
 
 
 class DeviceDataLoader:
@@ -134,10 +201,16 @@ class DeviceDataLoader:
         world_size: int = 1,
         workers: int = 4,
         drop_last: bool = False,
+        side: Sequence[str] = (),
     ) -> None:
         _check_shard(batch_size, rank, world_size)
         self.device = torch.device(device)
         self.seed = seed
+        # Side rows are looked up by the indices the batch carries (the sampler's, so
+        # shuffling and DDP sharding need nothing else).
+        self.side = _side_on_device(dataset, side, self.device)
+        if self.side:
+            dataset = _WithIndex(dataset)  # type: ignore[assignment]
         self.sampler = (
             DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
                                seed=seed, drop_last=drop_last)
@@ -165,9 +238,15 @@ class DeviceDataLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[Batch]:
-        for x, y in self.loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def __iter__(self) -> Iterator[Batch | SideBatch]:
+        for batch in self.loader:
+            x = batch[0].to(self.device, non_blocking=True)
+            y = batch[1].to(self.device, non_blocking=True)
+            if self.side:
+                idx = batch[2].to(self.device, non_blocking=True)
+                yield x, y, {k: t.index_select(0, idx) for k, t in self.side.items()}
+            else:
+                yield x, y
 
 
 def make_loader(
@@ -180,13 +259,16 @@ def make_loader(
     world_size: int = 1,
     workers: int = 4,
     drop_last: bool = False,
+    side: Sequence[str] = (),
 ) -> DeviceBatchLoader | DeviceDataLoader:
     """The loader for ``dataset``: shuffled (and augmented where the dataset asks for it)
-    when ``train``, in order otherwise; sharded over ``world_size`` ranks."""
+    when ``train``, in order otherwise; sharded over ``world_size`` ranks. With ``side``
+    names it yields ``(x, y, {name: rows})`` from the dataset's attached tables."""
     if isinstance(dataset, TensorImageDataset):
         return DeviceBatchLoader(
             dataset, batch_size, device, shuffle=train, augment=train and dataset.augment,
-            seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
+            seed=seed, rank=rank, world_size=world_size, drop_last=drop_last, side=side,
         )
     return DeviceDataLoader(dataset, batch_size, device, shuffle=train, seed=seed, rank=rank,
-                            world_size=world_size, workers=workers, drop_last=drop_last)
+                            world_size=world_size, workers=workers, drop_last=drop_last,
+                            side=side)

@@ -1,4 +1,4 @@
-"""Training methods by name: SmoothMix and the five baselines of SPEC §3.
+"""Training methods by name: SmoothMix, the five baselines of SPEC §3 and CAT-RS (§3.8).
 
 >>> method = create_method("smoothmix", sigma=0.5, num_classes=10, eta=5.0)
 >>> out = method(model, x, y, epoch)      # StepOutput(loss, metrics)
@@ -54,6 +54,7 @@ def method_options(name: str) -> dict[str, OptionInfo]:
 
 def _register_builtin() -> None:
     # Imported here so that the base module does not depend on its implementations.
+    from smoothmix.methods.catrs import CatRS
     from smoothmix.methods.consistency import Consistency
     from smoothmix.methods.gaussian import Gaussian
     from smoothmix.methods.macer import Macer
@@ -61,7 +62,7 @@ def _register_builtin() -> None:
     from smoothmix.methods.smoothmix import SmoothMixLoss
     from smoothmix.methods.stability import Stability
 
-    for cls in (SmoothMixLoss, Gaussian, Stability, SmoothAdv, Macer, Consistency):
+    for cls in (SmoothMixLoss, Gaussian, Stability, SmoothAdv, Macer, Consistency, CatRS):
         register_method(cls)
 
 

@@ -130,6 +130,11 @@ class TrainingMethod(abc.ABC):
 
     name: ClassVar[str]
     options: ClassVar[dict[str, Option]] = {}
+    # Per-example side data the method needs besides (x, y), by name (e.g. CAT-RS's
+    # "soft_target"). The training loop asks the data layer for exactly these rows (looked
+    # up by dataset index, on the batch's device) and passes them as keyword arguments:
+    # ``method(model, x, y, epoch, soft_target=...)``. Empty for methods that need none.
+    side_data: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, sigma: float, num_classes: int, **options: Any) -> None:
         try:
@@ -174,8 +179,17 @@ class TrainingMethod(abc.ABC):
         return torch.randn((m, *x.shape), device=x.device, dtype=x.dtype) * self.sigma
 
     @abc.abstractmethod
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
-        """Loss of one batch (see class docstring)."""
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int,
+                 **side: Tensor) -> StepOutput:
+        """Loss of one batch (see class docstring); ``side`` holds the rows of the batch's
+        examples for every name in :attr:`side_data` (nothing for most methods)."""
+
+
+def method_side_data(method: Any) -> tuple[str, ...]:
+    """The side-data names a training method (or any loss callable) declares; ``()`` for
+    callables without a :attr:`TrainingMethod.side_data` declaration."""
+    names = getattr(method, "side_data", ())
+    return tuple(str(n) for n in names)
 
 
 # -- shared pieces ------------------------------------------------------------------------
