@@ -196,3 +196,57 @@ def test_attacks_work_under_bfloat16_autocast():
         adv = pgd_attack(model, x, y, noise, 0.5, 2)
     assert path[-1].dtype == torch.float32 and torch.isfinite(path[-1]).all()
     assert (norms(adv - x) <= 0.5 + 1e-5).all()
+
+
+class _FarIsWrong(nn.Module):
+    """Class 0 within distance ``tau`` of ``centre``, class 1 beyond: an input is adversarial
+    for label 0 exactly when its perturbation is longer than ``tau``."""
+
+    def __init__(self, centre: torch.Tensor, tau: float) -> None:
+        super().__init__()
+        self.centre, self.tau = centre, tau
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        d = ((z - self.centre) ** 2).flatten(1).sum(1).add(1e-12).sqrt()
+        return torch.stack([self.tau - d, d - self.tau], dim=1)
+
+
+def test_smoothadv_ddn_starts_at_the_warmed_up_epsilon(monkeypatch):
+    # SPEC §3.3: the reference training script sets the DDN init norm to epsilon_t every
+    # epoch. Hand computation with x = 0.5 on 16 pixels (largest perturbation norm 2.0),
+    # tau = 0.6, 4 steps: the norm starts at init_norm and grows by 1.05 per non-adversarial
+    # step. Epoch 1 of epsilon 2.0 with a 10-epoch warm-up gives epsilon_t = 0.4: norms 0.42,
+    # 0.441, 0.463 stay below tau, so no adversary is found and the attack returns x. The
+    # old init norm of 1.0 reaches 1.05 > tau at the first step: an adversary, cut to 0.4.
+    from smoothmix.methods import create_method
+    from smoothmix.methods import smoothadv as smoothadv_module
+
+    x = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64)
+    y = torch.zeros(1, dtype=torch.long)
+    model = _FarIsWrong(x.clone(), tau=0.6)
+    calls = []
+
+    def spy(*args, **kwargs):
+        out = ddn_attack(*args, **kwargs)
+        calls.append((kwargs.get("init_norm"), args[4], out))
+        return out
+
+    monkeypatch.setattr(smoothadv_module, "ddn_attack", spy)
+    method = create_method("smoothadv", 1e-9, 2, attack="ddn", epsilon=2.0, num_steps=4,
+                           num_noise=1, warmup=10)
+    method(model, x, y, epoch=1)
+    init_norm, epsilon, x_adv = calls[-1]
+    assert init_norm == pytest.approx(0.4) and epsilon == pytest.approx(0.4)
+    assert torch.equal(x_adv, x)  # no adversary within the norms DDN visits from 0.4
+
+    # Outside training the attack's own default (1.0) applies: an adversary at 1.05, cut
+    # back to the 0.4-ball.
+    noise = torch.zeros(1, 1, 1, 4, 4, dtype=torch.float64)
+    got = ddn_attack(model, x, y, noise, 0.4, 4)
+    assert (got - x).norm().item() == pytest.approx(0.4, abs=1e-6)
+
+    # After the warm-up the attack starts at epsilon itself (capped at the largest norm).
+    method(model, x, y, epoch=9)
+    init_norm, epsilon, x_adv = calls[-1]
+    assert init_norm == pytest.approx(2.0) and epsilon == pytest.approx(2.0)
+    assert 0.6 < (x_adv - x).norm().item() <= 2.0 + 1e-9

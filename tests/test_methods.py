@@ -187,7 +187,8 @@ def test_smoothadv_multi_noise_loss_and_epsilon_warmup(monkeypatch):
     monkeypatch.setattr(smoothadv_module, "pgd_attack",
                         lambda m, x, y, n, eps, steps: seen.append(("pgd", eps)) or x)
     monkeypatch.setattr(smoothadv_module, "ddn_attack",
-                        lambda m, x, y, n, eps, steps: seen.append(("ddn", eps)) or x)
+                        lambda m, x, y, n, eps, steps, init_norm: seen.append(("ddn", eps))
+                        or x)
     epochs = (0, 3, 8, 9, 10, 30)
     for epoch in epochs:
         method(model, x, y, epoch)

@@ -16,6 +16,7 @@ from smoothmix.methods import METHODS, StepOutput, create_method, method_options
 from smoothmix.models import wrap_model
 from smoothmix.training import PRESETS, TrainConfig, evaluate_noisy, fit, get_preset, resolve
 from smoothmix.training.loop import check_outdir
+from smoothmix.training.presets import format_presets_table
 
 # ---------------------------------------------------------------- tiny stand-ins
 
@@ -226,8 +227,8 @@ def test_every_preset_exists_and_its_options_are_valid_for_its_method():
 
 def test_preset_batches_follow_the_reference_recipes():
     for p in PRESETS.values():
-        if p.method == "macer":
-            assert p.batch_size == 64, p.name
+        if p.method == "macer":  # SPEC §3.4: MNIST 256 x 16 copies, CIFAR-10 64 x 16
+            assert p.batch_size == (256 if p.dataset == "mnist" else 64), p.name
         else:
             m = p.options.get("num_noise", 1)
             assert p.batch_size == 256 // m, p.name
@@ -272,6 +273,67 @@ def test_resolve_defaults_and_deferred(tmp_path):
     assert spec.method_options["deferred_epochs"] == 200
     spec = resolve(outdir=tmp_path, preset="mnist-macer-0.50", deferred=False)
     assert "deferred_epochs" not in spec.method_options
+
+
+def test_macer_batch_and_weight_decay_follow_the_original_recipes(tmp_path):
+    # SPEC §3.4: MNIST MACER steps on 256 images x 16 copies (its script's default batch);
+    # CIFAR-10 MACER on 64 x 16 with weight decay 5e-4; everything else decays by 1e-4.
+    from smoothmix.training.api import default_batch_size
+
+    assert default_batch_size("macer", 16, "mnist") == 256
+    assert default_batch_size("macer", 16, "cifar10") == 64
+    assert default_batch_size("smoothmix", 4, "mnist") == 64
+    spec = resolve(outdir=tmp_path, dataset="mnist", method="macer", sigma=0.5)
+    assert spec.config.batch_size == 256 and spec.config.weight_decay == 1e-4
+    spec = resolve(outdir=tmp_path, preset="mnist-macer-0.50")
+    assert spec.config.batch_size == 256
+    for sigma in ("0.25", "0.50", "1.00"):
+        spec = resolve(outdir=tmp_path, preset=f"cifar10-macer-{sigma}")
+        assert (spec.config.batch_size, spec.config.weight_decay) == (64, 5e-4)
+    assert resolve(outdir=tmp_path, preset="cifar10-macer-0.50",
+                   weight_decay=0.0).config.weight_decay == 0.0  # explicit beats the preset
+    assert resolve(outdir=tmp_path, preset="cifar10-smoothmix-0.50").config.weight_decay == 1e-4
+    assert "weight_decay=0.0005" in format_presets_table([get_preset("cifar10-macer-1.00")])
+
+
+def test_deferred_takes_an_epoch(tmp_path):
+    mnist = "mnist-macer-0.50"
+    assert resolve(outdir=tmp_path, preset=mnist).method_options["deferred_epochs"] == 30
+    assert resolve(outdir=tmp_path, preset=mnist, deferred=1).method_options[
+        "deferred_epochs"] == 1
+    assert resolve(outdir=tmp_path, preset=mnist, deferred=30).method_options[
+        "deferred_epochs"] == 30
+    assert "deferred_epochs" not in resolve(outdir=tmp_path, preset=mnist,
+                                            deferred=0).method_options
+    spec = resolve(outdir=tmp_path, dataset="mnist", method="macer", sigma=0.5, deferred=2)
+    assert spec.method_options["deferred_epochs"] == 2
+    with pytest.raises(SmoothmixError, match="--deferred takes an epoch"):
+        resolve(outdir=tmp_path, preset=mnist, deferred=-1)
+    # The CLI: --deferred EPOCH, --no-deferred = 0 (off, also against a preset).
+    from smoothmix.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--outdir", "o", "--deferred", "1"]).deferred == 1
+    assert parser.parse_args(["train", "--outdir", "o", "--no-deferred"]).deferred == 0
+    assert parser.parse_args(["train", "--outdir", "o"]).deferred is None
+    assert parser.parse_args(["train", "--outdir", "o", "--weight-decay", "5e-4"]
+                             ).weight_decay == 5e-4
+
+
+def test_resume_keeps_the_stored_deferral(tmp_path):
+    # A run trained with --deferred 1 resumes with deferred_epochs 1 when --deferred is not
+    # repeated (not the first LR drop of 30, which would change its recipe).
+    from smoothmix.checkpoint import CHECKPOINT_NAME, save_checkpoint
+
+    options = {"num_noise": 16, "lbd": 16.0, "beta": 16.0, "gamma": 8.0, "deferred_epochs": 1}
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, {
+        "arch": "lenet", "method": "macer", "sigma": 0.5, "method_options": options,
+        "config": {"epochs": 3, "lr": 0.01, "lr_step": 30}, "state_dict": {}, "epoch": 1})
+    spec = resolve(outdir=tmp_path, dataset="mnist", method="macer", sigma=0.5, resume=True)
+    assert spec.method_options["deferred_epochs"] == 1
+    spec = resolve(outdir=tmp_path, dataset="mnist", method="macer", sigma=0.5, resume=True,
+                   deferred=0)
+    assert "deferred_epochs" not in spec.method_options  # the resume check then refuses it
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -40,6 +40,16 @@ _METAVARS = {"num_noise": "M", "num_steps": "T", "step_size": "STEP", "mix_step"
              "max_norm": "R"}
 
 
+def add_deferred_flags(group: argparse._ActionsContainer) -> None:
+    """``--deferred EPOCH`` / ``--no-deferred`` (shared by train and reproduce)."""
+    group.add_argument("--deferred", type=int, default=None, metavar="EPOCH",
+                       help="MACER: no robustness term before this epoch (30 = the first "
+                       "learning-rate drop of the MNIST recipe; 1 for short budgets)")
+    group.add_argument("--no-deferred", dest="deferred", action="store_const", const=0,
+                       help="MACER: robustness term from the first step (turns a preset's "
+                       "deferral off)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
@@ -86,9 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for flag, dest, typ, text in METHOD_OPTION_FLAGS:
         m_g.add_argument(flag, dest=f"opt_{dest}", type=typ, default=None, help=text,
                          metavar=_METAVARS.get(dest, dest.upper()))
-    m_g.add_argument("--deferred", action=argparse.BooleanOptionalAction, default=None,
-                     help="MACER: no robustness term until the first learning-rate drop "
-                     "(--no-deferred turns a preset's off)")
+    add_deferred_flags(m_g)
 
     d_g = p.add_argument_group("data and execution")
     d_g.add_argument("--data-dir", help="dataset root (default: $SMOOTHMIX_DATA; MNIST falls "

@@ -193,8 +193,9 @@ def ddn_attack(
     otherwise (capped at the largest possible perturbation), then quantises ``x + delta``
     to ``levels`` grey levels inside [0, 1]. The result is the smallest adversarial
     perturbation found (none found: ``x`` itself), projected onto the epsilon-ball.
-    ``init_norm`` defaults to 1.0, SmoothAdv's ``--init-norm-DDN 256`` (in 1/256 units)
-    whatever epsilon is.
+    ``init_norm`` defaults to 1.0, SmoothAdv's ``--init-norm-DDN 256`` (in 1/256 units),
+    which applies outside training only: SmoothAdv training passes the warmed-up epsilon
+    (its training script overwrites the init norm every epoch, SPEC §3.3).
     """
     norm = torch.full((x.shape[0],), init_norm, device=x.device,
                       dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))

@@ -50,8 +50,14 @@ class SmoothAdv(TrainingMethod):
         check_batch(x, y)
         m = self.num_noise
         noise = self._noise(x, m)
-        attack = pgd_attack if self.attack == "pgd" else ddn_attack
-        x_adv = attack(model, x, y, noise, self.current_epsilon(epoch), self.num_steps)
+        epsilon = self.current_epsilon(epoch)
+        if self.attack == "pgd":
+            x_adv = pgd_attack(model, x, y, noise, epsilon, self.num_steps)
+        else:
+            # DDN starts at the warmed-up epsilon: the reference training script overwrites
+            # the attack's init norm with epsilon_t every epoch (SPEC §3.3), so the attack's
+            # default of 1.0 never applies in training.
+            x_adv = ddn_attack(model, x, y, noise, epsilon, self.num_steps, init_norm=epsilon)
         logits = full_precision(model(noisy_copies(x_adv, noise)))
         loss = cross_entropy_copies(logits, y, m)
         return StepOutput(loss, {"loss": loss.detach(), "acc": accuracy(logits, y.repeat(m))})

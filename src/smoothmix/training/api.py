@@ -56,11 +56,12 @@ def option_flag(name: str) -> str:
     return "--deferred" if name == "deferred_epochs" else "--" + name.replace("_", "-")
 
 
-def default_batch_size(method: str, num_noise: int | None) -> int:
+def default_batch_size(method: str, num_noise: int | None, dataset: str | None = None) -> int:
     """Images per step of the reference recipes: 256 images × m copies are split into m
-    steps of 256/m; MACER uses 64 images × its 16 copies."""
+    steps of 256/m; MACER takes 256 images × its 16 copies on MNIST (the SmoothMix
+    repository's script default) and 64 × 16 elsewhere (the original MACER code)."""
     if method == "macer":
-        return 64
+        return 256 if dataset == "mnist" else 64
     return max(1, 256 // max(1, num_noise or 1))
 
 
@@ -131,7 +132,7 @@ def resolve(
     sigma: float | None = None,
     preset: str | None = None,
     method_options: Mapping[str, Any] | None = None,
-    deferred: bool | None = None,
+    deferred: int | bool | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -223,7 +224,7 @@ def resolve(
         lr_step=int(pick("lr_step", lr_step, p and p.lr_step, schedule["lr_step"])),
         lr_milestones=pick("lr_milestones", lr_milestones, p and p.lr_milestones),
         momentum=float(pick("momentum", momentum, None, 0.9)),
-        weight_decay=float(pick("weight_decay", weight_decay, None, 1e-4)),
+        weight_decay=float(pick("weight_decay", weight_decay, p and p.weight_decay, 1e-4)),
         seed=int(pick("seed", seed, None, 0)),
         **execution,
     )
@@ -231,14 +232,12 @@ def resolve(
         config.lr_milestones = None  # an explicit --lr-step replaces a preset's milestones
     if config.lr_milestones is not None:
         config.lr_milestones = tuple(int(m) for m in config.lr_milestones)
-    defer = deferred if deferred is not None else (p.deferred if p is not None else None)
-    if defer is None and saved is not None and saved.get("method") == method:
-        defer = "deferred_epochs" in (saved.get("method_options") or {})
-    if defer:
-        options["deferred_epochs"] = config.first_lr_drop()
+    defer_epochs = _deferred_epochs(deferred, p, saved, method, config)
+    if defer_epochs is not None:
+        options["deferred_epochs"] = defer_epochs
     options = _validate_options(method, options)
     config.batch_size = int(pick("batch_size", batch_size, p and p.batch_size,
-                                 default_batch_size(method, options.get("num_noise"))))
+                                 default_batch_size(method, options.get("num_noise"), dataset)))
     config.validate()
 
     for name, n in (("--train-subset", train_subset), ("--test-subset", test_subset)):
@@ -252,6 +251,27 @@ def resolve(
     )
 
 
+def _deferred_epochs(deferred: int | bool | None, p: Any, saved: Mapping[str, Any] | None,
+                     method: str, config: TrainConfig) -> int | None:
+    """MACER's deferral as an epoch index (None: not deferred).
+
+    ``deferred`` is an epoch (``--deferred 30``; 0 or False: off) or True for the first
+    learning-rate drop (the published meaning, also what a preset's ``deferred`` says). Not
+    given: the preset's, else a resumed run's stored epoch, so a resume keeps its deferral.
+    """
+    if deferred is None and p is not None:
+        deferred = p.deferred or None
+    if deferred is None:
+        if saved is not None and saved.get("method") == method:
+            return (saved.get("method_options") or {}).get("deferred_epochs")
+        return None
+    if isinstance(deferred, bool):
+        return config.first_lr_drop() if deferred else None
+    require(isinstance(deferred, int) and deferred >= 0,
+            f"--deferred takes an epoch >= 0 (e.g. 30, the first LR drop), got {deferred!r}")
+    return deferred or None
+
+
 def train(
     outdir: str | os.PathLike,
     *,
@@ -261,7 +281,7 @@ def train(
     sigma: float | None = None,
     preset: str | None = None,
     method_options: Mapping[str, Any] | None = None,
-    deferred: bool | None = None,
+    deferred: int | bool | None = None,
     resume: bool = False,
     data_dir: str | os.PathLike | None = None,
     train_subset: int | None = None,
@@ -278,7 +298,8 @@ def train(
     ``lr_step``, ``lr_milestones``, ``momentum``, ``weight_decay``, ``seed``, ``device``,
     ``amp``, ``compile``, ``channels_last``, ``workers``, ``progress``, ...). Method
     hyperparameters go in ``method_options`` (e.g. ``{"num_noise": 4, "eta": 5.0}``);
-    ``deferred=True`` delays MACER's robustness term to the first learning-rate drop.
+    ``deferred=EPOCH`` switches MACER's robustness term on at that epoch (0-based index;
+    ``True``: the first learning-rate drop, ``False``/0: from the start).
     """
     from smoothmix.methods import create_method
 
