@@ -128,12 +128,89 @@ def test_nonempty_outdir_and_incompatible_resume(tmp_path, capsys):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert "is not empty; pass --resume" in one_line_error(capsys, args)
     line = one_line_error(capsys, [*args, "--resume", "--method", "stability"])
-    assert "method 'gaussian' -> 'stability'" in line
+    assert "method stability from --method (stored gaussian)" in line
     line = one_line_error(capsys, [*args, "--resume", "--sigma", "0.25"])
-    assert "sigma 0.5 -> 0.25" in line
+    assert "sigma 0.25 from --sigma (stored 0.5)" in line
     line = one_line_error(capsys, [*args, "--resume", "--arch", "cifar_resnet20"])
-    assert "arch 'lenet' -> 'cifar_resnet20'" in line
+    assert "arch cifar_resnet20 from --arch (stored lenet)" in line
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing overwritten
+
+
+def test_resume_keeps_the_stored_run(tmp_path, capsys):
+    """The issue's case: a preset run started with --epochs and --train-subset, resumed with
+    the preset named again, must not become the preset's 90 epochs on the stored subset."""
+    out = tmp_path / "x"
+    start = ["train", "--preset", "mnist-smoothmix-0.50", "--epochs", "1", "--train-subset",
+             "32", "--test-subset", "16", "--num-steps", "1", "--num-noise", "2", "--batch",
+             "32", "--device", "cpu", "--quiet", "--outdir", str(out)]
+    assert main(start) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    stored = load_checkpoint(out / "checkpoint.pth.tar")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    # The preset contradicts two stored settings: both named, with their stored values.
+    line = one_line_error(capsys, ["train", "--preset", "mnist-smoothmix-0.50", "--outdir",
+                                   str(out), "--resume"])
+    assert "epochs 90 from preset mnist-smoothmix-0.50 (stored 1)" in line
+    assert "--num-steps 4 from preset mnist-smoothmix-0.50 (stored 1)" in line
+    assert f"pass only --outdir {out} --resume" in line
+    # A flag that contradicts it, and a smaller --epochs, are errors too.
+    line = one_line_error(capsys, ["train", "--outdir", str(out), "--resume", "--lr", "0.1",
+                                   "--train-subset", "128"])
+    assert "lr 0.1 from --lr (stored 0.01)" in line
+    assert "train_subset 128 from --train-subset (stored 32)" in line
+    line = one_line_error(capsys, ["train", "--outdir", str(out), "--resume", "--eta", "1"])
+    assert "--eta 1 from --eta (stored 5)" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+
+    # Flags equal to the stored values are fine; plain --resume continues the stored run
+    # (here: already complete).
+    assert main(["train", "--outdir", str(out), "--resume", "--quiet", "--lr", "0.01"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    # A larger --epochs is a deliberate extension, announced, on the stored settings.
+    assert main(["train", "--outdir", str(out), "--resume", "--quiet", "--epochs", "2"]) == 0
+    said = capsys.readouterr().out
+    assert f"extending the run in {out} from 1 epoch to 2" in said
+    assert "lenet on mnist (32 images)" in said and "2 epochs" in said and "(resume)" in said
+    ckpt = load_checkpoint(out / "checkpoint.pth.tar")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["epochs"] == 2
+    assert ckpt["method_options"] == stored["method_options"]
+    for key in ("train_subset", "test_subset", "batch_size", "lr", "lr_step", "preset"):
+        assert ckpt["config"][key] == stored["config"][key], key
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint(tmp_path, capsys):
+    # What a run killed in its first epoch leaves: a header-only log, an event file and a
+    # torn checkpoint temp file.
+    out = tmp_path / "early"
+    out.mkdir()
+    (out / "log.csv").write_text("")
+    (out / "events.out.tfevents.1.host.1.0").write_bytes(b"\0" * 40)
+    (out / ".checkpoint.pth.tar.abc123.tmp").write_bytes(b"PK")
+    args = ["train", *TINY, "--method", "gaussian", "--sigma", "0.5", "--epochs", "1",
+            "--train-subset", "64", "--outdir", str(out)]
+    assert "is not empty; pass --resume" in one_line_error(capsys, args)
+    assert main([*args, "--resume"]) == 0, capsys.readouterr().err
+    said = capsys.readouterr().out
+    assert "holds no checkpoint yet" in said and "starting it from the beginning" in said
+    assert load_checkpoint(out / "checkpoint.pth.tar")["epoch"] == 1
+    assert [r["epoch"] for r in log_rows(out)] == ["1"]
+
+    # A folder that is not ours is still refused, and left as it was.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    line = one_line_error(capsys, ["train", *TINY, "--method", "gaussian", "--sigma", "0.5",
+                                   "--outdir", str(other), "--resume"])
+    assert "has no checkpoint.pth.tar and holds files other than" in line
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    # So is one whose log has epochs but whose checkpoint is gone.
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "log.csv").write_text("epoch,lr,train_loss\n1,0.01,0.5\n")
+    line = one_line_error(capsys, ["train", *TINY, "--method", "gaussian", "--sigma", "0.5",
+                                   "--outdir", str(gone), "--resume"])
+    assert "holds files other than" in line
 
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):

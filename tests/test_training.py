@@ -331,9 +331,9 @@ def test_resume_keeps_the_stored_deferral(tmp_path):
         "config": {"epochs": 3, "lr": 0.01, "lr_step": 30}, "state_dict": {}, "epoch": 1})
     spec = resolve(outdir=tmp_path, dataset="mnist", method="macer", sigma=0.5, resume=True)
     assert spec.method_options["deferred_epochs"] == 1
-    spec = resolve(outdir=tmp_path, dataset="mnist", method="macer", sigma=0.5, resume=True,
-                   deferred=0)
-    assert "deferred_epochs" not in spec.method_options  # the resume check then refuses it
+    with pytest.raises(SmoothmixError, match=r"--deferred 0 from --deferred \(stored 1\)"):
+        resolve(outdir=tmp_path, dataset="mnist", method="macer", sigma=0.5, resume=True,
+                deferred=0)  # contradicts the stored run: refused before anything runs
 
 
 @pytest.mark.parametrize("kwargs, message", [

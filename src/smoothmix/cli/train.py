@@ -73,8 +73,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_g.add_argument("--outdir", required=True,
                        help="output directory; must be empty or new unless --resume")
     run_g.add_argument("--resume", action="store_true",
-                       help="continue the run in OUTDIR from its checkpoint (settings not given "
-                       "are taken from it; an empty OUTDIR starts fresh)")
+                       help="continue the run in OUTDIR from its checkpoint with its stored "
+                       "settings: `--outdir OUTDIR --resume` is all it needs; a flag or "
+                       "--preset value contradicting a stored setting is an error, except a "
+                       "larger --epochs, which extends the run. An empty OUTDIR, or one whose "
+                       "run stopped before its first checkpoint, starts from the beginning")
 
     opt_g = p.add_argument_group("optimisation (defaults: preset, else the dataset's recipe)")
     opt_g.add_argument("--epochs", type=int, help="number of epochs (mnist 90, cifar10 150)")

@@ -47,6 +47,11 @@ SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _FALLBACK_SCHEDULE = {"epochs": 90, "lr": 0.1, "lr_step": 30}
 
+# TrainConfig fields that define a run's trajectory: on --resume they must match the stored run
+# (except a larger --epochs, which extends it).
+_RESUME_RECIPE = ("epochs", "batch_size", "lr", "lr_step", "lr_gamma", "lr_milestones",
+                  "momentum", "weight_decay", "seed")
+
 # Options that count things and must be at least 1 (m and T of SPEC §3).
 _COUNT_OPTIONS = {"num_noise": "m (--num-noise)", "num_steps": "T (--num-steps)"}
 
@@ -123,6 +128,64 @@ def _validate_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]
     return dict(options)
 
 
+def _resume_conflicts(spec: TrainSpec, saved: Mapping[str, Any], sources: Mapping[str, str],
+                      explicit_epochs: int | None) -> tuple[list[str], int | None]:
+    """Settings of ``spec`` that contradict the stored run ``saved``, as ``"name S (stored
+    V)"`` strings, and the stored epoch count when ``--epochs`` deliberately extends it.
+
+    Settings nobody asked for were taken from the stored run, so a difference here always
+    comes from a flag or preset value (``sources`` names which: ``{"lr": "--lr"}``).
+    Execution settings (device, amp, workers, ...) are free to change.
+    """
+    from smoothmix.methods import method_options
+
+    current: dict[str, Any] = {
+        "method": spec.method, "sigma": spec.sigma, "dataset": spec.dataset,
+        "arch": spec.arch, "train_subset": spec.train_subset, "test_subset": spec.test_subset,
+        **{k: getattr(spec.config, k) for k in _RESUME_RECIPE},
+    }
+    conflicts: list[str] = []
+    extends: int | None = None
+
+    def differs(old: Any, new: Any) -> bool:
+        if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
+            return list(old or []) != list(new or [])
+        if isinstance(old, float) or isinstance(new, float):
+            return old is None or new is None or not math.isclose(old, new)
+        return old != new
+
+    def note(name: str, new: Any, old: Any) -> None:
+        conflicts.append(f"{name} {_show(new)} from {sources.get(name, 'the defaults')} "
+                         f"(stored {_show(old)})")
+
+    for name, new in current.items():
+        if name not in saved:  # not recorded by the run (e.g. a custom model's dataset)
+            continue
+        old = saved[name]
+        if name == "epochs" and explicit_epochs is not None and old is not None \
+                and explicit_epochs > old:
+            extends = int(old)  # a deliberate extension, announced by train()
+        elif differs(old, new):
+            note(name, new, old)
+    if saved.get("method") == spec.method:
+        defaults = {k: info.default for k, info in method_options(spec.method).items()}
+        old_opts, new_opts = dict(saved.get("method_options") or {}), spec.method_options
+        for key in sorted(set(old_opts) | set(new_opts)):
+            old, new = old_opts.get(key, defaults.get(key)), new_opts.get(key, defaults.get(key))
+            if differs(old, new):
+                conflicts.append(f"{option_flag(key)} {_show(new)} from "
+                                 f"{sources.get(key, 'the defaults')} (stored {_show(old)})")
+    return conflicts, extends
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) or "none"
+    return "none" if value is None else str(value)
+
+
 def resolve(
     *,
     outdir: str | os.PathLike,
@@ -164,6 +227,22 @@ def resolve(
                 f"--dataset {dataset} conflicts with preset {p.name} (dataset {p.dataset}); "
                 "drop --preset or choose a preset for that dataset")
     saved = _saved_settings(outdir) if resume else None
+    # Where each asserted setting comes from, for the resume conflict message.
+    sources: dict[str, str] = {}
+    if p is not None:
+        named = {k for k in p.as_dict() if k not in ("name", "options", "deferred")}
+        named |= set(p.options) | ({"deferred_epochs"} if p.deferred else set())
+        sources.update(dict.fromkeys(named, f"preset {p.name}"))
+    given = {"dataset": dataset, "arch": arch, "method": method, "sigma": sigma,
+             "epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_step": lr_step,
+             "lr_milestones": lr_milestones, "momentum": momentum,
+             "weight_decay": weight_decay, "seed": seed, "train_subset": train_subset,
+             "test_subset": test_subset, "deferred_epochs": deferred, **explicit_opts,
+             **{k: v for k, v in execution.items() if k == "lr_gamma"}}
+    sources.update({k: "--batch" if k == "batch_size" else option_flag(k)
+                    for k, v in given.items() if v is not None})
+    if lr_step is not None and lr_milestones is None:
+        sources["lr_milestones"] = "--lr-step"
 
     def pick(name: str, value: Any, preset_value: Any = None, default: Any = None) -> Any:
         if value is not None:
@@ -242,13 +321,21 @@ def resolve(
 
     for name, n in (("--train-subset", train_subset), ("--test-subset", test_subset)):
         require(n is None or n >= 1, f"{name} must be >= 1, got {n}")
-    return TrainSpec(
+    spec = TrainSpec(
         method=method, sigma=float(sigma), method_options=options, config=config,
         dataset=dataset, arch=arch, normalization=normalization,
         train_subset=pick("train_subset", train_subset) if not custom_model else None,
         test_subset=pick("test_subset", test_subset) if not custom_model else test_subset,
-        preset=p.name if p else None,
+        preset=p.name if p else (saved or {}).get("preset"),
     )
+    if saved is not None:
+        conflicts, extends = _resume_conflicts(spec, saved, sources, epochs)
+        require(not conflicts, f"cannot resume {outdir}: {'; '.join(conflicts)}; on --resume "
+                f"the stored settings are the run's: pass only --outdir {outdir} --resume to "
+                "continue it (a larger --epochs extends it), or choose a new --outdir")
+        if extends is not None:
+            spec.extra["extends_from_epochs"] = extends
+    return spec
 
 
 def _deferred_epochs(deferred: int | bool | None, p: Any, saved: Mapping[str, Any] | None,
@@ -338,19 +425,31 @@ def train(
     assert model is not None
     method_obj = create_method(spec.method, spec.sigma, int(num_classes), **spec.method_options)
 
-    _announce(spec, train_set, outdir, resuming)
+    _announce(spec, train_set, outdir, resuming, restart=resume and not resuming)
     return fit(model, method_obj, train_set, test_set, spec.config, outdir, resume=resume,
                sigma=spec.sigma, metadata=spec.metadata(int(num_classes)))
 
 
-def _announce(spec: TrainSpec, train_set: Any, outdir: Path, resume: bool) -> None:
+def _announce(spec: TrainSpec, train_set: Any, outdir: Path, resume: bool,
+              restart: bool = False) -> None:
     rank, world, _ = distributed.distributed_env()  # the process group is not up yet
     if rank != 0:
         return
     c = spec.config
     opts = " ".join(f"{k}={v}" for k, v in spec.method_options.items())
     what = f"{spec.arch} on {spec.dataset}" if spec.dataset else "custom model"
+    extends = spec.extra.get("extends_from_epochs")
+    if extends is not None:
+        print(f"smoothmix train: extending the run in {outdir} from {_count(extends, 'epoch')} "
+              f"to {c.epochs} (--epochs)", flush=True)
+    if restart:
+        print(f"smoothmix train: --resume: {outdir} holds no checkpoint yet (the run stopped "
+              "before its first epoch ended); starting it from the beginning", flush=True)
     print(f"smoothmix train: {what} ({len(train_set)} images), {spec.method} sigma={spec.sigma}"
-          f"{' ' + opts if opts else ''}; {c.epochs} epochs, batch {c.batch_size}, lr {c.lr:g}"
-          f"{' (resume)' if resume else ''}{f', {world} processes' if world > 1 else ''}"
-          f" -> {outdir}", flush=True)
+          f"{' ' + opts if opts else ''}; {_count(c.epochs, 'epoch')}, batch {c.batch_size}, "
+          f"lr {c.lr:g}{' (resume)' if resume else ''}"
+          f"{f', {world} processes' if world > 1 else ''} -> {outdir}", flush=True)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

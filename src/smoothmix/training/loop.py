@@ -133,7 +133,8 @@ def check_outdir(outdir: Path, resume: bool) -> bool:
     """Decide whether this run resumes; refuse to overwrite anything.
 
     Returns True when a checkpoint exists and ``resume`` is set. ``resume`` with an empty or
-    missing outdir starts fresh (so a requeued job script can always pass ``--resume``).
+    missing outdir starts fresh (so a requeued job script can always pass ``--resume``), and
+    so does one holding only what a run killed before its first checkpoint left behind.
     """
     ckpt = outdir / CHECKPOINT_NAME
     require(not outdir.exists() or outdir.is_dir(), f"--outdir {outdir} exists and is not a "
@@ -142,12 +143,32 @@ def check_outdir(outdir: Path, resume: bool) -> bool:
     if resume:
         if ckpt.is_file():
             return True
-        require(not nonempty, f"cannot resume: {outdir} has no {CHECKPOINT_NAME} but is not "
-                "empty; choose another --outdir")
+        require(not nonempty or _stopped_before_first_checkpoint(outdir),
+                f"cannot resume: {outdir} has no {CHECKPOINT_NAME} and holds files other "
+                "than those of a run stopped before its first checkpoint; choose another "
+                "--outdir")
         return False
     require(not nonempty, f"--outdir {outdir} is not empty; pass --resume to continue the run "
             "there, or choose a new --outdir (nothing was overwritten)")
     return False
+
+
+def _stopped_before_first_checkpoint(outdir: Path) -> bool:
+    """Whether ``outdir`` holds only what a run killed during its first epoch leaves: a
+    ``log.csv`` without rows, TensorBoard event files and a torn checkpoint temp file.
+    ``--resume`` starts such a run from the beginning; anything else is not ours to reuse."""
+    for entry in outdir.iterdir():
+        name = entry.name
+        if name == LOG_NAME:
+            with entry.open(newline="") as f:
+                if len([row for row in csv.reader(f) if row]) > 1:
+                    return False  # logged epochs: not a run that never checkpointed
+        elif not (entry.is_file() and (name.startswith("events.out.tfevents.")
+                                       or name == LOG_NAME + ".tmp"
+                                       or (name.startswith(f".{CHECKPOINT_NAME}.")
+                                           and name.endswith(".tmp")))):
+            return False
+    return True
 
 
 def _describe(value: Any) -> str:
