@@ -271,6 +271,30 @@ def test_cpu_chunk_is_tuned_within_batch_size_for_long_runs():
     assert max(sizes) <= 1000
 
 
+def test_cpu_chunk_is_tuned_once_per_object_across_short_calls():
+    # A dataset run at N = 10,000 makes many short calls: the chunk must be tuned once the
+    # object has drawn enough samples in all, and never again for that shape.
+    sizes: list[int] = []
+
+    class Spy(Constant):
+        def forward(self, x):
+            sizes.append(len(x))
+            return super().forward(x)
+
+    smooth = Smooth(Spy(1, 2), 2, 0.5)
+    x = torch.zeros(1, 2, 2)
+    for _ in range(4):
+        smooth.predict(x, 10_000, 0.01, batch_size=1000)
+    assert not smooth._tuned and sum(sizes) == 40_000  # no timing before 50,000 in all
+    smooth.predict(x, 10_000, 0.01, batch_size=1000)
+    assert len(smooth._tuned) == 1 and sum(sizes) > 50_000  # the timing forwards
+    sizes.clear()
+    smooth.predict(x, 10_000, 0.01, batch_size=1000)
+    assert sum(sizes) == 10_000  # no second timing
+    (chunk,) = smooth._tuned.values()
+    assert set(sizes[:-1]) == {chunk}
+
+
 def test_noise_does_not_depend_on_the_forward_chunk():
     # Noise is drawn per batch_size block, so the tuned chunk cannot change a seeded result
     # (this is what makes sharded and single-process runs agree row for row).
