@@ -45,8 +45,9 @@ def attach_side_data(dataset: D, **tables: torch.Tensor) -> D:
     for name, table in tables.items():
         table = torch.as_tensor(table)
         if table.dim() < 1 or table.shape[0] != n:
-            raise SmoothmixError(f"side data {name!r} has {tuple(table.shape)[:1] or 'no'} rows "
-                                 f"for a dataset of {n} examples")
+            rows = table.shape[0] if table.dim() else "no"
+            raise SmoothmixError(f"side data {name!r} has {rows} rows for a dataset of {n} "
+                                 "examples")
         merged[name] = table
     out = copy.copy(dataset)
     setattr(out, SIDE_ATTR, merged)

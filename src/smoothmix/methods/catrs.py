@@ -110,9 +110,9 @@ class CatRS(TrainingMethod):
                           "(published: 1.0, i.e. 256/256)", float, positive),
         "lbd": Option(1.0, "lambda: weight of L_high (published: CIFAR-10 0.5/1.0/2.0 for "
                       "sigma 0.25/0.5/1.0, MNIST 1.0, ImageNet 2.0)", float, non_negative),
-        "confidence_mask": Option(False, "draw K from the soft target's true-class "
-                                  "probability instead of the copies' accuracy (ImageNet)",
-                                  bool),
+        "confidence_mask": Option(0, "1 = draw K from the soft target's true-class "
+                                  "probability instead of the copies' accuracy (ImageNet's "
+                                  "variant; default 0)", int, choices=(0, 1)),
         "epsilon_double_epoch": Option(None, "epoch (0-based) from which the search radius "
                                        "is doubled (ImageNet: 80; default: never)", int,
                                        non_negative, nullable=True),
@@ -162,7 +162,7 @@ class CatRS(TrainingMethod):
             if self.confidence_mask:
                 w = target.gather(1, y.unsqueeze(1)).squeeze(1)
             else:
-                w = (logits0.argmax(-1) == y_copies).view(m, batch).float().mean(0)
+                w = (logits0.argmax(-1) == y_copies).view(m, batch).to(target.dtype).mean(0)
             k = self._binomial(m, w.clamp(0.0, 1.0)).clamp_min(1)
             mask = (k == m).to(ce.dtype)
             # keep[i, b] = 1 for the K_b smallest cross-entropies of image b.
