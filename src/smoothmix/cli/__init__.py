@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from smoothmix.errors import SmoothmixError
 
 # Order here is the order in `smoothmix --help`.
-_COMMAND_MODULES = ("demo", "train", "presets", "certify", "analyze", "diagnose")
+_COMMAND_MODULES = ("demo", "reproduce", "train", "presets", "certify", "analyze",
+                    "diagnose")
 
 
 def build_parser() -> argparse.ArgumentParser:

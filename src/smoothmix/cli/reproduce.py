@@ -1,0 +1,73 @@
+"""``smoothmix reproduce``: a thin shell over :func:`smoothmix.reproduce.reproduce`."""
+
+from __future__ import annotations
+
+import argparse
+
+from smoothmix import distributed
+from smoothmix.cli.train import add_deferred_flags
+from smoothmix.errors import require
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "reproduce",
+        help="run a published table end to end (train, certify, compare with the paper)",
+        description="Train every method of a published table with its preset, certify each "
+        "with the published protocol (n0=100, N=100,000, alpha=0.001; full test set, "
+        "ImageNet every 100th validation image) and write OUTDIR/table.md (ours beside the "
+        "published values), curves.png and summary.json. Budget options make it smaller; "
+        "the outputs state them. Rerunning the same command continues where it stopped; "
+        "a different budget against the same OUTDIR is refused. Multi-GPU: torchrun "
+        "--nproc_per_node=K -m smoothmix -- reproduce ...",
+    )
+    p.add_argument("experiment", nargs="?", metavar="EXPERIMENT",
+                   help="mnist-0.25, mnist-0.50, mnist-1.00, cifar10-0.25, cifar10-0.50, "
+                   "cifar10-1.00, imagenet-0.50 or imagenet-1.00")
+    p.add_argument("--list", action="store_true",
+                   help="list the experiments with their methods, presets and published values")
+    p.add_argument("--methods", metavar="A,B",
+                   help="comma-separated rows to run (default: every method with a preset)")
+    p.add_argument("--outdir", help="output folder (default: runs/reproduce-EXPERIMENT)")
+    b = p.add_argument_group("budget (default: the full published budget)")
+    b.add_argument("--epochs", type=int, help="epochs of every training (presets: 90-440)")
+    b.add_argument("--train-subset", type=int, metavar="N",
+                   help="train on the first N training images")
+    b.add_argument("--batch", type=int, dest="batch_size", metavar="B",
+                   help="images per optimiser step for every method (presets: 256/m)")
+    b.add_argument("--warmup", type=int, metavar="EPOCHS",
+                   help="warm-up of SmoothAdv's epsilon and SmoothMix's mix weight (presets: "
+                   "10 epochs; short budgets want 1)")
+    add_deferred_flags(b)
+    b.add_argument("--skip", type=int, help="certify every k-th test image (protocol: 1; "
+                   "ImageNet 100)")
+    b.add_argument("--n", type=int, help="CERTIFY's N (protocol: 100,000)")
+    b.add_argument("--max", type=int, dest="max_idx", metavar="IDX",
+                   help="certify only test images with index below IDX")
+    e = p.add_argument_group("execution")
+    e.add_argument("--data-dir", help="dataset root (default: $SMOOTHMIX_DATA; MNIST falls "
+                   "back to the copy embedded in the package)")
+    e.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA if available)")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from smoothmix.reproduce import Budget, describe_experiments, reproduce
+
+    if args.list:
+        print(describe_experiments(), end="")
+        return 0
+    require(args.experiment is not None, "name an EXPERIMENT (`smoothmix reproduce --list` "
+            "shows them)")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    budget = Budget(epochs=args.epochs, train_subset=args.train_subset,
+                    batch_size=args.batch_size, warmup=args.warmup, deferred=args.deferred,
+                    skip=args.skip, n=args.n, max_idx=args.max_idx)
+    try:
+        reproduce(args.experiment, args.outdir or f"runs/reproduce-{args.experiment}",
+                  methods=methods, budget=budget, data_dir=args.data_dir, device=args.device,
+                  progress=not args.quiet)
+    finally:
+        distributed.cleanup()
+    return 0

@@ -1,0 +1,441 @@
+"""``smoothmix reproduce``: run one of the paper's tables end to end and put our numbers
+beside the published ones.
+
+An *experiment* is a published table: a dataset and a σ (``mnist-0.50``, ``cifar10-1.00``,
+``imagenet-1.00``, ...). Its methods are the rows with a training preset
+(``{dataset}-{method}-{sigma}``, see :mod:`smoothmix.training.presets`) and the rows with
+published values (``data/published.json``, SPEC §5); a row needs a preset to be run and
+published values to be compared. Adding a row is one entry: a preset of that name, or a
+published entry keyed by the method.
+
+The full budget is the presets and the published protocol (the full test set, ImageNet
+every 100th validation image, n0 = 100, N = 100,000, α = 0.001). A :class:`Budget` with
+overrides (epochs, training subset, images per step, warm-up, MACER deferral, test skip,
+N, max index) is smaller and is stated in every output.
+
+This module only orchestrates the public API: :func:`smoothmix.training.train` (resumable,
+DDP under torchrun), :func:`smoothmix.certification.certify_dataset` (resumable, sharded
+under torchrun) and :mod:`smoothmix.analysis`. Output folder::
+
+    OUTDIR/reproduce.json          experiment + budget (a rerun must match it)
+    OUTDIR/<method>/               one training folder per method (checkpoint, log.csv)
+    OUTDIR/certify_<method>.tsv    one certification file per method
+    OUTDIR/table.md, curves.png, summary.json
+
+Rerunning the same command continues: finished trainings are skipped, an interrupted one
+resumes, certification resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from smoothmix.errors import SmoothmixError, require
+
+STATE_NAME = "reproduce.json"
+TABLE_NAME = "table.md"
+PLOT_NAME = "curves.png"
+SUMMARY_NAME = "summary.json"
+N0 = 100
+ALPHA = 0.001
+FULL_N = 100_000
+# Noisy test accuracy logged after every epoch: a training-time monitor only, not part of
+# the recipe or the certificate.
+EVAL_IMAGES = 1000
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One published table."""
+
+    name: str
+    dataset: str
+    sigma: float
+    skip: int  # the published protocol's test subset: every skip-th test image
+    test_images: int
+    radii: tuple[float, ...]
+    published: dict[str, dict[str, Any]]  # method -> {"acr", optional "certified", "note"}
+
+    def preset_name(self, method: str) -> str:
+        return f"{self.dataset}-{method}-{self.sigma:.2f}"
+
+    def runnable(self) -> list[str]:
+        """Methods with a training preset for this table, in the presets' order."""
+        from smoothmix.training.presets import PRESETS
+
+        prefix, suffix = f"{self.dataset}-", f"-{self.sigma:.2f}"
+        found = [name[len(prefix):-len(suffix)] for name, p in PRESETS.items()
+                 if p.dataset == self.dataset and p.sigma == self.sigma
+                 and name.startswith(prefix) and name.endswith(suffix)]
+        return [m for m in self.methods() if m in found]
+
+    def methods(self) -> list[str]:
+        """Every row, in the paper's order (the published rows), then presets without one."""
+        from smoothmix.training.presets import PRESETS
+
+        prefix, suffix = f"{self.dataset}-", f"-{self.sigma:.2f}"
+        extra = [name[len(prefix):-len(suffix)] for name, p in PRESETS.items()
+                 if p.dataset == self.dataset and p.sigma == self.sigma
+                 and name.startswith(prefix) and name.endswith(suffix)]
+        return list(self.published) + [m for m in extra if m not in self.published]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run spends. ``None`` everywhere is the full published budget; each other value
+    overrides one thing for every method of the run (and is stated in the outputs)."""
+
+    epochs: int | None = None  # instead of the presets' epochs
+    train_subset: int | None = None  # the first N training images
+    batch_size: int | None = None  # images per optimiser step for every method
+    warmup: int | None = None  # epochs of SmoothAdv's epsilon / SmoothMix's mix warm-up
+    deferred: int | None = None  # MACER: robustness term from this epoch (0: from the start)
+    skip: int | None = None  # certify every skip-th test image (default: the protocol's)
+    n: int | None = None  # CERTIFY's N (default 100,000)
+    max_idx: int | None = None  # certify only test indices below this
+
+    def is_full(self) -> bool:
+        return all(v is None for v in dataclasses.asdict(self).values())
+
+    def validate(self) -> None:
+        for name in ("epochs", "train_subset", "batch_size", "skip", "n", "max_idx"):
+            value = getattr(self, name)
+            require(value is None or (isinstance(value, int) and value >= 1),
+                    f"--{_flag(name)} must be an integer >= 1, got {value!r}")
+        for name in ("warmup", "deferred"):
+            value = getattr(self, name)
+            require(value is None or (isinstance(value, int) and value >= 0),
+                    f"--{_flag(name)} must be an integer >= 0, got {value!r}")
+        if self.n is not None:
+            from smoothmix.core import check_certify_args
+
+            check_certify_args(N0, self.n, ALPHA, 1000)
+
+    def describe(self, experiment: Experiment) -> str:
+        """The one line that says what was spent."""
+        n = self.n or FULL_N
+        skip = self.skip or experiment.skip
+        count = _num_certified(experiment, skip, self.max_idx)
+        test = (f"every {skip}th test image" if skip > 1 else "the full test set") + (
+            f" below index {self.max_idx}" if self.max_idx is not None else "")
+        protocol = f"{test} ({count} images), n0={N0}, N={n:,}, alpha={ALPHA}"
+        if self.is_full():
+            return f"Budget: full (the presets; {protocol})."
+        train = []
+        if self.epochs is not None:
+            train.append(_plural(self.epochs, "epoch"))
+        if self.train_subset is not None:
+            train.append(f"first {self.train_subset} training images")
+        if self.batch_size is not None:
+            train.append(f"{self.batch_size} images per step")
+        if self.warmup is not None:
+            train.append(f"warm-up over {_plural(self.warmup, 'epoch')}")
+        if self.deferred is not None:
+            train.append(f"MACER deferred to epoch {self.deferred}")
+        text = "; ".join(train) if train else "as the presets"
+        return (f"Budget: reduced, not the published one. Training: {text} (everything else "
+                f"as the presets). Certification: {protocol}"
+                + (" (the radius is capped by N; the published tables use N=100,000)"
+                   if n < FULL_N else "") + ".")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _flag(name: str) -> str:
+    return {"batch_size": "batch", "max_idx": "max"}.get(name, name.replace("_", "-"))
+
+
+def _num_certified(experiment: Experiment, skip: int, max_idx: int | None) -> int:
+    total = experiment.test_images * experiment.skip  # size of the test split
+    stop = total if max_idx is None else min(max_idx, total)
+    return len(range(0, stop, skip))
+
+
+@lru_cache(maxsize=1)
+def _published() -> dict[str, Any]:
+    text = resources.files("smoothmix.data").joinpath("published.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def list_experiments() -> list[str]:
+    return list(_published()["experiments"])
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called ``name``; unknown names are a one-line error listing all."""
+    data = _published()["experiments"]
+    require(name in data, f"unknown experiment {name!r}; valid experiments: "
+            f"{', '.join(data)} (`smoothmix reproduce --list` describes them)")
+    e = data[name]
+    return Experiment(name=name, dataset=e["dataset"], sigma=float(e["sigma"]),
+                      skip=int(e["skip"]), test_images=int(e["test_images"]),
+                      radii=tuple(float(r) for r in e["radii"]),
+                      published=dict(e["methods"]))
+
+
+def select_methods(experiment: Experiment, methods: list[str] | None) -> list[str]:
+    """The methods to run (default: every row with a preset); one-line errors otherwise."""
+    runnable = experiment.runnable()
+    if not methods:
+        require(bool(runnable), f"{experiment.name} has no method with a training preset")
+        return runnable
+    for m in methods:
+        require(m in experiment.methods() or m in runnable,
+                f"unknown method {m!r} for {experiment.name}; its methods: "
+                f"{', '.join(experiment.methods())}")
+        require(m in runnable, f"method {m!r} has no training preset for {experiment.name} "
+                f"(no preset {experiment.preset_name(m)}; published values only); methods "
+                f"with a preset: {', '.join(runnable)}")
+    require(len(set(methods)) == len(methods), f"--methods repeats a method: {methods}")
+    return list(methods)
+
+
+def describe_experiments() -> str:
+    """What ``smoothmix reproduce --list`` prints."""
+    from smoothmix.training.presets import get_preset
+
+    proto = _published()["protocol"]
+    lines = [f"Full budget: the presets; CERTIFY n0={proto['n0']}, N={proto['n']:,}, "
+             f"alpha={proto['alpha']}. Published values: {_published()['source']}", ""]
+    for name in list_experiments():
+        e = get_experiment(name)
+        test = "full test set" if e.skip == 1 else f"every {e.skip}th validation image"
+        lines.append(f"{name}: {e.dataset}, sigma={e.sigma:g}, {test} ({e.test_images} "
+                     f"images), radii {', '.join(f'{r:g}' for r in e.radii)}")
+        runnable = e.runnable()
+        for m in e.methods():
+            pub = e.published.get(m)
+            if m in runnable:
+                p = get_preset(e.preset_name(m))
+                what = f"preset {p.name} ({p.epochs} epochs)"
+            else:
+                what = "no preset: published values only"
+            shown = "published: —"
+            if pub:
+                shown = f"published ACR {pub['acr']:.3f}"
+                if pub.get("certified"):
+                    shown += " | " + " ".join(f"{a:g}" for a in pub["certified"])
+                if pub.get("note"):
+                    shown += f" ({pub['note']})"
+            lines.append(f"  {m:18s} {what}; {shown}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def reproduce(
+    experiment: str,
+    outdir: str | os.PathLike,
+    *,
+    methods: list[str] | None = None,
+    budget: Budget | None = None,
+    data_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, certify and tabulate ``methods`` of ``experiment`` into ``outdir``; return the
+    summary (also written to ``OUTDIR/summary.json``).
+
+    Every check that can fail on user input (experiment, methods, budget, an outdir of
+    another budget, the dataset on disk) runs before anything is written.
+    """
+    from smoothmix.data import load_dataset
+    from smoothmix.distributed import distributed_env
+
+    exp = get_experiment(experiment)
+    chosen = select_methods(exp, methods)
+    budget = budget or Budget()
+    budget.validate()
+    out = Path(outdir)
+    state = {"experiment": exp.name, "budget": dataclasses.asdict(budget)}
+    rank = distributed_env()[0]
+    main = rank == 0
+    if main:  # rank 0 alone checks and writes the folder (torchrun stops the others on error)
+        _check_outdir(out, state)
+    # Loading both splits here fails with the dataset's own one-line error (which says
+    # where it looked) before anything is written.
+    train_split = load_dataset(exp.dataset, "train", data_dir)
+    test_set = load_dataset(exp.dataset, "test", data_dir)
+    del train_split
+    for m in chosen:
+        _train_kwargs(exp, m, budget)  # a preset without the overridden option fails here
+
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / STATE_NAME, json.dumps(state, indent=2) + "\n")
+    say = _Say(main, len(chosen) * 2 + 1, exp.name)
+    say(f"{budget.describe(exp)}")
+    say(f"writing to {out.resolve()}")
+
+    from smoothmix.certification import certify_dataset
+    from smoothmix.checkpoint import CHECKPOINT_NAME, file_sha256, load_model
+    from smoothmix.training import train
+
+    timings: dict[str, dict[str, float]] = {}
+    for m in chosen:
+        run_dir = out / m
+        say.stage(f"train {m} (preset {exp.preset_name(m)}) -> {run_dir}")
+        start = time.time()
+        # resume=True continues an interrupted run and returns at once for a finished one.
+        train(run_dir, data_dir=data_dir, device=device, progress=progress,
+              resume=run_dir.exists(), **_train_kwargs(exp, m, budget))
+        t_train = time.time() - start
+        ckpt = run_dir / CHECKPOINT_NAME
+        tsv = out / f"certify_{m}.tsv"
+        say.stage(f"certify {m} -> {tsv}")
+        start = time.time()
+        model, _ = load_model(ckpt, device=device)
+        certify_dataset(model, test_set, exp.sigma, tsv, n0=N0, n=budget.n or FULL_N,
+                        alpha=ALPHA, skip=budget.skip or exp.skip,
+                        max_idx=budget.max_idx if budget.max_idx is not None else -1,
+                        progress=progress,
+                        # A retrained model must never reuse another model's rows.
+                        identity={"experiment": exp.name, "method": m,
+                                  "checkpoint_sha256": file_sha256(ckpt)})
+        timings[m] = {"train_seconds": round(t_train, 1),
+                      "certify_seconds": round(time.time() - start, 1)}
+    if not main:
+        return {}
+    say.stage("table")
+    summary = write_report(exp, out, chosen, budget, timings)
+    print(summary["table"], flush=True)
+    say(f"table {out / TABLE_NAME}, curves {out / PLOT_NAME}, summary {out / SUMMARY_NAME}")
+    return summary
+
+
+def _train_kwargs(exp: Experiment, method: str, budget: Budget) -> dict[str, Any]:
+    """The arguments of :func:`smoothmix.training.train` for one row under ``budget``."""
+    from smoothmix.methods import method_options
+    from smoothmix.training.presets import get_preset
+
+    preset = get_preset(exp.preset_name(method))
+    kwargs: dict[str, Any] = {"preset": preset.name, "seed": 0,
+                              "test_subset": EVAL_IMAGES}
+    if budget.epochs is not None:
+        kwargs["epochs"] = budget.epochs
+    if budget.train_subset is not None:
+        kwargs["train_subset"] = budget.train_subset
+    if budget.batch_size is not None:
+        kwargs["batch_size"] = budget.batch_size
+    accepted = method_options(preset.method)
+    if budget.warmup is not None and "warmup" in accepted:
+        kwargs["method_options"] = {"warmup": budget.warmup}
+    if budget.deferred is not None and "deferred_epochs" in accepted:
+        kwargs["deferred"] = budget.deferred  # MACER rows only
+    return kwargs
+
+
+def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
+                 timings: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """``table.md``, ``curves.png`` and ``summary.json`` from the certification files."""
+    from smoothmix.analysis import plot_certified_accuracy, read_results
+
+    results = [read_results(out / f"certify_{m}.tsv") for m in methods]
+    radii = list(exp.radii)
+    rows = []
+    for m, res in zip(methods, results, strict=True):
+        pub = exp.published.get(m) or {}
+        ours_acc = [round(100 * float(a), 4) for a in res.certified_accuracy(radii)]
+        rows.append({
+            "method": m, "preset": exp.preset_name(m), "examples": len(res),
+            "acr": res.acr(), "certified_accuracy": ours_acc,
+            "published_acr": pub.get("acr"), "published_certified_accuracy":
+            pub.get("certified"), "published_note": pub.get("note"),
+            **(timings or {}).get(m, {}),
+        })
+    table = _format(exp, rows, budget)
+    _atomic_write(out / TABLE_NAME, table)
+    plot_certified_accuracy(results, out / PLOT_NAME, labels=methods)
+    summary = {"experiment": exp.name, "dataset": exp.dataset, "sigma": exp.sigma,
+               "budget": dataclasses.asdict(budget), "budget_line": budget.describe(exp),
+               "full_budget": budget.is_full(), "n0": N0, "n": budget.n or FULL_N,
+               "alpha": ALPHA, "radii": radii, "rows": rows, "table": table}
+    _atomic_write(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _format(exp: Experiment, rows: list[dict[str, Any]], budget: Budget) -> str:
+    """Markdown: ours, then (published, difference) where a published value exists."""
+    head = ["method", "examples", "ACR", *(f"r = {r:g}" for r in exp.radii)]
+    lines = [f"{exp.name}: {exp.dataset}, sigma = {exp.sigma:g}. Certified accuracy (%) at "
+             "radius r and ACR; each cell is ours, then (published, ours - published) where "
+             "SPEC §5 has the value.", "", budget.describe(exp), "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        pub_acc = row["published_certified_accuracy"] or [None] * len(exp.radii)
+        cells = [row["method"], str(row["examples"]), _cell(row["acr"], row["published_acr"], 3)]
+        cells += [_cell(a, p, 2) for a, p in zip(row["certified_accuracy"], pub_acc, strict=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(ours: float, published: float | None, digits: int) -> str:
+    if published is None:
+        return f"{ours:.{digits}f}"
+    return f"{ours:.{digits}f} ({published:.{digits}f}, {ours - published:+.{digits}f})"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_outdir(out: Path, state: dict[str, Any]) -> None:
+    """A fresh or empty folder, or one of this experiment with this budget: else one line."""
+    require(not out.exists() or out.is_dir(), f"--outdir {out} exists and is not a folder")
+    path = out / STATE_NAME
+    if not path.is_file():
+        require(not out.is_dir() or not any(out.iterdir()),
+                f"--outdir {out} is not empty and holds no {STATE_NAME}: not a reproduce "
+                "folder; choose a new --outdir (nothing was overwritten)")
+        return
+    try:
+        old = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SmoothmixError(f"cannot read {path}: {exc}") from None
+    require(old.get("experiment") == state["experiment"],
+            f"--outdir {out} holds experiment {old.get('experiment')}, not "
+            f"{state['experiment']}; choose a new --outdir (nothing was overwritten)")
+    diffs = [f"--{_flag(k)} {_show(old.get('budget', {}).get(k))} -> {_show(v)}"
+             for k, v in state["budget"].items() if old.get("budget", {}).get(k) != v]
+    require(not diffs, f"--outdir {out} was run with another budget ({'; '.join(diffs)}); "
+            "repeat its options or choose a new --outdir (nothing was overwritten)")
+
+
+def _show(value: Any) -> str:
+    return "(full)" if value is None else str(value)
+
+
+class _Say:
+    """One line per stage (rank 0 only): ``reproduce mnist-0.50 [2/5] certify ...``."""
+
+    def __init__(self, enabled: bool, stages: int, name: str) -> None:
+        self.enabled, self.stages, self.name, self.done = enabled, stages, name, 0
+
+    def __call__(self, text: str) -> None:
+        if self.enabled:
+            print(f"smoothmix reproduce {self.name}: {text}", flush=True)
+
+    def stage(self, text: str) -> None:
+        self.done += 1
+        self(f"[{self.done}/{self.stages}] {text}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+__all__ = ["Budget", "Experiment", "describe_experiments", "get_experiment",
+           "list_experiments", "reproduce", "select_methods", "write_report"]

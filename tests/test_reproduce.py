@@ -1,0 +1,206 @@
+"""`smoothmix reproduce` on a tiny budget of the embedded MNIST: outputs, rerun continues,
+budget conflicts and bad input (one line, exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from smoothmix import reproduce as rep
+from smoothmix.analysis import read_results
+from smoothmix.cli import main
+from smoothmix.errors import SmoothmixError
+
+# Two cheap rows (Gaussian 1 step of 64; Consistency 1 step of 64 x 2 copies), 4 test
+# images, N = 100: a few seconds on one CPU core.
+TINY = ["--methods", "gaussian,consistency", "--epochs", "1", "--train-subset", "64",
+        "--skip", "2500", "--n", "100", "--quiet"]
+
+
+def run(out: Path, *extra: str, experiment: str = "mnist-0.50") -> int:
+    return main(["reproduce", experiment, "--outdir", str(out), *TINY, *extra])
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, str]:
+    """One finished tiny run (copied by the tests that change it) and what it printed."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("reproduce") / "r"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert run(out) == 0
+    return out, buf.getvalue()
+
+
+def copy_of(finished: tuple[Path, str], tmp_path: Path) -> Path:
+    shutil.copytree(finished[0], tmp_path / "r")
+    return tmp_path / "r"
+
+
+def test_tiny_budget_end_to_end(finished) -> None:
+    out, printed = finished
+    assert "[1/5] train gaussian" in printed and "[4/5] certify consistency" in printed
+    assert "Budget: reduced" in printed
+    for m in ("gaussian", "consistency"):
+        assert (out / m / "checkpoint.pth.tar").is_file()
+        assert list(read_results(out / f"certify_{m}.tsv").idx) == [0, 2500, 5000, 7500]
+    assert (out / "curves.png").stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"] == "mnist-0.50" and not summary["full_budget"]
+    assert summary["n"] == 100 and summary["radii"][:2] == [0.0, 0.25]
+    rows = {r["method"]: r for r in summary["rows"]}
+    assert rows["gaussian"]["published_acr"] == 1.558
+    res = read_results(out / "certify_gaussian.tsv")
+    assert rows["gaussian"]["acr"] == pytest.approx(res.acr())
+    table = (out / "table.md").read_text()
+    assert "Budget: reduced" in table and "N=100" in table and "4 images" in table
+    acr = rows["gaussian"]["acr"]
+    # Ours, then (published, difference) computed by hand from the summary.
+    assert f"| gaussian | 4 | {acr:.3f} (1.558, {acr - 1.558:+.3f}) |" in table
+    acc0 = rows["gaussian"]["certified_accuracy"][0]
+    assert f"{acc0:.2f} (99.15, {acc0 - 99.15:+.2f})" in table
+
+
+def test_rerun_continues(finished, tmp_path: Path) -> None:
+    # Rerun: nothing retrained or recertified, the same table.
+    out = copy_of(finished, tmp_path)
+    table = (out / "table.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "certify_gaussian.tsv",
+                                                  out / "gaussian" / "checkpoint.pth.tar")}
+    assert run(out) == 0
+    assert (out / "table.md").read_text() == table
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+    # An interrupted certification (its last row lost) resumes: the row comes back the same.
+    tsv = out / "certify_consistency.tsv"
+    full = tsv.read_text()
+    lines = full.splitlines(keepends=True)
+    tsv.write_text("".join(lines[:-1]))
+    assert run(out) == 0
+    assert [r.split("\t")[:4] for r in tsv.read_text().splitlines()] == \
+        [r.split("\t")[:4] for r in full.splitlines()]
+
+
+def test_interrupted_training_resumes(tmp_path: Path, capsys) -> None:
+    # A run killed after epoch 1 of 2 is what train() leaves after 1 epoch of the same
+    # recipe: reproduce must resume it (epoch 2 only), not restart or refuse it.
+    from smoothmix.training import train
+
+    out = tmp_path / "r"
+    budget = rep.Budget(epochs=2, train_subset=128, skip=5000, n=100)
+    exp = rep.get_experiment("mnist-0.50")
+    kwargs = rep._train_kwargs(exp, "gaussian", budget) | {"epochs": 1}
+    train(out / "gaussian", progress=False, **kwargs)
+    (out / rep.STATE_NAME).write_text(json.dumps(
+        {"experiment": "mnist-0.50", "budget": json.loads(json.dumps(budget.__dict__))}))
+    rep.reproduce("mnist-0.50", out, methods=["gaussian"], budget=budget, progress=False)
+    printed = capsys.readouterr().out
+    assert "(resume)" in printed and "epoch 2/2" in printed and "epoch 1/2" not in printed
+    log = (out / "gaussian" / "log.csv").read_text().splitlines()
+    assert len(log) == 3  # header + epochs 1 and 2
+
+
+def test_changed_budget_is_refused_and_nothing_is_touched(finished, tmp_path: Path,
+                                                          capsys) -> None:
+    out = finished[0]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert run(out, "--methods", "gaussian", "--n", "300") == 2
+    err = one_line_error(capsys)
+    assert "another budget" in err and "--n 100 -> 300" in err
+    assert run(out, "--methods", "gaussian", "--deferred", "1") == 2
+    assert "--deferred (full) -> 1" in one_line_error(capsys)
+    assert main(["reproduce", "mnist-0.25", "--outdir", str(out), *TINY]) == 2
+    assert "holds experiment mnist-0.50" in one_line_error(capsys)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["mnist-0.3"], "unknown experiment 'mnist-0.3'; valid experiments: mnist-0.25, "),
+    (["mnist-0.50", "--methods", "smoothmixx"], "unknown method 'smoothmixx' for mnist-0.50; "
+     "its methods: gaussian, stability"),
+    (["mnist-0.50", "--methods", "gaussian,gaussian"], "repeats"),
+    (["mnist-0.50", "--n", "5"], "can never certify"),
+    (["mnist-0.50", "--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["mnist-0.50", "--deferred", "-1"], "--deferred must be an integer >= 0"),
+    ([], "name an EXPERIMENT"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, capsys, args,
+                                                        message) -> None:
+    out = tmp_path / "never"
+    assert main(["reproduce", *args, "--outdir", str(out)]) == 2
+    assert message in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_published_only_row_and_missing_dataset(tmp_path: Path, capsys, monkeypatch) -> None:
+    # A row with published values but no preset cannot be run (CAT-RS before its presets).
+    published = json.loads(json.dumps(rep._published()))
+    published["experiments"]["mnist-0.50"]["methods"]["newmethod"] = {"acr": 1.0}
+    monkeypatch.setattr(rep, "_published", lambda: published)
+    with pytest.raises(SmoothmixError, match="'newmethod' has no training preset for "
+                       "mnist-0.50 .*no preset mnist-newmethod-0.50"):
+        rep.select_methods(rep.get_experiment("mnist-0.50"), ["newmethod"])
+    assert "newmethod" not in rep.select_methods(rep.get_experiment("mnist-0.50"), None)
+    monkeypatch.undo()
+
+    out = tmp_path / "c"
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    assert main(["reproduce", "cifar10-0.50", "--outdir", str(out), "--data-dir",
+                 str(empty), "--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert str(empty) in err and "cifar" in err.lower()
+    assert not out.exists()
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    assert run(taken) == 2
+    assert "not a reproduce folder" in one_line_error(capsys)
+    assert (taken / "notes.txt").read_text() == "mine" and len(list(taken.iterdir())) == 1
+
+
+def test_list_and_experiment_table() -> None:
+    assert rep.list_experiments() == ["mnist-0.25", "mnist-0.50", "mnist-1.00", "cifar10-0.25",
+                                      "cifar10-0.50", "cifar10-1.00", "imagenet-0.50",
+                                      "imagenet-1.00"]
+    text = rep.describe_experiments()
+    for name in rep.list_experiments():
+        assert f"\n{name}: " in text
+    assert "every 100th validation image (500 images)" in text
+    e = rep.get_experiment("mnist-0.50")
+    assert e.runnable() == ["gaussian", "stability", "smoothadv", "macer", "consistency",
+                            "smoothmix"]
+    assert len(e.published["smoothmix"]["certified"]) == len(e.radii) == 8
+    assert rep.get_experiment("mnist-1.00").runnable()[-1] == "smoothmix-onestep"
+    # Every published value of SPEC §5 ships: 7 CIFAR-10 columns x 3 sigmas minus the
+    # missing SmoothMix sigma = 1.0, plus the one-step row.
+    cifar = [rep.get_experiment(f"cifar10-{s}").published for s in ("0.25", "0.50", "1.00")]
+    assert sum(len(p) for p in cifar) == 21
+    assert cifar[2]["catrs"]["acr"] == 0.815 and "smoothmix" not in cifar[2]
+    full = rep.Budget()
+    assert full.describe(e).startswith("Budget: full") and "10000 images" in full.describe(e)
+    assert "N=100,000" in full.describe(rep.get_experiment("imagenet-1.00"))
+
+
+def test_budget_overrides_reach_train_only_where_they_apply() -> None:
+    e = rep.get_experiment("mnist-0.50")
+    b = rep.Budget(epochs=3, train_subset=1000, batch_size=64, warmup=1, deferred=1)
+    assert rep._train_kwargs(e, "macer", b) == {
+        "preset": "mnist-macer-0.50", "seed": 0, "test_subset": rep.EVAL_IMAGES, "epochs": 3,
+        "train_subset": 1000, "batch_size": 64, "deferred": 1}
+    assert rep._train_kwargs(e, "smoothmix", b)["method_options"] == {"warmup": 1}
+    assert "deferred" not in rep._train_kwargs(e, "smoothmix", b)
+    assert rep._train_kwargs(e, "gaussian", rep.Budget()) == {
+        "preset": "mnist-gaussian-0.50", "seed": 0, "test_subset": rep.EVAL_IMAGES}
