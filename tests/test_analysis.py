@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from smoothmix.analysis import (
+    compare_results,
     default_radii,
     format_table,
     parse_time,
@@ -96,25 +99,35 @@ def test_markdown_table_marks_best_per_column_including_ties(files):
     results = [read_results(f) for f in files]
     table = format_table(results, [0.0, 0.5, 1.0], "markdown", labels=["ref", "ours"])
     lines = table.splitlines()
-    assert lines[0] == "|  | examples | ACR | r = 0 | r = 0.5 | r = 1 |"
-    # ACR: ref 0.396, ours 0.684 -> ours bold. r=0: 60.00 vs 75.00. r=1: 20.00 vs 25.00.
-    assert lines[2] == "| ref | 5 | 0.396 | 60.00 | 40.00 | 20.00 |"
-    assert lines[3] == "| ours | 4 | **0.684** | **75.00** | **75.00** | **25.00** |"
-    tie = format_table([results[0], results[0]], [0.0], "markdown")
+    # Different image sets: two sets, nothing to bold (each file is alone in its set).
+    assert lines[0] == "|  | set | σ | N | α | images | ACR | r = 0 | r = 0.5 | r = 1 |"
+    assert lines[2] == "| ref | A | ? | ? | ? | 5 | 0.396 | 60.00 | 40.00 | 20.00 |"
+    assert lines[3] == "| ours | B | ? | ? | ? | 4 | 0.684 | 75.00 | 75.00 | 25.00 |"
+    assert "**" not in table
+    # Same images: ACR ref 0.396 vs 0.684 -> bold; ties: both bold.
+    ref = results[0]
+    better = dataclasses.replace(ref, predict=ref.label.copy())  # idx 40, 60 now correct
+    table = format_table([ref, better], [0.0, 1.0], "markdown", labels=["ref", "better"])
+    lines = table.splitlines()
+    assert lines[0] == "|  | σ | N | α | images | ACR | r = 0 | r = 1 |"
+    assert lines[2] == "| ref | ? | ? | ? | 5 | 0.396 | 60.00 | 20.00 |"
+    assert lines[3] == "| better | ? | ? | ? | 5 | **0.816** | **100.00** | **40.00** |"
+    tie = format_table([ref, ref], [0.0], "markdown")
     assert tie.count("**60.00**") == 2
 
 
 def test_latex_and_csv_tables(files):
     results = [read_results(f) for f in files]
-    latex = format_table(results, [0.25], "latex", labels=["a_b", "c"])
-    assert r"\begin{tabular}{lrrr}" in latex
-    assert r"a\_b & 5 & 0.396 & 60.00 \\" in latex
-    assert r"c & 4 & \textbf{0.684} & \textbf{75.00} \\" in latex
+    latex = format_table([results[0], results[0]], [0.25], "latex", labels=["a_b", "c"])
+    assert r"\begin{tabular}{lrrrrrr}" in latex
+    assert r"& $\sigma$ & $N$ & $\alpha$ & images & ACR & $0.25$ \\" in latex
+    assert r"a\_b & ? & ? & ? & 5 & \textbf{0.396} & \textbf{60.00} \\" in latex
     csv = format_table(results, [0.25], "csv").splitlines()
-    assert csv[0] == "name,examples,ACR,r=0.25"
-    name, count, acr, acc = csv[2].split(",")
-    assert (name, count, float(acc)) == ("ours", "4", 0.75)
-    assert float(acr) == pytest.approx(results[1].acr(), rel=1e-15)
+    assert csv[0] == "name,sigma,N,alpha,images,selected,set,radius_cap,ACR,r=0.25"
+    fields = csv[2].split(",")
+    assert fields[:8] == ["ours", "", "", "", "4", "", "B", ""]
+    assert float(fields[8]) == pytest.approx(results[1].acr(), rel=1e-15)
+    assert float(fields[9]) == 75.0  # percent, the unit of the markdown table
 
 
 def test_default_radii_cover_the_largest_correct_radius(files):
@@ -155,3 +168,152 @@ def test_certified_accuracy_is_monotone_in_radius(files):
     res = read_results(files[0])
     acc = res.certified_accuracy(np.linspace(0, 3, 50))
     assert np.all(np.diff(acc) <= 0)
+
+
+# ---------------------------------------------------------------- comparability (issue 9)
+
+
+class Line:
+    """20 one-pixel images on a line; the label is the side of 0 (a linear base classifier
+    then has a closed-form smoothed classifier, but here only the files matter)."""
+
+    num_classes = 2
+
+    def __init__(self):
+        import torch
+
+        self.x = torch.linspace(-1, 1, 20).reshape(20, 1, 1, 1)
+
+    def __len__(self):
+        return 20
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.x[i].item() > 0)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Real certify files with their .json companions: a, c (σ 0.5, other seeds), b (σ 0.25),
+    n (N 500) and the first 6 of c's 20 rows as an interrupted run would leave them."""
+    import shutil
+
+    import torch
+    from torch import nn
+
+    from smoothmix.certification import certify_dataset
+
+    root = tmp_path_factory.mktemp("runs")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[-5.0], [5.0]]))
+        model[1].bias.zero_()
+    data = Line()
+    paths = {}
+    for name, sigma, n, seed in (("a", 0.5, 1000, 0), ("c", 0.5, 1000, 1), ("b", 0.25, 1000, 0),
+                                 ("n", 0.5, 500, 0)):
+        paths[name] = certify_dataset(model, data, sigma, root / f"{name}.tsv", n0=10, n=n,
+                                      alpha=0.01, batch_size=500, seed=seed, progress=False)
+    partial = root / "partial.tsv"
+    partial.write_text("".join(paths["c"].read_text().splitlines(keepends=True)[:7]))
+    shutil.copy(root / "c.tsv.json", root / "partial.tsv.json")
+    paths["partial"] = partial
+    return paths
+
+
+def analyze(capsys, *argv):
+    from smoothmix.cli import main
+
+    code = main(["analyze", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_companion_gives_settings_and_completeness(runs):
+    a, part = read_results(runs["a"]), read_results(runs["partial"])
+    assert (a.run.sigma, a.run.n, a.run.alpha, a.run.selected) == (0.5, 1000, 0.01, 20)
+    assert a.complete and not part.complete and len(part) == 6 and part.run.selected == 20
+
+
+def test_incomplete_file_is_marked_and_strict_refuses(runs, capsys):
+    code, out, err = analyze(capsys, runs["a"], runs["c"], runs["partial"], "--radii", "0,0.5")
+    assert code == 0
+    assert "partial is incomplete: 6 of the 20 rows its run selected" in err
+    assert "certify different images: a 20, c 20, partial 6" in err
+    row = next(line for line in out.splitlines() if line.startswith("| partial"))
+    assert "| 6 of 20 (incomplete) |" in row and "**" not in row  # alone in its set
+    a_row = next(line for line in out.splitlines() if line.startswith("| a "))
+    assert a_row.startswith("| a | A | 0.5 | 1000 | 0.01 | 20 |")
+    code, out, err = analyze(capsys, runs["a"], runs["partial"], "--strict")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1] == ("smoothmix analyze: error: --strict: 2 warning(s) "
+                                            "above; no table was written")
+    # Comparable, complete files: no warning, and --strict prints the table.
+    code, out, err = analyze(capsys, runs["a"], runs["c"], "--strict", "--radii", "0")
+    assert code == 0 and err == "" and out.startswith("|  | σ | N | α | images |")
+
+
+def test_differing_sigma_and_n_are_warned_and_best_only_among_comparable(runs, capsys):
+    results = [read_results(runs[k]) for k in ("a", "b", "c", "n")]
+    comparison = compare_results(results, ["a", "b", "c", "n"])
+    assert comparison.groups == [0, 1, 0, 2]
+    assert "the files differ in σ: a 0.5, b 0.25, c 0.5, n 0.5" in comparison.warnings
+    assert "the files differ in N: a 1000, b 1000, c 1000, n 500" in comparison.warnings
+    table = format_table(results, [0.0, 0.5], "markdown", labels=["a", "b", "c", "n"])
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines()[2:6]}
+    assert rows["b"].startswith("| b | B | 0.25 |") and "**" not in rows["b"]
+    assert rows["n"].startswith("| n | C | 0.5 | 500 |") and "**" not in rows["n"]
+    # Within set A the better of a and c at each column is bold (ties: both).
+    acc = {k: 100 * results[i].certified_accuracy([0.0, 0.5]) for i, k in ((0, "a"), (2, "c"))}
+    for col, r in enumerate(("0", "0.5")):
+        best = max(acc["a"][col], acc["c"][col])
+        for k in ("a", "c"):
+            cell = f"{acc[k][col]:.2f}"
+            assert (f"**{cell}**" in rows[k]) == (acc[k][col] == best), (k, r)
+    assert "Bold: best within a set of comparable files" in table
+
+
+def test_radius_cap_is_the_closed_form_and_marked(runs, tmp_path):
+    from scipy.stats import norm
+
+    b = read_results(runs["b"])
+    cap = 0.25 * norm.ppf(0.01 ** (1 / 1000))  # σ·Φ⁻¹(α^(1/N)) with all N samples agreeing
+    assert b.radius_cap == pytest.approx(cap, rel=1e-9)
+    assert b.radius.max() <= cap + 1e-12  # no certificate can exceed it
+    assert (b.radius > 0.99 * cap).any()  # and this file reaches it: a sharp cap
+    a = read_results(runs["a"])
+    table = format_table([a, b], [0.5, 0.7, 1.0], "markdown", labels=["a", "b"])
+    a_row, b_row = table.splitlines()[2:4]
+    assert "†" not in a_row  # a's cap is 1.30
+    assert b_row.endswith("| 0.00† | 0.00† |") and b_row.count("†") == 2
+    assert "† radius beyond the file's cap σ·Φ⁻¹(α^(1/N)) (b 0.651)" in table
+    assert "artefact of N" in table
+
+
+def test_plot_states_settings_in_percent_and_marks_caps(runs, tmp_path):
+    import matplotlib
+
+    results = [read_results(runs[k]) for k in ("a", "c")]
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text in the SVG
+        svg = plot_certified_accuracy(results, tmp_path / "p.svg", labels=["a", "c"])
+    text = svg.read_text()
+    assert "σ = 0.5, N = 1000, α = 0.01, 20 images" in text
+    assert "certified accuracy (%)" in text and ">100<" in text
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        mixed = plot_certified_accuracy(
+            [results[0], read_results(runs["b"])], tmp_path / "m.svg", labels=["a", "b"])
+    text = mixed.read_text()
+    assert "N = 1000, α = 0.01, 20 images" in text and "a (σ=0.5)" in text
+    assert "cap 0.65" in text  # b's cap lies inside the plotted range
+    png = plot_certified_accuracy(results, tmp_path / "p.png", dpi=50, figsize=(4, 3))
+    head = png.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) == (200, 150)
+
+
+def test_analyze_cli_plot_options(runs, tmp_path, capsys):
+    code, _, err = analyze(capsys, runs["a"], "--plot", tmp_path / "x.pdf", "--figsize", "3.3,2.5")
+    assert code == 0 and (tmp_path / "x.pdf").read_bytes()[:4] == b"%PDF"
+    for bad, message in ((["--figsize", "3x2"], "--figsize must be W,H"),
+                         (["--dpi", "0"], "--dpi must be >= 1")):
+        code, _, err = analyze(capsys, runs["a"], "--plot", tmp_path / "y.png", *bad)
+        assert code == 2 and message in err

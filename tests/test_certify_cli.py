@@ -72,8 +72,8 @@ def test_certify_predict_and_analyze(tmp_path, ckpts, capsys):
     assert main(["analyze", str(out), str(out), "--radii", "0,0.1", "--format", "csv",
                  "--labels", "a,b"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0] == "name,examples,ACR,r=0,r=0.1"
-    assert table[1].startswith("a,3,") and table[2].startswith("b,3,")
+    assert table[0] == "name,sigma,N,alpha,images,selected,set,radius_cap,ACR,r=0,r=0.1"
+    assert table[1].startswith("a,0.25,100,0.01,3,3,A,") and table[2].startswith("b,0.25,")
 
 
 def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, ckpts):

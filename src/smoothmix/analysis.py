@@ -3,6 +3,14 @@
 Reads smoothmix's files and the reference ``certify.py``'s (radii with 3 significant
 digits, times like ``0:00:14.612345``). Abstentions count as wrong (SPEC §2): an example is
 certified at radius r when ``predict == label`` and ``radius >= r``.
+
+Numbers from different runs are only comparable when the runs certified the same images
+with the same σ, N and α. The ``FILE.json`` companion that ``certify`` writes beside each
+result file says what its run was (:class:`RunInfo`); :func:`compare_results` turns
+incomplete files and differing settings into warnings and groups the comparable files, and
+the table bolds "best" only within such a group. CERTIFY can never certify a radius above
+σ·Φ⁻¹(α^(1/N)) (all N samples agreeing), so accuracies at larger radii are zero by
+construction: tables and plots mark them.
 """
 
 from __future__ import annotations
@@ -15,9 +23,56 @@ from pathlib import Path
 
 import numpy as np
 
+from smoothmix.certification import _read_meta, parse_shard, selected_indices
+from smoothmix.core import certified_radius, clopper_pearson_lower
 from smoothmix.errors import SmoothmixError, require
 
 FORMATS = ("markdown", "latex", "csv")
+BEYOND_CAP = "\u2020"  # † marks accuracies at radii no run with that N can certify
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the run that wrote a result file was, from its ``FILE.json`` companion."""
+
+    kind: str
+    sigma: float | None
+    n: int | None
+    alpha: float | None
+    selected: int | None  # rows the run's settings select (its complete size)
+    dataset: str | None = None
+    split: str | None = None
+
+    @property
+    def radius_cap(self) -> float | None:
+        """σ·Φ⁻¹(α^(1/N)): the radius CERTIFY reports when all N samples agree, the
+        largest it can ever certify with this N and α."""
+        if self.sigma is None or self.n is None or self.alpha is None:
+            return None
+        return certified_radius(clopper_pearson_lower(self.n, self.n, self.alpha), self.sigma)
+
+
+def read_run_info(path: str | os.PathLike) -> RunInfo | None:
+    """The run behind result file ``path`` (None when it has no ``.json`` companion, as
+    for the reference code's files)."""
+    meta = _read_meta(Path(path), required=False)
+    if meta is None:
+        return None
+    settings = meta["settings"]
+    try:
+        selected = len(selected_indices(int(settings["num_examples"]), int(settings["skip"]),
+                                        int(settings["max_idx"]),
+                                        parse_shard(str(settings.get("shard", "0/1")))))
+    except (KeyError, TypeError, ValueError, SmoothmixError):
+        selected = None  # a companion without the selection: completeness is not checked
+
+    def get(key: str, kind: type) -> object:
+        value = settings.get(key)
+        return kind(value) if value is not None else None
+
+    return RunInfo(kind=str(meta["kind"]), sigma=get("sigma", float), n=get("n", int),
+                   alpha=get("alpha", float), selected=selected, dataset=get("dataset", str),
+                   split=get("split", str))
 
 
 @dataclass(frozen=True)
@@ -30,9 +85,19 @@ class CertificationResults:
     predict: np.ndarray
     radius: np.ndarray
     time: np.ndarray  # seconds per example
+    run: RunInfo | None = None  # from the .json companion; None for reference files
 
     def __len__(self) -> int:
         return len(self.idx)
+
+    @property
+    def complete(self) -> bool:
+        """False when the file has fewer rows than its run selected (an interrupted run)."""
+        return self.run is None or self.run.selected is None or len(self) >= self.run.selected
+
+    @property
+    def radius_cap(self) -> float | None:
+        return self.run.radius_cap if self.run is not None else None
 
     @property
     def correct(self) -> np.ndarray:
@@ -91,6 +156,7 @@ def read_results(path: str | os.PathLike) -> CertificationResults:
         predict=np.asarray(table["predict"]),
         radius=np.asarray(table["radius"], dtype=float),
         time=np.asarray(table["time"], dtype=float),
+        run=read_run_info(path),
     )
 
 
@@ -122,59 +188,206 @@ def default_labels(paths: Sequence[str]) -> list[str]:
     return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths, strict=True)]
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """Which files can be compared: ``groups[i]`` is file i's set of comparable files
+    (same σ, N, α, dataset split and certified images); ``warnings`` say what differs."""
+
+    groups: list[int]
+    warnings: list[str]
+
+    @property
+    def num_groups(self) -> int:
+        return len(set(self.groups))
+
+
+def compare_results(results: Sequence[CertificationResults],
+                    labels: Sequence[str] | None = None) -> Comparison:
+    """Warnings for incomplete files and for files that differ in σ, N, α or images, and
+    the comparable groups (numbered from 0 in order of first appearance)."""
+    labels = _labels(results, labels)
+    warnings = []
+    for label, res in zip(labels, results, strict=True):
+        if not res.complete:
+            assert res.run is not None and res.run.selected is not None
+            warnings.append(f"{label} is incomplete: {len(res)} of the {res.run.selected} rows "
+                            "its run selected (rerun its certify command to finish it)")
+    if len(results) > 1:
+        unknown = [label for label, res in zip(labels, results, strict=True) if res.run is None]
+        if unknown:
+            warnings.append(f"{', '.join(unknown)} {'has' if len(unknown) == 1 else 'have'} no "
+                            ".json companion, so σ, N and α cannot be checked")
+        for what, get in (("σ", lambda r: r.sigma), ("N", lambda r: r.n),
+                          ("α", lambda r: r.alpha),
+                          ("dataset split", lambda r: (r.dataset, r.split))):
+            values = [get(res.run) if res.run is not None else None for res in results]
+            known = {v for v in values if v is not None}
+            if len(known) > 1:
+                warnings.append(f"the files differ in {what}: " + ", ".join(
+                    f"{label} {_setting(v)}"
+                    for label, v in zip(labels, values, strict=True)))
+        images = [frozenset(res.idx.tolist()) for res in results]
+        if len(set(images)) > 1:
+            warnings.append("the files certify different images: " + ", ".join(
+                f"{label} {len(res)}" for label, res in zip(labels, results, strict=True)))
+    keys = [_comparison_key(res) for res in results]
+    first: dict[tuple, int] = {}
+    groups = [first.setdefault(key, len(first)) for key in keys]
+    return Comparison(groups=groups, warnings=warnings)
+
+
+def _comparison_key(res: CertificationResults) -> tuple:
+    run = res.run
+    settings = (run.sigma, run.n, run.alpha, run.dataset, run.split) if run else (None,) * 5
+    return (*settings, frozenset(res.idx.tolist()))
+
+
+def _setting(value: object) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, tuple):
+        return "/".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def format_table(
     results: Sequence[CertificationResults],
     radii: Sequence[float],
     fmt: str = "markdown",
     labels: Sequence[str] | None = None,
 ) -> str:
-    """One row per file: number of examples, ACR and certified accuracy (%) at each radius.
+    """One row per file: σ, N, α, images, ACR and certified accuracy (%) at each radius.
 
-    In markdown and LaTeX the best value of each column is bold (all of them on a tie of
-    the printed values); CSV gives unrounded numbers for further processing.
+    Every format gives certified accuracy in percent (CSV unrounded, for further
+    processing). In markdown and LaTeX the best value of each column is bold among
+    comparable files only (:func:`compare_results`; all of them on a tie of the printed
+    values); with more than one group a ``set`` column names each file's group. An
+    incomplete file shows ``found of selected`` images; accuracies at radii beyond a file's
+    cap σ·Φ⁻¹(α^(1/N)) carry a † and a footnote.
     """
     require(fmt in FORMATS, f"unknown table format {fmt!r}; choose from {', '.join(FORMATS)}")
     require(len(results) >= 1, "no result files to tabulate")
-    labels = list(labels) if labels is not None else default_labels([r.path for r in results])
-    require(len(labels) == len(results),
-            f"{len(labels)} labels for {len(results)} result files")
+    labels = _labels(results, labels)
+    comparison = compare_results(results, labels)
+    sets = comparison.num_groups > 1
+    set_names = [_set_name(g) for g in comparison.groups]
     radius_names = [f"{r:g}" for r in radii]
+    beyond = [[cap is not None and r > cap for r in radii]
+              for cap in (res.radius_cap for res in results)]
     if fmt == "csv":
-        head = ["name", "examples", "ACR", *(f"r={r}" for r in radius_names)]
-        rows = [
-            [label, str(len(res)), repr(res.acr()),
-             *(repr(float(a)) for a in res.certified_accuracy(radii))]
-            for label, res in zip(labels, results, strict=True)
-        ]
+        head = ["name", "sigma", "N", "alpha", "images", "selected", "set", "radius_cap",
+                "ACR", *(f"r={r}" for r in radius_names)]
+        rows = []
+        for label, res, group in zip(labels, results, set_names, strict=True):
+            run = res.run
+            rows.append([
+                label, *(_csv_setting(v) for v in ((run.sigma, run.n, run.alpha) if run
+                                                    else (None,) * 3)),
+                str(len(res)), _csv_setting(run.selected if run else None), group,
+                _csv_setting(res.radius_cap), repr(res.acr()),
+                *(repr(100 * float(a)) for a in res.certified_accuracy(radii)),
+            ])
         return "\n".join(",".join(_csv_field(f) for f in row) for row in [head, *rows]) + "\n"
 
-    values = [
-        [f"{res.acr():.3f}", *(f"{100 * a:.2f}" for a in res.certified_accuracy(radii))]
-        for res in results
-    ]
-    bold = r"\textbf{%s}" if fmt == "latex" else "**%s**"
-    for col in range(len(values[0])):
-        best = max(float(row[col]) for row in values)
-        for row in values:
-            if float(row[col]) == best:
-                row[col] = bold % row[col]
-    head = ["", "examples", "ACR", *(f"r = {r}" for r in radius_names)]
-    body = [[label, str(len(res)), *row]
-            for label, res, row in zip(labels, results, values, strict=True)]
-    if fmt == "markdown":
+    latex = fmt == "latex"
+    values = [[res.acr(), *(100 * res.certified_accuracy(radii))] for res in results]
+    cells = [[f"{row[0]:.3f}", *(f"{v:.2f}" for v in row[1:])] for row in values]
+    bold = r"\textbf{%s}" if latex else "**%s**"
+    for group in set(comparison.groups):
+        members = [i for i, g in enumerate(comparison.groups) if g == group]
+        if len(members) < 2 and comparison.num_groups > 1:
+            continue  # nothing to compare it with
+        for col in range(len(cells[0])):
+            live = [i for i in members if col == 0 or not beyond[i][col - 1]]
+            if not live:
+                continue
+            best = max(float(cells[i][col]) for i in live)
+            for i in live:
+                if float(cells[i][col]) == best:
+                    cells[i][col] = bold % cells[i][col]
+    dagger = r"$^\dagger$" if latex else BEYOND_CAP
+    for i, row in enumerate(cells):
+        for col, out in enumerate(beyond[i], start=1):
+            if out:
+                row[col] += dagger
+
+    setting_head = [r"$\sigma$", "$N$", r"$\alpha$"] if latex else ["σ", "N", "α"]
+    head = ["", *(["set"] if sets else []), *setting_head, "images", "ACR",
+            *((f"${r}$" if latex else f"r = {r}") for r in radius_names)]
+    body = []
+    for label, res, group, row in zip(labels, results, set_names, cells, strict=True):
+        run = res.run
+        images = str(len(res)) if res.complete else \
+            f"{len(res)} of {run.selected if run else '?'} (incomplete)"
+        settings = [_setting(v) if v is not None else "?"
+                    for v in ((run.sigma, run.n, run.alpha) if run else (None,) * 3)]
+        body.append([label, *([group] if sets else []), *settings, images, *row])
+    notes = _table_notes(results, labels, beyond, sets, latex)
+    if not latex:
         lines = [_md_row(head), "|" + "---|" * len(head), *(_md_row(row) for row in body)]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
     escape = str.maketrans({"_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#"})
     lines = [
         r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
         r"\toprule",
-        " & ".join(["", "examples", "ACR", *(f"${r}$" for r in radius_names)]) + r" \\",
+        " & ".join(head) + r" \\",
         r"\midrule",
         *(" & ".join([row[0].translate(escape), *row[1:]]) + r" \\" for row in body),
         r"\bottomrule",
+        *(fr"\multicolumn{{{len(head)}}}{{l}}{{\footnotesize {note}}} \\" for note in notes),
         r"\end{tabular}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _table_notes(results: Sequence[CertificationResults], labels: Sequence[str],
+                 beyond: list[list[bool]], sets: bool, latex: bool = False) -> list[str]:
+    """Footnotes of a table (in LaTeX: maths in math mode, labels escaped)."""
+    sigma, n, alpha, cap, dagger = (
+        (r"$\sigma$", "$N$", r"$\alpha$", r"$\sigma\Phi^{-1}(\alpha^{1/N})$", r"$^\dagger$")
+        if latex else ("σ", "N", "α", "σ·Φ⁻¹(α^(1/N))", BEYOND_CAP))
+    escape = str.maketrans({"_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#"} if latex else {})
+    notes = []
+    if sets:
+        notes.append(f"Bold: best within a set of comparable files (same {sigma}, {n}, {alpha} "
+                     "and images).")
+    capped = [f"{label.translate(escape)} {res.radius_cap:.3g}"
+              for label, res, out in zip(labels, results, beyond, strict=True) if any(out)]
+    if capped:
+        notes.append(f"{dagger} radius beyond the file's cap {cap} ({', '.join(capped)}): no "
+                     f"radius there can be certified with this {n} and {alpha}, so the 0 is an "
+                     f"artefact of {n}, not of the model.")
+    return notes
+
+
+def _set_name(group: int) -> str:
+    return chr(ord("A") + group) if group < 26 else str(group + 1)
+
+
+def _csv_setting(value: object) -> str:
+    return "" if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+def _labels(results: Sequence[CertificationResults], labels: Sequence[str] | None) -> list[str]:
+    labels = list(labels) if labels is not None else default_labels([r.path for r in results])
+    require(len(labels) == len(results),
+            f"{len(labels)} labels for {len(results)} result files")
+    return labels
+
+
+def describe_settings(results: Sequence[CertificationResults]) -> str:
+    """``σ = 0.5, N = 10000, α = 0.001, 100 images`` when the files share them (each part
+    shown only when shared and known): the caption of a plot."""
+    parts = []
+    for name, get in (("σ", lambda r: r.sigma), ("N", lambda r: r.n),
+                      ("α", lambda r: r.alpha)):
+        values = {get(res.run) if res.run is not None else None for res in results}
+        if len(values) == 1 and None not in values:
+            parts.append(f"{name} = {_setting(values.pop())}")
+    sizes = {len(res) for res in results}
+    if len({frozenset(res.idx.tolist()) for res in results}) == 1:
+        parts.append(f"{sizes.pop()} images")
+    return ", ".join(parts)
 
 
 def plot_certified_accuracy(
@@ -182,36 +395,78 @@ def plot_certified_accuracy(
     out_path: str | os.PathLike,
     labels: Sequence[str] | None = None,
     max_radius: float | None = None,
+    *,
+    dpi: int = 300,
+    figsize: tuple[float, float] = (4.0, 3.0),
 ) -> Path:
-    """Certified accuracy against radius, one curve per file, saved to ``out_path``."""
+    """Certified accuracy (%) against radius, one curve per file, saved to ``out_path``.
+
+    Sized for a paper column (``figsize`` in inches, small fonts; vector formats by the
+    file suffix, ``dpi`` for raster ones). Curves differ in colour, line style and marker
+    so that overlapping ones stay apart; the title gives the shared σ, N, α and images and
+    the legend the settings in which files differ. A dotted vertical line marks each
+    file's radius cap σ·Φ⁻¹(α^(1/N)) inside the plotted range: beyond it the zero is an
+    artefact of N.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # headless: never needs a display
     import matplotlib.pyplot as plt
 
-    labels = list(labels) if labels is not None else default_labels([r.path for r in results])
-    require(len(labels) == len(results), f"{len(labels)} labels for {len(results)} result files")
+    labels = _labels(results, labels)
+    require(dpi >= 1, f"dpi must be >= 1, got {dpi}")
+    require(len(figsize) == 2 and all(v > 0 for v in figsize),
+            f"figure size must be two positive inches, got {figsize}")
     if max_radius is None:
         max_radius = 1.05 * max(float(r.radius.max(initial=0.0)) for r in results) or 1.0
     grid = np.linspace(0.0, max_radius, 500)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, res in zip(labels, results, strict=True):
-        ax.plot(grid, res.certified_accuracy(grid), label=label)
-    ax.set_xlabel(r"radius ($\ell_2$)")
-    ax.set_ylabel("certified accuracy")
-    ax.set_xlim(0, max_radius)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(out_path)
-    try:
-        fig.savefig(out)
-    except (OSError, ValueError) as exc:
-        raise SmoothmixError(f"cannot write plot {out}: {exc}") from None
-    finally:
-        plt.close(fig)
+    shared = describe_settings(results)
+    styles = ("-", "--", "-.", ":")
+    markers = ("o", "s", "^", "D", "v", "x", "P", "*")
+    with plt.rc_context({"font.size": 8, "axes.titlesize": 8, "legend.fontsize": 7}):
+        fig, ax = plt.subplots(figsize=figsize)
+        for i, (label, res) in enumerate(zip(labels, results, strict=True)):
+            text = label + _legend_settings(res, shared)
+            (line,) = ax.plot(grid, 100 * res.certified_accuracy(grid), label=text,
+                              linestyle=styles[i % len(styles)], marker=markers[i % len(markers)],
+                              markevery=(i * 7 % 50, 50), markersize=3.5, linewidth=1.2)
+            cap = res.radius_cap
+            if cap is not None and cap < max_radius:
+                ax.axvline(cap, color=line.get_color(), linestyle=":", linewidth=0.8)
+                ax.annotate(f"cap {cap:.2f}", (cap, 100), xytext=(-2, -2 - 8 * i),
+                            textcoords="offset points", ha="right", va="top", fontsize=6,
+                            color=line.get_color())
+        ax.set_xlabel(r"radius ($\ell_2$)")
+        ax.set_ylabel("certified accuracy (%)")
+        ax.set_xlim(0, max_radius)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        if shared:
+            ax.set_title(shared)
+        ax.legend()
+        fig.tight_layout()
+        out = Path(out_path)
+        try:
+            fig.savefig(out, dpi=dpi)
+        except (OSError, ValueError) as exc:
+            raise SmoothmixError(f"cannot write plot {out}: {exc}") from None
+        finally:
+            plt.close(fig)
     return out
+
+
+def _legend_settings(res: CertificationResults, shared: str) -> str:
+    """The settings of ``res`` not already in the shared title."""
+    run = res.run
+    parts = []
+    for name, value in (("σ", run.sigma if run else None), ("N", run.n if run else None),
+                        ("α", run.alpha if run else None)):
+        if value is not None and f"{name} = " not in shared:
+            parts.append(f"{name}={_setting(value)}")
+    if "images" not in shared:
+        parts.append(f"{len(res)} img" if res.complete else
+                     f"{len(res)} of {res.run.selected} img, incomplete")  # type: ignore[union-attr]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _md_row(fields: Sequence[str]) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from smoothmix.analysis import (
     FORMATS,
+    compare_results,
     default_radii,
     format_table,
     plot_certified_accuracy,
@@ -20,8 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "analyze",
         help="certified accuracy and ACR of result files, as a table and a plot",
         description="One row per result file (smoothmix's or the reference certify.py's): "
-        "number of examples, average certified radius (ACR) and certified accuracy (%%) at "
-        "each radius; abstentions count as wrong. The best value per column is bold.",
+        "sigma, N, alpha (from the FILE.json companion certify writes), number of images, "
+        "average certified radius (ACR) and certified accuracy (percent, in every format) at "
+        "each radius; abstentions count as wrong. Incomplete files and files that differ in "
+        "sigma, N, alpha or images are warned about on stderr, and the best value per column "
+        "is bold only among comparable files. Radii beyond a file's cap "
+        "sigma*PhiInv(alpha^(1/N)), where no run with that N can certify, are marked.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="certify result files (.tsv)")
     parser.add_argument("--radii", default=None,
@@ -31,8 +37,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="table format (default markdown)")
     parser.add_argument("--labels", default=None,
                         help="comma-separated row names, one per file (default: file names)")
-    parser.add_argument("--plot", default=None, metavar="PNG",
-                        help="also save a certified-accuracy-vs-radius plot here")
+    parser.add_argument("--plot", default=None, metavar="FILE",
+                        help="also save a certified-accuracy-vs-radius plot here (.png, or "
+                        ".pdf/.svg for vector graphics)")
+    parser.add_argument("--dpi", type=int, default=300,
+                        help="resolution of a raster --plot (default 300)")
+    parser.add_argument("--figsize", default="4,3", metavar="W,H",
+                        help="plot size in inches (default 4,3: one paper column)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 2 on any warning (incomplete or incomparable files) instead "
+                        "of printing the table")
     parser.set_defaults(func=run)
 
 
@@ -43,11 +57,28 @@ def run(args: argparse.Namespace) -> int:
     if labels is not None:
         require(len(labels) == len(results),
                 f"--labels names {len(labels)} rows but {len(results)} files were given")
+    figsize = _parse_figsize(args.figsize)
+    require(args.dpi >= 1, f"--dpi must be >= 1, got {args.dpi}")
+    warnings = compare_results(results, labels).warnings
+    for warning in warnings:
+        print(f"smoothmix analyze: warning: {warning}", file=sys.stderr)
+    require(not (args.strict and warnings),
+            f"--strict: {len(warnings)} warning(s) above; no table was written")
     print(format_table(results, radii, args.format, labels), end="")
     if args.plot:
-        out = plot_certified_accuracy(results, args.plot, labels)
+        out = plot_certified_accuracy(results, args.plot, labels, dpi=args.dpi, figsize=figsize)
         print(f"plot saved to {out}", file=sys.stderr)
     return 0
+
+
+def _parse_figsize(text: str) -> tuple[float, float]:
+    try:
+        width, height = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SmoothmixError(f"--figsize must be W,H in inches (e.g. 4,3), got {text!r}") from None
+    require(width > 0 and height > 0 and math.isfinite(width * height),
+            f"--figsize must be two positive sizes in inches, got {text!r}")
+    return width, height
 
 
 def _parse_radii(text: str) -> list[float]:
