@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from smoothmix.analysis import read_results
@@ -14,12 +15,18 @@ def test_demo_runs_end_to_end_and_reruns_from_its_files(tmp_path: Path, capsys) 
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| gaussian | 4 |" in out and "| smoothmix | 4 |" in out
+    assert "Budget: reduced" in out and "64 images per step" in out
     demo = tmp_path / "demo"
+    state = json.loads((demo / "reproduce.json").read_text())
+    assert state["experiment"] == "mnist-0.50"  # the demo is a budget of reproduce
+    assert state["budget"] == {"epochs": 1, "train_subset": 256, "batch_size": 64,
+                               "warmup": 1, "deferred": None, "skip": 2500, "n": 200,
+                               "max_idx": None}
     for name in ("gaussian", "smoothmix"):
         assert (demo / name / "checkpoint.pth.tar").is_file()
         results = read_results(demo / f"certify_{name}.tsv")
         assert list(results.idx) == [0, 2500, 5000, 7500]
-    assert (demo / "certified_accuracy.png").stat().st_size > 0
+    assert (demo / "curves.png").stat().st_size > 0
     table = (demo / "table.md").read_text()
 
     # A rerun finds everything done: same table, nothing retrained or recertified.
