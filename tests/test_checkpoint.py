@@ -123,7 +123,7 @@ def test_unknown_or_custom_arch_in_checkpoint(tmp_path):
 
 
 def test_missing_corrupt_truncated_and_foreign_files(tmp_path):
-    with pytest.raises(SmoothmixError, match="checkpoint not found: .*nope.pth"):
+    with pytest.raises(SmoothmixError, match="checkpoint .*nope.pth does not exist"):
         load_checkpoint(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(bytes(range(256)) * 10)
     with pytest.raises(SmoothmixError, match="cannot read checkpoint .*junk.pth"):
@@ -176,3 +176,35 @@ def test_rng_state_survives_safe_loading(tmp_path):
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], again[0])
     assert np.array_equal(expected[1], again[1]) and expected[2] == again[2]
+
+
+def test_a_directory_is_its_checkpoint_file(tmp_path, capsys):
+    """A training --outdir given as CHECKPOINT means DIR/checkpoint.pth.tar, for load_model
+    and for `smoothmix certify` (whose result file must name the file's hash)."""
+    from smoothmix.certification import _read_meta
+    from smoothmix.checkpoint import CHECKPOINT_NAME, checkpoint_file, file_sha256
+    from smoothmix.cli import main
+
+    run = tmp_path / "run"
+    save_checkpoint(run / CHECKPOINT_NAME, {"arch": "lenet", "num_classes": 10,
+                                            "state_dict": create_model("lenet").state_dict()})
+    assert checkpoint_file(run) == run / CHECKPOINT_NAME
+    assert checkpoint_file(run / CHECKPOINT_NAME) == run / CHECKPOINT_NAME
+    out = tmp_path / "c.tsv"
+    assert main(["certify", str(run), "--dataset", "mnist", "--sigma", "0.25", "--max", "1",
+                 "--n0", "10", "--n", "100", "--alpha", "0.01", "--batch", "100",
+                 "--no-progress", "--out", str(out)]) == 0, capsys.readouterr().err
+    settings = _read_meta(out, required=True)["settings"]
+    assert settings["checkpoint_sha256"] == file_sha256(run / CHECKPOINT_NAME)
+
+    # A directory without one is named as such, never "does not exist".
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SmoothmixError, match=f"{empty} is a directory without a "
+                       "checkpoint.pth.tar") as info:
+        load_model(empty)
+    assert "does not exist" not in str(info.value)
+    assert main(["certify", str(empty), "--dataset", "mnist", "--sigma", "0.25",
+                 "--out", str(tmp_path / "d.tsv")]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory without a checkpoint.pth.tar" in err and "does not exist" not in err

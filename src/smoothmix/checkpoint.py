@@ -51,16 +51,26 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
         raise
 
 
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file meant by ``path``: the file itself, or ``DIR/checkpoint.pth.tar``
+    when ``path`` is a training output directory. One-line error otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        require((path / CHECKPOINT_NAME).is_file(),
+                f"{path} is a directory without a {CHECKPOINT_NAME}; pass the checkpoint file "
+                "or the --outdir of a training run that finished at least one epoch")
+        return path / CHECKPOINT_NAME
+    require(path.exists(), f"checkpoint {path} does not exist")
+    require(path.is_file(), f"checkpoint {path} is not a regular file")
+    return path
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict without executing pickled code (``weights_only=True``).
 
     ``path`` may be a training output directory holding ``checkpoint.pth.tar``.
     """
-    path = Path(path)
-    if path.is_dir() and (path / CHECKPOINT_NAME).is_file():
-        path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise SmoothmixError(f"checkpoint not found: {path}")
+    path = checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for bad bytes; all mean "unreadable"

@@ -118,12 +118,17 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     require(args.sigma > 0, f"--sigma must be positive (pixel units in [0, 1]), got {args.sigma}")
     require(args.skip >= 1, f"--skip must be >= 1, got {args.skip}")
     shard = parse_shard(args.shard) if args.shard is not None else None
-    from smoothmix.checkpoint import check_model_fits_dataset, file_sha256, load_model
+    from smoothmix.checkpoint import (
+        check_model_fits_dataset,
+        checkpoint_file,
+        file_sha256,
+        load_model,
+    )
     from smoothmix.data import load_dataset
     from smoothmix.device import resolve_device
 
     device = resolve_device(args.device)
-    require(Path(args.checkpoint).is_file(), f"checkpoint {args.checkpoint} does not exist")
+    args.checkpoint = checkpoint_file(args.checkpoint)  # a training --outdir works too
     model, ckpt = load_model(args.checkpoint, device, args.normalization)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
     check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
