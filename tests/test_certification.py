@@ -46,24 +46,26 @@ def model() -> nn.Module:
 def rows(path) -> list[list[str]]:
     """Data rows without the time column."""
     lines = path.read_text().splitlines()
-    assert lines[0].split("\t")[-1] == "time"
-    return [line.split("\t")[:-1] for line in lines[1:]]
+    at = lines[0].split("\t").index("time")
+    return [(f := line.split("\t"))[:at] + f[at + 1:] for line in lines[1:]]
 
 
 def test_result_file_format_and_per_example_seeding(tmp_path, model):
     ds = ToyDataset()
     out = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", **SETTINGS)
     lines = out.read_text().splitlines()
-    assert lines[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+    assert lines[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tstatus"
     assert len(lines) == 1 + len(ds)
     from smoothmix.certification import _example_seed
 
     smooth = Smooth(model, 3, 0.25)
     for idx, line in enumerate(lines[1:]):
-        i, label, pred, radius, correct, seconds = line.split("\t")
+        i, label, pred, radius, correct, seconds, samples, status = line.split("\t")
         gen = torch.Generator().manual_seed(_example_seed(0, idx))
-        expect = smooth.certify(ds.x[idx], 10, 200, 0.01, 64, generator=gen)
-        assert (int(i), int(label), int(pred), float(radius)) == (idx, int(ds.y[idx]), *expect)
+        expect = smooth.certificate(ds.x[idx], 10, 200, 0.01, 64, generator=gen)
+        assert (int(i), int(label), int(pred), float(radius)) == (idx, int(ds.y[idx]),
+                                                                  *expect[:2])
+        assert (int(samples), status) == expect[2:]
         assert repr(float(radius)) == radius  # full precision, round-trips exactly
         assert int(correct) == (int(pred) == int(label))
         assert float(seconds) >= 0
@@ -72,7 +74,7 @@ def test_result_file_format_and_per_example_seeding(tmp_path, model):
     assert meta["settings"]["sigma"] == 0.25 and meta["settings"]["n"] == 200
     pandas = pytest.importorskip("pandas")
     frame = pandas.read_csv(out, sep="\t")  # how the reference analysis scripts read it
-    assert list(frame.columns) == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert list(frame.columns)[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
     assert frame["radius"].tolist() == [float(r[3]) for r in rows(out)]
 
 
@@ -231,3 +233,64 @@ def test_bad_counts_fail_before_any_file_is_written(tmp_path, model):
         certify_dataset(model, ToyDataset(), 0.25, tmp_path / "c.tsv", n0=10, n=5,
                         alpha=0.001, progress=False)
     assert not (tmp_path / "c.tsv").exists()
+
+
+def test_an_older_six_column_file_resumes_in_its_own_format(tmp_path, model):
+    ds = ToyDataset()
+    out = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", **SETTINGS)
+    full = rows(out)
+    lines = out.read_text().splitlines()
+    legacy = ["\t".join(line.split("\t")[:6]) for line in lines[:6]]  # header + 5 rows
+    out.write_text("\n".join(legacy) + "\n")
+    certify_dataset(model, ds, 0.25, out, **SETTINGS)
+    assert out.read_text().splitlines()[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
+    assert rows(out) == [row[:5] for row in full]
+
+
+@pytest.fixture(scope="module")
+def mnist_model() -> tuple[nn.Module, object]:
+    """A linear MNIST classifier trained for a second under sigma = 0.5 noise: right on most
+    test images, wrong on some, which is what skip-wrong needs."""
+    from smoothmix.data import load_dataset
+
+    test = load_dataset("mnist", "test")  # trained on test images 1000+, evaluated below 1000
+    x = test.images[1000:5000].float().div(255)
+    y = test.labels[1000:5000]
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(150):
+        batch = torch.randint(0, len(x), (128,))
+        loss = nn.functional.cross_entropy(net(x[batch] + 0.5 * torch.randn_like(x[batch])),
+                                           y[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval(), test
+
+
+def test_skip_wrong_gives_the_full_runs_metrics_on_real_mnist(tmp_path, mnist_model):
+    from smoothmix.analysis import read_results
+
+    net, test = mnist_model
+    opts = dict(n0=20, n=200, alpha=0.001, batch_size=100, max_idx=40, progress=False)
+    full = certify_dataset(net, test, 0.5, tmp_path / "full.tsv", **opts)
+    fast = certify_dataset(net, test, 0.5, tmp_path / "fast.tsv", skip_wrong=True, **opts)
+    full_rows, fast_rows = rows(full), rows(fast)
+    skipped = [r for r in fast_rows if r[-1] == "skipped"]
+    assert len(skipped) >= 3  # the set has wrong rows, and they were skipped
+    for a, b in zip(full_rows, fast_rows, strict=True):
+        if b[-1] == "skipped":
+            assert b[2:6] == ["-1", "0.0", "0", "20"]  # no claim, only the selection drawn
+            assert a[4] == "0"  # the full run scored it 0 as well
+        else:
+            assert a == b  # identical row, same noise
+    radii = [0.0, 0.25, 0.5, 0.75, 1.0]
+    a, b = read_results(full), read_results(fast)
+    assert a.acr() == b.acr() and a.acr() > 0
+    assert (a.certified_accuracy(radii) == b.certified_accuracy(radii)).all()
+    assert sum(int(r[5]) for r in fast_rows) < sum(int(r[5]) for r in full_rows)
+    meta = json.loads((tmp_path / "fast.tsv.json").read_text())
+    assert meta["settings"]["skip_wrong"] is True
+    with pytest.raises(SmoothmixError, match="skip_wrong"):  # a file of the other mode
+        certify_dataset(net, test, 0.5, full, skip_wrong=True, **opts)

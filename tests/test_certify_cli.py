@@ -45,7 +45,8 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 
 def data_rows(path: Path) -> list[list[str]]:
     lines = path.read_text().splitlines()
-    return [line.split("\t")[:-1] for line in lines[1:]]  # without the time column
+    at = lines[0].split("\t").index("time")  # without the time column
+    return [(f := line.split("\t"))[:at] + f[at + 1:] for line in lines[1:]]
 
 
 def clean_env() -> dict[str, str]:
@@ -74,6 +75,21 @@ def test_certify_predict_and_analyze(tmp_path, ckpts, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "name,sigma,N,alpha,images,selected,set,radius_cap,ACR,r=0,r=0.1"
     assert table[1].startswith("a,0.25,100,0.01,3,3,A,") and table[2].startswith("b,0.25,")
+
+
+def test_skip_wrong_flag_reaches_the_file(tmp_path, ckpts):
+    # An untrained LeNet: its selections are mostly wrong, so rows are skipped or not at
+    # random; every row either is skipped or equals the full run's.
+    common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max", "8",
+              *FAST]
+    full, fast = tmp_path / "full.tsv", tmp_path / "fast.tsv"
+    assert main(["certify", *common, "--out", str(full)]) == 0
+    assert main(["certify", *common, "--skip-wrong", "--out", str(fast)]) == 0
+    pairs = list(zip(data_rows(full), data_rows(fast), strict=True))
+    assert any(b[-1] == "skipped" for _, b in pairs)
+    for a, b in pairs:
+        assert a == b if b[-1] != "skipped" else (b[2:6] == ["-1", "0.0", "0", "10"]
+                                                  and a[4] == "0")
 
 
 def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, ckpts):

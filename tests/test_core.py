@@ -20,6 +20,7 @@ from torch import nn
 from smoothmix.core import (
     Smooth,
     certified_radius,
+    certifying_votes,
     clopper_pearson_lower,
     smallest_certifying_n,
     smallest_predicting_n,
@@ -219,8 +220,14 @@ def test_certify_bounds_with_fresh_samples_only():
     # Selection sees class 0 only, the n fresh samples class 1 only: reusing the selection
     # votes would count 100 for class 0; fresh counting gives n_A = 0 and abstains.
     model = SwitchAfter(100)
-    assert Smooth(model, 2, 0.5).certify(torch.zeros(1, 2, 2), 100, 1000, 0.01, 64) == (-1, 0.0)
+    smooth = Smooth(model, 2, 0.5)
+    full = smooth.certificate(torch.zeros(1, 2, 2), 100, 1000, 0.01, 64, early_abstain=False)
+    assert full == (-1, 0.0, 1100, "abstain")
     assert model.seen == 1100  # exactly n0 + n noisy samples, chunked within batch_size
+    model.seen = 0  # early abstain: stop once 0 + (1000 - t) < k*, at a block end
+    assert smooth.certify(torch.zeros(1, 2, 2), 100, 1000, 0.01, 64) == (-1, 0.0)
+    k_star = certifying_votes(1000, 0.01)
+    assert model.seen == 100 + 64 * math.ceil((1001 - k_star) / 64)
 
 
 class ModeRecorder(nn.Module):
@@ -293,6 +300,67 @@ def test_cpu_chunk_is_tuned_once_per_object_across_short_calls():
     assert sum(sizes) == 10_000  # no second timing
     (chunk,) = smooth._tuned.values()
     assert set(sizes[:-1]) == {chunk}
+
+
+@pytest.mark.parametrize("n, alpha", [(100_000, 0.001), (10_000, 0.001), (500, 0.05), (10, 0.001)])
+def test_certifying_votes_is_the_exact_threshold(n, alpha):
+    k = certifying_votes(n, alpha)
+    assert clopper_pearson_lower(k, n, alpha) >= 0.5
+    assert k == 0 or clopper_pearson_lower(k - 1, n, alpha) < 0.5
+    if n == 100_000:
+        assert k == 50_490  # SPEC 2.1
+
+
+class Buckets(nn.Module):
+    """Three classes with probabilities (p, (1 - p) / 2, (1 - p) / 2) under the noise of
+    sigma: the class is the bucket of Phi(first pixel / sigma) (images x = 0)."""
+
+    def __init__(self, p: float, sigma: float) -> None:
+        super().__init__()
+        self.cuts = torch.tensor([p, (1 + p) / 2])
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.special.ndtr(x.flatten(1)[:, 0] / self.sigma)
+        return nn.functional.one_hot(torch.bucketize(u, self.cuts), 3).float()
+
+
+@pytest.mark.parametrize("p_a", [0.42, 0.5, 0.53, 0.56])
+def test_early_abstain_gives_the_full_runs_answer_on_the_same_stream(p_a):
+    # Around p = 1/2 many runs abstain, some certify: the shortcut may only save samples.
+    smooth = Smooth(Buckets(p_a, 0.5), 3, 0.5)
+    x = torch.zeros(1, 1, 2)
+    n0, n, batch = 11, 2000, 100
+    k_star = certifying_votes(n, 0.01)
+    saved, statuses = 0, set()
+    for seed in range(30):
+        full, early = (
+            smooth.certificate(x, n0, n, 0.01, batch, torch.Generator().manual_seed(seed),
+                               early_abstain=flag)
+            for flag in (False, True)
+        )
+        assert (early.prediction, early.radius) == (full.prediction, full.radius)
+        assert full.samples == n0 + n
+        statuses.add(early.status)
+        if early.samples < n0 + n:
+            saved += 1
+            assert early.status == "abstain" and (early.samples - n0) % batch == 0
+            # It cannot stop before the failures alone exceed n - k*.
+            assert early.samples - n0 > n - k_star
+    if p_a < 0.5:
+        assert saved == 30  # all abstain, every one stopped early
+    if p_a > 0.55:
+        assert "certified" in statuses
+
+
+def test_certify_is_the_certificate_and_skip_wrong_skips_the_estimation():
+    smooth = Smooth(Constant(3), num_classes=10, sigma=0.5)
+    x = torch.zeros(1, 2, 2)
+    full = smooth.certificate(x, 10, 1000, 0.001, 100)
+    assert full.status == "certified" and full.samples == 1010
+    assert smooth.certify(x, 10, 1000, 0.001, 100) == (full.prediction, full.radius)
+    assert smooth.certificate(x, 10, 1000, 0.001, 100, label=3) == full
+    assert smooth.certificate(x, 10, 1000, 0.001, 100, label=4) == (-1, 0.0, 10, "skipped")
 
 
 def test_noise_does_not_depend_on_the_forward_chunk():

@@ -4,6 +4,10 @@ The result file is the reference ``certify.py`` format (SPEC §2): one tab-separ
 line, then ``idx label predict radius correct time`` per example (``predict`` files drop
 ``radius``), radius written with ``repr`` so no example moves across a ``>= r`` threshold,
 time in seconds. Reference analysis scripts (``pandas.read_csv(path, sep="\\t")``) read it.
+Certify files add two columns after these six: ``samples`` (noise samples actually drawn,
+n0 included: fewer after an early abstain or a skip) and ``status`` (``certified``,
+``abstain``, or ``skipped`` under ``skip_wrong``). Files of the six columns only (older
+smoothmix) still resume, in their own format.
 
 The run's settings live in a sidecar ``FILE.json`` so that the TSV stays plain. A rerun with
 the same settings appends only the missing examples (a row is flushed and fsync'ed as soon
@@ -36,12 +40,19 @@ from smoothmix.distributed import distributed_env
 from smoothmix.errors import SmoothmixError, require
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "certify": ("idx", "label", "predict", "radius", "correct", "time"),
+    "certify": ("idx", "label", "predict", "radius", "correct", "time", "samples", "status"),
     "predict": ("idx", "label", "predict", "correct", "time"),
+}
+# Headers of older smoothmix files that a run may still resume or merge.
+_LEGACY: dict[str, tuple[str, ...]] = {
+    "certify": ("idx", "label", "predict", "radius", "correct", "time"),
 }
 _POLL_SECONDS = 2.0
 
 Shard = tuple[int, int]
+# What a classify callback returns for one example: prediction, radius (nan for predict),
+# and the values of the columns after ``time``.
+Row = tuple[int, float, tuple]
 
 
 def certify_dataset(
@@ -61,8 +72,14 @@ def certify_dataset(
     num_classes: int | None = None,
     identity: Mapping[str, object] | None = None,
     progress: bool = True,
+    skip_wrong: bool = False,
 ) -> Path:
     """CERTIFY every ``skip``-th example with idx < ``max_idx`` (-1: all) into ``out_path``.
+
+    Every row goes through :meth:`Smooth.certificate`, so rows that will abstain stop
+    sampling early (same answer). ``skip_wrong`` (evaluation shortcut, SPEC 2.1): when the
+    n0 selection is not the label, skip the estimation and write ``predict -1, radius 0,
+    status skipped``; certified accuracy and ACR equal those of the full run with the seed.
 
     ``shard=(i, k)`` takes every k-th of those examples starting at the i-th. With
     ``shard=None`` under torchrun each rank takes its share, writes ``OUT.rankIofK.tsv``,
@@ -72,12 +89,16 @@ def certify_dataset(
     """
     smooth = _smooth(model, dataset, sigma, num_classes)
 
-    def classify(x: torch.Tensor, generator: torch.Generator) -> tuple[int, float]:
-        return smooth.certify(x, n0, n, alpha, batch_size, generator=generator)
+    def classify(x: torch.Tensor, label: int, generator: torch.Generator) -> Row:
+        result = smooth.certificate(x, n0, n, alpha, batch_size, generator,
+                                    label=label if skip_wrong else None)
+        return result.prediction, result.radius, (result.samples, result.status)
 
     check_certify_args(n0, n, alpha, batch_size)  # before any file is touched
-    settings = _settings(sigma, {"n0": n0, "n": n, "alpha": alpha}, skip, max_idx, seed,
-                         dataset, identity)
+    counts: dict[str, object] = {"n0": n0, "n": n, "alpha": alpha}
+    if skip_wrong:  # only when on, so that files of runs without it keep their settings
+        counts["skip_wrong"] = True
+    settings = _settings(sigma, counts, skip, max_idx, seed, dataset, identity)
     return _run("certify", classify, model, dataset, out_path, settings, shard, batch_size,
                 progress)
 
@@ -103,8 +124,8 @@ def predict_dataset(
     Arguments as for :func:`certify_dataset`."""
     smooth = _smooth(model, dataset, sigma, num_classes)
 
-    def classify(x: torch.Tensor, generator: torch.Generator) -> tuple[int, float]:
-        return smooth.predict(x, n, alpha, batch_size, generator=generator), math.nan
+    def classify(x: torch.Tensor, label: int, generator: torch.Generator) -> Row:
+        return smooth.predict(x, n, alpha, batch_size, generator=generator), math.nan, ()
 
     check_predict_args(n, alpha, batch_size)
     settings = _settings(sigma, {"n": n, "alpha": alpha}, skip, max_idx, seed, dataset, identity)
@@ -163,8 +184,10 @@ def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
         require(given.count(i) <= 1, f"shard {i}/{k} is given more than once")
         require(i in given, f"shard {i}/{k} is missing (shards given: {sorted(given)})")
 
+    columns = _header(Path(shards[0]))
     rows: dict[int, str] = {}
     for path in shards:
+        require(_header(Path(path)) == columns, f"{path} has other columns than {shards[0]}")
         for idx, line in _read_rows(Path(path), kind, repair=False):
             require(idx not in rows, f"idx {idx} appears twice (overlapping shards at {path})")
             rows[idx] = line
@@ -181,7 +204,7 @@ def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
                 "output file")
     meta = {**first, "settings": settings}
     _atomic_write(_meta_path(out), json.dumps(meta, indent=2) + "\n")
-    _atomic_write(out, "\t".join(COLUMNS[kind]) + "\n" + "".join(rows[i] for i in sorted(rows)))
+    _atomic_write(out, "\t".join(columns) + "\n" + "".join(rows[i] for i in sorted(rows)))
     return out
 
 
@@ -205,7 +228,7 @@ def _settings(sigma: float, counts: dict[str, object], skip: int, max_idx: int, 
 
 def _run(
     kind: str,
-    classify: Callable[[torch.Tensor, torch.Generator], tuple[int, float]],
+    classify: Callable[[torch.Tensor, int, torch.Generator], Row],
     model: nn.Module,
     dataset: Sequence,
     out_path: str | os.PathLike,
@@ -242,6 +265,7 @@ def _run(
         _atomic_write(_meta_path(target), json.dumps(meta, indent=2) + "\n")
         _atomic_write(target, "\t".join(COLUMNS[kind]) + "\n")
 
+    columns = _header(target) if done else COLUMNS[kind]  # an older file keeps its format
     todo = [idx for idx in expected if idx not in done]
     bar = tqdm(total=len(expected), initial=len(expected) - len(todo), unit="img",
                desc=f"{kind} {target.name}", disable=not progress or (auto and rank != 0),
@@ -251,13 +275,13 @@ def _run(
             x, label = dataset[idx]
             generator = torch.Generator(device=device).manual_seed(_example_seed(base["seed"], idx))
             start = time.perf_counter()
-            prediction, radius = classify(x, generator)
+            prediction, radius, extra = classify(x, int(label), generator)
             elapsed = time.perf_counter() - start
             fields = [idx, int(label), prediction]
             if kind == "certify":
                 fields.append(repr(float(radius)))
-            fields += [int(prediction == int(label)), f"{elapsed:.4f}"]
-            fh.write("\t".join(str(f) for f in fields) + "\n")
+            fields += [int(prediction == int(label)), f"{elapsed:.4f}", *extra]
+            fh.write("\t".join(str(f) for f in fields[: len(columns)]) + "\n")
             fh.flush()
             os.fsync(fh.fileno())  # a killed run loses at most the example in flight
             bar.update(1)
@@ -306,12 +330,13 @@ def _read_rows(path: Path, kind: str, repair: bool, strict: bool = True) -> list
     A malformed line anywhere else means the file is damaged."""
     lines = path.read_bytes().split(b"\n")
     header, complete, tail = lines[0], lines[1:-1], lines[-1]  # tail: bytes after the last \n
-    require(header.decode("utf-8", "replace").split("\t") == list(COLUMNS[kind]),
+    columns = tuple(header.decode("utf-8", "replace").split("\t"))
+    require(columns in (COLUMNS[kind], _LEGACY.get(kind)),
             f"{path} is not a smoothmix {kind} result file (header {header[:60]!r})")
     rows: list[tuple[int, str]] = []
     good_end = len(header) + 1
     for pos, raw in enumerate(complete):
-        idx = _parse_row(raw, kind)
+        idx = _parse_row(raw, columns)
         if idx is None:
             require(pos == len(complete) - 1 and not tail,
                     f"{path}: line {pos + 2} is damaged ({raw[:60]!r}); fix or remove it")
@@ -327,19 +352,30 @@ def _read_rows(path: Path, kind: str, repair: bool, strict: bool = True) -> list
     return rows
 
 
-def _parse_row(raw: bytes, kind: str) -> int | None:
+def _parse_row(raw: bytes, columns: tuple[str, ...]) -> int | None:
     try:
         fields = raw.decode("utf-8").split("\t")
-        if len(fields) != len(COLUMNS[kind]):
+        if len(fields) != len(columns):
             return None
         for value in fields[1:3]:
             int(value)
-        float(fields[-1])
-        if kind == "certify":
-            float(fields[3])
+        numeric = ("radius", "time", "samples")
+        for name in numeric:
+            if name in columns:
+                float(fields[columns.index(name)])
+        if "status" in columns and fields[columns.index("status")] not in _STATUSES:
+            return None
         return int(fields[0])
     except ValueError:
         return None
+
+
+_STATUSES = ("certified", "abstain", "skipped")
+
+
+def _header(path: Path) -> tuple[str, ...]:
+    with open(path, "rb") as fh:
+        return tuple(fh.readline().decode("utf-8", "replace").rstrip("\n").split("\t"))
 
 
 def _has_rows(path: Path, kind: str) -> bool:

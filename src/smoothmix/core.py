@@ -13,6 +13,7 @@ import functools
 import math
 import operator
 import time
+from typing import NamedTuple
 
 import torch
 from scipy.stats import beta, binomtest, norm
@@ -66,6 +67,23 @@ def smallest_certifying_n(alpha: float) -> int:
 
 
 @functools.lru_cache(maxsize=64)
+def certifying_votes(n: int, alpha: float) -> int:
+    """k* = min{k : CP_lower(k, n, alpha) >= 1/2}: the fewest votes for the selected class
+    out of ``n`` with which CERTIFY does not abstain (n + 1 when none suffice).
+
+    The bound increases with k, so a binary search over [0, n] finds it exactly.
+    """
+    lo, hi = 0, n + 1  # invariant: bound(lo - 1) < 1/2, and hi certifies (n + 1: sentinel)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if clopper_pearson_lower(mid, n, alpha) >= 0.5:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@functools.lru_cache(maxsize=64)
 def smallest_predicting_n(alpha: float) -> int:
     """Smallest n for which PREDICT at level ``alpha`` can return a class at all: the
     two-sided binomial p-value of n votes against 0 is 2 / 2**n, which must be <= alpha."""
@@ -95,6 +113,15 @@ def check_predict_args(n: int, alpha: float, batch_size: int) -> None:
     _check_count("n", n, minimum=0)
     n_min = smallest_predicting_n(alpha)
     require(n >= n_min, f"n={n} can never predict at alpha={alpha}: use n >= {n_min}")
+
+
+class Certificate(NamedTuple):
+    """What CERTIFY returned for one image and what it cost."""
+
+    prediction: int  # the certified class, or -1 (abstained, or skipped)
+    radius: float  # l2 radius, 0.0 when prediction is -1
+    samples: int  # noise samples drawn: n0 for the selection + those of the estimation
+    status: str  # "certified", "abstain", or "skipped" (selection != label, see certificate)
 
 
 class Smooth:
@@ -134,15 +161,44 @@ class Smooth:
     ) -> tuple[int, float]:
         """CERTIFY: (class, l2 radius), or (-1, 0.0) when it abstains. With probability at
         least 1 - alpha the returned class is g's prediction on the whole ball."""
+        result = self.certificate(x, n0, n, alpha, batch_size, generator)
+        return result.prediction, result.radius
+
+    def certificate(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        *,
+        label: int | None = None,
+        early_abstain: bool = True,
+    ) -> Certificate:
+        """CERTIFY with its cost: the same answer as :meth:`certify` on the same noise.
+
+        Early abstain (SPEC 2.1): once even all remaining estimation votes could not lift
+        the selected class to k* = :func:`certifying_votes` votes, the full run would
+        abstain, so sampling stops there; the answer is identical, only cheaper
+        (``early_abstain=False`` draws all n, for testing that claim).
+
+        ``label`` (evaluation only): when the n0 selection is not the label the estimation
+        is skipped, since whatever it returned would score 0 in certified accuracy and ACR;
+        the result is then (-1, 0.0, n0, "skipped").
+        """
         check_certify_args(n0, n, alpha, batch_size)
-        counts0 = self._sample_counts(x, n0, batch_size, generator)
+        counts0, _ = self._sample_counts(x, n0, batch_size, generator)
         c_hat = int(counts0.argmax())
+        if label is not None and c_hat != int(label):
+            return Certificate(ABSTAIN, 0.0, n0, "skipped")
         # Fresh samples: reusing the selection votes would bias the bound upwards.
-        n_a = int(self._sample_counts(x, n, batch_size, generator)[c_hat])
-        p_lower = clopper_pearson_lower(n_a, n, alpha)
+        need = certifying_votes(n, alpha) if early_abstain else None
+        counts, drawn = self._sample_counts(x, n, batch_size, generator, watch=c_hat, need=need)
+        p_lower = clopper_pearson_lower(int(counts[c_hat]), n, alpha) if drawn == n else 0.0
         if p_lower < 0.5:
-            return ABSTAIN, 0.0
-        return c_hat, certified_radius(p_lower, self.sigma)
+            return Certificate(ABSTAIN, 0.0, n0 + drawn, "abstain")
+        return Certificate(c_hat, certified_radius(p_lower, self.sigma), n0 + n, "certified")
 
     def predict(
         self,
@@ -155,7 +211,7 @@ class Smooth:
         """PREDICT: g's class, or -1 to abstain; returns a class other than g(x) with
         probability at most alpha."""
         check_predict_args(n, alpha, batch_size)
-        counts = self._sample_counts(x, n, batch_size, generator)
+        counts, _ = self._sample_counts(x, n, batch_size, generator)
         top2 = counts.topk(2)
         n_a, n_b = (int(v) for v in top2.values.tolist())
         if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
@@ -168,9 +224,16 @@ class Smooth:
         num: int,
         batch_size: int,
         generator: torch.Generator | None,
-    ) -> torch.Tensor:
+        watch: int | None = None,
+        need: int | None = None,
+    ) -> tuple[torch.Tensor, int]:
         """Votes of the base classifier on ``num`` noisy copies of ``x``: an int64 tensor of
-        length num_classes, left on the classifier's device (no host sync per batch).
+        length num_classes, left on the classifier's device, and how many copies were drawn.
+
+        With ``watch`` and ``need``, drawing stops after the first block at which class
+        ``watch`` can no longer reach ``need`` votes out of ``num``. That check reads a count
+        back to the host, so it is made only once enough blocks have gone by for it to
+        possibly succeed (more than num - need samples; none before, no sync).
 
         Noise is drawn in blocks of ``batch_size`` (so a seeded generator gives the same
         noise whatever chunk the model is fed); each block goes through the model in chunks
@@ -187,10 +250,14 @@ class Smooth:
         ones = torch.ones(block_size, dtype=torch.long, device=device)
         was_training = self.base_classifier.training
         self.base_classifier.eval()  # train-mode batch norm would make the votes dependent
+        drawn = 0
         try:
             with torch.inference_mode():
                 chunk = self._chunk_size(x, block_size, num)
                 for start in range(0, num, block_size):
+                    if (need is not None and watch is not None and start > num - need
+                            and int(counts[watch]) + (num - start) < need):
+                        break
                     block = noisy[: min(block_size, num - start)]
                     block.normal_(0.0, self.sigma, generator=generator).add_(x)
                     for part in block.split(chunk):
@@ -200,9 +267,10 @@ class Smooth:
                         # index_add_, not bincount: CUDA's bincount reads the
                         # predictions' min/max back to the host on every call.
                         counts.index_add_(0, logits.argmax(1), ones[: len(part)])
+                    drawn += len(block)
         finally:
             self.base_classifier.train(was_training)
-        return counts
+        return counts, drawn
 
     def _chunk_size(self, x: torch.Tensor, block_size: int, num: int) -> int:
         """Rows per forward pass for blocks of ``block_size`` noisy copies of images like x,
