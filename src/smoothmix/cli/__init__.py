@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from smoothmix.errors import SmoothmixError
 
 # Order here is the order in `smoothmix --help`.
-_COMMAND_MODULES = ("demo", "reproduce", "train", "presets", "certify", "analyze",
+_COMMAND_MODULES = ("demo", "reproduce", "train", "targets", "presets", "certify", "analyze",
                     "diagnose")
 
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothmix",
         description="Train and certify provably robust classifiers by randomized smoothing "
-        "(SmoothMix, Gaussian, Stability, SmoothAdv, MACER, Consistency).",
+        "(SmoothMix, Gaussian, Stability, SmoothAdv, MACER, Consistency, CAT-RS).",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:

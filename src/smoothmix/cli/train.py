@@ -24,7 +24,8 @@ METHOD_OPTION_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--mix-step", "mix_step", int,
      "SmoothMix anchor: 0 = clean image, 1 = one-step adversary (\"+ one-step adversary\")"),
     ("--epsilon", "epsilon", float,
-     "SmoothAdv attack radius, L2 in [0,1] pixel units (255/256 ~ 0.996 for the MNIST recipe)"),
+     "SmoothAdv attack / CAT-RS noise-search radius, L2 in [0,1] pixel units (255/256 ~ 0.996 "
+     "for the SmoothAdv MNIST recipe; CAT-RS 1.0)"),
     ("--attack", "attack", str, "SmoothAdv attack: pgd or ddn"),
     ("--warmup", "warmup", int, "epochs of linear warm-up of SmoothAdv's epsilon / SmoothMix's "
      "mix weight"),
@@ -33,11 +34,15 @@ METHOD_OPTION_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--gamma", "gamma", float, "MACER hinge threshold gamma"),
     ("--max-norm", "max_norm", float,
      "SmoothMix: project the search onto an L2 ball of this radius (default: off)"),
+    ("--confidence-mask", "confidence_mask", int,
+     "CAT-RS: 1 = draw K from the soft target's true-class probability (ImageNet recipe)"),
+    ("--epsilon-double-epoch", "epsilon_double_epoch", int,
+     "CAT-RS: double the noise-search radius from this epoch on (ImageNet recipe: 80)"),
 )
 
 _METAVARS = {"num_noise": "M", "num_steps": "T", "step_size": "STEP", "mix_step": "{0,1}",
              "epsilon": "EPS", "attack": "{pgd,ddn}", "warmup": "EPOCHS", "lbd": "LAMBDA",
-             "max_norm": "R"}
+             "max_norm": "R", "confidence_mask": "{0,1}", "epsilon_double_epoch": "EPOCH"}
 
 
 def add_deferred_flags(group: argparse._ActionsContainer) -> None:
@@ -66,10 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_g.add_argument("--dataset", help="mnist, cifar10, imagenet or imagefolder")
     run_g.add_argument("--arch", help="lenet, cifar_resnet20, cifar_resnet110 or resnet50 "
                        "(default: the dataset's published model)")
-    run_g.add_argument("--method", help="gaussian, stability, smoothadv, macer, consistency or "
-                       "smoothmix")
+    run_g.add_argument("--method", help="gaussian, stability, smoothadv, macer, consistency, "
+                       "smoothmix or catrs (needs --targets)")
     run_g.add_argument("--sigma", type=float,
                        help="noise level sigma in [0,1] pixel units (e.g. 0.25, 0.5, 1.0)")
+    run_g.add_argument("--targets", metavar="FILE",
+                       help="CAT-RS soft targets built by `smoothmix targets` (from a Gaussian "
+                       "sigma 0.25 model) on the whole training set; --train-subset takes its "
+                       "images' rows")
     run_g.add_argument("--outdir", required=True,
                        help="output directory; must be empty or new unless --resume")
     run_g.add_argument("--resume", action="store_true",
@@ -139,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             preset=args.preset, method_options=options, deferred=args.deferred,
             resume=args.resume, data_dir=args.data_dir,
             train_subset=args.train_subset, test_subset=args.test_subset,
+            targets=args.targets,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
             momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
             device=args.device, amp=args.amp, compile=args.compile,

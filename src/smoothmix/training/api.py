@@ -377,6 +377,7 @@ def train(
     train_set: Any | None = None,
     test_set: Any | None = None,
     num_classes: int | None = None,
+    targets: str | os.PathLike | None = None,
     **config: Any,
 ) -> Path:
     """Train a smoothed classifier's base model; return the final checkpoint's path.
@@ -387,8 +388,10 @@ def train(
     hyperparameters go in ``method_options`` (e.g. ``{"num_noise": 4, "eta": 5.0}``);
     ``deferred=EPOCH`` switches MACER's robustness term on at that epoch (0-based index;
     ``True``: the first learning-rate drop, ``False``/0: from the start).
+    ``targets`` is the soft-target file (``smoothmix targets``) of methods that need one
+    (CAT-RS); it must have been built on the whole training set of ``dataset``.
     """
-    from smoothmix.methods import create_method
+    from smoothmix.methods import METHODS, create_method
 
     custom = model is not None
     if custom:
@@ -401,6 +404,17 @@ def train(
                    train_subset=train_subset, test_subset=test_subset, resume=resume,
                    custom_model=custom, **config)
     outdir = Path(outdir)
+    wants_targets = "soft_target" in METHODS[spec.method].side_data
+    require(targets is None or wants_targets,
+            f"--targets is only used by methods that train on soft targets (catrs), not "
+            f"{spec.method}")
+    require(targets is None or not custom,
+            "targets= needs dataset= by name; with your own train_set attach pi yourself "
+            "(smoothmix.data.loaders.attach_side_data(train_set, soft_target=pi))")
+    require(targets is not None or not wants_targets or custom,
+            f"--method {spec.method} needs --targets FILE: the soft targets built by "
+            "`smoothmix targets CHECKPOINT --dataset D --sigma 0.25 --out FILE` from a Gaussian "
+            "model trained at sigma 0.25")
     resuming = check_outdir(outdir, resume)  # fail before loading data when the outdir is taken
 
     if not custom:
@@ -410,8 +424,20 @@ def train(
         assert spec.dataset is not None and spec.arch is not None
         train_set = load_dataset(spec.dataset, "train", data_dir)
         test_set = load_dataset(spec.dataset, "test", data_dir)
+        soft = None
+        if targets is not None:
+            from smoothmix.checkpoint import file_sha256
+            from smoothmix.data.loaders import attach_side_data
+            from smoothmix.targets import soft_targets_for
+
+            # Checked against the WHOLE training set; a subset takes its images' rows.
+            soft, built = soft_targets_for(targets, train_set, spec.dataset, spec.train_subset)
+            spec.extra["targets"] = {"targets_sha256": file_sha256(targets),
+                                     "targets_n": built.n}
         if spec.train_subset is not None:
             train_set = train_set.subset(spec.train_subset)
+        if soft is not None:
+            train_set = attach_side_data(train_set, soft_target=soft)
         if spec.test_subset is not None:
             test_set = test_set.subset(spec.test_subset)
         num_classes = train_set.num_classes
@@ -426,8 +452,11 @@ def train(
     method_obj = create_method(spec.method, spec.sigma, int(num_classes), **spec.method_options)
 
     _announce(spec, train_set, outdir, resuming, restart=resume and not resuming)
+    metadata = spec.metadata(int(num_classes))
+    # The targets' hash takes part in the resume check: a resumed CAT-RS run keeps its pi.
+    metadata.update(spec.extra.get("targets", {}))
     return fit(model, method_obj, train_set, test_set, spec.config, outdir, resume=resume,
-               sigma=spec.sigma, metadata=spec.metadata(int(num_classes)))
+               sigma=spec.sigma, metadata=metadata)
 
 
 def _announce(spec: TrainSpec, train_set: Any, outdir: Path, resume: bool,

@@ -1,0 +1,113 @@
+"""``smoothmix targets`` and ``smoothmix targets-merge``: the soft targets CAT-RS trains
+against, a thin shell over :mod:`smoothmix.targets`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from smoothmix.errors import require
+
+DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "targets",
+        help="vote frequencies of a smoothed classifier on every training image (the soft "
+        "targets of CAT-RS)",
+        description="Count N votes of CHECKPOINT's base classifier under N(0, sigma^2) noise "
+        "on one augmented view of every training image and store pi = votes / N, keyed by "
+        "dataset index, with the dataset, N, sigma and the checkpoint's SHA-256 (for "
+        "`smoothmix train --method catrs --targets FILE`). CAT-RS uses a Gaussian model "
+        "trained at sigma 0.25 and N = 10,000; smaller N is allowed (pi becomes coarser, in "
+        "steps of 1/N). Rerunning the same command resumes; --shard I/K splits the work "
+        "between jobs (merge with `smoothmix targets-merge`); under torchrun the ranks split "
+        "it and rank 0 merges.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the (Gaussian) model checkpoint")
+    p.add_argument("--dataset", required=True, choices=DATASETS, help="training set to label")
+    p.add_argument("--sigma", type=float, default=0.25,
+                   help="noise level in [0,1] pixel units (CAT-RS: 0.25 for every training "
+                   "sigma; default 0.25)")
+    p.add_argument("--n", "--N", type=int, default=10_000,
+                   help="votes per image (default 10000, as the reference)")
+    p.add_argument("--out", required=True, help="targets file to write or resume (.npz)")
+    p.add_argument("--batch", type=int, default=1000,
+                   help="most noisy images in memory at once (default 1000)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the views and the noise; image idx uses a stream derived "
+                   "from (seed, idx), so the result does not depend on sharding (default 0)")
+    p.add_argument("--shard", default=None, metavar="I/K",
+                   help="label every K-th image starting at the I-th, for independent jobs")
+    p.add_argument("--no-augment", action="store_true",
+                   help="use the plain image, not one random crop/flip view (the reference "
+                   "used an augmented view where the dataset trains with augmentation)")
+    p.add_argument("--data-dir", default=None,
+                   help="dataset directory (default $SMOOTHMIX_DATA; MNIST is embedded)")
+    p.add_argument("--normalization", default=None,
+                   help="normalisation layer to assume (default: the checkpoint's or the "
+                   "dataset's)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+    merge = subparsers.add_parser(
+        "targets-merge",
+        help="merge the shard files of one `smoothmix targets --shard` run",
+        description="Merge OUT.rank0ofK.npz ... OUT.rank{K-1}ofK.npz into OUT; refuses shards "
+        "of different runs, missing or repeated shards and incomplete rows.",
+    )
+    merge.add_argument("out", metavar="OUT", help="merged targets file to write")
+    merge.add_argument("shards", nargs="+", metavar="SHARD", help="the shard files")
+    merge.set_defaults(func=run_merge)
+
+
+def run(args: argparse.Namespace) -> int:
+    require(args.sigma > 0, f"--sigma must be positive (pixel units in [0, 1]), got {args.sigma}")
+    require(args.n >= 1, f"--n must be >= 1, got {args.n}")
+    require(args.batch >= 1, f"--batch must be >= 1, got {args.batch}")
+    from smoothmix.certification import parse_shard
+    from smoothmix.checkpoint import check_model_fits_dataset, file_sha256, load_model
+    from smoothmix.data import load_dataset
+    from smoothmix.device import resolve_device
+    from smoothmix.distributed import distributed_env
+    from smoothmix.targets import REFERENCE_N, build_targets
+
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    require(Path(args.checkpoint).is_file(), f"checkpoint {args.checkpoint} does not exist")
+    device = resolve_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device, args.normalization)
+    dataset = load_dataset(args.dataset, "train", args.data_dir)
+    check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
+    main = distributed_env()[0] == 0
+    if main and args.n < REFERENCE_N:
+        print(f"note: N = {args.n} votes per image (the reference uses {REFERENCE_N}): pi is "
+              f"coarser, in steps of 1/{args.n}", file=sys.stderr)
+    trained = ckpt.get("sigma")
+    if main and trained is not None and float(trained) != args.sigma:
+        print(f"note: the checkpoint was trained with sigma={trained}, voting at "
+              f"sigma={args.sigma}", file=sys.stderr)
+    identity = {
+        "dataset": args.dataset, "split": "train",
+        "checkpoint_sha256": file_sha256(args.checkpoint), "arch": ckpt.get("arch"),
+        "normalization": ckpt.get("normalization"), "checkpoint_sigma": trained,
+        "checkpoint_method": ckpt.get("method"),
+    }
+    out = build_targets(model, dataset, args.sigma, args.out, n=args.n, batch_size=args.batch,
+                        seed=args.seed, shard=shard,
+                        augment=False if args.no_augment else None,
+                        num_classes=dataset.num_classes, identity=identity,
+                        progress=not args.no_progress)
+    if main:
+        print(f"targets ({len(dataset)} images, N={args.n}, sigma={args.sigma}) in {out}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from smoothmix.targets import merge_targets
+
+    out = merge_targets(args.out, args.shards)
+    print(f"merged {len(args.shards)} shards into {out}")
+    return 0

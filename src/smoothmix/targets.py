@@ -1,0 +1,372 @@
+"""Soft targets for CAT-RS (SPEC §3.8): the vote frequencies of a smoothed classifier on
+every training image, keyed by dataset index.
+
+``pi_b = counts_b / N``, the votes of the base classifier on ``N`` noisy copies (sigma, in
+the reference a Gaussian model trained at sigma = 0.25 with N = 10,000) of ONE augmented
+view of training image ``b`` (a random crop/flip where the dataset trains with them, as the
+reference computed it once on its augmented training loader). The votes are counted by
+:meth:`smoothmix.core.Smooth._sample_counts`, the counter CERTIFY uses; each example draws
+its view and its noise from a generator seeded by ``(seed, idx)``, so a row does not depend
+on which shard or resumed process computed it.
+
+The file (``--out FILE``) is a NumPy ``.npz`` with ``counts`` (``num_examples x K``
+unsigned integers; ``counts.sum(1) == N`` on every row) and ``meta`` (JSON: dataset, split,
+size, a fingerprint of the dataset's contents, N, sigma, seed, the checkpoint's SHA-256,
+...). While a run is in progress its rows live in ``FILE.part.npy`` (a memory map, each
+row written as soon as it is counted) and its settings in ``FILE.part.json``; rerunning the
+same command resumes; the final file is written atomically at the end. ``--shard I/K``
+covers every K-th example starting at the I-th into ``FILE.rankIofK.npz`` (merge them with
+``smoothmix targets-merge``); under torchrun the ranks shard automatically and rank 0
+merges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from smoothmix import __version__
+from smoothmix.certification import Shard, _atomic_write, _example_seed, selected_indices
+from smoothmix.core import Smooth, module_device
+from smoothmix.data.datasets import TensorImageDataset
+from smoothmix.data.loaders import random_crop_flip
+from smoothmix.distributed import distributed_env
+from smoothmix.errors import SmoothmixError, first_line, require
+
+FORMAT = "smoothmix-targets"
+FORMAT_VERSION = 1
+REFERENCE_N = 10_000  # the CAT-RS reference's N
+_FLUSH_SECONDS = 2.0
+_POLL_SECONDS = 2.0
+
+
+@dataclass
+class Targets:
+    """A loaded targets file: vote ``counts`` (num_examples x K) and its ``meta``."""
+
+    counts: np.ndarray
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def n(self) -> int:
+        return int(self.meta["n"])
+
+    def probs(self) -> torch.Tensor:
+        """pi = counts / N as float32, row i = dataset index i."""
+        return torch.from_numpy(self.counts.astype(np.float64) / self.n).float()
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def dataset_fingerprint(dataset: Any) -> str | None:
+    """SHA-256 of what identifies a dataset's examples and their order: the pixels and
+    labels of an in-memory dataset, the relative file paths and classes of a folder
+    dataset; ``None`` when neither is available (then only the size is checked)."""
+    digest = hashlib.sha256()
+    if isinstance(dataset, TensorImageDataset):
+        digest.update(str(tuple(dataset.images.shape)).encode())
+        digest.update(dataset.images.contiguous().numpy().tobytes())
+        digest.update(dataset.labels.contiguous().numpy().astype(np.int64).tobytes())
+        return digest.hexdigest()
+    folder = getattr(dataset, "folder", None)
+    samples = getattr(folder, "samples", None)
+    if samples is not None:
+        root = str(getattr(folder, "root", ""))
+        for i in getattr(dataset, "indices", range(len(samples))):
+            path, label = samples[i]
+            digest.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())
+        return digest.hexdigest()
+    return None
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_targets(
+    model: nn.Module,
+    dataset: Sequence,
+    sigma: float,
+    out_path: str | os.PathLike,
+    *,
+    n: int = REFERENCE_N,
+    batch_size: int = 1000,
+    seed: int = 0,
+    shard: Shard | None = None,
+    augment: bool | None = None,
+    num_classes: int | None = None,
+    identity: Mapping[str, object] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Count ``n`` votes on one (augmented) view of every example into ``out_path``.
+
+    ``augment`` (default: the dataset's ``augment`` flag) takes one random crop (padding 4)
+    + flip per in-memory example; folder datasets apply their own training transform under
+    the example's seed. ``identity`` (dataset name, checkpoint hash, ...) is stored in the
+    file and must match on resume. Returns the path of the finished file (the merged file
+    under torchrun, the shard file with ``shard``).
+    """
+    require(isinstance(n, int) and n >= 1, f"--n must be an integer >= 1, got {n!r}")
+    require(isinstance(batch_size, int) and batch_size >= 1,
+            f"--batch must be an integer >= 1, got {batch_size!r}")
+    require(len(dataset) >= 1, "the dataset is empty")
+    classes = int(num_classes if num_classes is not None else dataset.num_classes)  # type: ignore[attr-defined]
+    smooth = Smooth(model, classes, sigma)
+    if augment is None:
+        augment = bool(getattr(dataset, "augment", False))
+    out = Path(out_path)
+    rank, world, _ = distributed_env()
+    require(shard is None or world == 1,
+            "--shard splits work between independent jobs; under torchrun the ranks shard "
+            "automatically, so leave --shard out")
+    auto = shard is None and world > 1
+    part = (rank, world) if auto else (shard or (0, 1))
+    require(part[1] >= 1 and 0 <= part[0] < part[1], f"bad shard {part}")
+    base = {
+        "format": FORMAT, "version": FORMAT_VERSION, "num_examples": len(dataset),
+        "num_classes": classes, "dataset_sha256": dataset_fingerprint(dataset), "n": n,
+        "sigma": float(sigma), "seed": seed, "augment": augment, **dict(identity or {}),
+    }
+    if auto:
+        finished = _finished_settings(out)
+        if finished is not None:
+            _require_same(out, finished, {**base, "shard": "0/1"})
+            return out
+    target = shard_file(out, *part) if part != (0, 1) else out
+    settings = {**base, "shard": f"{part[0]}/{part[1]}"}
+    finished = _finished_settings(target)
+    if finished is None:
+        _count_rows(smooth, dataset, target, settings, part, batch_size, augment, progress)
+    else:
+        _require_same(target, finished, settings)
+    if not auto or rank != 0:
+        return target
+    parts = [shard_file(out, r, world) for r in range(world)]
+    while not all(p.exists() for p in parts):  # shard files appear only when complete
+        time.sleep(_POLL_SECONDS)
+    return merge_targets(out, parts)
+
+
+def _count_rows(smooth: Smooth, dataset: Sequence, target: Path, settings: dict[str, Any],
+                part: Shard, batch_size: int, augment: bool, progress: bool) -> None:
+    num_examples, classes, n = settings["num_examples"], settings["num_classes"], settings["n"]
+    work, work_meta = _part_paths(target)
+    if work.exists() and work_meta.exists():
+        try:
+            saved = json.loads(work_meta.read_text())["settings"]
+        except (ValueError, KeyError, TypeError):
+            raise SmoothmixError(f"{work_meta} is not a smoothmix targets settings file; "
+                                 "remove it and its .part.npy to start again") from None
+        _require_same(target, saved, settings, what=f"{work} (an unfinished run)")
+        try:
+            counts = np.load(work, mmap_mode="r+")
+        except (OSError, ValueError) as exc:
+            raise SmoothmixError(f"{work} is damaged ({first_line(exc)}); remove it to start "
+                                 "again") from exc
+        require(counts.shape == (num_examples, classes),
+                f"{work} has shape {counts.shape}, expected {(num_examples, classes)}")
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        dtype = np.uint16 if n < 2**16 else np.uint32
+        counts = np.lib.format.open_memmap(work, mode="w+", dtype=dtype,
+                                           shape=(num_examples, classes))
+        counts.flush()
+        info = {"smoothmix": __version__, "batch_size": batch_size,
+                "device": str(module_device(smooth.base_classifier, torch.device("cpu"))),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _atomic_write(work_meta, json.dumps({"settings": settings, "info": info}, indent=2))
+
+    indices = selected_indices(num_examples, 1, -1, part)
+    # A row is done when its votes sum to N (rows start at 0; a row is written whole).
+    done = counts.sum(1, dtype=np.int64) == n
+    todo = [i for i in indices if not done[i]]
+    device = module_device(smooth.base_classifier, torch.device("cpu"))
+    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="img",
+               desc=f"targets {target.name}", disable=not progress, dynamic_ncols=True)
+    last_flush = time.monotonic()
+    with bar:
+        for idx in todo:
+            generator = torch.Generator(device=device).manual_seed(
+                _example_seed(settings["seed"], idx))
+            x = _view(dataset, idx, augment, generator, device)
+            counts[idx] = _votes(smooth, x, n, batch_size, generator)
+            bar.update(1)
+            if time.monotonic() - last_flush > _FLUSH_SECONDS:
+                counts.flush()
+                last_flush = time.monotonic()
+    counts.flush()
+    final = np.asarray(counts)
+    missing = np.flatnonzero(final[list(indices)].sum(1, dtype=np.int64) != n)
+    require(missing.size == 0, f"{len(missing)} rows of {work} were not counted")
+    _write_final(target, final, settings)
+    del counts
+    work.unlink(missing_ok=True)
+    work_meta.unlink(missing_ok=True)
+
+
+def _votes(smooth: Smooth, x: torch.Tensor, n: int, batch_size: int,
+           generator: torch.Generator) -> np.ndarray:
+    """The ``n`` votes on ``x`` from CERTIFY's own counter (no second vote counter)."""
+    out = smooth._sample_counts(x, n, batch_size, generator)
+    counts = out[0] if isinstance(out, tuple) else out  # (counts, drawn) in newer core.py
+    return counts.cpu().numpy()
+
+
+def _view(dataset: Sequence, idx: int, augment: bool, generator: torch.Generator,
+          device: torch.device) -> torch.Tensor:
+    """One view of example ``idx``: its random crop/flip from ``generator`` for in-memory
+    data; for other datasets their own transform, run under the example's seed."""
+    if isinstance(dataset, TensorImageDataset):
+        x = dataset.images[idx].to(device)
+        if augment:
+            x = random_crop_flip(x.unsqueeze(0), 4, generator)[0]
+        return x.float().div_(255)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(generator.initial_seed()))
+        x, _ = dataset[idx]
+    return torch.as_tensor(x).to(device)
+
+
+def shard_file(out_path: str | os.PathLike, rank: int, world_size: int) -> Path:
+    """Where shard ``rank`` of ``world_size`` is written: ``OUT.rankIofK.npz``."""
+    out = Path(out_path)
+    return out.with_name(f"{out.stem}.rank{rank}of{world_size}{out.suffix or '.npz'}")
+
+
+def _part_paths(target: Path) -> tuple[Path, Path]:
+    return target.with_name(target.name + ".part.npy"), target.with_name(target.name + ".part.json")
+
+
+def _write_final(path: Path, counts: np.ndarray, settings: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, counts=counts, meta=np.array(json.dumps(dict(settings))))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _finished_settings(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    return _read(path).meta
+
+
+def _require_same(path: Path, saved: Mapping[str, Any], now: Mapping[str, Any],
+                  what: str | None = None) -> None:
+    keys = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    diff = ", ".join(f"{k}: {saved.get(k)!r} in the file vs {now.get(k)!r} now"
+                     for k in keys[:3])
+    require(not keys, f"{what or path} was built by another run ({diff}); rerun with the same "
+            "settings to resume, or choose another --out")
+
+
+# --------------------------------------------------------------------------- merge & load
+
+
+def merge_targets(out_path: str | os.PathLike, shards: Sequence[str | os.PathLike]) -> Path:
+    """Merge the shard files ``OUT.rankIofK.npz`` of one run into ``out_path``."""
+    require(len(shards) >= 1, "merge needs at least one shard file")
+    loaded = [_read(Path(p)) for p in shards]
+    first = loaded[0]
+    common = {k: v for k, v in first.meta.items() if k != "shard"}
+    parts = []
+    for t in loaded:
+        other = {k: v for k, v in t.meta.items() if k != "shard"}
+        _require_same(t.path, common, other, what=f"{t.path} (against {first.path})")
+        i, k = (int(v) for v in str(t.meta["shard"]).split("/"))
+        parts.append((i, k))
+    ks = {k for _, k in parts}
+    require(len(ks) == 1, f"shards of different splits: {sorted(ks)} parts")
+    k = ks.pop()
+    given = sorted(i for i, _ in parts)
+    require(given == list(range(k)), f"shards {given} given; need each of 0..{k - 1} once")
+    counts = np.zeros_like(first.counts)
+    for t, (i, _) in zip(loaded, parts, strict=True):
+        rows = list(selected_indices(common["num_examples"], 1, -1, (i, k)))
+        counts[rows] = t.counts[rows]
+    merged = {**common, "shard": "0/1"}
+    _check_complete(Path(out_path), counts, merged)
+    _write_final(Path(out_path), counts, merged)
+    return Path(out_path)
+
+
+def _read(path: Path) -> Targets:
+    """Parse a targets file; any damage is a one-line SmoothmixError."""
+    require(path.is_file(), f"targets file {path} does not exist (build it with "
+            "`smoothmix targets CHECKPOINT --dataset D --out FILE`)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            counts = np.asarray(data["counts"])
+            meta = json.loads(str(data["meta"][()]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as exc:
+        raise SmoothmixError(f"{path} is not a readable smoothmix targets file (corrupt or "
+                             f"truncated? {first_line(exc)})") from None
+    require(isinstance(meta, dict) and meta.get("format") == FORMAT,
+            f"{path} is not a smoothmix targets file (no {FORMAT!r} header)")
+    try:
+        shape_ok = counts.shape == (int(meta["num_examples"]), int(meta["num_classes"]))
+        n_ok = int(meta["n"]) >= 1
+    except (KeyError, TypeError, ValueError):
+        shape_ok = n_ok = False
+    require(shape_ok and n_ok and np.issubdtype(counts.dtype, np.integer),
+            f"{path} is damaged: counts {counts.dtype} {counts.shape} do not match its header")
+    return Targets(counts, meta, path)
+
+
+def _check_complete(path: Path, counts: np.ndarray, meta: Mapping[str, Any]) -> None:
+    bad = np.flatnonzero(counts.sum(1, dtype=np.int64) != int(meta["n"]))
+    require(bad.size == 0, f"{path}: {bad.size} of {len(counts)} rows do not hold N = "
+            f"{meta['n']} votes (first idx {bad[:3].tolist()}); the file is damaged or "
+            "incomplete")
+
+
+def load_targets(path: str | os.PathLike) -> Targets:
+    """A finished, complete (all shards merged) targets file; SmoothmixError otherwise."""
+    targets = _read(Path(path))
+    require(targets.meta.get("shard") == "0/1",
+            f"{path} holds only shard {targets.meta.get('shard')}; merge the shards first "
+            "(`smoothmix targets-merge`)")
+    _check_complete(targets.path, targets.counts, targets.meta)
+    return targets
+
+
+def check_targets(targets: Targets, dataset: Any, dataset_name: str) -> None:
+    """Refuse targets built for another dataset: name, split, size, classes, contents."""
+    meta, path = targets.meta, targets.path
+    require(meta.get("dataset") == dataset_name and meta.get("split", "train") == "train",
+            f"{path} holds targets for {meta.get('dataset')!r} ({meta.get('split')}), not the "
+            f"{dataset_name!r} training set")
+    require(int(meta["num_examples"]) == len(dataset),
+            f"{path} has {meta['num_examples']} rows but the {dataset_name} training set has "
+            f"{len(dataset)} images; build the targets on the whole training set")
+    classes = getattr(dataset, "num_classes", None)
+    require(classes is None or int(meta["num_classes"]) == int(classes),
+            f"{path} has {meta['num_classes']} classes, the dataset {classes}")
+    saved, now = meta.get("dataset_sha256"), dataset_fingerprint(dataset)
+    require(saved is None or now is None or saved == now,
+            f"{path} was built on different {dataset_name} training data (content hash "
+            f"{str(saved)[:12]} vs {now[:12] if now else None}); rebuild it for this copy")
+
+
+def soft_targets_for(path: str | os.PathLike, dataset: Any, dataset_name: str,
+                     subset: int | None = None) -> tuple[torch.Tensor, Targets]:
+    """pi rows for ``dataset`` (the whole training set), checked against it; with
+    ``subset`` the rows of its first ``subset`` images (pi is keyed by dataset index)."""
+    targets = load_targets(path)
+    check_targets(targets, dataset, dataset_name)
+    probs = targets.probs()
+    return (probs[:subset] if subset is not None else probs), targets
