@@ -130,14 +130,18 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ckpts):
 
 
 def test_torchrun_two_gloo_processes_equal_the_single_process_run(tmp_path, ckpts):
-    common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max", "9",
-              "--device", "cpu", *FAST]
+    # The spellings --max-idx and --num-samples need no `--` after `-m smoothmix`.
+    common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max-idx", "9",
+              "--device", "cpu", "--n0", "10", "--num-samples", "100", "--alpha", "0.01",
+              "--batch", "100", "--no-progress"]
     out = tmp_path / "dist.tsv"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-           "--nproc_per_node=2", "-m", "smoothmix", "--", "certify", *common, "--out", str(out)]
+           "--nproc_per_node=2", "-m", "smoothmix", "certify", *common, "--out", str(out)]
     result = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert main(["certify", *common, "--out", str(tmp_path / "single.tsv")]) == 0
+    single = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max", "9",
+              "--device", "cpu", *FAST]  # the old spellings, outside torchrun
+    assert main(["certify", *single, "--out", str(tmp_path / "single.tsv")]) == 0
     rows = data_rows(out)
     assert [int(r[0]) for r in rows] == list(range(9))
     assert rows == data_rows(tmp_path / "single.tsv")

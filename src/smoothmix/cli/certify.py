@@ -27,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run CERTIFY on every --skip-th test example and write the reference "
         "result file (idx label predict radius correct time; radius at full precision). "
         "Rerunning the same command resumes an interrupted run. Under torchrun the ranks "
-        "split the examples and rank 0 writes the merged file; write `torchrun ... -m "
-        "smoothmix -- certify ...` (with the --) so that torchrun does not mistake --n or "
-        "--max for abbreviations of its own options.",
+        "split the examples and rank 0 writes the merged file; there spell --n and --max as "
+        "--num-samples and --max-idx (torchrun reads --n and --max as abbreviations of its "
+        "own options unless they follow a --).",
     )
     _add_run_options(certify, with_n0=True)
     certify.add_argument("--skip-wrong", action="store_true",
@@ -68,7 +68,7 @@ def _add_run_options(parser: argparse.ArgumentParser, with_n0: bool) -> None:
     if with_n0:
         parser.add_argument("--n0", "--N0", type=int, default=100,
                             help="noise samples used to select the class (default 100)")
-    parser.add_argument("--n", "--N", type=int, default=100_000,
+    parser.add_argument("--n", "--N", "--num-samples", type=int, default=100_000, dest="n",
                         help="noise samples for the bound (certify) or the vote (predict); "
                         "it caps the radius (default 100000)")
     parser.add_argument("--alpha", type=float, default=0.001,
@@ -77,9 +77,10 @@ def _add_run_options(parser: argparse.ArgumentParser, with_n0: bool) -> None:
                         help="most noisy images in memory at once (default 1000)")
     parser.add_argument("--skip", type=int, default=1,
                         help="evaluate every SKIP-th example (default 1: all)")
-    parser.add_argument("--max", type=int, default=-1, dest="max_idx", metavar="MAX",
-                        help="stop before dataset index MAX, as the reference certify.py does "
-                        "(default -1: no limit)")
+    parser.add_argument("--max", "--max-idx", type=int, default=-1, dest="max_idx",
+                        metavar="MAX", help="stop before dataset index MAX, as the reference "
+                        "certify.py does (default -1: no limit; spell it --max-idx under "
+                        "torchrun)")
     parser.add_argument("--split", default="test", choices=("test", "train"),
                         help="dataset split (default test)")
     parser.add_argument("--data-dir", default=None,
