@@ -106,6 +106,7 @@ def build_targets(
     batch_size: int = 1000,
     seed: int = 0,
     shard: Shard | None = None,
+    max_idx: int = -1,
     augment: bool | None = None,
     num_classes: int | None = None,
     identity: Mapping[str, object] | None = None,
@@ -113,6 +114,8 @@ def build_targets(
 ) -> Path:
     """Count ``n`` votes on one (augmented) view of every example into ``out_path``.
 
+    ``max_idx`` (-1: all) counts only the examples with index below it (the file then serves
+    training subsets of at most that many images).
     ``augment`` (default: the dataset's ``augment`` flag) takes one random crop (padding 4)
     + flip per in-memory example; folder datasets apply their own training transform under
     the example's seed. ``identity`` (dataset name, checkpoint hash, ...) is stored in the
@@ -123,6 +126,8 @@ def build_targets(
     require(isinstance(batch_size, int) and batch_size >= 1,
             f"--batch must be an integer >= 1, got {batch_size!r}")
     require(len(dataset) >= 1, "the dataset is empty")
+    require(isinstance(max_idx, int) and (max_idx == -1 or max_idx >= 1),
+            f"--max must be -1 (all) or >= 1, got {max_idx!r}")
     classes = int(num_classes if num_classes is not None else dataset.num_classes)  # type: ignore[attr-defined]
     smooth = Smooth(model, classes, sigma)
     if augment is None:
@@ -138,7 +143,8 @@ def build_targets(
     base = {
         "format": FORMAT, "version": FORMAT_VERSION, "num_examples": len(dataset),
         "num_classes": classes, "dataset_sha256": dataset_fingerprint(dataset), "n": n,
-        "sigma": float(sigma), "seed": seed, "augment": augment, **dict(identity or {}),
+        "sigma": float(sigma), "seed": seed, "augment": augment,
+        "max_idx": max_idx if 0 < max_idx < len(dataset) else -1, **dict(identity or {}),
     }
     if auto:
         finished = _finished_settings(out)
@@ -152,12 +158,54 @@ def build_targets(
         _count_rows(smooth, dataset, target, settings, part, batch_size, augment, progress)
     else:
         _require_same(target, finished, settings)
-    if not auto or rank != 0:
+    if not auto:
         return target
-    parts = [shard_file(out, r, world) for r in range(world)]
-    while not all(p.exists() for p in parts):  # shard files appear only when complete
+    if rank == 0:
+        parts = [shard_file(out, r, world) for r in range(world)]
+        while not all(p.exists() for p in parts):  # shard files appear only when complete
+            time.sleep(_POLL_SECONDS)
+        return merge_targets(out, parts)
+    while not out.exists():  # every rank returns the merged file (training reads it next)
         time.sleep(_POLL_SECONDS)
-    return merge_targets(out, parts)
+    return out
+
+
+def targets_from_checkpoint(
+    checkpoint: str | os.PathLike,
+    dataset_name: str,
+    out_path: str | os.PathLike,
+    *,
+    sigma: float = 0.25,
+    n: int = REFERENCE_N,
+    data_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    normalization: str | None = None,
+    **kwargs: Any,
+) -> Path:
+    """:func:`build_targets` for a checkpoint and a dataset by name (what ``smoothmix
+    targets`` runs): the file records the dataset, the checkpoint's SHA-256, arch,
+    normalisation, training sigma and method. ``kwargs`` go to :func:`build_targets`."""
+    from smoothmix.checkpoint import (
+        check_model_fits_dataset,
+        checkpoint_file,
+        file_sha256,
+        load_model,
+    )
+    from smoothmix.data import load_dataset
+    from smoothmix.device import resolve_device
+
+    checkpoint = checkpoint_file(checkpoint)  # a training folder means its checkpoint
+    model, ckpt = load_model(checkpoint, resolve_device(device), normalization)
+    dataset = load_dataset(dataset_name, "train", data_dir)
+    check_model_fits_dataset(model, ckpt, dataset, dataset_name, checkpoint)
+    identity = {
+        "dataset": dataset_name, "split": "train",
+        "checkpoint_sha256": file_sha256(checkpoint), "arch": ckpt.get("arch"),
+        "normalization": ckpt.get("normalization"), "checkpoint_sigma": ckpt.get("sigma"),
+        "checkpoint_method": ckpt.get("method"),
+    }
+    return build_targets(model, dataset, sigma, out_path, n=n, identity=identity,
+                         num_classes=dataset.num_classes, **kwargs)
 
 
 def _count_rows(smooth: Smooth, dataset: Sequence, target: Path, settings: dict[str, Any],
@@ -189,7 +237,7 @@ def _count_rows(smooth: Smooth, dataset: Sequence, target: Path, settings: dict[
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _atomic_write(work_meta, json.dumps({"settings": settings, "info": info}, indent=2))
 
-    indices = selected_indices(num_examples, 1, -1, part)
+    indices = selected_indices(num_examples, 1, settings["max_idx"], part)
     # A row is done when its votes sum to N (rows start at 0; a row is written whole).
     done = counts.sum(1, dtype=np.int64) == n
     todo = [i for i in indices if not done[i]]
@@ -296,7 +344,7 @@ def merge_targets(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
     require(given == list(range(k)), f"shards {given} given; need each of 0..{k - 1} once")
     counts = np.zeros_like(first.counts)
     for t, (i, _) in zip(loaded, parts, strict=True):
-        rows = list(selected_indices(common["num_examples"], 1, -1, (i, k)))
+        rows = list(selected_indices(common["num_examples"], 1, common["max_idx"], (i, k)))
         counts[rows] = t.counts[rows]
     merged = {**common, "shard": "0/1"}
     _check_complete(Path(out_path), counts, merged)
@@ -327,9 +375,16 @@ def _read(path: Path) -> Targets:
     return Targets(counts, meta, path)
 
 
+def covered_rows(meta: Mapping[str, Any]) -> int:
+    """How many leading dataset indices a targets file covers."""
+    max_idx = int(meta.get("max_idx", -1))
+    return int(meta["num_examples"]) if max_idx < 0 else max_idx
+
+
 def _check_complete(path: Path, counts: np.ndarray, meta: Mapping[str, Any]) -> None:
-    bad = np.flatnonzero(counts.sum(1, dtype=np.int64) != int(meta["n"]))
-    require(bad.size == 0, f"{path}: {bad.size} of {len(counts)} rows do not hold N = "
+    covered = counts[: covered_rows(meta)]
+    bad = np.flatnonzero(covered.sum(1, dtype=np.int64) != int(meta["n"]))
+    require(bad.size == 0, f"{path}: {bad.size} of {len(covered)} rows do not hold N = "
             f"{meta['n']} votes (first idx {bad[:3].tolist()}); the file is damaged or "
             "incomplete")
 
@@ -368,5 +423,9 @@ def soft_targets_for(path: str | os.PathLike, dataset: Any, dataset_name: str,
     ``subset`` the rows of its first ``subset`` images (pi is keyed by dataset index)."""
     targets = load_targets(path)
     check_targets(targets, dataset, dataset_name)
+    covered = covered_rows(targets.meta)
+    need = len(dataset) if subset is None else min(subset, len(dataset))
+    require(need <= covered, f"{path} covers only the first {covered} training images; train "
+            f"on --train-subset {covered} or fewer, or build it without --max")
     probs = targets.probs()
     return (probs[:subset] if subset is not None else probs), targets

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from smoothmix.errors import require
 
@@ -39,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the views and the noise; image idx uses a stream derived "
                    "from (seed, idx), so the result does not depend on sharding (default 0)")
+    p.add_argument("--max", type=int, default=-1, dest="max_idx", metavar="MAX",
+                   help="label only the images with index below MAX (serves --train-subset "
+                   "MAX or fewer; default -1: all)")
     p.add_argument("--shard", default=None, metavar="I/K",
                    help="label every K-th image starting at the I-th, for independent jobs")
     p.add_argument("--no-augment", action="store_true",
@@ -69,39 +71,29 @@ def run(args: argparse.Namespace) -> int:
     require(args.n >= 1, f"--n must be >= 1, got {args.n}")
     require(args.batch >= 1, f"--batch must be >= 1, got {args.batch}")
     from smoothmix.certification import parse_shard
-    from smoothmix.checkpoint import check_model_fits_dataset, file_sha256, load_model
-    from smoothmix.data import load_dataset
-    from smoothmix.device import resolve_device
+    from smoothmix.checkpoint import load_checkpoint
     from smoothmix.distributed import distributed_env
-    from smoothmix.targets import REFERENCE_N, build_targets
+    from smoothmix.targets import REFERENCE_N, targets_from_checkpoint
 
     shard = parse_shard(args.shard) if args.shard is not None else None
-    require(Path(args.checkpoint).is_file(), f"checkpoint {args.checkpoint} does not exist")
-    device = resolve_device(args.device)
-    model, ckpt = load_model(args.checkpoint, device, args.normalization)
-    dataset = load_dataset(args.dataset, "train", args.data_dir)
-    check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
     main = distributed_env()[0] == 0
     if main and args.n < REFERENCE_N:
         print(f"note: N = {args.n} votes per image (the reference uses {REFERENCE_N}): pi is "
               f"coarser, in steps of 1/{args.n}", file=sys.stderr)
-    trained = ckpt.get("sigma")
-    if main and trained is not None and float(trained) != args.sigma:
-        print(f"note: the checkpoint was trained with sigma={trained}, voting at "
-              f"sigma={args.sigma}", file=sys.stderr)
-    identity = {
-        "dataset": args.dataset, "split": "train",
-        "checkpoint_sha256": file_sha256(args.checkpoint), "arch": ckpt.get("arch"),
-        "normalization": ckpt.get("normalization"), "checkpoint_sigma": trained,
-        "checkpoint_method": ckpt.get("method"),
-    }
-    out = build_targets(model, dataset, args.sigma, args.out, n=args.n, batch_size=args.batch,
-                        seed=args.seed, shard=shard,
-                        augment=False if args.no_augment else None,
-                        num_classes=dataset.num_classes, identity=identity,
-                        progress=not args.no_progress)
     if main:
-        print(f"targets ({len(dataset)} images, N={args.n}, sigma={args.sigma}) in {out}")
+        trained = load_checkpoint(args.checkpoint).get("sigma")
+        if trained is not None and float(trained) != args.sigma:
+            print(f"note: the checkpoint was trained with sigma={trained}, voting at "
+                  f"sigma={args.sigma}", file=sys.stderr)
+    out = targets_from_checkpoint(
+        args.checkpoint, args.dataset, args.out, sigma=args.sigma, n=args.n,
+        data_dir=args.data_dir, device=args.device, normalization=args.normalization,
+        batch_size=args.batch, seed=args.seed, shard=shard, max_idx=args.max_idx,
+        augment=False if args.no_augment else None, progress=not args.no_progress)
+    if main:
+        what = "every training image" if args.max_idx < 0 else \
+            f"the training images below index {args.max_idx}"
+        print(f"targets of {what} (N={args.n}, sigma={args.sigma}) in {out}")
     return 0
 
 
