@@ -92,6 +92,23 @@ def test_mnist_env_var_and_fallbacks(tmp_path, monkeypatch):
         load_dataset("mnist", "train", data_dir=tmp_path)  # explicit dir: no fallback
 
 
+def test_data_env_var_pointing_nowhere_is_an_error(tmp_path, monkeypatch):
+    # Like a wrong --data-dir, not a silent fall back to the embedded MNIST.
+    monkeypatch.setenv("SMOOTHMIX_DATA", str(tmp_path / "typo"))
+    for name in ("mnist", "cifar10"):
+        with pytest.raises(SmoothmixError, match=r"\$SMOOTHMIX_DATA=.*typo is not a directory"):
+            load_dataset(name, "test")
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("SMOOTHMIX_DATA", str(tmp_path / "file"))
+    with pytest.raises(SmoothmixError, match="is not a directory"):
+        load_dataset("mnist", "test")
+    # An explicit --data-dir wins over the variable.
+    write_tiny_mnist(tmp_path, n=5)
+    assert len(load_dataset("mnist", "test", data_dir=tmp_path)) == 5
+    monkeypatch.setenv("SMOOTHMIX_DATA", "")  # set but empty: as if unset
+    assert len(load_dataset("mnist", "test")) == 10000
+
+
 def test_mnist_corrupt_files(tmp_path):
     write_tiny_mnist(tmp_path)
     path = tmp_path / "t10k-images-idx3-ubyte"
@@ -344,3 +361,19 @@ def test_folder_loader_shards_and_epochs(tmp_path):
     order0 = all_labels(single)
     single.set_epoch(0)
     assert torch.equal(all_labels(single), order0)
+
+
+# DataLoader warns when asked for more workers than this machine has: here on purpose.
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 2), (16, 4), (None, 1)])
+def test_folder_loader_workers_default_to_at_most_the_cores(tmp_path, monkeypatch, cores,
+                                                            expected):
+    from smoothmix.training import TrainConfig
+
+    write_folder(tmp_path / "train", ["a", "b"], n=2, size=(4, 4))
+    ds = load_dataset("imagefolder", "train", data_dir=tmp_path)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert make_loader(ds, 2, "cpu", train=False).loader.num_workers == expected
+    assert make_loader(ds, 2, "cpu", train=False, workers=TrainConfig().workers
+                       ).loader.num_workers == expected  # what `smoothmix train` passes
+    assert make_loader(ds, 2, "cpu", train=False, workers=3).loader.num_workers == 3  # asked

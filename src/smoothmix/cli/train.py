@@ -120,8 +120,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "images")
     d_g.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA if available; "
                      "under torchrun, cuda:LOCAL_RANK)")
-    d_g.add_argument("--workers", type=int, default=4,
-                     help="DataLoader worker processes for image-folder datasets (MNIST and "
+    d_g.add_argument("--workers", type=int, default=None,
+                     help="DataLoader worker processes for image-folder datasets (default: 4, "
+                     "at most the machine's CPU cores; MNIST and "
                      "CIFAR-10 are batched on the device and need none)")
     d_g.add_argument("--amp", action="store_true",
                      help="bfloat16 autocast for the forward passes (fast on recent GPUs; on "

@@ -1,7 +1,8 @@
 """Datasets by name and the loaders that feed training.
 
 ``load_dataset(name, split, data_dir)`` finds the files in ``data_dir`` (``--data-dir``), else
-in ``$SMOOTHMIX_DATA``, else — MNIST only — in the copy embedded in the package. Images come
+in ``$SMOOTHMIX_DATA`` (an error when it names no directory), else — MNIST only — in the copy
+embedded in the package. Images come
 out as float C×H×W in [0, 1]; normalisation belongs to the model (SPEC §1).
 """
 
@@ -91,7 +92,12 @@ def _roots(data_dir: str | os.PathLike | None) -> tuple[list[Path], str]:
     if data_dir is not None:
         return [Path(data_dir).expanduser()], "check --data-dir"
     if os.environ.get(DATA_ENV):
-        return [Path(os.environ[DATA_ENV]).expanduser()], f"check ${DATA_ENV}"
+        root = Path(os.environ[DATA_ENV]).expanduser()
+        # A mistyped variable must not fall back silently (e.g. to the embedded MNIST).
+        if not root.is_dir():
+            raise SmoothmixError(f"${DATA_ENV}={os.environ[DATA_ENV]} is not a directory; fix "
+                                 f"it, unset it, or pass --data-dir")
+        return [root], f"check ${DATA_ENV}"
     return [], f"pass --data-dir DIR or set ${DATA_ENV}"
 
 

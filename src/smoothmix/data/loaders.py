@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -28,6 +29,12 @@ from smoothmix.data.datasets import TensorImageDataset
 from smoothmix.errors import SmoothmixError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def default_workers() -> int:
+    """DataLoader worker processes when none are asked for: 4, but never more than the
+    machine's cores (more only compete for them)."""
+    return max(1, min(4, os.cpu_count() or 1))
 SideBatch = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 SIDE_ATTR = "side_data"
 
@@ -200,7 +207,7 @@ class DeviceDataLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        workers: int = 4,
+        workers: int | None = None,
         drop_last: bool = False,
         side: Sequence[str] = (),
     ) -> None:
@@ -224,7 +231,7 @@ class DeviceDataLoader:
             batch_size=batch_size,
             shuffle=shuffle and self.sampler is None,
             sampler=self.sampler,
-            num_workers=workers,
+            num_workers=default_workers() if workers is None else workers,
             pin_memory=self.device.type == "cuda",
             drop_last=drop_last,
             generator=self.generator,
@@ -258,7 +265,7 @@ def make_loader(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
-    workers: int = 4,
+    workers: int | None = None,
     drop_last: bool = False,
     side: Sequence[str] = (),
 ) -> DeviceBatchLoader | DeviceDataLoader:

@@ -80,7 +80,7 @@ class TrainConfig:
     amp: bool = False
     compile: bool = False
     channels_last: bool | None = None
-    workers: int = 4
+    workers: int | None = None  # None: min(4, CPU cores), data.loaders.default_workers
     test_batch_size: int | None = None
     log_every: int = 20
     progress: bool = True
@@ -97,7 +97,8 @@ class TrainConfig:
             ms = list(self.lr_milestones)
             require(all(m >= 1 for m in ms) and ms == sorted(ms),
                     f"lr milestones must be increasing epochs >= 1, got {ms}")
-        require(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        require(self.workers is None or self.workers >= 0,
+                f"workers must be >= 0, got {self.workers}")
         require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
         require(self.test_batch_size is None or self.test_batch_size >= 1,
                 f"test batch size must be >= 1, got {self.test_batch_size}")
