@@ -50,6 +50,11 @@ FULL_N = 100_000
 # Noisy test accuracy logged after every epoch: a training-time monitor only, not part of
 # the recipe or the certificate.
 EVAL_IMAGES = 1000
+# CAT-RS rows (SPEC §3.8) first train a Gaussian sigma = 0.25 "teacher" (its preset, same
+# budget) and count its votes on the training images into the soft targets.
+TEACHER_SIGMA = 0.25
+TEACHER_DIR = "catrs-teacher"
+TARGETS_NAME = "catrs-targets.npz"
 
 
 @dataclass(frozen=True)
@@ -271,11 +276,14 @@ def reproduce(
     del train_split
     for m in chosen:
         _train_kwargs(exp, m, budget)  # a preset without the overridden option fails here
+        if _needs_soft_targets(exp, m):
+            _train_kwargs(dataclasses.replace(exp, sigma=TEACHER_SIGMA), "gaussian", budget)
+    teacher_stages = 2 if any(_needs_soft_targets(exp, m) for m in chosen) else 0
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / STATE_NAME, json.dumps(state, indent=2) + "\n")
-    say = _Say(main, len(chosen) * 2 + 1, exp.name)
+    say = _Say(main, len(chosen) * 2 + 1 + teacher_stages, exp.name)
     say(f"{budget.describe(exp)}")
     say(f"writing to {out.resolve()}")
 
@@ -286,11 +294,14 @@ def reproduce(
     timings: dict[str, dict[str, float]] = {}
     for m in chosen:
         run_dir = out / m
+        extra: dict[str, Any] = {}
+        if _needs_soft_targets(exp, m):
+            extra["targets"] = _soft_targets(exp, out, budget, data_dir, device, progress, say)
         say.stage(f"train {m} (preset {exp.preset_name(m)}) -> {run_dir}")
         start = time.time()
         # resume=True continues an interrupted run and returns at once for a finished one.
         train(run_dir, data_dir=data_dir, device=device, progress=progress,
-              resume=run_dir.exists(), **_train_kwargs(exp, m, budget))
+              resume=run_dir.exists(), **_train_kwargs(exp, m, budget), **extra)
         t_train = time.time() - start
         ckpt = run_dir / CHECKPOINT_NAME
         tsv = out / f"certify_{m}.tsv"
@@ -335,6 +346,40 @@ def _train_kwargs(exp: Experiment, method: str, budget: Budget) -> dict[str, Any
     if budget.deferred is not None and "deferred_epochs" in accepted:
         kwargs["deferred"] = budget.deferred  # MACER rows only
     return kwargs
+
+
+def _needs_soft_targets(exp: Experiment, method: str) -> bool:
+    """Whether the row's method trains on per-example soft targets (CAT-RS)."""
+    from smoothmix.methods import METHODS
+    from smoothmix.training.presets import get_preset
+
+    return "soft_target" in METHODS[get_preset(exp.preset_name(method)).method].side_data
+
+
+def _soft_targets(exp: Experiment, out: Path, budget: Budget, data_dir: Any, device: Any,
+                  progress: bool, say: _Say) -> Path:
+    """CAT-RS's two stages: the Gaussian sigma = 0.25 teacher (its preset under the same
+    budget) and its votes on the training images the row trains on, N = 10,000 as the
+    reference (the budget's N when smaller). Both resume like every other stage."""
+    from smoothmix.checkpoint import CHECKPOINT_NAME
+    from smoothmix.targets import REFERENCE_N, targets_from_checkpoint
+    from smoothmix.training import train
+
+    teacher = dataclasses.replace(exp, sigma=TEACHER_SIGMA)
+    run_dir = out / TEACHER_DIR
+    say.stage(f"train the CAT-RS teacher (preset {teacher.preset_name('gaussian')}) -> "
+              f"{run_dir}")
+    train(run_dir, data_dir=data_dir, device=device, progress=progress,
+          resume=run_dir.exists(), **_train_kwargs(teacher, "gaussian", budget))
+    n = min(REFERENCE_N, budget.n) if budget.n else REFERENCE_N
+    path = out / TARGETS_NAME
+    images = (f"the first {budget.train_subset} training images" if budget.train_subset
+              else "every training image")
+    say.stage(f"CAT-RS soft targets: N={n:,} votes (reference {REFERENCE_N:,}) at sigma "
+              f"{TEACHER_SIGMA:g} on one view of {images} -> {path}")
+    return targets_from_checkpoint(run_dir / CHECKPOINT_NAME, exp.dataset, path,
+                                   sigma=TEACHER_SIGMA, n=n, data_dir=data_dir, device=device,
+                                   max_idx=budget.train_subset or -1, progress=progress)
 
 
 def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
