@@ -343,6 +343,34 @@ def _num_classes(train_set: Any, method: Any, given: int | None) -> int | None:
 # --------------------------------------------------------------------------- fit
 
 
+@dataclass
+class _Run:
+    """Everything one training run holds between its named steps (see :func:`fit`)."""
+
+    config: TrainConfig
+    outdir: Path
+    ckpt_path: Path
+    device: torch.device
+    rank: int
+    world: int
+    main: bool
+    sigma: float
+    raw_model: nn.Module  # the model itself: evaluated and saved
+    train_model: nn.Module  # what the method calls (DDP / compiled wrapper of raw_model)
+    channels_last: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: Any
+    test_loader: Any | None
+    steps_per_epoch: int
+    start_epoch: int
+    amp_ctx: Any
+    identity: dict[str, Any]  # what the checkpoint stores besides the training state
+    config_dict: dict[str, Any]
+    csv_log: _CsvLog | None = None
+    tb: Any = None
+
+
 def fit(
     model: nn.Module,
     method: Any,
@@ -370,7 +398,47 @@ def fit(
     the run continues exactly from the checkpoint there. Under torchrun the model is wrapped
     in DistributedDataParallel, each rank trains on its shard of the data, and rank 0 alone
     writes files.
+
+    The steps: :func:`_set_up` (checks, resume, model, optimiser, loaders, RNG), then per
+    epoch :func:`_train_epoch`, :func:`_evaluate` and :func:`_save_epoch` (checkpoint, log).
     """
+    run = _set_up(model, method, train_set, test_set, config, Path(outdir), resume, sigma,
+                  metadata)
+    config = run.config
+    if run.main and run.start_epoch >= config.epochs:
+        print(f"{run.outdir} already holds {run.start_epoch} trained "
+              f"epoch{'' if run.start_epoch == 1 else 's'} (>= "
+              f"{config.epochs}); nothing to do (pass a larger --epochs to train further)",
+              flush=True)
+    bar = None
+    if run.main and config.progress and run.start_epoch < config.epochs:
+        from tqdm.auto import tqdm
+
+        # disable=None: a bar on terminals only, so batch-job logs get the epoch lines alone.
+        bar = tqdm(total=config.epochs * run.steps_per_epoch,
+                   initial=run.start_epoch * run.steps_per_epoch,
+                   unit="step", dynamic_ncols=True, disable=None)
+    try:
+        for epoch in range(run.start_epoch, config.epochs):
+            t0 = time.time()
+            row = _train_epoch(run, method, epoch, bar)
+            row.update(_evaluate(run, epoch))
+            row["time_s"] = time.time() - t0
+            _save_epoch(run, epoch, row, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+        if run.tb is not None:
+            run.tb.close()
+    return run.ckpt_path
+
+
+def _set_up(model: nn.Module, method: Any, train_set: Any, test_set: Any | None,
+            config: TrainConfig, outdir: Path, resume: bool, sigma: float | None,
+            metadata: Mapping[str, Any] | None) -> _Run:
+    """Check the settings and the outdir (on every rank, before anything is written), build
+    device, model wrappers, optimiser, schedule and loaders, restore a resumed run's state
+    and seed (or restore) the RNG right before the first epoch."""
     from smoothmix.data import make_loader  # deferred: data imports are heavy (torchvision)
 
     config.validate()
@@ -378,7 +446,6 @@ def fit(
     sigma = float(sigma if sigma is not None else getattr(method, "sigma", float("nan")))
     require(math.isfinite(sigma) and sigma > 0,
             f"sigma must be a positive number of [0, 1] pixel units, got {sigma}")
-    outdir = Path(outdir)
 
     device = resolve_device(config.device)
     _, env_world, local_rank = distributed.distributed_env()
@@ -471,121 +538,127 @@ def fit(
         seed_everything(_rank_seed(config.seed + start_epoch, rank))
     del ckpt
 
-    config_dict = {**config.to_dict(), **meta, "world_size": world}
-    if main and start_epoch >= config.epochs:
-        print(f"{outdir} already holds {start_epoch} trained epochs (>= {config.epochs}); "
-              "nothing to do (pass a larger --epochs to train further)", flush=True)
-    bar = None
-    if main and config.progress and start_epoch < config.epochs:
-        from tqdm.auto import tqdm
-
-        # disable=None: a bar on terminals only, so batch-job logs get the epoch lines alone.
-        bar = tqdm(total=config.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                   unit="step", dynamic_ncols=True, disable=None)
     amp_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.amp \
         else contextlib.nullcontext
+    identity = {"arch": arch, "num_classes": num_classes, "normalization": normalization,
+                "method": method_name, "method_options": method_opts,
+                "method_config": method_config, "sigma": sigma}
+    return _Run(config=config, outdir=outdir, ckpt_path=ckpt_path, device=device, rank=rank,
+                world=world, main=main, sigma=sigma, raw_model=raw_model,
+                train_model=train_model, channels_last=channels_last, optimizer=optimizer,
+                scheduler=scheduler, train_loader=train_loader, test_loader=test_loader,
+                steps_per_epoch=steps_per_epoch, start_epoch=start_epoch, amp_ctx=amp_ctx,
+                identity=identity, config_dict={**config.to_dict(), **meta, "world_size": world},
+                csv_log=csv_log, tb=tb)
 
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            t0 = time.time()
-            for loader in (train_loader, test_loader):
-                set_epoch = getattr(loader, "set_epoch", None)
-                if set_epoch is None:
-                    set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-                if set_epoch is not None:
-                    set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            if bar is not None:
-                bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
-            train_model.train()
-            keys: list[str] | None = None
-            sums: torch.Tensor | None = None
-            count = 0
-            for step, (x, y) in enumerate(train_loader):
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with amp_ctx():
-                    out = method(train_model, x, y, epoch)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
-                if keys is None:
-                    keys = [k for k in out.metrics if k != "loss"]
-                # Accumulate on the device; read back once per log interval / epoch.
-                values = torch.stack([out.loss.detach().float(),
-                                      *(out.metrics[k].detach().float().reshape(()) for k in keys)])
-                n = int(y.shape[0])
-                sums = values * n if sums is None else sums + values * n
-                count += n
-                if bar is not None:
-                    bar.update(1)
-                    if step % config.log_every == 0:
-                        bar.set_postfix(loss=f"{float(sums[0]) / count:.4f}", lr=f"{lr:.3g}")
-            assert sums is not None and keys is not None
-            acc = sums.double() if device.type == "cpu" else sums
-            totals = _all_reduce_sum(torch.cat([acc, acc.new_tensor([count])]))
-            scheduler.step()
 
-            row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-            values_host = totals.tolist()
-            n_total = values_host[-1]
-            row["train_loss"] = values_host[0] / n_total
-            # Checked once per epoch (no per-step sync); the last good checkpoint is kept.
-            require(math.isfinite(row["train_loss"]),
-                    f"training diverged in epoch {epoch + 1} (train loss {row['train_loss']}); "
-                    f"the checkpoint of epoch {epoch} is kept — lower --lr and --resume, or "
-                    "start again")
-            for k, v in zip(keys, values_host[1:-1], strict=True):
-                row[f"train_{k}"] = v / n_total
-            if test_loader is not None:
-                t = _all_reduce_sum(evaluate_noisy(
-                    raw_model, test_loader, sigma, seed=_rank_seed(config.seed + epoch, rank),
-                    amp=config.amp, channels_last=channels_last)).tolist()
-                row["test_noisy_acc"] = t[0] / max(t[2], 1)
-                row["test_noisy_loss"] = t[1] / max(t[2], 1)
-            row["time_s"] = time.time() - t0
-
-            rng = _gather_objects(capture_rng_state())
-            if main:
-                save_checkpoint(ckpt_path, {
-                    "arch": arch,
-                    "state_dict": raw_model.state_dict(),
-                    "num_classes": num_classes,
-                    "normalization": normalization,
-                    "epoch": epoch + 1,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng,
-                    "method": method_name,
-                    "method_options": method_opts,
-                    "method_config": method_config,
-                    "sigma": sigma,
-                    "config": config_dict,
-                    "metrics": {k: v for k, v in row.items() if isinstance(v, float)},
-                })
-                assert csv_log is not None
-                csv_log.append(row)
-                if tb is not None:
-                    for k, v in row.items():
-                        if k != "epoch":
-                            tb.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
-                    tb.flush()
-                summary = f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f}"
-                if "train_acc" in row:
-                    summary += f" acc {row['train_acc']:.3f}"
-                if "test_noisy_acc" in row:
-                    summary += f" noisy test acc {row['test_noisy_acc']:.3f}"
-                summary += f" ({row['time_s']:.1f} s)"
-                if bar is not None:
-                    bar.write(summary)
-                else:
-                    print(summary, flush=True)
-            distributed.barrier()
-    finally:
+def _train_epoch(run: _Run, method: Any, epoch: int, bar: Any) -> dict[str, Any]:
+    """One pass over the training data; returns the log row's epoch, lr and train means
+    (summed on the device, all-reduced over ranks, read back once)."""
+    config, device = run.config, run.device
+    for loader in (run.train_loader, run.test_loader):
+        set_epoch = getattr(loader, "set_epoch", None)
+        if set_epoch is None:
+            set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+    lr = run.optimizer.param_groups[0]["lr"]
+    if bar is not None:
+        bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
+    run.train_model.train()
+    keys: list[str] | None = None
+    sums: torch.Tensor | None = None
+    count = 0
+    for step, (x, y) in enumerate(run.train_loader):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if run.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with run.amp_ctx():
+            out = method(run.train_model, x, y, epoch)
+        run.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        run.optimizer.step()
+        if keys is None:
+            keys = [k for k in out.metrics if k != "loss"]
+        # Accumulate on the device; read back once per log interval / epoch.
+        values = torch.stack([out.loss.detach().float(),
+                              *(out.metrics[k].detach().float().reshape(()) for k in keys)])
+        n = int(y.shape[0])
+        sums = values * n if sums is None else sums + values * n
+        count += n
         if bar is not None:
-            bar.close()
-        if tb is not None:
-            tb.close()
-    return ckpt_path
+            bar.update(1)
+            if step % config.log_every == 0:
+                bar.set_postfix(loss=f"{float(sums[0]) / count:.4f}", lr=f"{lr:.3g}")
+    assert sums is not None and keys is not None
+    acc = sums.double() if device.type == "cpu" else sums
+    totals = _all_reduce_sum(torch.cat([acc, acc.new_tensor([count])]))
+    run.scheduler.step()
+
+    row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
+    values_host = totals.tolist()
+    n_total = values_host[-1]
+    row["train_loss"] = values_host[0] / n_total
+    # Checked once per epoch (no per-step sync); the last good checkpoint is kept.
+    require(math.isfinite(row["train_loss"]),
+            f"training diverged in epoch {epoch + 1} (train loss {row['train_loss']}); "
+            f"the checkpoint of epoch {epoch} is kept — lower --lr and --resume, or "
+            "start again")
+    for k, v in zip(keys, values_host[1:-1], strict=True):
+        row[f"train_{k}"] = v / n_total
+    return row
+
+
+def _evaluate(run: _Run, epoch: int) -> dict[str, Any]:
+    """Noisy test accuracy and loss (one Gaussian draw per test image), or nothing."""
+    if run.test_loader is None:
+        return {}
+    config = run.config
+    t = _all_reduce_sum(evaluate_noisy(
+        run.raw_model, run.test_loader, run.sigma,
+        seed=_rank_seed(config.seed + epoch, run.rank), amp=config.amp,
+        channels_last=run.channels_last)).tolist()
+    return {"test_noisy_acc": t[0] / max(t[2], 1), "test_noisy_loss": t[1] / max(t[2], 1)}
+
+
+def _save_epoch(run: _Run, epoch: int, row: dict[str, Any], bar: Any) -> None:
+    """The atomic checkpoint (with every rank's RNG state), the log row, TensorBoard and
+    the epoch line, written by rank 0; then every rank waits for it."""
+    rng = _gather_objects(capture_rng_state())
+    if run.main:
+        ident = run.identity
+        save_checkpoint(run.ckpt_path, {
+            "arch": ident["arch"],
+            "state_dict": run.raw_model.state_dict(),
+            "num_classes": ident["num_classes"],
+            "normalization": ident["normalization"],
+            "epoch": epoch + 1,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "rng": rng,
+            "method": ident["method"],
+            "method_options": ident["method_options"],
+            "method_config": ident["method_config"],
+            "sigma": ident["sigma"],
+            "config": run.config_dict,
+            "metrics": {k: v for k, v in row.items() if isinstance(v, float)},
+        })
+        assert run.csv_log is not None
+        run.csv_log.append(row)
+        if run.tb is not None:
+            for k, v in row.items():
+                if k != "epoch":
+                    run.tb.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
+            run.tb.flush()
+        summary = f"epoch {epoch + 1}/{run.config.epochs}: loss {row['train_loss']:.4f}"
+        if "train_acc" in row:
+            summary += f" acc {row['train_acc']:.3f}"
+        if "test_noisy_acc" in row:
+            summary += f" noisy test acc {row['test_noisy_acc']:.3f}"
+        summary += f" ({row['time_s']:.1f} s)"
+        if bar is not None:
+            bar.write(summary)
+        else:
+            print(summary, flush=True)
+    distributed.barrier()
