@@ -19,6 +19,7 @@ from smoothmix.errors import SmoothmixError
 from smoothmix.methods import METHODS, create_method, method_options
 from smoothmix.methods.attacks import pgd_attack, smoothmix_search
 from smoothmix.methods.base import forward_groups
+from smoothmix.models import create_model
 
 B, K, SIGMA = 8, 5, 0.5
 
@@ -249,6 +250,47 @@ def test_smoothmix_loss_matches_formula(mix_step):
     assert grads_differ(model, out.loss, detached)  # y_mix is NOT detached
 
 
+def test_shared_first_forward_is_used_only_where_it_changes_nothing():
+    method = create_method("smoothmix", SIGMA, K, num_noise=2, num_steps=2)
+    assert method.shares_first_forward(tiny_model())
+    assert method.shares_first_forward(create_model("lenet"))
+    for model in (nn.Sequential(nn.Flatten(), nn.Dropout(0.1), nn.Linear(16, K)),
+                  nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten()),
+                  Recorder(tiny_model())):  # unknown module: might read self.training
+        assert not method.shares_first_forward(model)
+    one_step = create_method("smoothmix", SIGMA, K, num_noise=2, num_steps=2, mix_step=1)
+    assert not one_step.shares_first_forward(tiny_model())
+
+
+@pytest.mark.parametrize("arch, max_norm", [("tiny", None), ("tiny", 0.8), ("lenet", None)])
+def test_shared_first_forward_equals_the_two_forward_step(arch, max_norm, mnist_batches):
+    """Same loss, metrics and parameter gradients with and without the shared forward: on
+    the float64 tiny model (tight) and on LeNet with real MNIST in float32."""
+    if arch == "tiny":
+        cases = [(lambda: tiny_model(scale=4.0), *data(), 1e-9)]
+    else:
+        cases = [(lambda: create_model("lenet"), *mnist_batches[0], 1e-5)]
+    for make, x, y, tol in cases:
+        results = []
+        for shared in (True, False):
+            torch.manual_seed(4)
+            model = make()
+            method = create_method("smoothmix", SIGMA, K if arch == "tiny" else 10, num_noise=3,
+                                   num_steps=3, step_size=0.7, eta=5.0, max_norm=max_norm)
+            assert method.shares_first_forward(model)
+            if not shared:
+                method.shares_first_forward = lambda model: False
+            torch.manual_seed(5)
+            out = method(model, x, y, 12)
+            results.append((out, grads(model, out.loss)))
+        (a, grads_a), (b, grads_b) = results
+        assert 0 < a.metrics["mix_fraction"].item()
+        for key in a.metrics:
+            torch.testing.assert_close(a.metrics[key], b.metrics[key], rtol=tol, atol=tol)
+        for ga, gb in zip(grads_a, grads_b, strict=True):
+            torch.testing.assert_close(ga, gb, rtol=tol, atol=tol)
+
+
 class Recorder(nn.Module):
     """Records the inputs of train-mode forwards (the loss forwards, not the attack's)."""
 
@@ -348,11 +390,13 @@ def test_loss_forwards_are_joint_only_where_that_changes_nothing():
     x, y = data()
     x = x.float()
     method = create_method("smoothmix", SIGMA, K, num_noise=2, num_steps=1)
-    for model in (plain, batch_norm):
+    # plain: the search's first forward is shared with L_nat (shares_first_forward)
+    for model, expected in ((plain, [(True, 2 * B), (True, 2 * B)]),
+                            (batch_norm, [(False, 2 * B), (True, 2 * B), (True, 2 * B)])):
         model.register_forward_pre_hook(record)
         calls.clear()
         method(model, x, y, 0)
-        assert calls == [(False, 2 * B), (True, 2 * B), (True, 2 * B)]
+        assert calls == expected
 
     # the joint forward of the accelerator path gives the same logits as separate ones
     groups = [torch.rand(3, 1, 4, 4), torch.rand(5, 1, 4, 4)]

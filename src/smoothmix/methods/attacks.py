@@ -121,6 +121,7 @@ def smoothmix_search(
     num_steps: int,
     step_size: float,
     max_norm: float | None = None,
+    first_grad: Tensor | None = None,
 ) -> list[Tensor]:
     """SmoothMix's unrestricted adversarial search (SPEC §3.6 step 1).
 
@@ -129,12 +130,17 @@ def smoothmix_search(
     ``x`` (the clamp keeps it inside: it moves each pixel towards ``x``'s side of [0, 1]).
     Returns the path ``[x~(0), ..., x~(T)]`` (detached), so ``path[1]`` is the one-step
     adversary and ``path[-1]`` the end point; ``||x~(t) - x|| <= t * step_size``.
+    ``first_grad``: ``dJ/dx`` at ``x~(0) = x`` when the caller already has it (SmoothMix
+    computes it from the forward its natural loss shares), saving the first forward.
     """
     path = [x.detach()]
     with frozen_eval(model) as net:
         x_adv = path[0]
-        for _ in range(num_steps):
-            grad, _ = input_gradient(net, x_adv, y, noise)
+        for step in range(num_steps):
+            if step == 0 and first_grad is not None:
+                grad = first_grad
+            else:
+                grad, _ = input_gradient(net, x_adv, y, noise)
             x_adv = x_adv + step_size * _unit(grad)
             if max_norm is not None:  # project, then clamp: the reference's order
                 x_adv = project_ball(x_adv, x, max_norm)

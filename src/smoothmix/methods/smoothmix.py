@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from smoothmix.methods.attacks import project_ball, smoothmix_search
 from smoothmix.methods.base import (
+    LOG_CLAMP,
     Option,
     StepOutput,
     TrainingMethod,
@@ -22,8 +23,32 @@ from smoothmix.methods.base import (
     noisy_copies,
     non_negative,
     positive,
+    unwrap_ddp,
     warmup_factor,
 )
+from smoothmix.models import Normalize
+from smoothmix.models.lenet import LeNet
+
+# Layers whose forward is the same function in train and eval mode and reads no batch
+# statistics. Exact types only: a subclass may override forward (and read self.training).
+_MODE_FREE_LAYERS: frozenset[type[nn.Module]] = frozenset({
+    nn.Sequential, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.LayerNorm, nn.GroupNorm,
+    Normalize, LeNet,
+})
+
+
+def is_mode_free(model: nn.Module) -> bool:
+    """True when every submodule is a layer known to compute the same function in train
+    and eval mode (no batch norm, no dropout, no unknown module that might read
+    ``self.training``). Unknown modules count as mode-dependent: the answer errs towards
+    the slower, always-correct path."""
+    return all(type(mod) in _MODE_FREE_LAYERS for mod in model.modules())
 
 
 class SmoothMixLoss(TrainingMethod):
@@ -40,6 +65,15 @@ class SmoothMixLoss(TrainingMethod):
 
     The ``x0`` and ``x_mix`` copies (``m B`` rows each) share one backward, and on an
     accelerator one forward too (see :func:`~smoothmix.methods.base.forward_groups`).
+
+    Shared first forward: with ``mix_step=0`` the search's first step and ``L_nat`` both
+    evaluate the model on the ``m`` noisy copies of ``x``. When the search's eval mode
+    changes nothing (:func:`is_mode_free`: no batch norm, dropout or unknown layers) and
+    the model is a plain module (not DDP/compiled, whose train-mode forwards have side
+    effects), ONE train-mode forward serves both: ``dJ/dx`` is taken from it with
+    ``autograd.grad`` (input only, graph kept) and the same logits feed ``L_nat``. The loss
+    and its gradients are those of the two-forward step (tests/test_methods.py checks
+    both against each other); it saves one of the ``T + 2`` forwards per step.
     """
 
     name = "smoothmix"
@@ -65,26 +99,43 @@ class SmoothMixLoss(TrainingMethod):
         """Mixup weights ``lam ~ U[0, 1/2)`` per example (hook for tests)."""
         return torch.rand(x.shape[0], device=x.device, dtype=x.dtype) / 2
 
+    def shares_first_forward(self, model: nn.Module) -> bool:
+        """Whether this step can serve the first search step and ``L_nat`` with one forward
+        (see the class docstring)."""
+        plain = unwrap_ddp(model) is model and not hasattr(model, "_orig_mod")
+        return self.mix_step == 0 and plain and is_mode_free(model)
+
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
         check_batch(x, y)
         m, batch, num_classes = self.num_noise, x.shape[0], self.num_classes
         noise = self._noise(x, m)
         w = warmup_factor(epoch, self.warmup)
-
-        path = smoothmix_search(model, x, y, noise, self.num_steps, self.step_size,
-                                self.max_norm)
-        x0 = x if self.mix_step == 0 else project_ball(path[1], x, w * self.step_size)
-        lam = self._mix_lambda(x)
+        lam = self._mix_lambda(x)  # the search draws no random numbers: same stream order
         lam_x = lam.view(-1, *([1] * (x.dim() - 1)))
-        x_mix = (1 - lam_x) * x0 + lam_x * path[-1]
 
-        logits0, logits_mix = forward_groups(
-            model, [noisy_copies(x0, noise), noisy_copies(x_mix, noise)]
-        )
-        logits0, logits_mix = full_precision(logits0), full_precision(logits_mix)
+        if self.shares_first_forward(model):
+            # One train-mode forward: the search's first input gradient and L_nat.
+            x_leaf = x.detach().requires_grad_(True)
+            logits0 = full_precision(model(noisy_copies(x_leaf, noise)))
+            smoothed = mean_over_copies(logits0.softmax(-1), m)
+            objective = -smoothed.gather(1, y.unsqueeze(1)).clamp_min(LOG_CLAMP).log().sum()
+            (first_grad,) = torch.autograd.grad(objective, x_leaf, retain_graph=True)
+            path = smoothmix_search(model, x, y, noise, self.num_steps, self.step_size,
+                                    self.max_norm, first_grad=first_grad)
+            x_mix = (1 - lam_x) * x + lam_x * path[-1]
+            logits_mix = full_precision(model(noisy_copies(x_mix, noise)))
+        else:
+            path = smoothmix_search(model, x, y, noise, self.num_steps, self.step_size,
+                                    self.max_norm)
+            x0 = x if self.mix_step == 0 else project_ball(path[1], x, w * self.step_size)
+            x_mix = (1 - lam_x) * x0 + lam_x * path[-1]
+            logits0, logits_mix = forward_groups(
+                model, [noisy_copies(x0, noise), noisy_copies(x_mix, noise)]
+            )
+            logits0, logits_mix = full_precision(logits0), full_precision(logits_mix)
+            smoothed = mean_over_copies(logits0.softmax(-1), m)
         y_copies = y.repeat(m)
         loss_nat = F.cross_entropy(logits0, y_copies)
-        smoothed = mean_over_copies(logits0.softmax(-1), m)
         lam_y = lam.to(smoothed.dtype).unsqueeze(1)
         y_mix = (1 - lam_y) * smoothed + lam_y / num_classes
         correct = smoothed.detach().argmax(-1) == y
