@@ -17,7 +17,7 @@ from smoothmix.errors import SmoothmixError
 # Two cheap rows (Gaussian 1 step of 64; Consistency 1 step of 64 x 2 copies), 4 test
 # images, N = 100: a few seconds on one CPU core.
 TINY = ["--methods", "gaussian,consistency", "--epochs", "1", "--train-subset", "64",
-        "--skip", "2500", "--n", "100", "--quiet"]
+        "--skip", "2500", "--n", "100", "--no-progress"]
 
 
 def run(out: Path, *extra: str, experiment: str = "mnist-0.50") -> int:
@@ -158,7 +158,7 @@ def test_published_only_row_and_missing_dataset(tmp_path: Path, capsys, monkeypa
     empty = tmp_path / "nodata"
     empty.mkdir()
     assert main(["reproduce", "cifar10-0.50", "--outdir", str(out), "--data-dir",
-                 str(empty), "--quiet"]) == 2
+                 str(empty), "--no-progress"]) == 2
     err = one_line_error(capsys)
     assert str(empty) in err and "cifar" in err.lower()
     assert not out.exists()

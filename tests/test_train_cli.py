@@ -20,7 +20,7 @@ from smoothmix.training import PRESETS
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ENV.pop("SMOOTHMIX_DATA", None)
 TINY = ["--dataset", "mnist", "--arch", "lenet", "--train-subset", "256", "--test-subset", "64",
-        "--device", "cpu", "--quiet", "--lr-step", "2"]
+        "--device", "cpu", "--no-progress", "--lr-step", "2"]
 
 
 def smoothmix_cmd(*args: str) -> list[str]:
@@ -66,7 +66,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     epoch_at_kill = load_checkpoint(ckpt)["epoch"]
     assert 1 <= epoch_at_kill < 4
 
-    resumed = run_cli("train", "--outdir", str(killed), "--resume", "--quiet")
+    resumed = run_cli("train", "--outdir", str(killed), "--resume", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     full = run_cli("train", *args, "--outdir", str(ref))
     assert full.returncode == 0, full.stderr
@@ -142,7 +142,7 @@ def test_resume_keeps_the_stored_run(tmp_path, capsys):
     out = tmp_path / "x"
     start = ["train", "--preset", "mnist-smoothmix-0.50", "--epochs", "1", "--train-subset",
              "32", "--test-subset", "16", "--num-steps", "1", "--num-noise", "2", "--batch",
-             "32", "--device", "cpu", "--quiet", "--outdir", str(out)]
+             "32", "--device", "cpu", "--no-progress", "--outdir", str(out)]
     assert main(start) == 0, capsys.readouterr().err
     capsys.readouterr()
     stored = load_checkpoint(out / "checkpoint.pth.tar")
@@ -165,10 +165,10 @@ def test_resume_keeps_the_stored_run(tmp_path, capsys):
 
     # Flags equal to the stored values are fine; plain --resume continues the stored run
     # (here: already complete).
-    assert main(["train", "--outdir", str(out), "--resume", "--quiet", "--lr", "0.01"]) == 0
+    assert main(["train", "--outdir", str(out), "--resume", "--no-progress", "--lr", "0.01"]) == 0
     assert "nothing to do" in capsys.readouterr().out
     # A larger --epochs is a deliberate extension, announced, on the stored settings.
-    assert main(["train", "--outdir", str(out), "--resume", "--quiet", "--epochs", "2"]) == 0
+    assert main(["train", "--outdir", str(out), "--resume", "--no-progress", "--epochs", "2"]) == 0
     said = capsys.readouterr().out
     assert f"extending the run in {out} from 1 epoch to 2" in said
     assert "lenet on mnist (32 images)" in said and "2 epochs" in said and "(resume)" in said
@@ -237,7 +237,7 @@ def test_presets_command_lists_every_preset(capsys):
 def test_preset_with_overrides_trains(tmp_path, capsys):
     out = tmp_path / "p"
     code = main(["train", "--preset", "mnist-consistency-0.25", "--epochs", "1", "--lbd", "3",
-                 "--train-subset", "128", "--test-subset", "32", "--quiet", "--device", "cpu",
+                 "--train-subset", "128", "--test-subset", "32", "--no-progress", "--device", "cpu",
                  "--outdir", str(out)])
     assert code == 0, capsys.readouterr().err
     ckpt = load_checkpoint(out / "checkpoint.pth.tar")
@@ -268,7 +268,7 @@ def test_torchrun_two_process_gloo_training_and_resume(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     res = torchrun(*args, "--epochs", "1", "--outdir", str(part))
     assert res.returncode == 0, res.stderr[-3000:]
-    res = torchrun("train", "--epochs", "2", "--outdir", str(part), "--resume", "--quiet",
+    res = torchrun("train", "--epochs", "2", "--outdir", str(part), "--resume", "--no-progress",
                    "--device", "cpu")
     assert res.returncode == 0, res.stderr[-3000:]
 

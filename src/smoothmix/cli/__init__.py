@@ -8,6 +8,7 @@ its parser and sets ``func`` (``args -> int`` exit code). User errors are
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -18,6 +19,19 @@ from smoothmix.errors import SmoothmixError
 # Order here is the order in `smoothmix --help`.
 _COMMAND_MODULES = ("demo", "reproduce", "train", "targets", "presets", "certify", "analyze",
                     "diagnose")
+
+
+# What an interrupted long command keeps and how to continue it (the others just stop).
+_RESUME_HINTS = {
+    "train": "the last finished epoch is kept: rerun it with --resume (`smoothmix train "
+             "--outdir DIR --resume` continues the stored run)",
+    **dict.fromkeys(("certify", "predict", "targets", "demo", "reproduce"),
+                    "finished work is kept: rerun the same command to resume"),
+}
+
+
+# Flags renamed so that one name has one meaning in every command (suggested when used).
+_RENAMED = {"--quiet": "--no-progress", "--max": "--max-images"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,19 +48,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _reject_unknown(parser, args.command, unknown)
     try:
         return int(args.func(args) or 0)
     except SmoothmixError as exc:
         print(f"smoothmix {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"smoothmix {args.command}: interrupted", file=sys.stderr)
+        hint = _RESUME_HINTS.get(args.command)
+        print(f"smoothmix {args.command}: interrupted" + (f"; {hint}" if hint else ""),
+              file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`smoothmix presets | head`); that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _reject_unknown(parser: argparse.ArgumentParser, command: str,
+                    unknown: Sequence[str]) -> None:
+    """Report unknown arguments with the subcommand's usage (not the top-level one, which
+    argparse would print) and the nearest valid flag of that subcommand; exits with 2."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    subparser = sub.choices[command]
+    flags = sorted(subparser._option_string_actions)
+    hints = []
+    for token in unknown:
+        if not token.startswith("-"):
+            continue
+        name = token.split("=", 1)[0]
+        spelled = _RENAMED.get(name, name.replace("_", "-"))
+        near = [spelled] if spelled in flags else difflib.get_close_matches(name, flags, n=1)
+        if near:
+            hints.append(f"{name} -> {near[0]}")
+    hint = f" (did you mean: {', '.join(hints)}?)" if hints else ""
+    subparser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(--num-steps steps of length --step-size on the smoothed soft classifier) and report, "
         "at each path length, the Monte-Carlo means of P(f(x+delta) = y) and "
         "max_{c != y} P(f(x+delta) = c) (the SmoothMix paper's motivating table).",
+        # No abbreviations: `--max` must not quietly mean --max-images here, since
+        # certify's --max means "stop before this index".
+        allow_abbrev=False,
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="model checkpoint")
     p.add_argument("--dataset", required=True,
@@ -30,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="train or test (default test)")
     p.add_argument("--data-dir", help="dataset root (default: $SMOOTHMIX_DATA; MNIST: embedded)")
     p.add_argument("--skip", type=int, default=20, help="use every k-th image (default 20)")
-    p.add_argument("--max", type=int, default=500, dest="max_images",
-                   help="at most this many images (default 500)")
+    p.add_argument("--max-images", type=int, default=500, metavar="COUNT",
+                   help="use at most this many of the selected images (default 500; a "
+                   "count, unlike certify's --max, which is a dataset index)")
     p.add_argument("--step-size", type=float, default=1.0,
                    help="length of one search step, L2 in [0,1] pixel units (default 1.0)")
     p.add_argument("--num-steps", type=int, default=5,
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothmix.diagnostics import format_rows, overconfidence
 
     require(args.skip >= 1, f"--skip must be >= 1, got {args.skip}")
-    require(args.max_images >= 1, f"--max must be >= 1, got {args.max_images}")
+    require(args.max_images >= 1, f"--max-images must be >= 1, got {args.max_images}")
     device = resolve_device(args.device)
     model, ckpt = load_model(args.checkpoint, device=device, normalization=args.normalization)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)

@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--data-dir", help="dataset root (default: $SMOOTHMIX_DATA; MNIST falls "
                    "back to the copy embedded in the package)")
     e.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA if available)")
-    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         reproduce(args.experiment, args.outdir or f"runs/reproduce-{args.experiment}",
                   methods=methods, budget=budget, data_dir=args.data_dir, device=args.device,
-                  progress=not args.quiet)
+                  progress=not args.no_progress)
     finally:
         distributed.cleanup()
     return 0

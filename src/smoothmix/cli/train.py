@@ -133,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "GPU tensor cores want)")
     d_g.add_argument("--compile", action="store_true",
                      help="torch.compile the model (slow first epoch, faster afterwards)")
-    d_g.add_argument("--quiet", action="store_true",
+    d_g.add_argument("--no-progress", action="store_true",
                      help="no progress bar (per-epoch lines and files are still written)")
     p.set_defaults(func=run)
 
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
             momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
             device=args.device, amp=args.amp, compile=args.compile,
-            channels_last=args.channels_last, workers=args.workers, progress=not args.quiet,
+            channels_last=args.channels_last, workers=args.workers, progress=not args.no_progress,
         )
     finally:
         distributed.cleanup()

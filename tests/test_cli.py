@@ -1,0 +1,114 @@
+"""The `smoothmix` shell itself: usage of the failing subcommand, flag suggestions, one
+meaning per flag name, interrupted runs, help texts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from smoothmix.cli import build_parser, main
+
+
+def usage_error(capsys, argv: list[str]) -> tuple[str, str]:
+    """(usage block, error line) of an argparse error; it exits with 2."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    *usage, last = err.strip().splitlines()
+    return "\n".join(usage), last
+
+
+@pytest.mark.parametrize("argv, command, wrong, right", [
+    (["train", "--outdir", "o", "--num_noise", "4"], "train", "--num_noise", "--num-noise"),
+    (["certify", "c", "--dataset", "mnist", "--sigma", "0.5", "--out", "o", "--alhpa", "0.1"],
+     "certify", "--alhpa", "--alpha"),
+    (["analyze", "f.tsv", "--stirct"], "analyze", "--stirct", "--strict"),
+    (["train", "--outdir", "o", "--quiet"], "train", "--quiet", "--no-progress"),
+    (["diagnose", "c", "--dataset", "mnist", "--sigma", "0.5", "--max", "5"], "diagnose",
+     "--max", "--max-images"),
+])
+def test_unknown_flag_shows_the_subcommands_usage_and_the_nearest_flag(capsys, argv, command,
+                                                                      wrong, right):
+    usage, line = usage_error(capsys, argv)
+    assert usage.startswith(f"usage: smoothmix {command} ")  # not the top-level usage
+    assert line.startswith(f"smoothmix {command}: error: unrecognized arguments: {wrong}")
+    assert line.endswith(f"(did you mean: {wrong} -> {right}?)")
+
+
+def test_other_argparse_errors_show_the_subcommands_usage(capsys):
+    usage, line = usage_error(capsys, ["certify", "c", "--dataset", "mnist", "--sigma", "x",
+                                       "--out", "o"])
+    assert usage.startswith("usage: smoothmix certify ")
+    assert line == "smoothmix certify: error: argument --sigma: invalid float value: 'x'"
+    usage, line = usage_error(capsys, ["analyze", "f.tsv", "--nothing-like-it"])
+    assert line == "smoothmix analyze: error: unrecognized arguments: --nothing-like-it"
+
+
+def subparsers():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return action.choices
+
+
+def test_help_texts_have_no_format_escapes_or_bad_plurals():
+    for name, sub in subparsers().items():
+        text = sub.format_help()
+        assert "%%" not in text and "%(" not in text, name
+        assert not re.search(r"\b1 epochs\b", text), name
+    assert "%%" not in build_parser().format_help()
+
+
+def test_one_meaning_per_flag_name():
+    """--max is an index bound wherever it exists (diagnose counts with --max-images and
+    takes no abbreviation of it), and the progress switch has one spelling."""
+    commands = subparsers()
+    for name, sub in commands.items():
+        flags = sub._option_string_actions
+        assert "--quiet" not in flags, name
+        if "--max" in flags:
+            assert flags["--max"].dest == "max_idx", name
+    assert {"--no-progress"} <= set(commands["train"]._option_string_actions)
+    diagnose = commands["diagnose"]
+    assert diagnose.parse_args(["c", "--dataset", "mnist", "--sigma", "1", "--max-images",
+                                "3"]).max_images == 3
+
+
+@pytest.mark.parametrize("command, argv, hint", [
+    ("certify", ["certify", "c", "--dataset", "mnist", "--sigma", "0.5", "--out", "o"],
+     "interrupted; finished work is kept: rerun the same command to resume"),
+    ("train", ["train", "--outdir", "o"],
+     "interrupted; the last finished epoch is kept: rerun it with --resume"),
+    ("analyze", ["analyze", "f.tsv"], "interrupted"),
+])
+def test_interrupted_says_how_to_resume(capsys, monkeypatch, command, argv, hint):
+    import importlib
+
+    def stop(args):
+        raise KeyboardInterrupt
+
+    module = importlib.import_module(f"smoothmix.cli.{command}")
+    func = {"certify": "run_certify"}.get(command, "run")
+    monkeypatch.setattr(module, func, stop)
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"smoothmix {command}: {hint}")
+    if command == "analyze":
+        assert err == "smoothmix analyze: interrupted"  # nothing to resume
+
+
+def test_diagnose_counts_images_with_max_images(tmp_path, capsys):
+    from smoothmix.checkpoint import save_checkpoint
+    from smoothmix.models import create_model
+
+    save_checkpoint(tmp_path / "c.pth", {"arch": "lenet", "num_classes": 10,
+                                         "state_dict": create_model("lenet").state_dict()})
+    out = tmp_path / "d.csv"
+    assert main(["diagnose", str(tmp_path / "c.pth"), "--dataset", "mnist", "--sigma", "0.5",
+                 "--max-images", "3", "--skip", "7", "--num-steps", "1", "--num-noise", "1",
+                 "--n", "8", "--device", "cpu", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("3 images of mnist/test")
+    assert main(["diagnose", str(tmp_path / "c.pth"), "--dataset", "mnist", "--sigma", "0.5",
+                 "--max-images", "0"]) == 2
+    assert "--max-images must be >= 1" in capsys.readouterr().err
