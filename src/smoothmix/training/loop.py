@@ -1,7 +1,9 @@
 """The training loop: one loop for every method, one CPU to many GPUs.
 
 :func:`fit` knows nothing about any training method: each step it calls
-``method(model, x, y, epoch)`` and back-propagates the returned loss. Around that it owns
+``method(model, x, y, epoch, **side)`` and back-propagates the returned loss (``side``: the
+batch's rows of the per-example data the method declares in ``side_data``, which the data
+layer looks up by dataset index; empty for most methods). Around that it owns
 the optimiser (SGD + step schedule), the per-epoch log (CSV + TensorBoard), the noisy test
 accuracy, the progress bar, the atomic per-epoch checkpoint and exact resume, and the
 torchrun/DistributedDataParallel plumbing.
@@ -42,6 +44,7 @@ from smoothmix.checkpoint import (
 )
 from smoothmix.device import resolve_device
 from smoothmix.errors import SmoothmixError, first_line, require
+from smoothmix.methods.base import method_side_data
 
 LOG_NAME = "log.csv"
 
@@ -388,10 +391,12 @@ def fit(
     ``model`` is any ``nn.Module`` mapping [0, 1] images to logits (normalisation as its first
     layer, like :func:`smoothmix.models.create_model`); ``method`` is any callable
     ``method(model, x, y, epoch) -> StepOutput`` (see :mod:`smoothmix.methods`); the datasets
-    yield ``(image, label)``. ``sigma`` (default ``method.sigma``) is the noise level of the
-    noisy test accuracy. ``metadata`` is stored in the checkpoint: ``arch``,
-    ``normalization``, ``num_classes``, ``method``, ``method_options`` and any other plain
-    values (they also take part in the resume compatibility check).
+    yield ``(image, label)``. A method that declares ``side_data`` names also gets those rows
+    as keyword arguments, from the tables attached to ``train_set``
+    (:func:`smoothmix.data.loaders.attach_side_data`). ``sigma`` (default ``method.sigma``)
+    is the noise level of the noisy test accuracy. ``metadata`` is stored in the checkpoint:
+    ``arch``, ``normalization``, ``num_classes``, ``method``, ``method_options`` and any
+    other plain values (they also take part in the resume compatibility check).
 
     Writes ``outdir/checkpoint.pth.tar`` (atomically, every epoch), ``outdir/log.csv`` and
     TensorBoard events. A non-empty ``outdir`` is refused unless ``resume``; with ``resume``
@@ -511,7 +516,8 @@ def _set_up(model: nn.Module, method: Any, train_set: Any, test_set: Any | None,
         train_model = torch.compile(train_model)
 
     train_loader = make_loader(train_set, per_rank_batch, device, train=True, seed=config.seed,
-                               rank=rank, world_size=world, workers=config.workers)
+                               rank=rank, world_size=world, workers=config.workers,
+                               side=method_side_data(method))
     steps_per_epoch = len(train_loader)
     require(steps_per_epoch > 0, "the training set yields no batch: it is empty or smaller "
             "than one batch per process")
@@ -569,13 +575,14 @@ def _train_epoch(run: _Run, method: Any, epoch: int, bar: Any) -> dict[str, Any]
     keys: list[str] | None = None
     sums: torch.Tensor | None = None
     count = 0
-    for step, (x, y) in enumerate(run.train_loader):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
+    for step, batch in enumerate(run.train_loader):
+        x = batch[0].to(device, non_blocking=True)
+        y = batch[1].to(device, non_blocking=True)
+        side = batch[2] if len(batch) > 2 else {}  # already on the device
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with run.amp_ctx():
-            out = method(run.train_model, x, y, epoch)
+            out = method(run.train_model, x, y, epoch, **side)
         run.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         run.optimizer.step()
