@@ -114,6 +114,7 @@ def test_markdown_table_marks_best_per_column_including_ties(files):
     assert lines[3] == "| better | ? | ? | ? | 5 | **0.816** | **100.00** | **40.00** |"
     tie = format_table([ref, ref], [0.0], "markdown")
     assert tie.count("**60.00**") == 2
+    assert "**" not in format_table([ref], [0.0], "markdown")  # one file: nothing to compare
 
 
 def test_latex_and_csv_tables(files):

@@ -295,7 +295,7 @@ def format_table(
     bold = r"\textbf{%s}" if latex else "**%s**"
     for group in set(comparison.groups):
         members = [i for i, g in enumerate(comparison.groups) if g == group]
-        if len(members) < 2 and comparison.num_groups > 1:
+        if len(members) < 2:
             continue  # nothing to compare it with
         for col in range(len(cells[0])):
             live = [i for i in members if col == 0 or not beyond[i][col - 1]]
