@@ -297,3 +297,36 @@ def test_a_file_built_for_the_first_images_serves_subsets_of_them(tmp_path):
         soft_targets_for(t.path, data, "halfspace")
     full = load_targets(build(data, tmp_path / "full.npz")).counts
     assert np.array_equal(t.counts[:4], full[:4])  # rows do not depend on the range
+
+
+def test_reproduce_runs_the_catrs_prerequisites_first(tmp_path, monkeypatch, capsys):
+    # The plan only (the stages themselves are tested above and in test_reproduce): teacher
+    # Gaussian sigma = 0.25 under the same budget -> its targets on the budget's images ->
+    # CAT-RS trained on them.
+    import smoothmix.certification
+    import smoothmix.checkpoint
+    import smoothmix.reproduce as rep
+    import smoothmix.training
+
+    calls = []
+    monkeypatch.setattr(smoothmix.training, "train", lambda outdir, **kw: calls.append(
+        ("train", outdir.name, kw["preset"], kw.get("targets"), kw.get("train_subset"),
+         kw.get("epochs"))))
+    monkeypatch.setattr(targets_module, "targets_from_checkpoint", lambda ckpt, name, out, **kw:
+                        calls.append(("targets", ckpt.parent.name, name, out.name, kw["sigma"],
+                                      kw["n"], kw["max_idx"])) or out)
+    monkeypatch.setattr(smoothmix.checkpoint, "load_model", lambda *a, **k: (None, {}))
+    monkeypatch.setattr(smoothmix.checkpoint, "file_sha256", lambda path: "0" * 64)
+    monkeypatch.setattr(smoothmix.certification, "certify_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(rep, "write_report", lambda *a, **k: {"table": ""})
+    budget = rep.Budget(epochs=1, train_subset=64, n=100, skip=5000)
+    rep.reproduce("mnist-0.25", tmp_path / "r", methods=["catrs"], budget=budget,
+                  progress=False)
+    targets_path = tmp_path / "r" / rep.TARGETS_NAME
+    assert calls == [
+        ("train", rep.TEACHER_DIR, "mnist-gaussian-0.25", None, 64, 1),
+        ("targets", rep.TEACHER_DIR, "mnist", rep.TARGETS_NAME, 0.25, 100, 64),
+        ("train", "catrs", "mnist-catrs-0.25", targets_path, 64, 1),
+    ]
+    printed = capsys.readouterr().out
+    assert "[2/5] CAT-RS soft targets: N=100 votes (reference 10,000)" in printed
