@@ -71,6 +71,19 @@ def read_log(outdir):
 # ---------------------------------------------------------------- the loop
 
 
+def test_fit_reports_progress_lines_in_logs(tmp_path, capsys, monkeypatch):
+    # Output that is not a terminal gets plain progress lines (here one per step).
+    from smoothmix import progress
+
+    monkeypatch.setattr(progress, "INTERVAL_S", 0.0)
+    run_fit(tmp_path / "p", epochs=2, progress=True)  # 80 images / 16 = 5 steps an epoch
+    err = capsys.readouterr().err
+    assert "train p: 0/10 step (0%), ETA unknown" in err
+    assert "epoch 1/2: 5/10 step (50%)" in err and "epoch 2/2: 10/10 step (100%)" in err
+    run_fit(tmp_path / "p", epochs=3, resume=True, progress=True)
+    assert "train p: 10/15 step (67%), ETA unknown" in capsys.readouterr().err
+
+
 def test_fit_learns_and_writes_log_checkpoint_tensorboard(tmp_path):
     path = run_fit(tmp_path / "a", epochs=4, lr=0.5, lr_step=3)
     ckpt = load_checkpoint(path)

@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from smoothmix import __version__
 from smoothmix.core import Smooth, check_certify_args, check_predict_args, module_device
 from smoothmix.distributed import distributed_env
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.progress import Progress
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "certify": ("idx", "label", "predict", "radius", "correct", "time", "samples", "status"),
@@ -267,9 +267,8 @@ def _run(
 
     columns = _header(target) if done else COLUMNS[kind]  # an older file keeps its format
     todo = [idx for idx in expected if idx not in done]
-    bar = tqdm(total=len(expected), initial=len(expected) - len(todo), unit="img",
-               desc=f"{kind} {target.name}", disable=not progress or (auto and rank != 0),
-               dynamic_ncols=True)
+    bar = Progress(len(expected), initial=len(expected) - len(todo), unit="img",
+                   desc=f"{kind} {target.name}", disable=not progress or (auto and rank != 0))
     with open(target, "a", encoding="utf-8") as fh, bar:
         for idx in todo:
             x, label = dataset[idx]

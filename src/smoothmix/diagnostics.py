@@ -18,6 +18,7 @@ from torch import nn
 
 from smoothmix.errors import require
 from smoothmix.methods.attacks import smoothmix_search
+from smoothmix.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,14 @@ def overconfidence(
     num_noise: int = 4,
     n: int = 1000,
     batch_size: int = 50,
+    progress: bool = True,
 ) -> list[ConfidenceRow]:
     """SPEC §3.7 rows for path lengths 0, step_size, ..., num_steps * step_size.
 
     ``images`` (N x C x H x W in [0, 1]) and ``labels`` live on the model's device; the
     search uses ``num_noise`` draws per image (as in training) and the reported
-    probabilities ``n`` fresh draws per point.
+    probabilities ``n`` fresh draws per point. ``progress``: a bar on terminals, a line at
+    least once a minute in logs.
     """
     require(sigma > 0, f"sigma must be > 0, got {sigma}")
     require(step_size > 0, f"step size must be > 0, got {step_size}")
@@ -73,6 +76,7 @@ def overconfidence(
             f"{tuple(labels.shape)}")
     model.eval()
     sums = torch.zeros(num_steps + 1, 3, dtype=torch.float64)
+    bar = Progress(len(images), unit="img", desc="diagnose", disable=not progress)
     for start in range(0, len(images), batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         noise = sigma * torch.randn((num_noise, *x.shape), device=x.device, dtype=x.dtype)
@@ -83,6 +87,8 @@ def overconfidence(
             other = probs.scatter(1, y.unsqueeze(1), -1.0).max(1).values
             dist = (x_t - x).flatten(1).norm(dim=1)
             sums[t] += torch.stack([dist.sum(), true.sum(), other.sum()]).double().cpu()
+        bar.update(len(x))
+    bar.close()
     means = (sums / len(images)).tolist()
     return [ConfidenceRow(t * step_size, d, p, q) for t, (d, p, q) in enumerate(means)]
 

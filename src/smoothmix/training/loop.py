@@ -45,6 +45,7 @@ from smoothmix.checkpoint import (
 from smoothmix.device import resolve_device
 from smoothmix.errors import SmoothmixError, first_line, require
 from smoothmix.methods.base import method_side_data
+from smoothmix.progress import Progress
 
 LOG_NAME = "log.csv"
 
@@ -417,12 +418,10 @@ def fit(
               flush=True)
     bar = None
     if run.main and config.progress and run.start_epoch < config.epochs:
-        from tqdm.auto import tqdm
-
-        # disable=None: a bar on terminals only, so batch-job logs get the epoch lines alone.
-        bar = tqdm(total=config.epochs * run.steps_per_epoch,
-                   initial=run.start_epoch * run.steps_per_epoch,
-                   unit="step", dynamic_ncols=True, disable=None)
+        # A bar on terminals; in a log file a progress line at least once a minute.
+        bar = Progress(config.epochs * run.steps_per_epoch,
+                       initial=run.start_epoch * run.steps_per_epoch, unit="step",
+                       desc=f"train {run.outdir.name}")
     try:
         for epoch in range(run.start_epoch, config.epochs):
             t0 = time.time()

@@ -1,0 +1,341 @@
+"""Decisions "robust at radius r" with far fewer samples than CERTIFY (SPEC 2.1).
+
+For an image x, a class c and radii r_1..r_k, let p0_j = Phi(r_j / sigma). The smoothed
+classifier is robust at r_j (returns c on the whole ball) when p_c > p0_j. Each procedure
+here draws noise samples in segments, looks at the votes for c after each segment, and
+claims "certified at r_j" only when a test at level alpha rejects p_c <= p0_j; it gives up on
+r_j ("not-certified") when the opposite test rejects at level ``beta`` (that only removes
+claims, so beta affects power, never soundness), and stops at the sample cap ("undecided",
+which counts as not certified). Soundness is per image: P(any false claim) <= alpha.
+
+* ``kt`` - the betting confidence sequence with the Krichevsky-Trofimov (Beta(1/2, 1/2))
+  mixture: claim r_j once A >= p0_j N and log KT(A, N) - A log p0_j - (N - A) log(1 - p0_j)
+  >= log(1/alpha). By Ville's inequality the mixture likelihood ratio exceeds 1/alpha at some
+  time with probability <= alpha, so it may be checked at any look, however chosen.
+* ``union`` - a union bound over checkpoints N_t (every integer to 28, then x1.1): at N_t
+  claim r_j if P_{p0_j}(Bin(N_t, p0_j) >= A_{N_t}) <= alpha_t, alpha_t = 5 alpha/((t+4)(t+5)),
+  whose sum over t >= 1 is alpha. Every checkpoint inside a segment is evaluated, from the
+  per-sample votes.
+* ``staged`` - Horvath et al. (2022): stages of n_1 < n_2 < n_3 fresh samples (1 : 10 : 100
+  of the cap), each a Clopper-Pearson test at level alpha/3 on that stage's samples alone.
+
+One sequence serves every radius at level alpha: each statistic is monotone in p0 (a larger
+p0 is harder to reject), so a false claim at any radius implies that the true p_c itself was
+rejected at some look, an event of probability <= alpha.
+
+The class c is the label (evaluation) or the argmax of ``n0`` separate selection samples
+(deployment); c is then independent of every test sample, so selection costs no alpha.
+
+:func:`run_pool` drives many images through shared forward batches: a pool of unfinished
+images is refilled so that every batch is full. Each image draws its noise from its own
+generator in blocks of a fixed number of rows (leftover rows wait for its next piece), and
+looks where its own procedure says, so its stream and decisions do not depend on how its
+samples were split between batches or which images shared them: a resumed run, or one
+with another batch size, gives the same rows (on the same kind of device).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.special import gammaln
+from scipy.stats import beta as beta_dist
+from scipy.stats import binom, norm
+from torch import nn
+
+from smoothmix.core import module_device
+from smoothmix.errors import require
+
+SEQUENCES = ("kt", "union", "staged")
+CERTIFIED, NOT_CERTIFIED, UNDECIDED = "certified", "not-certified", "undecided"
+DECISIONS = (CERTIFIED, NOT_CERTIFIED, UNDECIDED)
+
+# Looks of kt and union come after 16 samples, then every x1.25: early enough that a
+# confident image (p ~ 1) is decided at r = sigma after ~60 samples (SPEC 2.1), few enough
+# that the per-look cost stays small. kt may look anywhere; union evaluates its own
+# checkpoints inside each segment, so the look schedule costs it nothing either.
+_FIRST_LOOK = 16
+_GROWTH = 1.25
+_STAGE_WEIGHTS = (1, 10, 100)
+_NOISE_BLOCK = 16  # rows per draw from an image's generator
+
+
+def null_probabilities(radii: Sequence[float], sigma: float) -> np.ndarray:
+    """p0 = Phi(r / sigma) for each radius: robust at r means p_c > p0."""
+    return norm.cdf(np.asarray(radii, dtype=float) / sigma)
+
+
+def kt_log_evidence(a: int, n: int, p0: np.ndarray) -> np.ndarray:
+    """log of the KT mixture likelihood ratio against Bin(n, p0) after a successes in n:
+    log KT(a, n) - a log p0 - (n - a) log(1 - p0), with KT(a, n) = G(a + 1/2) G(n - a + 1/2)
+    / (pi G(n + 1)) (G = Gamma), the Beta(1/2, 1/2) mixture probability of the sequence."""
+    log_kt = gammaln(a + 0.5) + gammaln(n - a + 0.5) - math.log(math.pi) - gammaln(n + 1)
+    return log_kt - a * np.log(p0) - (n - a) * np.log1p(-p0)
+
+
+def union_checkpoints(cap: int) -> list[int]:
+    """The union-bound checkpoints N_1 < N_2 < ... up to ``cap``: every integer to 28, then
+    x1.1 (rounded up), and ``cap`` itself as the last (a fixed schedule, so still valid)."""
+    points, n = [], 1
+    while n < cap:
+        points.append(n)
+        n = n + 1 if n < 28 else math.ceil(n * 1.1)
+    return [*points, cap]
+
+
+def union_alpha(t: int, alpha: float) -> float:
+    """alpha_t = 5 alpha / ((t + 4)(t + 5)) for checkpoint t = 1, 2, ...: sums to alpha."""
+    return 5.0 * alpha / ((t + 4) * (t + 5))
+
+
+def stage_sizes(cap: int) -> list[int]:
+    """Stage sizes 1 : 10 : 100 whose sum is at most ``cap`` (all of it in the last)."""
+    total = sum(_STAGE_WEIGHTS)
+    first = [max(1, cap * w // total) for w in _STAGE_WEIGHTS[:-1]]
+    return [*first, cap - sum(first)]
+
+
+@dataclass
+class Procedure(abc.ABC):
+    """Decisions at every radius for one image: feed it the predictions it asks for.
+
+    ``cls`` is the class tested (None: select it from the first ``n0`` predictions).
+    ``decisions[j]`` and ``samples[j]`` hold radius j's decision and the samples drawn for
+    the image (selection included) when it was taken.
+    """
+
+    p0: np.ndarray
+    alpha: float
+    beta: float
+    cap: int
+    cls: int | None = None
+    n0: int = 0
+    drawn: int = 0  # all predictions fed, selection included
+    n: int = 0  # test samples (for cls) so far
+    a: int = 0  # of which voted cls
+    decisions: list[str] = field(default_factory=list)
+    samples: list[int] = field(default_factory=list)
+    _selection: list[np.ndarray] = field(default_factory=list)
+    _target: int = 0  # test-sample count of the next look
+    _segment_start: int = 0  # test-sample count when the current segment began
+
+    def __post_init__(self) -> None:
+        self.decisions = [UNDECIDED] * len(self.p0)
+        self.samples = [0] * len(self.p0)
+        self._target = self._next_look(0)
+
+    @property
+    def selecting(self) -> bool:
+        return self.cls is None
+
+    @property
+    def done(self) -> bool:
+        return not self.selecting and (self.n >= self.cap or UNDECIDED not in self.decisions)
+
+    def want(self) -> int:
+        """Predictions to draw before the next look (0 when done)."""
+        if self.selecting:
+            return self.n0 - self.drawn
+        return 0 if self.done else self._target - self.n
+
+    def feed(self, preds: np.ndarray, num_classes: int) -> None:
+        """Take the next ``want()`` predictions (or part of them, in order) and look."""
+        require(0 < len(preds) <= self.want(), "fed more predictions than asked for")
+        self.drawn += len(preds)
+        if self.selecting:
+            self._selection.append(preds)
+            if self.drawn == self.n0:
+                votes = np.bincount(np.concatenate(self._selection), minlength=num_classes)
+                self.cls = int(votes.argmax())
+            return
+        if self.n == self._segment_start:
+            self._segment_hits: list[np.ndarray] = []
+        hits = preds == self.cls
+        self._segment_hits.append(hits)
+        self.n += len(preds)
+        self.a += int(hits.sum())
+        if self.n == self._target:  # a look: the segment is complete
+            self._look(np.concatenate(self._segment_hits), self._segment_start)
+            self._segment_start, self._target = self.n, self._next_look(self.n)
+        if self.n >= self.cap:
+            self.samples = [s if d != UNDECIDED else self.drawn
+                            for d, s in zip(self.decisions, self.samples, strict=True)]
+
+    def _decide(self, claim: np.ndarray, give_up: np.ndarray) -> None:
+        for j in range(len(self.p0)):
+            if self.decisions[j] == UNDECIDED and (claim[j] or give_up[j]):
+                self.decisions[j] = CERTIFIED if claim[j] else NOT_CERTIFIED
+                self.samples[j] = self.drawn
+
+    def _next_look(self, n: int) -> int:
+        """The test-sample count of the look that follows one at ``n`` samples."""
+        return min(self.cap, max(n + 1, _FIRST_LOOK, math.ceil(n * _GROWTH)))
+
+    @abc.abstractmethod
+    def _look(self, hits: np.ndarray, start_n: int) -> None:
+        """Decide what the votes so far allow; ``hits`` are the segment's votes for cls,
+        which began after ``start_n`` test samples."""
+
+
+class KTProcedure(Procedure):
+    def _look(self, hits: np.ndarray, start_n: int) -> None:
+        evidence = kt_log_evidence(self.a, self.n, self.p0)
+        above = self.a >= self.p0 * self.n
+        # The same mixture against p0 from the other side (KT is symmetric) gives up.
+        self._decide(above & (evidence >= math.log(1 / self.alpha)),
+                     ~above & (evidence >= math.log(1 / self.beta)))
+
+
+class UnionProcedure(Procedure):
+    def _look(self, hits: np.ndarray, start_n: int) -> None:
+        points = np.asarray(union_checkpoints(self.cap))
+        inside = np.flatnonzero((points > start_n) & (points <= self.n))
+        if not len(inside):
+            return
+        n_t = points[inside][:, None]
+        t = inside[:, None] + 1  # checkpoints are numbered from 1
+        a_t = (self.a - int(hits.sum()) + np.cumsum(hits))[n_t - start_n - 1]
+        p0 = self.p0[None, :]
+        # Every checkpoint of the segment against every radius at once; the first that
+        # decides a radius is the one a sample-by-sample run would have stopped at.
+        claim = binom.sf(a_t - 1, n_t, p0) <= union_alpha(t, self.alpha)
+        give_up = binom.cdf(a_t, n_t, p0) <= union_alpha(t, self.beta)
+        decided = claim | give_up
+        first = decided.argmax(axis=0)
+        cols = np.arange(len(self.p0))
+        any_decided = decided.any(axis=0)
+        self._decide(any_decided & claim[first, cols], any_decided & give_up[first, cols]
+                     & ~claim[first, cols])
+
+
+class StagedProcedure(Procedure):
+    """Stages of fresh samples for the one class (selected once, on separate samples:
+    it is then independent of every stage, which is all the stage tests need)."""
+
+    def _stage_ends(self) -> list[int]:
+        return list(np.cumsum(stage_sizes(self.cap)))
+
+    def _next_look(self, n: int) -> int:
+        return next((end for end in self._stage_ends() if end > n), self.cap)
+
+    def _look(self, hits: np.ndarray, start_n: int) -> None:
+        # The segment is exactly one stage: its votes alone are the stage's test.
+        size, a = len(hits), int(hits.sum())
+        level = self.alpha / len(_STAGE_WEIGHTS)
+        lower = 0.0 if a == 0 else beta_dist.ppf(level, a, size - a + 1)
+        upper = 1.0 if a == size else beta_dist.ppf(1 - self.beta, a + 1, size - a)
+        self._decide(lower >= self.p0, upper < self.p0)
+
+
+PROCEDURES: dict[str, type[Procedure]] = {
+    "kt": KTProcedure,
+    "union": UnionProcedure,
+    "staged": StagedProcedure,
+}
+
+
+def make_procedure(sequence: str, radii: Sequence[float], sigma: float, alpha: float,
+                   cap: int, cls: int | None, n0: int, beta: float | None = None) -> Procedure:
+    """A fresh procedure for one image (``cls=None``: select the class on ``n0`` samples).
+    ``beta`` is the give-up level (power only); default ``alpha``."""
+    require(sequence in PROCEDURES, f"unknown sequence {sequence!r}; choose one of "
+            f"{', '.join(SEQUENCES)}")
+    return PROCEDURES[sequence](null_probabilities(radii, sigma), alpha,
+                                alpha if beta is None else beta, cap, cls, n0)
+
+
+@dataclass
+class PoolItem:
+    """One image in the pool: ``key`` is returned to the caller when it is done."""
+
+    key: object
+    x: torch.Tensor
+    generator: torch.Generator
+    procedure: Procedure
+    spare: torch.Tensor | None = None  # noise rows drawn but not used yet
+
+    def noise(self, rows: int, sigma: float, device: torch.device) -> torch.Tensor:
+        """The image's next ``rows`` noisy copies: its stream, drawn in fixed blocks, is the
+        same however the rows are split between batches."""
+        x = self.x.to(device)
+        parts, have = [], 0
+        if self.spare is not None:
+            parts.append(self.spare[:rows])
+            have = len(parts[0])
+            self.spare = self.spare[rows:] if len(self.spare) > rows else None
+        if have < rows:
+            blocks = math.ceil((rows - have) / _NOISE_BLOCK)
+            drawn = torch.cat([torch.randn((_NOISE_BLOCK, *x.shape), generator=self.generator,
+                                           device=device, dtype=x.dtype)
+                               for _ in range(blocks)])
+            parts.append(drawn[: rows - have])
+            if len(drawn) > rows - have:
+                self.spare = drawn[rows - have:]
+        return torch.cat(parts).mul_(sigma).add_(x)
+
+
+def run_pool(
+    model: nn.Module,
+    items: Iterable[PoolItem],
+    sigma: float,
+    num_classes: int,
+    batch_size: int,
+    on_done: Callable[[PoolItem], None],
+) -> None:
+    """Run every item's procedure to the end, sharing forward batches of ``batch_size``.
+
+    A batch takes from each image in the pool, in order, what it wants before its next
+    look (as much as fits; the rest goes in the next batch), and new images join the pool
+    while the batch has room: every batch is full until the last images run out.
+    ``on_done`` is called for each image as soon as it is decided.
+    """
+    device = module_device(model, torch.device("cpu"))
+    pending: Iterator[PoolItem] = iter(items)
+    pool: list[PoolItem] = []
+    exhausted = False
+    was_training = model.training
+    model.eval()
+    try:
+        while True:
+            pieces: list[tuple[PoolItem, int]] = []
+            room = batch_size
+            for item in pool:
+                if room == 0:
+                    break
+                piece = min(item.procedure.want(), room)
+                pieces.append((item, piece))
+                room -= piece
+            while room > 0 and not exhausted:
+                item = next(pending, None)
+                if item is None:
+                    exhausted = True
+                    break
+                pool.append(item)
+                piece = min(item.procedure.want(), room)
+                pieces.append((item, piece))
+                room -= piece
+            if not pieces:
+                break
+            preds = _forward(model, pieces, sigma, device)
+            offset = 0
+            for item, piece in pieces:
+                item.procedure.feed(preds[offset: offset + piece], num_classes)
+                offset += piece
+            for item in [it for it, _ in pieces if it.procedure.done]:
+                pool.remove(item)
+                on_done(item)
+    finally:
+        model.train(was_training)
+
+
+def _forward(model: nn.Module, pieces: list[tuple[PoolItem, int]], sigma: float,
+             device: torch.device) -> np.ndarray:
+    """Top-1 predictions of one batch made of each image's next noisy copies."""
+    with torch.inference_mode():
+        batch = torch.cat([item.noise(piece, sigma, device) for item, piece in pieces])
+        return model(batch).argmax(1).cpu().numpy()

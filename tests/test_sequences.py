@@ -1,0 +1,216 @@
+"""Decisions at given radii with confidence sequences (SPEC 2.1): soundness against models
+with a known answer, run through ``decide_dataset`` exactly as ``smoothmix certify
+--radius`` runs them (pool, shared batches, looks, stopping)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate
+from scipy.stats import beta as beta_dist
+from scipy.stats import norm
+from torch import nn
+
+import smoothmix.sequences as seq
+from smoothmix.certification import decide_dataset
+from smoothmix.errors import SmoothmixError
+
+SIGMA = 1.0
+
+
+class Bernoulli(nn.Module):
+    """Votes class 1 with probability p under the noise (images x = 0): the class is
+    1[Phi(first noisy pixel / sigma) < p], a deterministic function of each image's stream."""
+
+    def __init__(self, p: float, sigma: float = SIGMA) -> None:
+        super().__init__()
+        self.p, self.sigma = p, sigma
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(x))
+        u = torch.special.ndtr(x.flatten(1)[:, 0] / self.sigma)
+        return nn.functional.one_hot((u < self.p).long(), 2).float()
+
+
+class Zeros:
+    """``size`` images x = 0 of shape 1x1x2, all labelled ``label``."""
+
+    num_classes = 2
+
+    def __init__(self, size: int, label: int = 1) -> None:
+        self.size, self.label = size, label
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.zeros(1, 1, 2), self.label
+
+
+def read(path) -> list[list[str]]:
+    lines = path.read_text().splitlines()
+    assert lines[0] == "idx\tlabel\tpredict\tradius\tdecision\tcorrect\tsamples\ttime"
+    return [line.split("\t")[:-1] for line in lines[1:]]  # without time
+
+
+def claims(path, radius: float) -> np.ndarray:
+    return np.array([r[4] == "certified" for r in read(path) if float(r[3]) == radius])
+
+
+def tolerance(alpha: float, trials: int) -> float:
+    """alpha plus 3 binomial standard deviations: a sound procedure stays below it."""
+    return alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials)
+
+
+# ----------------------------------------------------------------- the statistics
+
+
+@pytest.mark.parametrize("a, n, p0", [(0, 1, 0.5), (7, 10, 0.6), (60, 60, 0.84), (3, 40, 0.2)])
+def test_kt_evidence_is_the_beta_half_mixture_likelihood_ratio(a, n, p0):
+    # Ground truth: integrate p^a (1-p)^(n-a) against the Beta(1/2, 1/2) density.
+    mixture, _ = integrate.quad(lambda p: p**a * (1 - p) ** (n - a) * beta_dist.pdf(p, .5, .5),
+                                0, 1, limit=200)
+    expected = math.log(mixture) - a * math.log(p0) - (n - a) * math.log(1 - p0)
+    assert seq.kt_log_evidence(a, n, np.array([p0]))[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_union_schedule_and_levels():
+    points = seq.union_checkpoints(1000)
+    assert points[:28] == list(range(1, 29)) and points[28] == math.ceil(28 * 1.1)
+    assert points[-1] == 1000 and all(b > a for a, b in zip(points, points[1:], strict=False))
+    assert all(b <= math.ceil(a * 1.1) for a, b in zip(points[28:], points[29:], strict=False))
+    total = sum(seq.union_alpha(t, 0.01) for t in range(1, 200_000))
+    assert total == pytest.approx(0.01, rel=1e-4) and total <= 0.01
+    assert seq.stage_sizes(100_000) == [900, 9009, 90091]
+    assert sum(seq.stage_sizes(50)) == 50 and min(seq.stage_sizes(50)) >= 1
+
+
+# ----------------------------------------------------------------- soundness, as the CLI runs
+
+
+def false_claim_rate(tmp_path, sequence: str, p: float, p0: float, alpha: float, images: int,
+                     cap: int, use_label: bool = True, batch: int = 256) -> float:
+    r0 = SIGMA * norm.ppf(p0)
+    out = decide_dataset(Bernoulli(p), Zeros(images), SIGMA, tmp_path / f"{sequence}{p}.tsv",
+                         radii=[0.0, r0], sequence=sequence, n0=9, n=cap, alpha=alpha,
+                         batch_size=batch, use_label=use_label, progress=False)
+    return float(claims(out, r0).mean())
+
+
+@pytest.mark.parametrize("sequence", seq.SEQUENCES)
+@pytest.mark.parametrize("gap", [0.0, 0.02])
+def test_false_claim_rate_at_and_below_p0_is_at_most_alpha(tmp_path, sequence, gap):
+    # p_c = p0 - gap <= p0: every claim at r0 = sigma Phi^-1(p0) is false.
+    alpha, images = 0.1, 300
+    rate = false_claim_rate(tmp_path, sequence, 0.7 - gap, 0.7, alpha, images, cap=600)
+    assert rate <= tolerance(alpha, images)
+
+
+def test_false_claim_rate_in_deployment_mode(tmp_path):
+    alpha, images = 0.1, 300
+    rate = false_claim_rate(tmp_path, "kt", 0.7, 0.7, alpha, images, cap=600, use_label=False)
+    assert rate <= tolerance(alpha, images)
+
+
+def test_the_harness_catches_an_unsound_sequence(tmp_path, monkeypatch):
+    # Testing at the full alpha at every checkpoint (no union bound) claims far too often.
+    monkeypatch.setattr(seq, "union_alpha", lambda t, alpha: alpha)
+    rate = false_claim_rate(tmp_path, "union", 0.7, 0.7, 0.1, 200, cap=600)
+    assert rate > tolerance(0.1, 200)
+
+
+@pytest.mark.parametrize("sequence", seq.SEQUENCES)
+def test_confident_images_are_decided_in_few_samples(tmp_path, sequence):
+    out = decide_dataset(Bernoulli(0.999), Zeros(40), SIGMA, tmp_path / "c.tsv",
+                         radii=[0.5, 1.0], sequence=sequence, n=10_000, alpha=0.001,
+                         batch_size=256, progress=False)
+    rows = read(out)
+    assert all(r[4] == "certified" and r[5] == "1" for r in rows)
+    used = np.array([int(r[6]) for r in rows])
+    assert used.mean() < 10_000 / 20  # at least 20x fewer than the cap
+
+
+class Linear2(nn.Module):
+    """Binary linear classifier on 1x1x2 images: class 1 iff w.x + b > 0, ||w|| = 5."""
+
+    def __init__(self, b: float) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.tensor([3.0, -4.0]))
+        self.b = b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+@pytest.mark.parametrize("sequence", seq.SEQUENCES)
+def test_linear_classifier_end_to_end(tmp_path, sequence):
+    # p_1 = Phi(margin / (sigma ||w||)) = 0.9: the true radius is the distance to the
+    # boundary, margin / ||w|| = sigma Phi^-1(0.9). Claims beyond it are false.
+    sigma, alpha, images = 0.5, 0.1, 150
+    true_radius = sigma * norm.ppf(0.9)
+    model = Linear2(5 * true_radius)
+    radii = [0.5 * true_radius, 1.01 * true_radius, 1.5 * true_radius]
+    out = decide_dataset(model, Zeros(images), sigma, tmp_path / "lin.tsv", radii=radii,
+                         sequence=sequence, n=2000, alpha=alpha, batch_size=500,
+                         progress=False)
+    beyond = np.concatenate([claims(out, r) for r in radii[1:]])
+    assert beyond.reshape(2, -1).any(axis=0).mean() <= tolerance(alpha, images)
+    assert claims(out, radii[0]).mean() > 0.9  # power well inside the true radius
+
+
+# ----------------------------------------------------------------- the runner
+
+
+def test_batches_are_full_while_images_remain(tmp_path):
+    model = Bernoulli(0.9)
+    joined: list[int] = []  # batches run when each image was read (joined the pool)
+
+    class Watched(Zeros):
+        def __getitem__(self, i):
+            joined.append(len(model.batches))
+            return super().__getitem__(i)
+
+    decide_dataset(model, Watched(200), SIGMA, tmp_path / "b.tsv", radii=[0.0, 1.0], n=500,
+                   alpha=0.01, batch_size=128, progress=False)
+    sizes = model.batches
+    assert len(joined) == 200 and joined[-1] > 100
+    # Every batch before the one the last image joined is full; only the tail runs short.
+    assert set(sizes[: joined[-1]]) == {128} and len(sizes) - joined[-1] < 60
+
+
+def test_rows_do_not_depend_on_batching_and_resume_after_a_torn_example(tmp_path):
+    kwargs = dict(radii=[0.0, 0.5, 1.0], n=400, alpha=0.01, progress=False)
+    whole = decide_dataset(Bernoulli(0.8), Zeros(30), SIGMA, tmp_path / "w.tsv",
+                           batch_size=64, **kwargs)
+    other = decide_dataset(Bernoulli(0.8), Zeros(30), SIGMA, tmp_path / "o.tsv",
+                           batch_size=1000, **kwargs)
+    key = sorted  # rows are written in the order examples finish
+    assert key(read(whole)) == key(read(other))
+    # A crash in the middle of an example's rows: two of its three rows and half a line.
+    lines = whole.read_text().splitlines(keepends=True)
+    part = tmp_path / "w.tsv"
+    part.write_text("".join(lines[:1 + 3 * 10 + 2]) + lines[1 + 3 * 10 + 2][:4])
+    decide_dataset(Bernoulli(0.8), Zeros(30), SIGMA, part, batch_size=64, **kwargs)
+    assert key(read(part)) == key(read(other))
+    with pytest.raises(SmoothmixError, match="another run"):
+        decide_dataset(Bernoulli(0.8), Zeros(30), SIGMA, part, batch_size=64,
+                       **{**kwargs, "radii": [0.0, 0.5]})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(radii=[]), "radii must be"),
+    (dict(radii=[-1.0]), "radii must be"),
+    (dict(radii=[0.5, 0.5]), "radii repeat"),
+    (dict(radii=[0.5], sequence="cs"), "unknown sequence"),
+    (dict(radii=[0.5], n=5), "can never certify"),
+])
+def test_bad_arguments_are_one_line_errors(tmp_path, kwargs, message):
+    with pytest.raises(SmoothmixError, match=message):
+        decide_dataset(Bernoulli(0.9), Zeros(3), SIGMA, tmp_path / "x.tsv", progress=False,
+                       **kwargs)
+    assert not (tmp_path / "x.tsv").exists()
