@@ -42,6 +42,8 @@ from smoothmix.progress import Progress
 COLUMNS: dict[str, tuple[str, ...]] = {
     "certify": ("idx", "label", "predict", "radius", "correct", "time", "samples", "status"),
     "predict": ("idx", "label", "predict", "correct", "time"),
+    # decide_dataset: one row per (example, radius), an example's rows written together.
+    "decide": ("idx", "label", "predict", "radius", "decision", "correct", "samples", "time"),
 }
 # Headers of older smoothmix files that a run may still resume or merge.
 _LEGACY: dict[str, tuple[str, ...]] = {
@@ -208,7 +210,133 @@ def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
     return out
 
 
+def decide_dataset(
+    model: nn.Module,
+    dataset: Sequence,
+    sigma: float,
+    out_path: str | os.PathLike,
+    *,
+    radii: Sequence[float],
+    sequence: str = "kt",
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    use_label: bool = True,
+    skip: int = 1,
+    max_idx: int = -1,
+    seed: int = 0,
+    num_classes: int | None = None,
+    identity: Mapping[str, object] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Decide "robust at r" for every radius in ``radii`` on each selected example with a
+    confidence sequence (:mod:`smoothmix.sequences`, SPEC 2.1) into ``out_path``.
+
+    The class tested is the label (``use_label``, evaluation) or the argmax of ``n0``
+    separate samples (deployment). ``n`` caps the test samples per example (undecided = not
+    certified). Examples share forward batches through a pool; each one's noise comes from
+    the (seed, idx) stream as in certify, in segments fixed by its own procedure, so its
+    rows do not depend on the others. The file has one row per (example, radius):
+    ``idx label predict radius decision correct samples time`` (predict = the class
+    tested; decision certified / not-certified / undecided; correct = certified and
+    predict == label; samples = noise samples drawn for the example, selection included,
+    when that radius was decided; time = seconds from the example's first batch to its
+    last). Resumable like certify (an example's rows are written and fsync'ed together);
+    not shardable yet.
+    """
+    from smoothmix.sequences import SEQUENCES, PoolItem, make_procedure
+
+    radii = [float(r) for r in radii]
+    require(radii and all(math.isfinite(r) and r >= 0 for r in radii),
+            f"radii must be numbers >= 0, got {radii}")
+    require(len(set(radii)) == len(radii), f"radii repeat: {radii}")
+    require(sequence in SEQUENCES, f"unknown sequence {sequence!r}; choose one of "
+            f"{', '.join(SEQUENCES)}")
+    check_certify_args(n0, n, alpha, batch_size)
+    require(distributed_env()[1] == 1, "decisions at given radii do not run under torchrun "
+            "yet; run one process (or split the examples with --skip/--max-idx by hand)")
+    smooth = _smooth(model, dataset, sigma, num_classes)  # validates sigma and num_classes
+    counts: dict[str, object] = {"radii": radii, "sequence": sequence, "n": n,
+                                 "alpha": alpha, "label": use_label}
+    if not use_label:
+        counts["n0"] = n0
+    settings = {**_settings(sigma, counts, skip, max_idx, seed, dataset, identity),
+                "shard": "0/1"}
+    out = Path(out_path)
+    expected = selected_indices(len(dataset), skip, max_idx)
+    _check_existing(out, "decide", settings, repair=True)
+    done = _complete_examples(out, len(radii))
+    extra = sorted(done - set(expected))
+    require(not extra, f"{out} holds idx {extra[:1]}, which this run does not cover")
+    device = module_device(model, torch.device("cpu"))
+    if not done:
+        info = {"batch_size": batch_size, "device": str(device),
+                "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        meta = {"smoothmix": __version__, "kind": "decide", "settings": settings, "info": info}
+        _atomic_write(_meta_path(out), json.dumps(meta, indent=2) + "\n")
+        _atomic_write(out, "\t".join(COLUMNS["decide"]) + "\n")
+
+    todo = [idx for idx in expected if idx not in done]
+    started: dict[int, float] = {}
+
+    def items():
+        for idx in todo:
+            x, label = dataset[idx]
+            generator = torch.Generator(device=device).manual_seed(_example_seed(seed, idx))
+            procedure = make_procedure(sequence, radii, sigma, alpha, n,
+                                       int(label) if use_label else None, n0)
+            started[idx] = time.perf_counter()
+            yield PoolItem((idx, int(label)), x, generator, procedure)
+
+    bar = Progress(len(expected), initial=len(expected) - len(todo), unit="img",
+                   desc=f"decide {out.name}", disable=not progress)
+    with open(out, "a", encoding="utf-8") as fh, bar:
+        def write(item: PoolItem) -> None:
+            idx, label = item.key
+            proc = item.procedure
+            elapsed = time.perf_counter() - started.pop(idx)
+            lines = [
+                "\t".join(str(f) for f in (
+                    idx, label, proc.cls, repr(r), decision,
+                    int(decision == "certified" and proc.cls == label), used,
+                    f"{elapsed:.4f}"))
+                for r, decision, used in zip(radii, proc.decisions, proc.samples, strict=True)
+            ]
+            fh.write("\n".join(lines) + "\n")  # one write: a crash tears at most one row
+            fh.flush()
+            os.fsync(fh.fileno())
+            bar.update(1)
+
+        from smoothmix.sequences import run_pool
+
+        run_pool(model, items(), sigma, smooth.num_classes, batch_size, write)
+    return out
+
+
 # --------------------------------------------------------------------------- internals
+
+
+def _complete_examples(path: Path, per_example: int) -> set[int]:
+    """The idx with all their ``per_example`` rows in a decide file; the rows of an example
+    cut short by a crash (only ever the last one written) are removed."""
+    if not path.exists() or not _has_rows(path, "decide"):
+        return set()
+    rows = _read_rows(path, "decide", repair=True)
+    counts: dict[int, int] = {}
+    for idx, _ in rows:
+        counts[idx] = counts.get(idx, 0) + 1
+    partial = [idx for idx, c in counts.items() if c != per_example]
+    require(not partial or (len(partial) == 1 and partial[0] == rows[-1][0]
+                            and counts[partial[0]] < per_example),
+            f"{path} has examples with a wrong number of rows ({partial[:3]}); it is damaged")
+    if partial:
+        keep = rows[: len(rows) - counts[partial[0]]]
+        header = _header(path)
+        _atomic_write(path, "\t".join(header) + "\n" + "".join(line for _, line in keep))
+        del counts[partial[0]]
+    return set(counts)
+
 
 
 def _smooth(model: nn.Module, dataset: Sequence, sigma: float, num_classes: int | None) -> Smooth:
@@ -364,12 +492,15 @@ def _parse_row(raw: bytes, columns: tuple[str, ...]) -> int | None:
                 float(fields[columns.index(name)])
         if "status" in columns and fields[columns.index("status")] not in _STATUSES:
             return None
+        if "decision" in columns and fields[columns.index("decision")] not in _DECISIONS:
+            return None
         return int(fields[0])
     except ValueError:
         return None
 
 
 _STATUSES = ("certified", "abstain", "skipped")
+_DECISIONS = ("certified", "not-certified", "undecided")  # smoothmix.sequences.DECISIONS
 
 
 def _header(path: Path) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from smoothmix.certification import (
     certify_dataset,
+    decide_dataset,
     merge_results,
     parse_shard,
     predict_dataset,
@@ -36,6 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="evaluation shortcut: when the n0 selection is not the label, "
                          "skip the estimation (row status 'skipped', predict -1); certified "
                          "accuracy and ACR are exactly those of the full run (default off)")
+    certify.add_argument("--radius", type=_radii, default=None, metavar="R[,R2,...]",
+                         help="instead of CERTIFY's radius, decide 'robust at R' for each "
+                         "given radius with an anytime-valid confidence sequence (SPEC 2.1): "
+                         "usually far fewer samples; --n is then the sample cap (undecided = "
+                         "not certified); the file has one row per example and radius")
+    certify.add_argument("--sequence", choices=("kt", "union", "staged"), default="kt",
+                         help="with --radius: betting (Krichevsky-Trofimov) confidence "
+                         "sequence, union-bound sequence, or Horvath et al.'s staged "
+                         "procedure (default kt)")
+    certify.add_argument("--no-label", action="store_true",
+                         help="with --radius: test the class selected on --n0 samples "
+                         "(deployment) instead of the label (evaluation)")
     certify.set_defaults(func=run_certify)
 
     predict = subparsers.add_parser(
@@ -102,7 +115,24 @@ def _add_run_options(parser: argparse.ArgumentParser, with_n0: bool) -> None:
 
 def run_certify(args: argparse.Namespace) -> int:
     check_certify_args(args.n0, args.n, args.alpha, args.batch)
+    if args.radius is None:
+        require(not args.no_label and args.sequence == "kt",
+                "--sequence and --no-label need --radius")
+    else:
+        require(not args.skip_wrong, "--skip-wrong applies to CERTIFY, not to --radius "
+                "(which tests the label's class already)")
+        require(args.shard is None, "--radius runs do not take --shard yet")
     return _run(args, "certify")
+
+
+def _radii(text: str) -> list[float]:
+    try:
+        radii = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected R[,R2,...], got {text!r}") from None
+    if not all(r >= 0 and r < float("inf") for r in radii) or len(set(radii)) != len(radii):
+        raise argparse.ArgumentTypeError(f"radii must be distinct numbers >= 0, got {text!r}")
+    return radii
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -153,7 +183,12 @@ def _run(args: argparse.Namespace, kind: str) -> int:
         max_idx=args.max_idx, shard=shard, seed=args.seed, num_classes=dataset.num_classes,
         identity=identity, progress=not args.no_progress,
     )
-    if kind == "certify":
+    if kind == "certify" and args.radius is not None:
+        common.pop("shard")
+        out = decide_dataset(model, dataset, args.sigma, args.out, radii=args.radius,
+                             sequence=args.sequence, n0=args.n0, use_label=not args.no_label,
+                             **common)
+    elif kind == "certify":
         out = certify_dataset(model, dataset, args.sigma, args.out, n0=args.n0,
                               skip_wrong=args.skip_wrong, **common)
     else:
