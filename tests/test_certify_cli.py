@@ -6,6 +6,7 @@ uninterrupted run, and a 2-process gloo torchrun run equals the single-process r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -90,6 +91,37 @@ def test_skip_wrong_flag_reaches_the_file(tmp_path, ckpts):
     for a, b in pairs:
         assert a == b if b[-1] != "skipped" else (b[2:6] == ["-1", "0.0", "0", "10"]
                                                   and a[4] == "0")
+
+
+def test_radius_mode_writes_decisions_and_resumes(tmp_path, ckpts):
+    out = tmp_path / "r.tsv"
+    argv = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25",
+            "--max-idx", "4", "--radius", "0.1,0.2", "--sequence", "union", "--no-label",
+            "--n0", "10", "--num-samples", "300", "--alpha", "0.01", "--batch", "100",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "idx\tlabel\tpredict\tradius\tdecision\tcorrect\tsamples\ttime"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert sorted((int(r[0]), float(r[3])) for r in rows) == [
+        (i, r) for i in range(4) for r in (0.1, 0.2)]
+    assert all(r[4] in ("certified", "not-certified", "undecided") for r in rows)
+    assert all(10 < int(r[6]) <= 310 for r in rows)
+    meta = json.loads((tmp_path / "r.tsv.json").read_text())
+    assert meta["kind"] == "decide" and meta["settings"]["radii"] == [0.1, 0.2]
+    before = out.read_bytes()
+    assert main(argv) == 0 and out.read_bytes() == before  # complete: a rerun is a no-op
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--radius", "0.5", "--skip-wrong"], "--skip-wrong applies to CERTIFY"),
+    (["--radius", "0.5", "--shard", "0/2"], "--shard"),
+    (["--no-label"], "need --radius"),
+])
+def test_radius_mode_refuses_what_it_does_not_do(tmp_path, ckpts, capsys, extra, message):
+    argv = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", *FAST,
+            *extra, "--out", str(tmp_path / "x.tsv")]
+    assert message in _error(capsys, argv)
 
 
 def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, ckpts):
