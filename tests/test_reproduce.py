@@ -134,6 +134,7 @@ def test_changed_budget_is_refused_and_nothing_is_touched(finished, tmp_path: Pa
     (["mnist-0.50", "--epochs", "0"], "--epochs must be an integer >= 1"),
     (["mnist-0.50", "--deferred", "-1"], "--deferred must be an integer >= 0"),
     ([], "name an EXPERIMENT"),
+    (["mnist-0.50", "--device", "bogus"], "unknown device 'bogus'"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, capsys, args,
                                                         message) -> None:

@@ -263,6 +263,7 @@ def reproduce(
     chosen = select_methods(exp, methods)
     budget = budget or Budget()
     budget.validate()
+    cert_device = _certify_device(device)
     out = Path(outdir)
     state = {"experiment": exp.name, "budget": dataclasses.asdict(budget)}
     rank = distributed_env()[0]
@@ -307,7 +308,7 @@ def reproduce(
         tsv = out / f"certify_{m}.tsv"
         say.stage(f"certify {m} -> {tsv}")
         start = time.time()
-        model, _ = load_model(ckpt, device=device)
+        model, _ = load_model(ckpt, device=cert_device)
         certify_dataset(model, test_set, exp.sigma, tsv, n0=N0, n=budget.n or FULL_N,
                         alpha=ALPHA, skip=budget.skip or exp.skip,
                         max_idx=budget.max_idx if budget.max_idx is not None else -1,
@@ -324,6 +325,22 @@ def reproduce(
     print(summary["table"], flush=True)
     say(f"table {out / TABLE_NAME}, curves {out / PLOT_NAME}, summary {out / SUMMARY_NAME}")
     return summary
+
+
+def _certify_device(name: str | None) -> Any:
+    """Where this process certifies: ``name`` (default CUDA if available), and under
+    torchrun its own GPU (``cuda`` without an index means ``cuda:LOCAL_RANK``, as in
+    training). Not yet run on a GPU."""
+    import torch
+
+    from smoothmix.device import resolve_device
+    from smoothmix.distributed import distributed_env
+
+    device = resolve_device(name)
+    _, world, local_rank = distributed_env()
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
 
 
 def _train_kwargs(exp: Experiment, method: str, budget: Budget) -> dict[str, Any]:

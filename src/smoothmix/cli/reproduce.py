@@ -41,9 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_deferred_flags(b)
     b.add_argument("--skip", type=int, help="certify every k-th test image (protocol: 1; "
                    "ImageNet 100)")
-    b.add_argument("--n", type=int, help="CERTIFY's N (protocol: 100,000)")
-    b.add_argument("--max", type=int, dest="max_idx", metavar="IDX",
-                   help="certify only test images with index below IDX")
+    b.add_argument("--n", "--num-samples", type=int, dest="n",
+                   help="CERTIFY's N (protocol: 100,000; spell it --num-samples under torchrun)")
+    b.add_argument("--max", "--max-idx", type=int, dest="max_idx", metavar="IDX",
+                   help="certify only test images with index below IDX (spell it --max-idx "
+                   "under torchrun)")
     e = p.add_argument_group("execution")
     e.add_argument("--data-dir", help="dataset root (default: $SMOOTHMIX_DATA; MNIST falls "
                    "back to the copy embedded in the package)")
