@@ -10,7 +10,7 @@ from smoothmix.cli import main
 
 
 def test_demo_runs_end_to_end_and_reruns_from_its_files(tmp_path: Path, capsys) -> None:
-    args = ["demo", "--outdir", str(tmp_path / "demo"), "--train-images", "256", "--epochs", "1",
+    args = ["demo", "--outdir", str(tmp_path / "demo"), "--train-images", "64", "--epochs", "1",
             "--certify-skip", "2500", "--n", "200", "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -19,7 +19,7 @@ def test_demo_runs_end_to_end_and_reruns_from_its_files(tmp_path: Path, capsys) 
     demo = tmp_path / "demo"
     state = json.loads((demo / "reproduce.json").read_text())
     assert state["experiment"] == "mnist-0.50"  # the demo is a budget of reproduce
-    assert state["budget"] == {"epochs": 1, "train_subset": 256, "batch_size": 64,
+    assert state["budget"] == {"epochs": 1, "train_subset": 64, "batch_size": 64,
                                "warmup": 1, "deferred": None, "skip": 2500, "n": 200,
                                "max_idx": None}
     for name in ("gaussian", "smoothmix"):
