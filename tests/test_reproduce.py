@@ -193,6 +193,13 @@ def test_list_and_experiment_table() -> None:
     full = rep.Budget()
     assert full.describe(e).startswith("Budget: full") and "10000 images" in full.describe(e)
     assert "N=100,000" in full.describe(rep.get_experiment("imagenet-1.00"))
+    small = rep.Budget(skip=2, deferred=0).describe(e)
+    assert "every 2nd test image (5000 images)" in small and "MACER not deferred" in small
+    assert "every 22nd" in rep.Budget(skip=22).describe(e)
+    assert "every 11th" in rep.Budget(skip=11).describe(e)
+    assert rep.Budget(skip=1, n=100_000).normalised(e).is_full()
+    assert rep.Budget(skip=100).normalised(rep.get_experiment("imagenet-0.50")).is_full()
+    assert rep.Budget(skip=100).normalised(e) == rep.Budget(skip=100)
 
 
 def test_budget_overrides_reach_train_only_where_they_apply() -> None:

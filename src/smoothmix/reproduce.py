@@ -124,12 +124,19 @@ class Budget:
 
             check_certify_args(N0, self.n, ALPHA, 1000)
 
+    def normalised(self, experiment: Experiment) -> Budget:
+        """The protocol's own values are not overrides: ``--skip 1 --n 100000`` on MNIST is
+        the full budget (and the same budget as no options in a rerun's check)."""
+        return dataclasses.replace(
+            self, skip=None if self.skip == experiment.skip else self.skip,
+            n=None if self.n == FULL_N else self.n)
+
     def describe(self, experiment: Experiment) -> str:
         """The one line that says what was spent."""
         n = self.n or FULL_N
         skip = self.skip or experiment.skip
         count = _num_certified(experiment, skip, self.max_idx)
-        test = (f"every {skip}th test image" if skip > 1 else "the full test set") + (
+        test = (f"every {_ordinal(skip)} test image" if skip > 1 else "the full test set") + (
             f" below index {self.max_idx}" if self.max_idx is not None else "")
         protocol = f"{test} ({count} images), n0={N0}, N={n:,}, alpha={ALPHA}"
         if self.is_full():
@@ -144,12 +151,18 @@ class Budget:
         if self.warmup is not None:
             train.append(f"warm-up over {_plural(self.warmup, 'epoch')}")
         if self.deferred is not None:
-            train.append(f"MACER deferred to epoch {self.deferred}")
+            train.append(f"MACER deferred to epoch {self.deferred}" if self.deferred
+                         else "MACER not deferred")
         text = "; ".join(train) if train else "as the presets"
         return (f"Budget: reduced, not the published one. Training: {text} (everything else "
                 f"as the presets). Certification: {protocol}"
                 + (" (the radius is capped by N; the published tables use N=100,000)"
                    if n < FULL_N else "") + ".")
+
+
+def _ordinal(k: int) -> str:
+    suffix = "th" if k % 100 in (11, 12, 13) else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
 
 
 def _plural(count: int, word: str) -> str:
@@ -263,6 +276,7 @@ def reproduce(
     chosen = select_methods(exp, methods)
     budget = budget or Budget()
     budget.validate()
+    budget = budget.normalised(exp)
     cert_device = _certify_device(device)
     out = Path(outdir)
     state = {"experiment": exp.name, "budget": dataclasses.asdict(budget)}
