@@ -30,15 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=float, default=0.25,
                    help="noise level in [0,1] pixel units (CAT-RS: 0.25 for every training "
                    "sigma; default 0.25)")
-    p.add_argument("--n", "--N", type=int, default=10_000,
-                   help="votes per image (default 10000, as the reference)")
+    p.add_argument("--n", "--N", "--num-samples", dest="n", type=int, default=10_000,
+                   help="votes per image (default 10000, as the reference); under torchrun "
+                   "spell it --num-samples (torchrun takes --n for one of its own options)")
     p.add_argument("--out", required=True, help="targets file to write or resume (.npz)")
     p.add_argument("--batch", type=int, default=1000,
                    help="most noisy images in memory at once (default 1000)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the views and the noise; image idx uses a stream derived "
                    "from (seed, idx), so the result does not depend on sharding (default 0)")
-    p.add_argument("--max", type=int, default=-1, dest="max_idx", metavar="MAX",
+    p.add_argument("--max", "--max-idx", type=int, default=-1, dest="max_idx", metavar="MAX",
                    help="label only the images with index below MAX (serves --train-subset "
                    "MAX or fewer; default -1: all)")
     p.add_argument("--shard", default=None, metavar="I/K",
