@@ -42,6 +42,9 @@ from smoothmix.progress import Progress
 COLUMNS: dict[str, tuple[str, ...]] = {
     "certify": ("idx", "label", "predict", "radius", "correct", "time", "samples", "status"),
     "predict": ("idx", "label", "predict", "correct", "time"),
+    # attack_dataset: PREDICT at x (predict, correct) and at the attacked point.
+    "attack": ("idx", "label", "predict", "correct", "time", "adv_predict", "distance",
+               "robust"),
     # decide_dataset: one row per (example, radius), an example's rows written together.
     "decide": ("idx", "label", "predict", "radius", "decision", "correct", "samples", "time"),
 }
@@ -132,6 +135,49 @@ def predict_dataset(
     check_predict_args(n, alpha, batch_size)
     settings = _settings(sigma, {"n": n, "alpha": alpha}, skip, max_idx, seed, dataset, identity)
     return _run("predict", classify, model, dataset, out_path, settings, shard, batch_size,
+                progress)
+
+
+def attack_dataset(
+    model: nn.Module,
+    dataset: Sequence,
+    sigma: float,
+    out_path: str | os.PathLike,
+    *,
+    epsilon: float,
+    num_steps: int = 20,
+    num_noise: int = 128,
+    n: int = 10_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    skip: int = 1,
+    max_idx: int = -1,
+    shard: Shard | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    identity: Mapping[str, object] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Attack the smoothed classifier at every selected example (PGD in the l2 ball of
+    ``epsilon`` on the smoothed soft classifier, ``num_noise`` draws, ``num_steps`` steps;
+    :mod:`smoothmix.empirical`) and run PREDICT (``n``, ``alpha``) at x and at the attacked
+    point. File: ``idx label predict correct time adv_predict distance robust`` (robust =
+    PREDICT returns the label at both points). Other arguments as for certify_dataset."""
+    from smoothmix.empirical import attack_and_predict, check_attack_args
+
+    smooth = _smooth(model, dataset, sigma, num_classes)
+
+    def classify(x: torch.Tensor, label: int, generator: torch.Generator) -> Row:
+        clean, adv, distance = attack_and_predict(smooth, x, label, epsilon, num_steps,
+                                                  num_noise, n, alpha, batch_size, generator)
+        return clean, math.nan, (adv, repr(distance), int(clean == label and adv == label))
+
+    check_attack_args(epsilon, num_steps, num_noise)
+    check_predict_args(n, alpha, batch_size)
+    counts = {"epsilon": float(epsilon), "num_steps": num_steps, "num_noise": num_noise,
+              "n": n, "alpha": alpha}
+    settings = _settings(sigma, counts, skip, max_idx, seed, dataset, identity)
+    return _run("attack", classify, model, dataset, out_path, settings, shard, batch_size,
                 progress)
 
 
@@ -486,7 +532,7 @@ def _parse_row(raw: bytes, columns: tuple[str, ...]) -> int | None:
             return None
         for value in fields[1:3]:
             int(value)
-        numeric = ("radius", "time", "samples")
+        numeric = ("radius", "time", "samples", "distance")
         for name in numeric:
             if name in columns:
                 float(fields[columns.index(name)])

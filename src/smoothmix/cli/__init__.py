@@ -17,15 +17,15 @@ from collections.abc import Sequence
 from smoothmix.errors import SmoothmixError
 
 # Order here is the order in `smoothmix --help`.
-_COMMAND_MODULES = ("demo", "reproduce", "train", "targets", "presets", "certify", "analyze",
-                    "diagnose")
+_COMMAND_MODULES = ("demo", "reproduce", "train", "targets", "presets", "certify", "attack",
+                    "analyze", "diagnose")
 
 
 # What an interrupted long command keeps and how to continue it (the others just stop).
 _RESUME_HINTS = {
     "train": "the last finished epoch is kept: rerun it with --resume (`smoothmix train "
              "--outdir DIR --resume` continues the stored run)",
-    **dict.fromkeys(("certify", "predict", "targets", "demo", "reproduce"),
+    **dict.fromkeys(("certify", "predict", "attack", "targets", "demo", "reproduce"),
                     "finished work is kept: rerun the same command to resume"),
 }
 

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--num-samples and --max-idx (torchrun reads --n and --max as abbreviations of its "
         "own options unless they follow a --).",
     )
-    _add_run_options(certify, with_n0=True)
+    add_run_options(certify, with_n0=True)
     certify.add_argument("--skip-wrong", action="store_true",
                          help="evaluation shortcut: when the n0 selection is not the label, "
                          "skip the estimation (row status 'skipped', predict -1); certified "
@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run PREDICT on every --skip-th example and write "
         "idx label predict correct time (predict -1 = abstain). Resumes like certify.",
     )
-    _add_run_options(predict, with_n0=False)
+    add_run_options(predict, with_n0=False)
     predict.set_defaults(func=run_predict)
 
     merge = subparsers.add_parser(
@@ -71,7 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.set_defaults(func=run_merge)
 
 
-def _add_run_options(parser: argparse.ArgumentParser, with_n0: bool) -> None:
+def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
+                    n_default: int = 100_000) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="model checkpoint (smoothmix's or the reference code's)")
     parser.add_argument("--dataset", required=True, choices=DATASETS,
@@ -81,9 +82,9 @@ def _add_run_options(parser: argparse.ArgumentParser, with_n0: bool) -> None:
     if with_n0:
         parser.add_argument("--n0", "--N0", type=int, default=100,
                             help="noise samples used to select the class (default 100)")
-    parser.add_argument("--n", "--N", "--num-samples", type=int, default=100_000, dest="n",
+    parser.add_argument("--n", "--N", "--num-samples", type=int, default=n_default, dest="n",
                         help="noise samples for the bound (certify) or the vote (predict); "
-                        "it caps the radius (default 100000)")
+                        f"it caps the radius (default {n_default})")
     parser.add_argument("--alpha", type=float, default=0.001,
                         help="failure probability of the certificate (default 0.001)")
     parser.add_argument("--batch", type=int, default=1000,
@@ -149,6 +150,31 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, kind: str) -> int:
+    model, dataset, common = prepare_run(args)
+    if kind == "certify" and args.radius is not None:
+        common.pop("shard")
+        out = decide_dataset(model, dataset, args.sigma, args.out, radii=args.radius,
+                             sequence=args.sequence, n0=args.n0, use_label=not args.no_label,
+                             **common)
+    elif kind == "certify":
+        out = certify_dataset(model, dataset, args.sigma, args.out, n0=args.n0,
+                              skip_wrong=args.skip_wrong, **common)
+    else:
+        out = predict_dataset(model, dataset, args.sigma, args.out, **common)
+    report(kind, out)
+    return 0
+
+
+def report(kind: str, out: Path) -> None:
+    """Say where the results are (rank 0 only)."""
+    rank, world, _ = distributed_env()
+    if rank == 0:
+        print(f"{kind} results in {out}" + (f" (merged from {world} ranks)" if world > 1 else ""))
+
+
+def prepare_run(args: argparse.Namespace) -> tuple[object, object, dict]:
+    """Check the options of :func:`add_run_options`, load the model and the dataset, and
+    return (model, dataset, the keyword arguments the dataset runners share)."""
     # Cheap checks before the (slow) model and data loading.
     require(args.sigma > 0, f"--sigma must be positive (pixel units in [0, 1]), got {args.sigma}")
     require(args.skip >= 1, f"--skip must be >= 1, got {args.skip}")
@@ -183,17 +209,4 @@ def _run(args: argparse.Namespace, kind: str) -> int:
         max_idx=args.max_idx, shard=shard, seed=args.seed, num_classes=dataset.num_classes,
         identity=identity, progress=not args.no_progress,
     )
-    if kind == "certify" and args.radius is not None:
-        common.pop("shard")
-        out = decide_dataset(model, dataset, args.sigma, args.out, radii=args.radius,
-                             sequence=args.sequence, n0=args.n0, use_label=not args.no_label,
-                             **common)
-    elif kind == "certify":
-        out = certify_dataset(model, dataset, args.sigma, args.out, n0=args.n0,
-                              skip_wrong=args.skip_wrong, **common)
-    else:
-        out = predict_dataset(model, dataset, args.sigma, args.out, **common)
-    rank, world, _ = distributed_env()
-    if rank == 0:
-        print(f"{kind} results in {out}" + (f" (merged from {world} ranks)" if world > 1 else ""))
-    return 0
+    return model, dataset, common

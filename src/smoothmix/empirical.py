@@ -1,0 +1,74 @@
+"""Empirical robustness of the smoothed classifier: attack it, then ask PREDICT.
+
+The attack is SmoothAdv's PGD on the smoothed soft classifier G(x) = mean_i F(x + delta_i)
+(:func:`smoothmix.methods.attacks.pgd_attack`, SPEC 3.3), run with many noise draws; the
+adversarial point is then classified by PREDICT with fresh noise, so the answer is the
+smoothed classifier's own (abstaining) one. A certificate of radius R promises that no
+perturbation shorter than R changes g, so an attack of norm < R may change PREDICT's answer
+only through PREDICT's own alpha failure rate (tested in tests/test_attack.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from smoothmix.core import Smooth
+from smoothmix.errors import require
+from smoothmix.methods.attacks import pgd_attack
+
+
+def check_attack_args(epsilon: float, num_steps: int, num_noise: int) -> None:
+    """SmoothmixError unless the attack settings make sense."""
+    require(epsilon >= 0 and epsilon < float("inf"), f"epsilon must be >= 0, got {epsilon}")
+    require(isinstance(num_steps, int) and num_steps >= 1,
+            f"num_steps must be an integer >= 1, got {num_steps!r}")
+    require(isinstance(num_noise, int) and num_noise >= 1,
+            f"num_noise must be an integer >= 1, got {num_noise!r}")
+
+
+def smoothed_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    label: int,
+    sigma: float,
+    epsilon: float,
+    num_steps: int,
+    num_noise: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """PGD (``num_steps`` steps, l2 ball of ``epsilon``) on the smoothed soft classifier at
+    one image ``x`` (C x H x W, in [0, 1]) against ``label``, with ``num_noise`` noise draws
+    from ``generator`` shared by every step. Returns the adversarial image (C x H x W)."""
+    check_attack_args(epsilon, num_steps, num_noise)
+    device = next((p.device for p in model.parameters()), x.device)
+    x = x.to(device).unsqueeze(0)
+    if epsilon == 0:
+        return x[0].clone()
+    noise = torch.randn((num_noise, *x.shape), generator=generator, device=device,
+                        dtype=x.dtype) * sigma
+    y = torch.tensor([int(label)], device=device)
+    return pgd_attack(model, x, y, noise, epsilon, num_steps)[0].detach()
+
+
+def attack_and_predict(
+    smooth: Smooth,
+    x: torch.Tensor,
+    label: int,
+    epsilon: float,
+    num_steps: int,
+    num_noise: int,
+    n: int,
+    alpha: float,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, float]:
+    """(PREDICT at x, PREDICT at the adversarial point, l2 distance between them).
+    The attack's noise and both PREDICTs' noise come from ``generator``, one after another,
+    so every draw is fresh."""
+    clean = smooth.predict(x, n, alpha, batch_size, generator=generator)
+    x_adv = smoothed_attack(smooth.base_classifier, x, label, smooth.sigma, epsilon,
+                            num_steps, num_noise, generator)
+    adversarial = smooth.predict(x_adv, n, alpha, batch_size, generator=generator)
+    distance = float((x_adv - x.to(x_adv.device)).flatten().norm())
+    return clean, adversarial, distance
