@@ -233,7 +233,9 @@ class Smooth:
         With ``watch`` and ``need``, drawing stops after the first block at which class
         ``watch`` can no longer reach ``need`` votes out of ``num``. That check reads a count
         back to the host, so it is made only once enough blocks have gone by for it to
-        possibly succeed (more than num - need samples; none before, no sync).
+        possibly succeed (more than num - need samples; none before, no sync). On CUDA that
+        is one sync per block in the second half of an abstaining run (not yet measured on
+        a GPU).
 
         Noise is drawn in blocks of ``batch_size`` (so a seeded generator gives the same
         noise whatever chunk the model is fed); each block goes through the model in chunks

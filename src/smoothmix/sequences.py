@@ -335,7 +335,12 @@ def run_pool(
 
 def _forward(model: nn.Module, pieces: list[tuple[PoolItem, int]], sigma: float,
              device: torch.device) -> np.ndarray:
-    """Top-1 predictions of one batch made of each image's next noisy copies."""
+    """Top-1 predictions of one batch made of each image's next noisy copies.
+
+    The predictions come back to the host once per batch (the looks need them). Written
+    device-agnostic but not yet run on a GPU: there each 16-row noise block is one small
+    kernel, which may cost more than the forward for small models (measure before tuning).
+    """
     with torch.inference_mode():
         batch = torch.cat([item.noise(piece, sigma, device) for item, piece in pieces])
         return model(batch).argmax(1).cpu().numpy()
