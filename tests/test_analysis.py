@@ -318,3 +318,20 @@ def test_analyze_cli_plot_options(runs, tmp_path, capsys):
                          (["--dpi", "0"], "--dpi must be >= 1")):
         code, _, err = analyze(capsys, runs["a"], "--plot", tmp_path / "y.png", *bad)
         assert code == 2 and message in err
+
+
+def test_malformed_companion_is_a_one_line_error(tmp_path, files):
+    ours = files[1]
+    companion = tmp_path / "ours.tsv.json"
+    companion.write_text('{"kind": "certify", "settings": {"sigma": "half", "n": 100}}')
+    with pytest.raises(SmoothmixError, match="setting 'sigma' is not a float") as info:
+        read_results(ours)
+    assert "\n" not in str(info.value)
+    companion.write_text("{not json")
+    with pytest.raises(SmoothmixError, match="is not a smoothmix settings file"):
+        read_results(ours)
+    # Settings without the selection: shown, completeness simply not checked.
+    companion.write_text('{"kind": "certify", "settings": {"sigma": 0.5, "n": 100, '
+                         '"alpha": 0.01}}')
+    res = read_results(ours)
+    assert (res.run.sigma, res.run.n, res.run.selected, res.complete) == (0.5, 100, None, True)

@@ -20,6 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,9 +67,13 @@ def read_run_info(path: str | os.PathLike) -> RunInfo | None:
     except (KeyError, TypeError, ValueError, SmoothmixError):
         selected = None  # a companion without the selection: completeness is not checked
 
-    def get(key: str, kind: type) -> object:
+    def get(key: str, kind: type) -> Any:
         value = settings.get(key)
-        return kind(value) if value is not None else None
+        try:
+            return kind(value) if value is not None else None
+        except (TypeError, ValueError):
+            raise SmoothmixError(f"{path}.json: setting {key!r} is not a {kind.__name__} "
+                                 f"({value!r})") from None
 
     return RunInfo(kind=str(meta["kind"]), sigma=get("sigma", float), n=get("n", int),
                    alpha=get("alpha", float), selected=selected, dataset=get("dataset", str),
