@@ -55,6 +55,7 @@ EVAL_IMAGES = 1000
 TEACHER_SIGMA = 0.25
 TEACHER_DIR = "catrs-teacher"
 TARGETS_NAME = "catrs-targets.npz"
+FULL_TARGETS_N = 10_000  # the CAT-RS reference's votes per training image
 
 
 @dataclass(frozen=True)
@@ -106,12 +107,14 @@ class Budget:
     skip: int | None = None  # certify every skip-th test image (default: the protocol's)
     n: int | None = None  # CERTIFY's N (default 100,000)
     max_idx: int | None = None  # certify only test indices below this
+    targets_n: int | None = None  # CAT-RS soft targets: votes per image (default 10,000)
 
     def is_full(self) -> bool:
         return all(v is None for v in dataclasses.asdict(self).values())
 
     def validate(self) -> None:
-        for name in ("epochs", "train_subset", "batch_size", "skip", "n", "max_idx"):
+        for name in ("epochs", "train_subset", "batch_size", "skip", "n", "max_idx",
+                     "targets_n"):
             value = getattr(self, name)
             require(value is None or (isinstance(value, int) and value >= 1),
                     f"--{_flag(name)} must be an integer >= 1, got {value!r}")
@@ -129,7 +132,8 @@ class Budget:
         the full budget (and the same budget as no options in a rerun's check)."""
         return dataclasses.replace(
             self, skip=None if self.skip == experiment.skip else self.skip,
-            n=None if self.n == FULL_N else self.n)
+            n=None if self.n == FULL_N else self.n,
+            targets_n=None if self.targets_n == FULL_TARGETS_N else self.targets_n)
 
     def describe(self, experiment: Experiment) -> str:
         """The one line that says what was spent."""
@@ -153,6 +157,9 @@ class Budget:
         if self.deferred is not None:
             train.append(f"MACER deferred to epoch {self.deferred}" if self.deferred
                          else "MACER not deferred")
+        if self.targets_n is not None:
+            train.append(f"CAT-RS soft targets from N={self.targets_n:,} votes per image "
+                         f"(reference {FULL_TARGETS_N:,})")
         text = "; ".join(train) if train else "as the presets"
         return (f"Budget: reduced, not the published one. Training: {text} (everything else "
                 f"as the presets). Certification: {protocol}"
@@ -391,7 +398,7 @@ def _soft_targets(exp: Experiment, out: Path, budget: Budget, data_dir: Any, dev
                   progress: bool, say: _Say) -> Path:
     """CAT-RS's two stages: the Gaussian sigma = 0.25 teacher (its preset under the same
     budget) and its votes on the training images the row trains on, N = 10,000 as the
-    reference (the budget's N when smaller). Both resume like every other stage."""
+    reference (the budget's ``targets_n`` when given). Both resume like every other stage."""
     from smoothmix.checkpoint import CHECKPOINT_NAME
     from smoothmix.targets import REFERENCE_N, targets_from_checkpoint
     from smoothmix.training import train
@@ -402,7 +409,7 @@ def _soft_targets(exp: Experiment, out: Path, budget: Budget, data_dir: Any, dev
               f"{run_dir}")
     train(run_dir, data_dir=data_dir, device=device, progress=progress,
           resume=run_dir.exists(), **_train_kwargs(teacher, "gaussian", budget))
-    n = min(REFERENCE_N, budget.n) if budget.n else REFERENCE_N
+    n = budget.targets_n or FULL_TARGETS_N
     path = out / TARGETS_NAME
     images = (f"the first {budget.train_subset} training images" if budget.train_subset
               else "every training image")

@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "ImageNet 100)")
     b.add_argument("--n", "--num-samples", type=int, dest="n",
                    help="CERTIFY's N (protocol: 100,000; spell it --num-samples under torchrun)")
+    b.add_argument("--targets-n", type=int, metavar="N",
+                   help="CAT-RS rows: votes per training image of the soft targets (reference: "
+                   "10,000)")
     b.add_argument("--max", "--max-idx", type=int, dest="max_idx", metavar="IDX",
                    help="certify only test images with index below IDX (spell it --max-idx "
                    "under torchrun)")
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     budget = Budget(epochs=args.epochs, train_subset=args.train_subset,
                     batch_size=args.batch_size, warmup=args.warmup, deferred=args.deferred,
-                    skip=args.skip, n=args.n, max_idx=args.max_idx)
+                    skip=args.skip, n=args.n, max_idx=args.max_idx,
+                    targets_n=args.targets_n)
     try:
         reproduce(args.experiment, args.outdir or f"runs/reproduce-{args.experiment}",
                   methods=methods, budget=budget, data_dir=args.data_dir, device=args.device,
