@@ -319,7 +319,7 @@ def test_reproduce_runs_the_catrs_prerequisites_first(tmp_path, monkeypatch, cap
     monkeypatch.setattr(smoothmix.checkpoint, "file_sha256", lambda path: "0" * 64)
     monkeypatch.setattr(smoothmix.certification, "certify_dataset", lambda *a, **k: None)
     monkeypatch.setattr(rep, "write_report", lambda *a, **k: {"table": ""})
-    budget = rep.Budget(epochs=1, train_subset=64, n=100, skip=5000)
+    budget = rep.Budget(epochs=1, train_subset=64, n=100, skip=5000, targets_n=100)
     rep.reproduce("mnist-0.25", tmp_path / "r", methods=["catrs"], budget=budget,
                   progress=False)
     targets_path = tmp_path / "r" / rep.TARGETS_NAME
@@ -330,3 +330,8 @@ def test_reproduce_runs_the_catrs_prerequisites_first(tmp_path, monkeypatch, cap
     ]
     printed = capsys.readouterr().out
     assert "[2/5] CAT-RS soft targets: N=100 votes (reference 10,000)" in printed
+    assert "CAT-RS soft targets from N=100 votes per image" in budget.describe(
+        rep.get_experiment("mnist-0.25"))
+    assert rep.Budget(targets_n=10_000).normalised(rep.get_experiment("mnist-0.25")).is_full()
+    with pytest.raises(SmoothmixError, match="--targets-n must be an integer >= 1"):
+        rep.Budget(targets_n=0).validate()
