@@ -79,7 +79,8 @@ def test_one_meaning_per_flag_name():
     ("certify", ["certify", "c", "--dataset", "mnist", "--sigma", "0.5", "--out", "o"],
      "interrupted; finished work is kept: rerun the same command to resume"),
     ("train", ["train", "--outdir", "o"],
-     "interrupted; the last finished epoch is kept: rerun it with --resume"),
+     "interrupted; rerun the same command with --resume to continue from the last finished "
+     "epoch"),
     ("analyze", ["analyze", "f.tsv"], "interrupted"),
 ])
 def test_interrupted_says_how_to_resume(capsys, monkeypatch, command, argv, hint):

@@ -23,8 +23,8 @@ _COMMAND_MODULES = ("demo", "reproduce", "train", "targets", "presets", "certify
 
 # What an interrupted long command keeps and how to continue it (the others just stop).
 _RESUME_HINTS = {
-    "train": "the last finished epoch is kept: rerun it with --resume (`smoothmix train "
-             "--outdir DIR --resume` continues the stored run)",
+    "train": "rerun the same command with --resume to continue from the last finished "
+             "epoch (from the start if none finished)",
     **dict.fromkeys(("certify", "predict", "attack", "targets", "demo", "reproduce"),
                     "finished work is kept: rerun the same command to resume"),
 }
