@@ -30,7 +30,7 @@ import torch
 from smoothmix.core import Smooth
 from smoothmix.data import load_dataset
 from smoothmix.device import resolve_device
-from smoothmix.models import create_model
+from smoothmix.models import create_model, list_models, model_defaults
 
 
 def synchronize(device: torch.device) -> None:
@@ -106,6 +106,11 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--checkpoint", default=None, help="LeNet checkpoint (default: random)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--arch", default="lenet", choices=list_models(),
+                        help="architecture with random weights; other than lenet, the images "
+                        "are random too, of the architecture's input shape (speed only)")
+    parser.add_argument("--scan-samples", type=int, default=8000,
+                        help="samples per batch size in the model-bound scan")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -115,18 +120,22 @@ def main() -> None:
         model, _ = load_model(args.checkpoint, device)
     else:
         torch.manual_seed(0)
-        model = create_model("lenet").to(device).eval()
-    data = load_dataset("mnist", "test")
-    images = [data[i][0].to(device) for i in range(args.images)]
+        model = create_model(args.arch).to(device).eval()
+    if args.arch == "lenet" or args.checkpoint:
+        data = load_dataset("mnist", "test")
+        images = [data[i][0].to(device) for i in range(args.images)]
+    else:  # e.g. cifar_resnet110: random weights and inputs are fine for speed
+        shape = model_defaults(args.arch).input_shape
+        images = [torch.rand(shape, device=device) for _ in range(args.images)]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device {device} ({name}), torch threads {torch.get_num_threads()}, "
           f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
-    print(f"LeNet, {len(images)} images per N, n0={args.n0}, batch_size={args.batch}")
+    print(f"{args.arch}, {len(images)} images per N, n0={args.n0}, batch_size={args.batch}")
 
     Smooth(model, 10, args.sigma).certify(images[0], 10, 1000, 0.001, args.batch)  # warm-up
     reference_certify(model, images[0], 10, 1000, args.batch, args.sigma, 10)
     candidates = (125, 250, 500, 1000) if device.type == "cpu" else (1000, 4000, 10000, 20000)
-    best = best_batch(model, images[0].shape, device, candidates)
+    best = best_batch(model, images[0].shape, device, candidates, args.scan_samples)
     for n in args.n:
         compare(model, images, args.n0, n, args.batch, args.sigma, best, device)
 

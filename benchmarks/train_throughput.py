@@ -12,12 +12,19 @@ interleaved so that load from other processes hits both alike.
   concatenated copies, and ``loss.item()`` after every step.
 * ``smoothmix``: :class:`smoothmix.methods.SmoothMixLoss` -- all m*64 noisy copies in one
   forward per search step, the x0 and x_mix copies in one joint forward, no host sync.
+* ``smoothmix --cuda-graphs`` (CUDA only): the same step captured as a CUDA graph and
+  replayed per batch (:mod:`smoothmix.training.graphs`; its warm-up steps are untimed).
 * ``smoothmix (train default)``: the same step on the model in channels_last memory format,
   which ``smoothmix train`` uses for image models unless ``--no-channels-last``; that variant
   is shown too, and, for a fair reading, the reference
   step on that model too.
 
-Usage: ``python benchmarks/train_throughput.py [--steps 40] [--threads N] [--device cpu]``
+``--arch cifar_resnet110`` times the CIFAR-10 recipe at sigma = 0.5 instead (m = 2, T = 4,
+step 1.0, eta 5, 128 images x 2 copies per step, lr 0.1) on random weights, images and labels
+(fine for speed; batch norm makes the loss forwards separate, as in the reference).
+
+Usage: ``python benchmarks/train_throughput.py [--steps 40] [--threads N] [--device cpu]
+[--arch lenet|cifar_resnet110] [--batch B]``
 """
 
 from __future__ import annotations
@@ -34,9 +41,17 @@ import torch.nn.functional as F
 from smoothmix.data import load_dataset
 from smoothmix.device import resolve_device
 from smoothmix.methods import create_method
-from smoothmix.models import create_model
+from smoothmix.models import create_model, model_defaults
+from smoothmix.training.graphs import StepGraph
 
-SIGMA, M, T, ALPHA, ETA, BATCH, K = 0.5, 4, 4, 1.0, 5.0, 64, 10
+# The published recipes at sigma = 0.5 (SPEC §3.6): m, T, alpha, eta, images per step, lr.
+RECIPES = {
+    "lenet": dict(m=4, T=4, alpha=1.0, eta=5.0, batch=64, lr=0.01),
+    "cifar_resnet110": dict(m=2, T=4, alpha=1.0, eta=5.0, batch=128, lr=0.1),
+}
+SIGMA, K = 0.5, 10
+# Set from the chosen recipe in main() (the reference step reads them as its globals).
+M, T, ALPHA, ETA, BATCH = 4, 4, 1.0, 5.0, 64
 
 
 # ---- the reference step, transcribed (kept deliberately unoptimised) -------------------
@@ -128,31 +143,51 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per contestant")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    parser.add_argument("--arch", default="lenet", choices=sorted(RECIPES),
+                        help="lenet: MNIST recipe on real MNIST; cifar_resnet110: CIFAR-10 "
+                        "recipe on random weights and inputs")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="images per step (default: the recipe's, 64 / 128)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    global M, T, ALPHA, ETA, BATCH
+    recipe = RECIPES[args.arch]
+    M, T, ALPHA, ETA = recipe["m"], recipe["T"], recipe["alpha"], recipe["eta"]
+    BATCH = args.batch or recipe["batch"]
     torch.manual_seed(0)
 
-    data = load_dataset("mnist", "train")
     n_batches = args.warmup + args.steps
-    images = data.images[: n_batches * BATCH].to(device).float().div_(255)
-    labels = data.labels[: n_batches * BATCH].to(device)
+    if args.arch == "lenet":
+        data = load_dataset("mnist", "train")
+        images = data.images[: n_batches * BATCH].to(device).float().div_(255)
+        labels = data.labels[: n_batches * BATCH].to(device)
+    else:  # random images and labels: the step's cost does not depend on them
+        shape = model_defaults(args.arch).input_shape
+        images = torch.rand((n_batches * BATCH, *shape), device=device)
+        labels = torch.randint(0, K, (n_batches * BATCH,), device=device)
     batches = list(zip(images.split(BATCH), labels.split(BATCH), strict=True))
 
-    init = create_model("lenet").state_dict()
+    init = create_model(args.arch).state_dict()
     models, optimizers = {}, {}
-    for name, (_, channels_last) in CONTESTANTS.items():
-        model = create_model("lenet").to(device)
+    if device.type == "cuda":  # the replayable step (--cuda-graphs): CUDA only
+        CONTESTANTS["smoothmix --cuda-graphs"] = ("graphs", True)
+    for name, (kind, channels_last) in CONTESTANTS.items():
+        model = create_model(args.arch).to(device)
         model.load_state_dict(init)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         models[name] = model.train()
-        optimizers[name] = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9,
-                                           weight_decay=1e-4)
+        # As `smoothmix train`: the fused SGD kernel on CUDA; the reference's plain SGD.
+        fused = {"fused": True} if kind != "reference" and device.type == "cuda" else {}
+        optimizers[name] = torch.optim.SGD(model.parameters(), lr=recipe["lr"], momentum=0.9,
+                                           weight_decay=1e-4, **fused)
     method = create_method("smoothmix", SIGMA, K, num_noise=M, num_steps=T, step_size=ALPHA,
                            eta=ETA)
     epoch = 9  # warm-up weight 1, as in most of training
+    graphs = {name: StepGraph(models[name], method, optimizers[name])
+              for name, (kind, _) in CONTESTANTS.items() if kind == "graphs"}
 
     def run(name, batch):
         x, y = batch
@@ -160,6 +195,8 @@ def main() -> None:
             x = x.contiguous(memory_format=torch.channels_last)
         if CONTESTANTS[name][0] == "reference":
             return reference_step(models[name], optimizers[name], x, y, 1.0)
+        if CONTESTANTS[name][0] == "graphs":
+            return graphs[name].step(x, y, {}, epoch)[0][0]
         return smoothmix_step(method, models[name], optimizers[name], x, y, epoch)
 
     for name in models:
@@ -188,7 +225,8 @@ def main() -> None:
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} threads")
-    print(f"SmoothMix training step, MNIST LeNet, sigma={SIGMA}, m={M}, T={T}, "
+    workload = "MNIST LeNet" if args.arch == "lenet" else f"{args.arch} (random weights/data)"
+    print(f"SmoothMix training step, {workload}, sigma={SIGMA}, m={M}, T={T}, "
           f"{BATCH} images x {M} noise copies per step, SGD; {len(timed)} timed steps each; "
           f"device {device} ({where}); torch {torch.__version__}")
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

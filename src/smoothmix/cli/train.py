@@ -133,6 +133,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "GPU tensor cores want)")
     d_g.add_argument("--compile", action="store_true",
                      help="torch.compile the model (slow first epoch, faster afterwards)")
+    d_g.add_argument("--cuda-graphs", action="store_true",
+                     help="CUDA: capture each epoch's training step as a CUDA graph and replay "
+                     "it per batch (drop-last batches; one process, no --compile; not yet "
+                     "run on a GPU)")
     d_g.add_argument("--no-progress", action="store_true",
                      help="no progress bar (per-epoch lines and files are still written)")
     p.set_defaults(func=run)
@@ -153,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
             momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
             device=args.device, amp=args.amp, compile=args.compile,
+            cuda_graphs=args.cuda_graphs,
             channels_last=args.channels_last, workers=args.workers, progress=not args.no_progress,
         )
     finally:

@@ -84,6 +84,9 @@ class TrainConfig:
     amp: bool = False
     compile: bool = False
     channels_last: bool | None = None
+    # Opt-in: capture each epoch's fixed-shape step as a CUDA graph and replay it per batch
+    # (drop-last batches; see smoothmix.training.graphs). Not yet run on a GPU.
+    cuda_graphs: bool = False
     workers: int | None = None  # None: min(4, CPU cores), data.loaders.default_workers
     test_batch_size: int | None = None
     log_every: int = 20
@@ -373,6 +376,7 @@ class _Run:
     config_dict: dict[str, Any]
     csv_log: _CsvLog | None = None
     tb: Any = None
+    step_graph: Any = None  # StepGraph with --cuda-graphs (created at the first epoch)
 
 
 def fit(
@@ -514,9 +518,12 @@ def _set_up(model: nn.Module, method: Any, train_set: Any, test_set: Any | None,
     if config.compile:
         train_model = torch.compile(train_model)
 
+    require(not (config.cuda_graphs and (is_dist or config.compile)),
+            "--cuda-graphs runs on one process without --compile (it captures the eager step)")
     train_loader = make_loader(train_set, per_rank_batch, device, train=True, seed=config.seed,
                                rank=rank, world_size=world, workers=config.workers,
-                               side=method_side_data(method))
+                               side=method_side_data(method),
+                               drop_last=config.cuda_graphs)  # a replayed step has one shape
     steps_per_epoch = len(train_loader)
     require(steps_per_epoch > 0, "the training set yields no batch: it is empty or smaller "
             "than one batch per process")
@@ -580,16 +587,23 @@ def _train_epoch(run: _Run, method: Any, epoch: int, bar: Any) -> dict[str, Any]
         side = batch[2] if len(batch) > 2 else {}  # already on the device
         if run.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with run.amp_ctx():
-            out = method(run.train_model, x, y, epoch, **side)
-        run.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        run.optimizer.step()
-        if keys is None:
-            keys = [k for k in out.metrics if k != "loss"]
-        # Accumulate on the device; read back once per log interval / epoch.
-        values = torch.stack([out.loss.detach().float(),
-                              *(out.metrics[k].detach().float().reshape(()) for k in keys)])
+        if config.cuda_graphs:
+            if run.step_graph is None:
+                from smoothmix.training.graphs import StepGraph
+
+                run.step_graph = StepGraph(run.train_model, method, run.optimizer, run.amp_ctx)
+            values, keys = run.step_graph.step(x, y, side, epoch)
+        else:
+            with run.amp_ctx():
+                out = method(run.train_model, x, y, epoch, **side)
+            run.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            run.optimizer.step()
+            if keys is None:
+                keys = [k for k in out.metrics if k != "loss"]
+            # Accumulate on the device; read back once per log interval / epoch.
+            values = torch.stack([out.loss.detach().float(),
+                                  *(out.metrics[k].detach().float().reshape(()) for k in keys)])
         n = int(y.shape[0])
         sums = values * n if sums is None else sums + values * n
         count += n
