@@ -97,3 +97,27 @@ def test_attack_cli(tmp_path):
     assert len(out.read_text().splitlines()) == 4
     assert main(["attack", str(ckpt), "--dataset", "mnist", "--sigma", "0.25", "--epsilon",
                  "-1", "--out", str(out)]) == 2
+
+
+def test_analyze_puts_robust_accuracy_beside_certified_accuracy(tmp_path, mnist_model,  # noqa: F811
+                                                                capsys):
+    from smoothmix.certification import certify_dataset
+
+    net, test = mnist_model
+    attack = attack_dataset(net, test, SIGMA, tmp_path / "att.tsv", epsilon=0.25, num_steps=3,
+                            num_noise=16, n=300, alpha=0.01, batch_size=300, max_idx=8,
+                            progress=False)
+    cert = certify_dataset(net, test, SIGMA, tmp_path / "cert.tsv", n0=20, n=300,
+                           alpha=0.01, batch_size=300, max_idx=8, progress=False)
+    capsys.readouterr()
+    assert main(["analyze", str(attack), str(cert), "--format", "csv"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header == ("name,images,epsilon,clean accuracy (%),empirical robust accuracy (%),"
+                      "certified at epsilon: cert (%)")
+    att = [line.split("\t") for line in attack.read_text().splitlines()[1:]]
+    crt = [line.split("\t") for line in cert.read_text().splitlines()[1:]]
+    robust = 100 * sum(r[7] == "1" for r in att) / 8
+    clean = 100 * sum(r[3] == "1" for r in att) / 8
+    certified = 100 * sum(r[4] == "1" and float(r[3]) >= 0.25 for r in crt) / 8
+    assert row == f"att,8,0.25,{clean:.2f},{robust:.2f},{certified:.2f}"
+    assert certified <= robust + 100 / 8  # a certificate at epsilon survives the attack

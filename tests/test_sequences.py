@@ -214,3 +214,21 @@ def test_bad_arguments_are_one_line_errors(tmp_path, kwargs, message):
         decide_dataset(Bernoulli(0.9), Zeros(3), SIGMA, tmp_path / "x.tsv", progress=False,
                        **kwargs)
     assert not (tmp_path / "x.tsv").exists()
+
+
+def test_analyze_reads_decisions(tmp_path, capsys):
+    from smoothmix.cli import main
+
+    out = decide_dataset(Bernoulli(0.8), Zeros(20), SIGMA, tmp_path / "d.tsv",
+                         radii=[0.25, 1.0], n=300, alpha=0.05, batch_size=100, progress=False)
+    rows = read(out)
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--format", "csv"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "name,images,radius,certified accuracy (%),mean samples"
+    for line, r in zip(table[1:], (0.25, 1.0), strict=True):
+        at = [row for row in rows if float(row[3]) == r]
+        acc = 100 * sum(row[5] == "1" for row in at) / 20
+        mean = sum(int(row[6]) for row in at) / 20
+        assert line == f"d,20,{r:g},{acc:.2f},{mean:.0f}"
+    assert main(["analyze", str(out), "--radii", "0.5"]) == 2  # radii come from the file

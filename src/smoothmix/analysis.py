@@ -480,3 +480,149 @@ def _md_row(fields: Sequence[str]) -> str:
 
 def _csv_field(text: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+# ------------------------------------------------------- decisions at radii, attacks
+
+
+def result_kind(path: str | os.PathLike) -> str:
+    """"certify", "decide" (``certify --radius``) or "attack" (``smoothmix attack``), from
+    the header of result file ``path`` (reference files are certify files)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            header = fh.readline().rstrip("\n").split("\t")
+    except FileNotFoundError:
+        raise SmoothmixError(f"result file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SmoothmixError(f"cannot read result file {path}: {exc}") from None
+    if "decision" in header:
+        return "decide"
+    return "attack" if "adv_predict" in header else "certify"
+
+
+@dataclass(frozen=True)
+class DecisionResults:
+    """A ``certify --radius`` file: per example and radius, the decision and its cost."""
+
+    path: str
+    radii: np.ndarray  # sorted
+    idx: np.ndarray
+    certified: np.ndarray  # bool, examples x radii: certified for the label's class
+    samples: np.ndarray  # examples x radii: samples drawn when the radius was decided
+
+    def certified_accuracy(self) -> np.ndarray:
+        """Fraction of examples certified at each radius (undecided = not certified)."""
+        return self.certified.mean(axis=0)
+
+    def mean_samples(self) -> np.ndarray:
+        return self.samples.mean(axis=0)
+
+
+def _read_table(path: str | os.PathLike, need: Sequence[str]) -> list[dict[str, str]]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    missing = [c for c in need if c not in header]
+    require(not missing, f"{path} has no column(s) {', '.join(missing)}")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        require(len(fields) == len(header), f"{path}: line {number} is malformed: "
+                f"{line[:80]!r}")
+        rows.append(dict(zip(header, fields, strict=True)))
+    require(bool(rows), f"{path} holds no results")
+    return rows
+
+
+def read_decisions(path: str | os.PathLike) -> DecisionResults:
+    """Read a ``certify --radius`` file (one row per example and radius)."""
+    rows = _read_table(path, ("idx", "radius", "decision", "correct", "samples"))
+    try:
+        radii = sorted({float(r["radius"]) for r in rows})
+        idx = sorted({int(r["idx"]) for r in rows})
+        cell = {(int(r["idx"]), float(r["radius"])): (r["correct"] == "1", int(r["samples"]))
+                for r in rows}
+    except ValueError:
+        raise SmoothmixError(f"{path} has a malformed row") from None
+    require(len(cell) == len(rows) == len(idx) * len(radii),
+            f"{path}: every example needs exactly one row per radius")
+    certified = np.array([[cell[i, r][0] for r in radii] for i in idx], dtype=bool)
+    samples = np.array([[cell[i, r][1] for r in radii] for i in idx], dtype=float)
+    return DecisionResults(str(path), np.array(radii), np.array(idx), certified, samples)
+
+
+@dataclass(frozen=True)
+class AttackResults:
+    """A ``smoothmix attack`` file: PREDICT at x and at the attacked point."""
+
+    path: str
+    epsilon: float | None  # from the .json companion
+    idx: np.ndarray
+    correct: np.ndarray  # PREDICT at x returns the label
+    robust: np.ndarray  # ... and PREDICT at the attacked point too
+    distance: np.ndarray
+
+    def robust_accuracy(self) -> float:
+        return float(self.robust.mean())
+
+
+def read_attack(path: str | os.PathLike) -> AttackResults:
+    """Read a ``smoothmix attack`` file."""
+    rows = _read_table(path, ("idx", "correct", "robust", "distance"))
+    meta = _read_meta(Path(path), required=False)
+    epsilon = meta["settings"].get("epsilon") if meta else None
+    try:
+        return AttackResults(
+            str(path), None if epsilon is None else float(epsilon),
+            np.array([int(r["idx"]) for r in rows]),
+            np.array([r["correct"] == "1" for r in rows]),
+            np.array([r["robust"] == "1" for r in rows]),
+            np.array([float(r["distance"]) for r in rows]))
+    except ValueError:
+        raise SmoothmixError(f"{path} has a malformed row") from None
+
+
+def format_decisions(results: Sequence[DecisionResults], fmt: str = "markdown",
+                     labels: Sequence[str] | None = None) -> str:
+    """Certified accuracy (%) and mean samples per decision at each file's radii."""
+    require(fmt in ("markdown", "csv"), f"decision tables come as markdown or csv, not {fmt}")
+    names = labels or default_labels([r.path for r in results])
+    head = ["name", "images", "radius", "certified accuracy (%)", "mean samples"]
+    body = [[name, str(len(res.idx)), _setting(float(r)), f"{100 * acc:.2f}", f"{mean:.0f}"]
+            for name, res in zip(names, results, strict=True)
+            for r, acc, mean in zip(res.radii, res.certified_accuracy(), res.mean_samples(),
+                                    strict=True)]
+    return _simple_table(head, body, fmt)
+
+
+def format_attacks(attacks: Sequence[AttackResults],
+                   certified: Sequence[CertificationResults] = (), fmt: str = "markdown",
+                   labels: Sequence[str] | None = None) -> str:
+    """Empirical robust accuracy at epsilon (%) per attack file, next to the certified
+    accuracy at epsilon of each certify file on the same images (a lower bound on it,
+    up to alpha)."""
+    require(fmt in ("markdown", "csv"), f"attack tables come as markdown or csv, not {fmt}")
+    names = labels or default_labels([a.path for a in attacks])
+    cert_names = default_labels([c.path for c in certified])
+    head = ["name", "images", "epsilon", "clean accuracy (%)", "empirical robust accuracy (%)",
+            *[f"certified at epsilon: {n} (%)" for n in cert_names]]
+    body = []
+    for name, att in zip(names, attacks, strict=True):
+        require(att.epsilon is not None, f"{att.path} has no .json companion naming epsilon")
+        row = [name, str(len(att.idx)), _setting(att.epsilon),
+               f"{100 * att.correct.mean():.2f}", f"{100 * att.robust_accuracy():.2f}"]
+        for cert in certified:
+            at = {int(i): k for k, i in enumerate(cert.idx)}
+            missing = [int(i) for i in att.idx if int(i) not in at]
+            require(not missing, f"{cert.path} lacks idx {missing[:3]} of {att.path}")
+            rows = np.array([at[int(i)] for i in att.idx])
+            ok = cert.correct[rows] & (cert.radius[rows] >= att.epsilon)
+            row.append(f"{100 * ok.mean():.2f}")
+        body.append(row)
+    return _simple_table(head, body, fmt)
+
+
+def _simple_table(head: Sequence[str], body: Sequence[Sequence[str]], fmt: str) -> str:
+    if fmt == "csv":
+        return "".join(",".join(_csv_field(f) for f in row) + "\n" for row in [head, *body])
+    lines = [_md_row(head), _md_row(["---"] * len(head)), *(_md_row(row) for row in body)]
+    return "\n".join(lines) + "\n"

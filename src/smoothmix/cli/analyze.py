@@ -10,9 +10,14 @@ from smoothmix.analysis import (
     FORMATS,
     compare_results,
     default_radii,
+    format_attacks,
+    format_decisions,
     format_table,
     plot_certified_accuracy,
+    read_attack,
+    read_decisions,
     read_results,
+    result_kind,
 )
 from smoothmix.errors import SmoothmixError, require
 
@@ -51,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    kinds = [result_kind(path) for path in args.files]
+    if any(kind != "certify" for kind in kinds):
+        return _run_decisions_and_attacks(args, kinds)
     results = [read_results(path) for path in args.files]
     radii = _parse_radii(args.radii) if args.radii else default_radii(results)
     labels = args.labels.split(",") if args.labels else None
@@ -68,6 +76,25 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         out = plot_certified_accuracy(results, args.plot, labels, dpi=args.dpi, figsize=figsize)
         print(f"plot saved to {out}", file=sys.stderr)
+    return 0
+
+
+def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> int:
+    """``certify --radius`` files: certified accuracy at their radii and mean samples per
+    decision (no ACR: decisions give no radius). ``attack`` files: empirical robust accuracy
+    at epsilon, beside the certified accuracy at epsilon of the certify files given along."""
+    require(args.labels is None and args.plot is None and args.radii is None,
+            "--labels, --plot and --radii apply to certify files alone")
+    files = list(zip(args.files, kinds, strict=True))
+    decisions = [read_decisions(path) for path, kind in files if kind == "decide"]
+    attacks = [read_attack(path) for path, kind in files if kind == "attack"]
+    certified = [read_results(path) for path, kind in files if kind == "certify"]
+    require(attacks or not certified, "certify files go with attack files here (certified "
+            "accuracy at epsilon); analyze them on their own otherwise")
+    if decisions:
+        print(format_decisions(decisions, args.format), end="")
+    if attacks:
+        print(format_attacks(attacks, certified, args.format), end="")
     return 0
 
 
