@@ -267,7 +267,7 @@ def test_catrs_training_bad_input_is_exit_2_with_one_line(tiny_mnist, tmp_path, 
                        for p in tmp_path.iterdir() if p.is_file())
 
 
-def test_catrs_trains_on_a_subset_and_resumes_exactly(tiny_mnist, tmp_path):
+def test_catrs_trains_on_a_subset_and_resumes_exactly(tiny_mnist, tmp_path, capsys):
     full = tmp_path / "full"
     assert main(train_args(tiny_mnist, full, "--targets", str(tiny_mnist["pi"]),
                            "--train-subset", "16", "--epochs", "2")) == 0
@@ -283,6 +283,14 @@ def test_catrs_trains_on_a_subset_and_resumes_exactly(tiny_mnist, tmp_path):
     for key, value in ckpt["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
     assert math.isfinite(ckpt["metrics"]["train_loss"])
+    # A resumed CAT-RS run keeps its targets: another file (same dataset) is refused.
+    t = load_targets(tiny_mnist["pi"])
+    other = tmp_path / "other.npz"
+    targets_module._write_final(other, t.counts, {**t.meta, "seed": 1})
+    capsys.readouterr()
+    assert main(train_args(tiny_mnist, part, "--targets", str(other), "--train-subset", "16",
+                           "--epochs", "3", "--resume")) == 2
+    assert "targets_sha256" in capsys.readouterr().err
 
 
 def test_a_file_built_for_the_first_images_serves_subsets_of_them(tmp_path):
