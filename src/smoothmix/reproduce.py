@@ -404,7 +404,9 @@ def _soft_targets(exp: Experiment, out: Path, budget: Budget, data_dir: Any, dev
     from smoothmix.training import train
 
     teacher = dataclasses.replace(exp, sigma=TEACHER_SIGMA)
-    run_dir = out / TEACHER_DIR
+    # At sigma = 0.25 the teacher is the Gaussian row's own model (same preset, budget and
+    # seed): train it once, in the row's folder, where that row then finds it finished.
+    run_dir = out / ("gaussian" if exp.sigma == TEACHER_SIGMA else TEACHER_DIR)
     say.stage(f"train the CAT-RS teacher (preset {teacher.preset_name('gaussian')}) -> "
               f"{run_dir}")
     train(run_dir, data_dir=data_dir, device=device, progress=progress,
