@@ -331,9 +331,10 @@ def test_reproduce_runs_the_catrs_prerequisites_first(tmp_path, monkeypatch, cap
     rep.reproduce("mnist-0.25", tmp_path / "r", methods=["catrs"], budget=budget,
                   progress=False)
     targets_path = tmp_path / "r" / rep.TARGETS_NAME
+    # At sigma = 0.25 the teacher is the Gaussian row's model, in that row's folder.
     assert calls == [
-        ("train", rep.TEACHER_DIR, "mnist-gaussian-0.25", None, 64, 1),
-        ("targets", rep.TEACHER_DIR, "mnist", rep.TARGETS_NAME, 0.25, 100, 64),
+        ("train", "gaussian", "mnist-gaussian-0.25", None, 64, 1),
+        ("targets", "gaussian", "mnist", rep.TARGETS_NAME, 0.25, 100, 64),
         ("train", "catrs", "mnist-catrs-0.25", targets_path, 64, 1),
     ]
     printed = capsys.readouterr().out
