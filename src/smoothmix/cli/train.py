@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a base classifier for randomized smoothing (SmoothMix or a baseline)",
         description="Train a base classifier with SmoothMix, Gaussian, Stability, SmoothAdv, "
-        "MACER or Consistency. Writes OUTDIR/checkpoint.pth.tar every epoch (atomically), "
+        "MACER, Consistency or CAT-RS (with --targets). Writes OUTDIR/checkpoint.pth.tar "
+        "every epoch (atomically), "
         "OUTDIR/log.csv and TensorBoard events; --resume continues a stopped run exactly. "
         "Explicit flags override --preset. Multi-GPU: torchrun --nproc_per_node=K -m "
         "smoothmix train ...",
