@@ -66,8 +66,8 @@ def side_tables(dataset: Any) -> Mapping[str, torch.Tensor]:
     return getattr(dataset, SIDE_ATTR, None) or {}
 
 
-def _side_on_device(dataset: Any, names: Sequence[str],
-                    device: torch.device) -> dict[str, torch.Tensor]:
+def _side_tables(dataset: Any, names: Sequence[str],
+                 device: torch.device) -> dict[str, torch.Tensor]:
     tables = side_tables(dataset)
     missing = [name for name in names if name not in tables]
     if missing:
@@ -144,7 +144,7 @@ class DeviceBatchLoader:
     ) -> None:
         _check_shard(batch_size, rank, world_size)
         self.device = torch.device(device)
-        self.side = _side_on_device(dataset, side, self.device)
+        self.side = _side_tables(dataset, side, self.device)  # small tables, like the images
         self.images = dataset.images.to(self.device)
         self.labels = dataset.labels.to(self.device)
         self.batch_size = batch_size
@@ -215,8 +215,9 @@ class DeviceDataLoader:
         self.device = torch.device(device)
         self.seed = seed
         # Side rows are looked up by the indices the batch carries (the sampler's, so
-        # shuffling and DDP sharding need nothing else).
-        self.side = _side_on_device(dataset, side, self.device)
+        # shuffling and DDP sharding need nothing else). The tables stay in host memory
+        # (ImageNet's soft targets are 1.28M x 1000 floats); only a batch's rows move.
+        self.side = _side_tables(dataset, side, torch.device("cpu"))
         if self.side:
             dataset = _WithIndex(dataset)  # type: ignore[assignment]
         self.sampler = (
@@ -251,8 +252,9 @@ class DeviceDataLoader:
             x = batch[0].to(self.device, non_blocking=True)
             y = batch[1].to(self.device, non_blocking=True)
             if self.side:
-                idx = batch[2].to(self.device, non_blocking=True)
-                yield x, y, {k: t.index_select(0, idx) for k, t in self.side.items()}
+                idx = batch[2]
+                yield x, y, {k: t.index_select(0, idx).to(self.device, non_blocking=True)
+                             for k, t in self.side.items()}
             else:
                 yield x, y
 
