@@ -153,6 +153,14 @@ def test_damaged_or_foreign_files_are_one_line_errors(tmp_path):
     (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(SmoothmixError, match="not a readable smoothmix targets file"):
         load_targets(tmp_path / "cut.npz")
+    for at in range(40, len(raw) - 200, 7):  # flipped bytes anywhere in the data
+        flipped = bytearray(raw)
+        flipped[at] ^= 0xFF
+        (tmp_path / "flip.npz").write_bytes(bytes(flipped))
+        try:
+            load_targets(tmp_path / "flip.npz")
+        except SmoothmixError:
+            pass  # one line; never a zlib/zip traceback
     np.savez(tmp_path / "other.npz", counts=np.zeros((6, 2)), meta=np.array("{}"))
     with pytest.raises(SmoothmixError, match="not a smoothmix targets file"):
         load_targets(tmp_path / "other.npz")
