@@ -49,11 +49,10 @@ class StepGraph:
     """
 
     def __init__(self, model: nn.Module, method: Callable[..., Any],
-                 optimizer: torch.optim.Optimizer,
-                 amp_ctx: Callable[[], Any] = contextlib.nullcontext,
+                 optimizer: torch.optim.Optimizer, amp: bool = False,
                  log: Callable[[str], None] = print) -> None:
         self.model, self.method, self.optimizer = model, method, optimizer
-        self.amp_ctx, self.log = amp_ctx, log
+        self.amp, self.log = amp, log
         self.keys: list[str] | None = None
         self.static: tuple[Tensor, Tensor, dict[str, Tensor]] | None = None
         self.values: Tensor | None = None
@@ -65,7 +64,11 @@ class StepGraph:
 
     # -- the step body, shared by the eager run and the capture ---------------------------
     def _body(self, x: Tensor, y: Tensor, side: dict[str, Tensor], epoch: int) -> Tensor:
-        with self.amp_ctx():
+        # bf16 autocast without its cast cache: cached casts made during a capture would be
+        # freed behind the graph's back (PyTorch's advice for autocast with CUDA graphs).
+        amp = (torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False)
+               if self.amp else contextlib.nullcontext())
+        with amp:
             out = self.method(self.model, x, y, epoch, **side)
         out.loss.backward()
         self.optimizer.step()

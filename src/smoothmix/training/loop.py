@@ -591,7 +591,7 @@ def _train_epoch(run: _Run, method: Any, epoch: int, bar: Any) -> dict[str, Any]
             if run.step_graph is None:
                 from smoothmix.training.graphs import StepGraph
 
-                run.step_graph = StepGraph(run.train_model, method, run.optimizer, run.amp_ctx)
+                run.step_graph = StepGraph(run.train_model, method, run.optimizer, config.amp)
             values, keys = run.step_graph.step(x, y, side, epoch)
         else:
             with run.amp_ctx():
