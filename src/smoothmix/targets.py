@@ -157,7 +157,8 @@ def build_targets(
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
     finished = _finished_settings(target)
     if finished is None:
-        _count_rows(smooth, dataset, target, settings, part, batch_size, augment, progress)
+        _count_rows(smooth, dataset, target, settings, part, batch_size, augment,
+                    progress and rank == 0)  # under torchrun one bar (rank 0's share)
     else:
         _require_same(target, finished, settings)
     if not auto:
