@@ -123,6 +123,7 @@ class Procedure(abc.ABC):
     _selection: list[np.ndarray] = field(default_factory=list)
     _target: int = 0  # test-sample count of the next look
     _segment_start: int = 0  # test-sample count when the current segment began
+    _segment_hits: list[np.ndarray] = field(default_factory=list)  # its votes so far
 
     def __post_init__(self) -> None:
         self.decisions = [UNDECIDED] * len(self.p0)
@@ -153,8 +154,6 @@ class Procedure(abc.ABC):
                 votes = np.bincount(np.concatenate(self._selection), minlength=num_classes)
                 self.cls = int(votes.argmax())
             return
-        if self.n == self._segment_start:
-            self._segment_hits: list[np.ndarray] = []
         hits = preds == self.cls
         self._segment_hits.append(hits)
         self.n += len(preds)
@@ -162,6 +161,7 @@ class Procedure(abc.ABC):
         if self.n == self._target:  # a look: the segment is complete
             self._look(np.concatenate(self._segment_hits), self._segment_start)
             self._segment_start, self._target = self.n, self._next_look(self.n)
+            self._segment_hits = []
         if self.n >= self.cap:
             self.samples = [s if d != UNDECIDED else self.drawn
                             for d, s in zip(self.decisions, self.samples, strict=True)]
