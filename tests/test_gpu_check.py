@@ -54,22 +54,25 @@ def test_planner_predicts_from_the_probe_and_takes_the_largest_budget_that_fits(
 def test_smoke_runs_every_stage_on_the_cpu_into_at_most_8_files(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, MPLBACKEND="Agg")
+    # --smoke fits 3 minutes on quiet cores; the budget here leaves room for busy shared
+    # ones (every stage imports torch afresh, which alone takes 20-50 s at a load of 15).
     result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--smoke",
-                             "--minutes", "3"], capture_output=True, text=True, timeout=240,
+                             "--minutes", "5"], capture_output=True, text=True, timeout=400,
                             env=env)
     files = sorted(out.iterdir())
     assert all(f.is_file() for f in files) and len(files) <= 8, files
     assert all(f.stat().st_size < 16 * 2**20 for f in files)
     summary = json.loads((out / "summary.json").read_text())
     stages = summary["stages"]
-    assert summary["smoke"] and summary["seconds"] < 180, result.stdout[-3000:]
+    assert summary["smoke"] and summary["seconds"] < 300, result.stdout[-3000:]
     assert stages["install"]["status"] == "skipped"
     # Every stage has its record; on shared, loaded cores a benchmark may be stopped at its
     # limit or find no time left, and says so.
     for name in ("train_lenet", "train_resnet110", "certify_lenet", "certify_resnet110"):
         assert stages[name]["status"] in ("ok", "stopped at its time limit", "skipped"), (
             name, stages[name])
-    assert stages["cuda_tier"]["status"] == "ok" and stages["reproduce_probe"]["status"] == "ok"
+    assert stages["cuda_tier"]["status"] == "ok", (stages, result.stdout[-3000:])
+    assert stages["reproduce_probe"]["status"] == "ok", (stages, result.stdout[-3000:])
     # The CUDA tier ran and was skipped here, with its reason, in the junit summary.
     suite = ET.parse(out / "cuda-tier.xml").getroot().iter("testsuite").__next__()
     assert int(suite.get("skipped")) == int(suite.get("tests")) >= 8
