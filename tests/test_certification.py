@@ -294,3 +294,19 @@ def test_skip_wrong_gives_the_full_runs_metrics_on_real_mnist(tmp_path, mnist_mo
     assert meta["settings"]["skip_wrong"] is True
     with pytest.raises(SmoothmixError, match="skip_wrong"):  # a file of the other mode
         certify_dataset(net, test, 0.5, full, skip_wrong=True, **opts)
+
+
+def test_a_dataset_run_tunes_the_cpu_chunk_at_its_first_example(tmp_path):
+    # 12 images x N = 5,000 is enough work to pay for the chunk timing: it must happen in
+    # the first example, not only once 50,000 samples have gone by.
+    sizes: list[int] = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            sizes.append(len(x))
+            return torch.zeros(len(x), 3)
+
+    certify_dataset(Spy(), ToyDataset(), 0.25, tmp_path / "c.tsv", n0=10, n=5000,
+                    alpha=0.01, batch_size=1000, progress=False)
+    first_timing = sizes.index(62)  # the smallest candidate: only the timing uses it
+    assert sum(sizes[:first_timing]) < 10 + 5000

@@ -94,7 +94,14 @@ def certify_dataset(
     """
     smooth = _smooth(model, dataset, sigma, num_classes)
 
+    announced = False
+
     def classify(x: torch.Tensor, label: int, generator: torch.Generator) -> Row:
+        nonlocal announced
+        if not announced:  # the whole run's estimation work, so the chunk is tuned up front
+            images = len(selected_indices(len(dataset), skip, max_idx, shard or (0, 1)))
+            smooth.expect(x, images * n, min(n, batch_size))
+            announced = True
         result = smooth.certificate(x, n0, n, alpha, batch_size, generator,
                                     label=label if skip_wrong else None)
         return result.prediction, result.radius, (result.samples, result.status)

@@ -150,6 +150,13 @@ class Smooth:
         self._tuned: dict[tuple, int] = {}
         self._requested: dict[tuple, int] = {}  # samples asked for, per block shape
 
+    def expect(self, x: torch.Tensor, samples: int, batch_size: int) -> None:
+        """Announce about ``samples`` samples of images like ``x`` in blocks of
+        ``batch_size`` to come (a dataset run), so that the CPU chunk is tuned at the first
+        call when the whole run pays for the timing, not only after 50,000 samples."""
+        key = (tuple(x.shape), x.dtype, batch_size)
+        self._requested[key] = self._requested.get(key, 0) + samples
+
     def certify(
         self,
         x: torch.Tensor,
