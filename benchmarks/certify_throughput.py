@@ -10,8 +10,9 @@ Same model, same images, same n0 + N noisy samples per image and the same ``batc
 * model-bound - forward passes only, over the same number of pre-made noisy images, at the
   batch size that is fastest for this model and device (picked by a short scan).
 
-One run each per N (a fresh ``Smooth`` per N, as one dataset run uses one: its CPU chunk
-is tuned once, after the first ~50,000 samples, and serves every later image); prints
+One run each per N (a fresh ``Smooth`` per N, as one dataset run uses one, told the run's
+work as ``certify_dataset`` does: its CPU chunk is tuned once, at the first image, and
+serves every later one); prints
 samples/s and the two ratios for every N. Usage:
     python benchmarks/certify_throughput.py [--images 12] [--n 10000,100000] [--batch 1000]
         [--checkpoint PATH] [--device auto]
@@ -143,7 +144,8 @@ def main() -> None:
 def compare(model, images, n0: int, n: int, batch: int, sigma: float, best: int,
             device: torch.device) -> None:
     """Time the three loops on ``images`` at N = ``n`` and print the ratios."""
-    smooth = Smooth(model, 10, sigma)  # one object for the run, as certify_dataset uses
+    smooth = Smooth(model, 10, sigma)  # one object for the run, as certify_dataset uses,
+    smooth.expect(images[0], len(images) * n, min(n, batch))  # announcing the run's work
     per_image = n0 + n
     total = per_image * len(images)
     # Alternate image by image so that a change in machine load hits all three alike.

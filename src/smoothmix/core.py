@@ -24,8 +24,8 @@ from smoothmix.errors import SmoothmixError, require
 ABSTAIN = -1
 
 # The CPU forward chunk is tuned once per Smooth object and block shape, as soon as that
-# object has been asked for _TUNE_MIN_SAMPLES samples of the shape in all (one long call,
-# or a few images of a dataset run at N = 10,000), so that the timing (about
+# object has been asked for (or told to expect, see Smooth.expect: a dataset run) at least
+# _TUNE_MIN_SAMPLES samples of the shape in all, so that the timing (about
 # 12 x _TUNE_MAX_CHUNK rows at most) stays small against the run and then serves every
 # later call. CPU throughput saturates well below _TUNE_MAX_CHUNK rows.
 _TUNE_MIN_SAMPLES = 50_000
