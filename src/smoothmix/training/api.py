@@ -434,6 +434,10 @@ def train(
             soft, built = soft_targets_for(targets, train_set, spec.dataset, spec.train_subset)
             spec.extra["targets"] = {"targets_sha256": file_sha256(targets),
                                      "targets_n": built.n}
+            if distributed.distributed_env()[0] == 0:
+                print(f"smoothmix train: soft targets {targets}: N={built.n:,} votes per image"
+                      f"{' (the reference uses 10,000)' if built.n < 10_000 else ''} at sigma "
+                      f"{built.meta['sigma']:g}", flush=True)
         if spec.train_subset is not None:
             train_set = train_set.subset(spec.train_subset)
         if soft is not None:
