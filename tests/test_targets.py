@@ -279,6 +279,7 @@ def test_catrs_trains_on_a_subset_and_resumes_exactly(tiny_mnist, tmp_path, caps
     full = tmp_path / "full"
     assert main(train_args(tiny_mnist, full, "--targets", str(tiny_mnist["pi"]),
                            "--train-subset", "16", "--epochs", "2")) == 0
+    assert "N=10 votes per image (the reference uses 10,000)" in capsys.readouterr().out
     ckpt = load_checkpoint(full / "checkpoint.pth.tar")
     assert ckpt["method"] == "catrs" and ckpt["epoch"] == 2
     assert ckpt["config"]["targets_n"] == 10 and len(ckpt["config"]["targets_sha256"]) == 64
