@@ -195,13 +195,13 @@ class Smooth:
         the result is then (-1, 0.0, n0, "skipped").
         """
         check_certify_args(n0, n, alpha, batch_size)
-        counts0, _ = self._sample_counts(x, n0, batch_size, generator)
+        counts0, _ = self.sample_counts(x, n0, batch_size, generator)
         c_hat = int(counts0.argmax())
         if label is not None and c_hat != int(label):
             return Certificate(ABSTAIN, 0.0, n0, "skipped")
         # Fresh samples: reusing the selection votes would bias the bound upwards.
         need = certifying_votes(n, alpha) if early_abstain else None
-        counts, drawn = self._sample_counts(x, n, batch_size, generator, watch=c_hat, need=need)
+        counts, drawn = self.sample_counts(x, n, batch_size, generator, watch=c_hat, need=need)
         p_lower = clopper_pearson_lower(int(counts[c_hat]), n, alpha) if drawn == n else 0.0
         if p_lower < 0.5:
             return Certificate(ABSTAIN, 0.0, n0 + drawn, "abstain")
@@ -218,14 +218,14 @@ class Smooth:
         """PREDICT: g's class, or -1 to abstain; returns a class other than g(x) with
         probability at most alpha."""
         check_predict_args(n, alpha, batch_size)
-        counts, _ = self._sample_counts(x, n, batch_size, generator)
+        counts, _ = self.sample_counts(x, n, batch_size, generator)
         top2 = counts.topk(2)
         n_a, n_b = (int(v) for v in top2.values.tolist())
         if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
             return ABSTAIN
         return int(top2.indices[0])
 
-    def _sample_counts(
+    def sample_counts(
         self,
         x: torch.Tensor,
         num: int,
@@ -246,9 +246,12 @@ class Smooth:
 
         Noise is drawn in blocks of ``batch_size`` (so a seeded generator gives the same
         noise whatever chunk the model is fed); each block goes through the model in chunks
-        of the size that runs fastest (see :meth:`_chunk_size`).
+        of the size that runs fastest (see :meth:`_chunk_size`). Public so that every vote
+        count in the package (CAT-RS targets too) comes from this one counter.
         """
         _check_image(x)
+        _check_count("num", num)
+        _check_count("batch_size", batch_size)
         device = module_device(self.base_classifier, x.device)
         if generator is not None and generator.device.type != device.type:
             raise SmoothmixError(f"generator is on {generator.device}, the classifier on {device}")
