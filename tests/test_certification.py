@@ -56,12 +56,12 @@ def test_result_file_format_and_per_example_seeding(tmp_path, model):
     lines = out.read_text().splitlines()
     assert lines[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tstatus"
     assert len(lines) == 1 + len(ds)
-    from smoothmix.certification import _example_seed
+    from smoothmix.certification import example_seed
 
     smooth = Smooth(model, 3, 0.25)
     for idx, line in enumerate(lines[1:]):
         i, label, pred, radius, correct, seconds, samples, status = line.split("\t")
-        gen = torch.Generator().manual_seed(_example_seed(0, idx))
+        gen = torch.Generator().manual_seed(example_seed(0, idx))
         expect = smooth.certificate(ds.x[idx], 10, 200, 0.01, 64, generator=gen)
         assert (int(i), int(label), int(pred), float(radius)) == (idx, int(ds.y[idx]),
                                                                   *expect[:2])

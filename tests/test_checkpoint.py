@@ -181,7 +181,7 @@ def test_rng_state_survives_safe_loading(tmp_path):
 def test_a_directory_is_its_checkpoint_file(tmp_path, capsys):
     """A training --outdir given as CHECKPOINT means DIR/checkpoint.pth.tar, for load_model
     and for `smoothmix certify` (whose result file must name the file's hash)."""
-    from smoothmix.certification import _read_meta
+    from smoothmix.certification import read_meta
     from smoothmix.checkpoint import CHECKPOINT_NAME, checkpoint_file, file_sha256
     from smoothmix.cli import main
 
@@ -194,7 +194,7 @@ def test_a_directory_is_its_checkpoint_file(tmp_path, capsys):
     assert main(["certify", str(run), "--dataset", "mnist", "--sigma", "0.25", "--max", "1",
                  "--n0", "10", "--n", "100", "--alpha", "0.01", "--batch", "100",
                  "--no-progress", "--out", str(out)]) == 0, capsys.readouterr().err
-    settings = _read_meta(out, required=True)["settings"]
+    settings = read_meta(out, required=True)["settings"]
     assert settings["checkpoint_sha256"] == file_sha256(run / CHECKPOINT_NAME)
 
     # A directory without one is named as such, never "does not exist".

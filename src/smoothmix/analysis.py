@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from smoothmix.certification import _read_meta, parse_shard, selected_indices
+from smoothmix.certification import parse_shard, read_meta, selected_indices
 from smoothmix.core import certified_radius, clopper_pearson_lower
 from smoothmix.errors import SmoothmixError, require
 
@@ -56,7 +56,7 @@ class RunInfo:
 def read_run_info(path: str | os.PathLike) -> RunInfo | None:
     """The run behind result file ``path`` (None when it has no ``.json`` companion, as
     for the reference code's files)."""
-    meta = _read_meta(Path(path), required=False)
+    meta = read_meta(Path(path), required=False)
     if meta is None:
         return None
     settings = meta["settings"]
@@ -568,7 +568,7 @@ class AttackResults:
 def read_attack(path: str | os.PathLike) -> AttackResults:
     """Read a ``smoothmix attack`` file."""
     rows = _read_table(path, ("idx", "correct", "robust", "distance"))
-    meta = _read_meta(Path(path), required=False)
+    meta = read_meta(Path(path), required=False)
     epsilon = meta["settings"].get("epsilon") if meta else None
     try:
         return AttackResults(

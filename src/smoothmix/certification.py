@@ -220,14 +220,14 @@ def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
     and gaps relative to the examples the run's settings cover.
     """
     require(len(shards) >= 1, "merge needs at least one shard file")
-    metas = [_read_meta(Path(p), required=True) for p in shards]
+    metas = [read_meta(Path(p), required=True) for p in shards]
     first = metas[0]
     common = {k: v for k, v in first["settings"].items() if k != "shard"}
     for path, meta in zip(shards, metas, strict=True):
         require(meta["kind"] == first["kind"],
                 f"{path} is a {meta['kind']} file, {shards[0]} a {first['kind']} file")
         other = {k: v for k, v in meta["settings"].items() if k != "shard"}
-        diff = _diff(common, other)
+        diff = settings_diff(common, other)
         require(not diff, f"{path} comes from another run than {shards[0]} ({diff})")
     kind = first["kind"]
     parts = [parse_shard(meta["settings"]["shard"]) for meta in metas]
@@ -251,15 +251,15 @@ def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
 
     out = Path(out_path)
     settings = {**common, "shard": "0/1"}
-    existing = _read_meta(out, required=False) if out.exists() else None
+    existing = read_meta(out, required=False) if out.exists() else None
     if existing is not None and _has_rows(out, kind):
-        diff = _diff(existing["settings"], settings)
+        diff = settings_diff(existing["settings"], settings)
         require(existing["kind"] == kind and not diff,
                 f"{out} already holds another run ({diff or existing['kind']}); choose another "
                 "output file")
     meta = {**first, "settings": settings}
-    _atomic_write(_meta_path(out), json.dumps(meta, indent=2) + "\n")
-    _atomic_write(out, "\t".join(columns) + "\n" + "".join(rows[i] for i in sorted(rows)))
+    atomic_write(_meta_path(out), json.dumps(meta, indent=2) + "\n")
+    atomic_write(out, "\t".join(columns) + "\n" + "".join(rows[i] for i in sorted(rows)))
     return out
 
 
@@ -327,8 +327,8 @@ def decide_dataset(
         info = {"batch_size": batch_size, "device": str(device),
                 "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         meta = {"smoothmix": __version__, "kind": "decide", "settings": settings, "info": info}
-        _atomic_write(_meta_path(out), json.dumps(meta, indent=2) + "\n")
-        _atomic_write(out, "\t".join(COLUMNS["decide"]) + "\n")
+        atomic_write(_meta_path(out), json.dumps(meta, indent=2) + "\n")
+        atomic_write(out, "\t".join(COLUMNS["decide"]) + "\n")
 
     todo = [idx for idx in expected if idx not in done]
     started: dict[int, float] = {}
@@ -336,7 +336,7 @@ def decide_dataset(
     def items():
         for idx in todo:
             x, label = dataset[idx]
-            generator = torch.Generator(device=device).manual_seed(_example_seed(seed, idx))
+            generator = torch.Generator(device=device).manual_seed(example_seed(seed, idx))
             procedure = make_procedure(sequence, radii, sigma, alpha, n,
                                        int(label) if use_label else None, n0)
             started[idx] = time.perf_counter()
@@ -367,6 +367,43 @@ def decide_dataset(
     return out
 
 
+def read_meta(path: Path, required: bool) -> dict | None:
+    """The settings sidecar ``FILE.json`` of a result file (``kind``, ``settings``, ...);
+    ``None`` when there is none and it is not ``required``; SmoothmixError if malformed."""
+    meta_path = _meta_path(path)
+    if not meta_path.exists():
+        require(not required, f"{path} has no settings file {meta_path.name}")
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        meta["kind"], meta["settings"]  # noqa: B018 - shape check
+    except (ValueError, KeyError, TypeError):
+        raise SmoothmixError(f"{meta_path} is not a smoothmix settings file") from None
+    return meta
+
+
+def settings_diff(old: Mapping[str, object], new: Mapping[str, object]) -> str:
+    """The first three settings that differ, for a refusal message ("" when none do)."""
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return ", ".join(f"{k}: {old.get(k)!r} in the file vs {new.get(k)!r} now" for k in keys[:3])
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def example_seed(seed: int, idx: int) -> int:
+    """A 63-bit seed for example ``idx`` that does not depend on the shard computing it."""
+    return int(np.random.SeedSequence([seed, idx]).generate_state(1, np.uint64)[0] >> 1)
+
+
 # --------------------------------------------------------------------------- internals
 
 
@@ -386,7 +423,7 @@ def _complete_examples(path: Path, per_example: int) -> set[int]:
     if partial:
         keep = rows[: len(rows) - counts[partial[0]]]
         header = _header(path)
-        _atomic_write(path, "\t".join(header) + "\n" + "".join(line for _, line in keep))
+        atomic_write(path, "\t".join(header) + "\n" + "".join(line for _, line in keep))
         del counts[partial[0]]
     return set(counts)
 
@@ -443,8 +480,8 @@ def _run(
         info = {"batch_size": batch_size, "device": str(device),
                 "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         meta = {"smoothmix": __version__, "kind": kind, "settings": settings, "info": info}
-        _atomic_write(_meta_path(target), json.dumps(meta, indent=2) + "\n")
-        _atomic_write(target, "\t".join(COLUMNS[kind]) + "\n")
+        atomic_write(_meta_path(target), json.dumps(meta, indent=2) + "\n")
+        atomic_write(target, "\t".join(COLUMNS[kind]) + "\n")
 
     columns = _header(target) if done else COLUMNS[kind]  # an older file keeps its format
     todo = [idx for idx in expected if idx not in done]
@@ -453,7 +490,7 @@ def _run(
     with open(target, "a", encoding="utf-8") as fh, bar:
         for idx in todo:
             x, label = dataset[idx]
-            generator = torch.Generator(device=device).manual_seed(_example_seed(base["seed"], idx))
+            generator = torch.Generator(device=device).manual_seed(example_seed(base["seed"], idx))
             start = time.perf_counter()
             prediction, radius, extra = classify(x, int(label), generator)
             elapsed = time.perf_counter() - start
@@ -493,11 +530,11 @@ def _check_existing(path: Path, kind: str, settings: Mapping[str, object],
     an empty set if there is nothing to resume; SmoothmixError if it is another run's file."""
     if not path.exists() or not _has_rows(path, kind):
         return set()
-    meta = _read_meta(path, required=False)
+    meta = read_meta(path, required=False)
     require(meta is not None,
             f"{path} exists but has no settings file {_meta_path(path).name}, so it cannot be "
             "resumed safely; choose another output file or move it away")
-    diff = _diff(meta["settings"], settings)
+    diff = settings_diff(meta["settings"], settings)
     require(meta["kind"] == kind and not diff,
             f"{path} was written by another run ({diff or meta['kind'] + ' file'}); rerun with "
             "the same settings to resume, or choose another output file")
@@ -577,36 +614,3 @@ def _require_complete(found: object, expected: range, what: str) -> None:
 
 def _meta_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
-
-
-def _read_meta(path: Path, required: bool) -> dict | None:
-    meta_path = _meta_path(path)
-    if not meta_path.exists():
-        require(not required, f"{path} has no settings file {meta_path.name}")
-        return None
-    try:
-        meta = json.loads(meta_path.read_text())
-        meta["kind"], meta["settings"]  # noqa: B018 - shape check
-    except (ValueError, KeyError, TypeError):
-        raise SmoothmixError(f"{meta_path} is not a smoothmix settings file") from None
-    return meta
-
-
-def _diff(old: Mapping[str, object], new: Mapping[str, object]) -> str:
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return ", ".join(f"{k}: {old.get(k)!r} in the file vs {new.get(k)!r} now" for k in keys[:3])
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _example_seed(seed: int, idx: int) -> int:
-    """A 63-bit seed for example ``idx`` that does not depend on the shard computing it."""
-    return int(np.random.SeedSequence([seed, idx]).generate_state(1, np.uint64)[0] >> 1)

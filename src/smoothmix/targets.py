@@ -39,7 +39,13 @@ from torch import nn
 from tqdm import tqdm
 
 from smoothmix import __version__
-from smoothmix.certification import Shard, _atomic_write, _example_seed, selected_indices
+from smoothmix.certification import (
+    Shard,
+    atomic_write,
+    example_seed,
+    selected_indices,
+    settings_diff,
+)
 from smoothmix.core import Smooth, module_device
 from smoothmix.data.datasets import TensorImageDataset
 from smoothmix.data.loaders import random_crop_flip
@@ -238,7 +244,7 @@ def _count_rows(smooth: Smooth, dataset: Sequence, target: Path, settings: dict[
         info = {"smoothmix": __version__, "batch_size": batch_size,
                 "device": str(module_device(smooth.base_classifier, torch.device("cpu"))),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _atomic_write(work_meta, json.dumps({"settings": settings, "info": info}, indent=2))
+        atomic_write(work_meta, json.dumps({"settings": settings, "info": info}, indent=2))
 
     indices = selected_indices(num_examples, 1, settings["max_idx"], part)
     # A row is done when its votes sum to N (rows start at 0; a row is written whole).
@@ -251,7 +257,7 @@ def _count_rows(smooth: Smooth, dataset: Sequence, target: Path, settings: dict[
     with bar:
         for idx in todo:
             generator = torch.Generator(device=device).manual_seed(
-                _example_seed(settings["seed"], idx))
+                example_seed(settings["seed"], idx))
             x = _view(dataset, idx, augment, generator, device)
             counts[idx] = _votes(smooth, x, n, batch_size, generator)
             bar.update(1)
@@ -318,10 +324,8 @@ def _finished_settings(path: Path) -> dict[str, Any] | None:
 
 def _require_same(path: Path, saved: Mapping[str, Any], now: Mapping[str, Any],
                   what: str | None = None) -> None:
-    keys = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
-    diff = ", ".join(f"{k}: {saved.get(k)!r} in the file vs {now.get(k)!r} now"
-                     for k in keys[:3])
-    require(not keys, f"{what or path} was built by another run ({diff}); rerun with the same "
+    diff = settings_diff(saved, now)
+    require(not diff, f"{what or path} was built by another run ({diff}); rerun with the same "
             "settings to resume, or choose another --out")
 
 
