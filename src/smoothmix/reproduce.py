@@ -276,6 +276,7 @@ def reproduce(
     Every check that can fail on user input (experiment, methods, budget, an outdir of
     another budget, the dataset on disk) runs before anything is written.
     """
+    from smoothmix.certification import atomic_write, certify_dataset
     from smoothmix.data import load_dataset
     from smoothmix.distributed import distributed_env
 
@@ -304,12 +305,11 @@ def reproduce(
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / STATE_NAME, json.dumps(state, indent=2) + "\n")
+        atomic_write(out / STATE_NAME, json.dumps(state, indent=2) + "\n")
     say = _Say(main, len(chosen) * 2 + 1 + teacher_stages, exp.name)
     say(f"{budget.describe(exp)}")
     say(f"writing to {out.resolve()}")
 
-    from smoothmix.certification import certify_dataset
     from smoothmix.checkpoint import CHECKPOINT_NAME, file_sha256, load_model
     from smoothmix.training import train
 
@@ -426,6 +426,8 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
                  timings: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """``table.md``, ``curves.png`` and ``summary.json`` from the certification files."""
     from smoothmix.analysis import plot_certified_accuracy, read_results
+    from smoothmix.certification import atomic_write
+    from smoothmix.core import certified_radius, clopper_pearson_lower
 
     results = [read_results(out / f"certify_{m}.tsv") for m in methods]
     radii = list(exp.radii)
@@ -440,20 +442,27 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
             pub.get("certified"), "published_note": pub.get("note"),
             **(timings or {}).get(m, {}),
         })
-    table = _format(exp, rows, budget)
-    _atomic_write(out / TABLE_NAME, table)
+    n = budget.n or FULL_N
+    cap = certified_radius(clopper_pearson_lower(n, n, ALPHA), exp.sigma)
+    table = _format(exp, rows, budget, cap)
+    atomic_write(out / TABLE_NAME, table)
     plot_certified_accuracy(results, out / PLOT_NAME, labels=methods)
     summary = {"experiment": exp.name, "dataset": exp.dataset, "sigma": exp.sigma,
                "budget": dataclasses.asdict(budget), "budget_line": budget.describe(exp),
                "full_budget": budget.is_full(), "n0": N0, "n": budget.n or FULL_N,
-               "alpha": ALPHA, "radii": radii, "rows": rows, "table": table}
-    _atomic_write(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+               "alpha": ALPHA, "radius_cap": cap, "radii": radii, "rows": rows, "table": table}
+    atomic_write(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _format(exp: Experiment, rows: list[dict[str, Any]], budget: Budget) -> str:
-    """Markdown: ours, then (published, difference) where a published value exists."""
-    head = ["method", "examples", "ACR", *(f"r = {r:g}" for r in exp.radii)]
+def _format(exp: Experiment, rows: list[dict[str, Any]], budget: Budget, cap: float) -> str:
+    """Markdown: ours, then (published, difference) where a published value exists; radii
+    beyond ``cap`` (the largest radius CERTIFY can report with this N) are marked, since a
+    0 there is an artefact of N, not of the model."""
+    from smoothmix.analysis import BEYOND_CAP
+
+    head = ["method", "examples", "ACR",
+            *(f"r = {r:g}{BEYOND_CAP if r > cap else ''}" for r in exp.radii)]
     lines = [f"{exp.name}: {exp.dataset}, sigma = {exp.sigma:g}. Certified accuracy (%) at "
              "radius r and ACR; each cell is ours, then (published, ours - published) where "
              "SPEC §5 has the value.", "", budget.describe(exp), "",
@@ -463,6 +472,10 @@ def _format(exp: Experiment, rows: list[dict[str, Any]], budget: Budget) -> str:
         cells = [row["method"], str(row["examples"]), _cell(row["acr"], row["published_acr"], 3)]
         cells += [_cell(a, p, 2) for a, p in zip(row["certified_accuracy"], pub_acc, strict=True)]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r > cap for r in exp.radii):
+        lines += ["", f"{BEYOND_CAP} beyond the radius cap σ·Φ⁻¹(α^(1/N)) = {cap:.3f} of N = "
+                  f"{budget.n or FULL_N:,}: no radius there can be certified with this N, so "
+                  "our 0 is an artefact of N, not of the model."]
     return "\n".join(lines) + "\n"
 
 
@@ -514,12 +527,6 @@ class _Say:
     def stage(self, text: str) -> None:
         self.done += 1
         self(f"[{self.done}/{self.stages}] {text}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 __all__ = ["Budget", "Experiment", "describe_experiments", "get_experiment",
