@@ -246,7 +246,9 @@ def unwrap_ddp(model: nn.Module) -> nn.Module:
     return inner.module if isinstance(inner, DistributedDataParallel) else model
 
 
-def _has_batch_statistics(model: nn.Module) -> bool:
+def has_batch_statistics(model: nn.Module) -> bool:
+    """Whether ``model`` has batch-norm layers (in train mode they normalise with each
+    forward's own batch, so the grouping of forwards changes the loss)."""
     return any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in model.modules())
 
 
@@ -267,7 +269,7 @@ def forward_groups(
         return [model(groups[0])]
     if joint is None:
         joint = groups[0].device.type != "cpu"
-    if not joint or (model.training and _has_batch_statistics(unwrap_ddp(model))):
+    if not joint or (model.training and has_batch_statistics(unwrap_ddp(model))):
         return [model(g) for g in groups]
     out = model(torch.cat(list(groups)))
     return list(out.split([len(g) for g in groups]))

@@ -27,12 +27,12 @@ from smoothmix.methods.base import (
     Option,
     StepOutput,
     TrainingMethod,
-    _has_batch_statistics,
     accuracy,
     at_least,
     check_batch,
     forward_groups,
     full_precision,
+    has_batch_statistics,
     kl_divergence,
     noisy_copies,
     non_negative,
@@ -145,7 +145,7 @@ class CatRS(TrainingMethod):
         # Natural forward first: with batch norm, its running statistics are what the
         # search then sees in eval mode (the reference's order). Without batch norm the
         # search does not depend on it, and both train-mode forwards can share one call.
-        with_bn = _has_batch_statistics(unwrap_ddp(model))
+        with_bn = has_batch_statistics(unwrap_ddp(model))
         if with_bn:
             logits0 = model(noisy_copies(x, noise))
             delta = catrs_noise_search(model, x, noise, target, self.num_steps, epsilon)
