@@ -22,6 +22,9 @@ from torch import nn
 from smoothmix.errors import SmoothmixError, require
 
 ABSTAIN = -1
+# Early-abstain checks per estimation run: each reads a count back to the host, so their
+# number is fixed; more checks stop closer to the first futile sample.
+FUTILITY_CHECKS = 7
 
 # The CPU forward chunk is tuned once per Smooth object and block shape, as soon as that
 # object has been asked for (or told to expect, see Smooth.expect: a dataset run) at least
@@ -237,12 +240,12 @@ class Smooth:
         """Votes of the base classifier on ``num`` noisy copies of ``x``: an int64 tensor of
         length num_classes, left on the classifier's device, and how many copies were drawn.
 
-        With ``watch`` and ``need``, drawing stops after the first block at which class
-        ``watch`` can no longer reach ``need`` votes out of ``num``. That check reads a count
-        back to the host, so it is made only once enough blocks have gone by for it to
-        possibly succeed (more than num - need samples; none before, no sync). On CUDA that
-        is one sync per block in the second half of an abstaining run (not yet measured on
-        a GPU).
+        With ``watch`` and ``need``, drawing may stop once class ``watch`` can no longer
+        reach ``need`` votes out of ``num``. That check reads a count back to the host (a
+        sync on CUDA), so it is made at most ``FUTILITY_CHECKS`` times per call, at evenly
+        spaced points of the range where it can succeed (past num - need samples): the
+        number of host reads does not grow with the number of blocks. Once futile, always
+        futile (votes + remaining never grows), so a later check gives the same answer.
 
         Noise is drawn in blocks of ``batch_size`` (so a seeded generator gives the same
         noise whatever chunk the model is fed); each block goes through the model in chunks
@@ -263,13 +266,19 @@ class Smooth:
         was_training = self.base_classifier.training
         self.base_classifier.eval()  # train-mode batch norm would make the votes dependent
         drawn = 0
+        checks: list[int] = []  # sample counts at which to test futility, ascending
+        if need is not None and watch is not None:
+            first = max(0, num - need + 1)  # fewer samples cannot rule out `need` votes
+            checks = sorted({first + (num - first) * j // (FUTILITY_CHECKS + 1)
+                             for j in range(1, FUTILITY_CHECKS + 1)})
         try:
             with torch.inference_mode():
                 chunk = self._chunk_size(x, block_size, num)
                 for start in range(0, num, block_size):
-                    if (need is not None and watch is not None and start > num - need
-                            and int(counts[watch]) + (num - start) < need):
-                        break
+                    if checks and start >= checks[0]:
+                        checks = [c for c in checks if c > start]
+                        if int(counts[watch]) + (num - start) < need:
+                            break
                     block = noisy[: min(block_size, num - start)]
                     block.normal_(0.0, self.sigma, generator=generator).add_(x)
                     for part in block.split(chunk):
