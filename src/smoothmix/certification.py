@@ -197,10 +197,26 @@ def selected_indices(num_examples: int, skip: int = 1, max_idx: int = -1,
     return range(0, stop, skip)[i::k]
 
 
-def shard_path(out_path: str | os.PathLike, rank: int, world_size: int) -> Path:
-    """Where rank ``rank`` of ``world_size`` writes its part: ``OUT.rankIofK.tsv``."""
+def shard_path(out_path: str | os.PathLike, rank: int, world_size: int,
+               default_suffix: str = ".tsv") -> Path:
+    """Where rank ``rank`` of ``world_size`` writes its part: ``OUT.rankIofK.tsv`` (OUT's
+    own suffix, ``default_suffix`` when it has none)."""
     out = Path(out_path)
-    return out.with_name(f"{out.stem}.rank{rank}of{world_size}{out.suffix or '.tsv'}")
+    return out.with_name(f"{out.stem}.rank{rank}of{world_size}{out.suffix or default_suffix}")
+
+
+def resolve_shard(shard: Shard | None) -> tuple[Shard, bool]:
+    """The part (i, k) of the examples this process covers, and whether torchrun chose it:
+    the given ``shard`` (independent jobs), else (rank, world size) under torchrun (the
+    ranks' parts are merged by rank 0), else (0, 1)."""
+    rank, world, _ = distributed_env()
+    require(shard is None or world == 1,
+            "--shard splits work between independent jobs; under torchrun the ranks shard "
+            "automatically, so leave --shard out")
+    auto = shard is None and world > 1
+    part = (rank, world) if auto else (shard or (0, 1))
+    require(part[1] >= 1 and 0 <= part[0] < part[1], f"bad shard {part}")
+    return part, auto
 
 
 def parse_shard(text: str) -> Shard:
@@ -456,13 +472,7 @@ def _run(
     progress: bool,
 ) -> Path:
     out = Path(out_path)
-    rank, world, _ = distributed_env()
-    require(shard is None or world == 1,
-            "--shard splits work between independent jobs; under torchrun the ranks shard "
-            "automatically, so leave --shard out")
-    auto = shard is None and world > 1
-    part = (rank, world) if auto else (shard or (0, 1))
-    require(part[1] >= 1 and 0 <= part[0] < part[1], f"bad shard {part}")
+    part, auto = resolve_shard(shard)
     num_examples, skip, max_idx = len(dataset), base["skip"], base["max_idx"]
     if auto:
         # A finished merged file means this is a rerun of a completed job.
@@ -486,7 +496,7 @@ def _run(
     columns = _header(target) if done else COLUMNS[kind]  # an older file keeps its format
     todo = [idx for idx in expected if idx not in done]
     bar = Progress(len(expected), initial=len(expected) - len(todo), unit="img",
-                   desc=f"{kind} {target.name}", disable=not progress or (auto and rank != 0))
+                   desc=f"{kind} {target.name}", disable=not progress or (auto and part[0] != 0))
     with open(target, "a", encoding="utf-8") as fh, bar:
         for idx in todo:
             x, label = dataset[idx]
@@ -503,8 +513,9 @@ def _run(
             os.fsync(fh.fileno())  # a killed run loses at most the example in flight
             bar.update(1)
 
-    if not auto or rank != 0:
+    if not auto or part[0] != 0:
         return target
+    world = part[1]
     parts = [shard_path(out, r, world) for r in range(world)]
     _wait_for_shards(parts, kind, num_examples, skip, max_idx, world)
     return merge_results(out, parts)
