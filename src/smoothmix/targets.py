@@ -43,13 +43,14 @@ from smoothmix.certification import (
     Shard,
     atomic_write,
     example_seed,
+    resolve_shard,
     selected_indices,
     settings_diff,
+    shard_path,
 )
 from smoothmix.core import Smooth, module_device
 from smoothmix.data.datasets import TensorImageDataset
 from smoothmix.data.loaders import random_crop_flip
-from smoothmix.distributed import distributed_env
 from smoothmix.errors import SmoothmixError, first_line, require
 
 FORMAT = "smoothmix-targets"
@@ -141,13 +142,8 @@ def build_targets(
     if augment is None:
         augment = bool(getattr(dataset, "augment", False))
     out = Path(out_path)
-    rank, world, _ = distributed_env()
-    require(shard is None or world == 1,
-            "--shard splits work between independent jobs; under torchrun the ranks shard "
-            "automatically, so leave --shard out")
-    auto = shard is None and world > 1
-    part = (rank, world) if auto else (shard or (0, 1))
-    require(part[1] >= 1 and 0 <= part[0] < part[1], f"bad shard {part}")
+    part, auto = resolve_shard(shard)
+    main = not auto or part[0] == 0  # rank 0 under torchrun, else the only process
     base = {
         "format": FORMAT, "version": FORMAT_VERSION, "num_examples": len(dataset),
         "num_classes": classes, "dataset_sha256": dataset_fingerprint(dataset), "n": n,
@@ -164,13 +160,13 @@ def build_targets(
     finished = _finished_settings(target)
     if finished is None:
         _count_rows(smooth, dataset, target, settings, part, batch_size, augment,
-                    progress and rank == 0)  # under torchrun one bar (rank 0's share)
+                    progress and main)  # under torchrun one bar (rank 0's share)
     else:
         _require_same(target, finished, settings)
     if not auto:
         return target
-    if rank == 0:
-        parts = [shard_file(out, r, world) for r in range(world)]
+    if main:
+        parts = [shard_file(out, r, part[1]) for r in range(part[1])]
         while not all(p.exists() for p in parts):  # shard files appear only when complete
             time.sleep(_POLL_SECONDS)
         return merge_targets(out, parts)
@@ -298,8 +294,7 @@ def _view(dataset: Sequence, idx: int, augment: bool, generator: torch.Generator
 
 def shard_file(out_path: str | os.PathLike, rank: int, world_size: int) -> Path:
     """Where shard ``rank`` of ``world_size`` is written: ``OUT.rankIofK.npz``."""
-    out = Path(out_path)
-    return out.with_name(f"{out.stem}.rank{rank}of{world_size}{out.suffix or '.npz'}")
+    return shard_path(out_path, rank, world_size, default_suffix=".npz")
 
 
 def _part_paths(target: Path) -> tuple[Path, Path]:
