@@ -336,15 +336,7 @@ def decide_dataset(
     expected = selected_indices(len(dataset), skip, max_idx)
     _check_existing(out, "decide", settings, repair=True)
     done = _complete_examples(out, len(radii))
-    extra = sorted(done - set(expected))
-    require(not extra, f"{out} holds idx {extra[:1]}, which this run does not cover")
-    device = module_device(model, torch.device("cpu"))
-    if not done:
-        info = {"batch_size": batch_size, "device": str(device),
-                "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        meta = {"smoothmix": __version__, "kind": "decide", "settings": settings, "info": info}
-        atomic_write(_meta_path(out), json.dumps(meta, indent=2) + "\n")
-        atomic_write(out, "\t".join(COLUMNS["decide"]) + "\n")
+    device = _start_file(out, "decide", settings, done, expected, model, batch_size)
 
     todo = [idx for idx in expected if idx not in done]
     started: dict[int, float] = {}
@@ -483,15 +475,7 @@ def _run(
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
     expected = selected_indices(num_examples, skip, max_idx, part)
     done = _check_existing(target, kind, settings, repair=True)
-    extra = sorted(done - set(expected))
-    require(not extra, f"{target} holds idx {extra[:1]}, which this run does not cover")
-    device = module_device(model, torch.device("cpu"))
-    if not done:
-        info = {"batch_size": batch_size, "device": str(device),
-                "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        meta = {"smoothmix": __version__, "kind": kind, "settings": settings, "info": info}
-        atomic_write(_meta_path(target), json.dumps(meta, indent=2) + "\n")
-        atomic_write(target, "\t".join(COLUMNS[kind]) + "\n")
+    device = _start_file(target, kind, settings, done, expected, model, batch_size)
 
     columns = _header(target) if done else COLUMNS[kind]  # an older file keeps its format
     todo = [idx for idx in expected if idx not in done]
@@ -519,6 +503,23 @@ def _run(
     parts = [shard_path(out, r, world) for r in range(world)]
     _wait_for_shards(parts, kind, num_examples, skip, max_idx, world)
     return merge_results(out, parts)
+
+
+def _start_file(path: Path, kind: str, settings: Mapping[str, object], done: set[int],
+                expected: range, model: nn.Module, batch_size: int) -> torch.device:
+    """Refuse rows this run does not cover; for a new run write the settings file and the
+    header. Returns the device the noise is drawn on."""
+    extra = sorted(done - set(expected))
+    require(not extra, f"{path} holds idx {extra[:1]}, which this run does not cover")
+    device = module_device(model, torch.device("cpu"))
+    if not done:
+        info = {"batch_size": batch_size, "device": str(device),
+                "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        meta = {"smoothmix": __version__, "kind": kind, "settings": dict(settings),
+                "info": info}
+        atomic_write(_meta_path(path), json.dumps(meta, indent=2) + "\n")
+        atomic_write(path, "\t".join(COLUMNS[kind]) + "\n")
+    return device
 
 
 def _wait_for_shards(parts: list[Path], kind: str, num_examples: int, skip: int, max_idx: int,
