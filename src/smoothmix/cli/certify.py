@@ -172,11 +172,16 @@ def report(kind: str, out: Path) -> None:
         print(f"{kind} results in {out}" + (f" (merged from {world} ranks)" if world > 1 else ""))
 
 
+def check_sigma_option(sigma: float) -> None:
+    """--sigma > 0, checked before the (slow) model and data loading."""
+    require(sigma > 0, f"--sigma must be positive (pixel units in [0, 1]), got {sigma}")
+
+
 def prepare_run(args: argparse.Namespace) -> tuple[object, object, dict]:
     """Check the options of :func:`add_run_options`, load the model and the dataset, and
     return (model, dataset, the keyword arguments the dataset runners share)."""
     # Cheap checks before the (slow) model and data loading.
-    require(args.sigma > 0, f"--sigma must be positive (pixel units in [0, 1]), got {args.sigma}")
+    check_sigma_option(args.sigma)
     require(args.skip >= 1, f"--skip must be >= 1, got {args.skip}")
     shard = parse_shard(args.shard) if args.shard is not None else None
     from smoothmix.checkpoint import (

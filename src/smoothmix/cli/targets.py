@@ -68,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    require(args.sigma > 0, f"--sigma must be positive (pixel units in [0, 1]), got {args.sigma}")
+    from smoothmix.cli.certify import check_sigma_option
+
+    check_sigma_option(args.sigma)
     require(args.n >= 1, f"--n must be >= 1, got {args.n}")
     require(args.batch >= 1, f"--batch must be >= 1, got {args.batch}")
     from smoothmix.certification import parse_shard
