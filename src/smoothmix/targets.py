@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from smoothmix import __version__
 from smoothmix.certification import (
@@ -52,6 +51,7 @@ from smoothmix.core import Smooth, module_device
 from smoothmix.data.datasets import TensorImageDataset
 from smoothmix.data.loaders import random_crop_flip
 from smoothmix.errors import SmoothmixError, first_line, require
+from smoothmix.progress import Progress
 
 FORMAT = "smoothmix-targets"
 FORMAT_VERSION = 1
@@ -247,8 +247,8 @@ def _count_rows(smooth: Smooth, dataset: Sequence, target: Path, settings: dict[
     done = counts.sum(1, dtype=np.int64) == n
     todo = [i for i in indices if not done[i]]
     device = module_device(smooth.base_classifier, torch.device("cpu"))
-    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), unit="img",
-               desc=f"targets {target.name}", disable=not progress, dynamic_ncols=True)
+    bar = Progress(len(indices), initial=len(indices) - len(todo), unit="img",
+                   desc=f"targets {target.name}", disable=not progress)
     last_flush = time.monotonic()
     with bar:
         for idx in todo:
