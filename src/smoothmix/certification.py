@@ -229,6 +229,19 @@ def parse_shard(text: str) -> Shard:
     return i, k
 
 
+def check_shard_set(parts: Sequence[Shard]) -> int:
+    """Refuse a set of shards (i, k) that is not each of 0/k ... k-1/k exactly once (the
+    shards of one run, for a merge); returns k."""
+    num_shards = {k for _, k in parts}
+    require(len(num_shards) == 1, f"shards of different splits: {sorted(num_shards)} parts")
+    k = num_shards.pop()
+    given = [i for i, _ in parts]
+    for i in range(k):
+        require(given.count(i) <= 1, f"shard {i}/{k} is given more than once")
+        require(i in given, f"shard {i}/{k} is missing (shards {sorted(given)} given)")
+    return k
+
+
 def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLike]) -> Path:
     """Merge the shard files of one run into ``out_path``, sorted by idx.
 
@@ -246,14 +259,7 @@ def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
         diff = settings_diff(common, other)
         require(not diff, f"{path} comes from another run than {shards[0]} ({diff})")
     kind = first["kind"]
-    parts = [parse_shard(meta["settings"]["shard"]) for meta in metas]
-    num_shards = {k for _, k in parts}
-    require(len(num_shards) == 1, f"shards of different splits: {sorted(num_shards)} parts")
-    k = num_shards.pop()
-    given = [i for i, _ in parts]
-    for i in range(k):
-        require(given.count(i) <= 1, f"shard {i}/{k} is given more than once")
-        require(i in given, f"shard {i}/{k} is missing (shards given: {sorted(given)})")
+    check_shard_set([parse_shard(meta["settings"]["shard"]) for meta in metas])
 
     columns = _header(Path(shards[0]))
     rows: dict[int, str] = {}

@@ -41,7 +41,9 @@ from smoothmix import __version__
 from smoothmix.certification import (
     Shard,
     atomic_write,
+    check_shard_set,
     example_seed,
+    parse_shard,
     resolve_shard,
     selected_indices,
     settings_diff,
@@ -333,17 +335,11 @@ def merge_targets(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
     loaded = [_read(Path(p)) for p in shards]
     first = loaded[0]
     common = {k: v for k, v in first.meta.items() if k != "shard"}
-    parts = []
     for t in loaded:
         other = {k: v for k, v in t.meta.items() if k != "shard"}
         _require_same(t.path, common, other, what=f"{t.path} (against {first.path})")
-        i, k = (int(v) for v in str(t.meta["shard"]).split("/"))
-        parts.append((i, k))
-    ks = {k for _, k in parts}
-    require(len(ks) == 1, f"shards of different splits: {sorted(ks)} parts")
-    k = ks.pop()
-    given = sorted(i for i, _ in parts)
-    require(given == list(range(k)), f"shards {given} given; need each of 0..{k - 1} once")
+    parts = [parse_shard(str(t.meta["shard"])) for t in loaded]
+    k = check_shard_set(parts)
     counts = np.zeros_like(first.counts)
     for t, (i, _) in zip(loaded, parts, strict=True):
         rows = list(selected_indices(common["num_examples"], 1, common["max_idx"], (i, k)))
