@@ -300,6 +300,9 @@ def test_plot_states_settings_in_percent_and_marks_caps(runs, tmp_path):
     assert "σ = 0.5, N = 1000, α = 0.01, 20 images" in text
     assert "certified accuracy (%)" in text and ">100<" in text
     with matplotlib.rc_context({"svg.fonttype": "none"}):
+        wide = plot_certified_accuracy(results, tmp_path / "w.svg", max_radius=2.0)
+    assert wide.read_text().count("cap 1.30") == 1  # a and c share one cap: one label
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
         mixed = plot_certified_accuracy(
             [results[0], read_results(runs["b"])], tmp_path / "m.svg", labels=["a", "b"])
     text = mixed.read_text()

@@ -430,17 +430,21 @@ def plot_certified_accuracy(
     markers = ("o", "s", "^", "D", "v", "x", "P", "*")
     with plt.rc_context({"font.size": 8, "axes.titlesize": 8, "legend.fontsize": 7}):
         fig, ax = plt.subplots(figsize=figsize)
+        caps = {res.radius_cap for res in results}
+        marked: list[float] = []  # caps already drawn: files that share one get one line
         for i, (label, res) in enumerate(zip(labels, results, strict=True)):
             text = label + _legend_settings(res, shared)
             (line,) = ax.plot(grid, 100 * res.certified_accuracy(grid), label=text,
                               linestyle=styles[i % len(styles)], marker=markers[i % len(markers)],
                               markevery=(i * 7 % 50, 50), markersize=3.5, linewidth=1.2)
             cap = res.radius_cap
-            if cap is not None and cap < max_radius:
-                ax.axvline(cap, color=line.get_color(), linestyle=":", linewidth=0.8)
-                ax.annotate(f"cap {cap:.2f}", (cap, 100), xytext=(-2, -2 - 8 * i),
+            if cap is not None and cap < max_radius and cap not in marked:
+                color = line.get_color() if len(caps) > 1 else "0.3"
+                ax.axvline(cap, color=color, linestyle=":", linewidth=0.8)
+                ax.annotate(f"cap {cap:.2f}", (cap, 100), xytext=(-2, -2 - 8 * len(marked)),
                             textcoords="offset points", ha="right", va="top", fontsize=6,
-                            color=line.get_color())
+                            color=color)
+                marked.append(cap)
         ax.set_xlabel(r"radius ($\ell_2$)")
         ax.set_ylabel("certified accuracy (%)")
         ax.set_xlim(0, max_radius)
