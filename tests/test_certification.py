@@ -54,18 +54,21 @@ def test_result_file_format_and_per_example_seeding(tmp_path, model):
     ds = ToyDataset()
     out = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", **SETTINGS)
     lines = out.read_text().splitlines()
-    assert lines[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tstatus"
+    assert lines[0] == ("idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tstatus"
+                        "\tn_a\tn_b\tbound")
     assert len(lines) == 1 + len(ds)
     from smoothmix.certification import example_seed
 
     smooth = Smooth(model, 3, 0.25)
     for idx, line in enumerate(lines[1:]):
-        i, label, pred, radius, correct, seconds, samples, status = line.split("\t")
+        i, label, pred, radius, correct, seconds, samples, status, n_a, n_b, bound = \
+            line.split("\t")
         gen = torch.Generator().manual_seed(example_seed(0, idx))
         expect = smooth.certificate(ds.x[idx], 10, 200, 0.01, 64, generator=gen)
         assert (int(i), int(label), int(pred), float(radius)) == (idx, int(ds.y[idx]),
                                                                   *expect[:2])
-        assert (int(samples), status) == expect[2:]
+        assert (int(samples), status, int(n_a), int(n_b)) == expect[2:]
+        assert bound == "cohen"
         assert repr(float(radius)) == radius  # full precision, round-trips exactly
         assert int(correct) == (int(pred) == int(label))
         assert float(seconds) >= 0
@@ -277,10 +280,10 @@ def test_skip_wrong_gives_the_full_runs_metrics_on_real_mnist(tmp_path, mnist_mo
     full = certify_dataset(net, test, 0.5, tmp_path / "full.tsv", **opts)
     fast = certify_dataset(net, test, 0.5, tmp_path / "fast.tsv", skip_wrong=True, **opts)
     full_rows, fast_rows = rows(full), rows(fast)
-    skipped = [r for r in fast_rows if r[-1] == "skipped"]
+    skipped = [r for r in fast_rows if r[6] == "skipped"]
     assert len(skipped) >= 3  # the set has wrong rows, and they were skipped
     for a, b in zip(full_rows, fast_rows, strict=True):
-        if b[-1] == "skipped":
+        if b[6] == "skipped":
             assert b[2:6] == ["-1", "0.0", "0", "20"]  # no claim, only the selection drawn
             assert a[4] == "0"  # the full run scored it 0 as well
         else:
@@ -296,17 +299,22 @@ def test_skip_wrong_gives_the_full_runs_metrics_on_real_mnist(tmp_path, mnist_mo
         certify_dataset(net, test, 0.5, full, skip_wrong=True, **opts)
 
 
-def test_a_dataset_run_tunes_the_cpu_chunk_at_its_first_example(tmp_path):
-    # 12 images x N = 5,000 is enough work to pay for the chunk timing: it must happen in
-    # the first example, not only once 50,000 samples have gone by.
-    sizes: list[int] = []
-
-    class Spy(nn.Module):
-        def forward(self, x):
-            sizes.append(len(x))
-            return torch.zeros(len(x), 3)
-
-    certify_dataset(Spy(), ToyDataset(), 0.25, tmp_path / "c.tsv", n0=10, n=5000,
-                    alpha=0.01, batch_size=1000, progress=False)
-    first_timing = sizes.index(62)  # the smallest candidate: only the timing uses it
-    assert sum(sizes[:first_timing]) < 10 + 5000
+def test_a_dataset_run_records_its_execution_and_resume_reuses_it(tmp_path, model):
+    ds = ToyDataset()
+    out = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", **SETTINGS,
+                          execution={"chunk": 16, "layout": "contiguous"})
+    settings = json.loads((tmp_path / "c.tsv.json").read_text())["settings"]
+    assert {k: settings[k] for k in ("precision", "layout", "chunk", "compile")} == {
+        "precision": "fp32", "layout": "contiguous", "chunk": 16, "compile": False}
+    assert settings["threads"] == torch.get_num_threads()
+    full = rows(out)
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:4]) + "\n")  # killed after three rows
+    certify_dataset(model, ds, 0.25, out, **SETTINGS)  # no flags: the recorded values
+    assert rows(out) == full
+    for bad, field in (({"chunk": 32}, "chunk"), ({"precision": "bf16"}, "precision"),
+                       ({"layout": "channels_last"}, "layout")):
+        before = out.read_bytes()
+        with pytest.raises(SmoothmixError, match=field) as info:
+            certify_dataset(model, ds, 0.25, out, **SETTINGS, execution=bad)
+        assert "\n" not in str(info.value) and out.read_bytes() == before

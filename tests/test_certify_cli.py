@@ -87,9 +87,9 @@ def test_skip_wrong_flag_reaches_the_file(tmp_path, ckpts):
     assert main(["certify", *common, "--out", str(full)]) == 0
     assert main(["certify", *common, "--skip-wrong", "--out", str(fast)]) == 0
     pairs = list(zip(data_rows(full), data_rows(fast), strict=True))
-    assert any(b[-1] == "skipped" for _, b in pairs)
+    assert any(b[6] == "skipped" for _, b in pairs)
     for a, b in pairs:
-        assert a == b if b[-1] != "skipped" else (b[2:6] == ["-1", "0.0", "0", "10"]
+        assert a == b if b[6] != "skipped" else (b[2:6] == ["-1", "0.0", "0", "10"]
                                                   and a[4] == "0")
 
 
@@ -101,7 +101,7 @@ def test_radius_mode_writes_decisions_and_resumes(tmp_path, ckpts):
             "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     lines = out.read_text().splitlines()
-    assert lines[0] == "idx\tlabel\tpredict\tradius\tdecision\tcorrect\tsamples\ttime"
+    assert lines[0] == "idx\tlabel\ttested\tat_radius\tdecision\tcertified_correct\tsamples\ttime"
     rows = [line.split("\t") for line in lines[1:]]
     assert sorted((int(r[0]), float(r[3])) for r in rows) == [
         (i, r) for i in range(4) for r in (0.1, 0.2)]

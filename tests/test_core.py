@@ -223,7 +223,7 @@ def test_certify_bounds_with_fresh_samples_only():
     model = SwitchAfter(100)
     smooth = Smooth(model, 2, 0.5)
     full = smooth.certificate(torch.zeros(1, 2, 2), 100, 1000, 0.01, 64, early_abstain=False)
-    assert full == (-1, 0.0, 1100, "abstain")
+    assert full == (-1, 0.0, 1100, "abstain", 0, 1000)
     assert model.seen == 1100  # exactly n0 + n noisy samples, chunked within batch_size
     model.seen = 0  # early abstain: futile once 0 + (1000 - t) < k*; the first of the
     # FUTILITY_CHECKS evenly spaced checks past that point stops it, at a block end
@@ -266,7 +266,11 @@ def test_chunks_respect_batch_size():
     assert sum(sizes) == 200 and max(sizes) == 64
 
 
-def test_cpu_chunk_is_tuned_within_batch_size_for_long_runs():
+def test_cpu_chunk_is_a_fixed_rule_never_timing():
+    # Separate processes must vote identically, so the chunk never depends on a timing:
+    # every forward is CPU_CHUNK rows (the block's tail excepted), in every call.
+    from smoothmix.execution import CPU_CHUNK
+
     sizes: list[int] = []
 
     class Spy(Constant):
@@ -275,34 +279,15 @@ def test_cpu_chunk_is_tuned_within_batch_size_for_long_runs():
             return super().forward(x)
 
     smooth = Smooth(Spy(1, 2), 2, 0.5)
-    assert smooth.predict(torch.zeros(1, 2, 2), 50_000, 0.01, batch_size=1000) == 1
-    (chunk,) = smooth._tuned.values()
-    assert chunk in (1000, 500, 250, 125, 62)
-    assert max(sizes) <= 1000
-
-
-def test_cpu_chunk_is_tuned_once_per_object_across_short_calls():
-    # A dataset run at N = 10,000 makes many short calls: the chunk must be tuned once the
-    # object has drawn enough samples in all, and never again for that shape.
-    sizes: list[int] = []
-
-    class Spy(Constant):
-        def forward(self, x):
-            sizes.append(len(x))
-            return super().forward(x)
-
-    smooth = Smooth(Spy(1, 2), 2, 0.5)
-    x = torch.zeros(1, 2, 2)
-    for _ in range(4):
-        smooth.predict(x, 10_000, 0.01, batch_size=1000)
-    assert not smooth._tuned and sum(sizes) == 40_000  # no timing before 50,000 in all
-    smooth.predict(x, 10_000, 0.01, batch_size=1000)
-    assert len(smooth._tuned) == 1 and sum(sizes) > 50_000  # the timing forwards
+    for _ in range(3):
+        assert smooth.predict(torch.zeros(1, 2, 2), 60_000, 0.01, batch_size=1000) == 1
+    assert sum(sizes) == 180_000
+    assert set(sizes) == {CPU_CHUNK}
+    ex = smooth.execution(torch.device("cpu"), 1000)
+    assert (ex.chunk, ex.precision, ex.layout) == (CPU_CHUNK, "fp32", "contiguous")
     sizes.clear()
-    smooth.predict(x, 10_000, 0.01, batch_size=1000)
-    assert sum(sizes) == 10_000  # no second timing
-    (chunk,) = smooth._tuned.values()
-    assert set(sizes[:-1]) == {chunk}
+    Smooth(Spy(1, 2), 2, 0.5).predict(torch.zeros(1, 2, 2), 300, 0.01, batch_size=100)
+    assert set(sizes) == {100}  # never more than the block
 
 
 @pytest.mark.parametrize("n, alpha", [(100_000, 0.001), (10_000, 0.001), (500, 0.05), (10, 0.001)])
@@ -363,7 +348,7 @@ def test_certify_is_the_certificate_and_skip_wrong_skips_the_estimation():
     assert full.status == "certified" and full.samples == 1010
     assert smooth.certify(x, 10, 1000, 0.001, 100) == (full.prediction, full.radius)
     assert smooth.certificate(x, 10, 1000, 0.001, 100, label=3) == full
-    assert smooth.certificate(x, 10, 1000, 0.001, 100, label=4) == (-1, 0.0, 10, "skipped")
+    assert smooth.certificate(x, 10, 1000, 0.001, 100, label=4) == (-1, 0.0, 10, "skipped", -1, -1)
 
 
 def test_noise_does_not_depend_on_the_forward_chunk():
@@ -404,7 +389,7 @@ def test_same_generator_seed_gives_same_answer():
         (dict(x=torch.zeros(1, 2, 2, dtype=torch.uint8)), "float"),
         (dict(x=[[0.0]]), "torch.Tensor"),
         (dict(num_classes=3), "logits of shape"),
-        (dict(num_classes=1), "num_classes must be >= 2"),
+        (dict(num_classes=1), "num_classes must be an integer >= 2"),
     ],
 )
 def test_bad_input_gives_one_line_smoothmix_error(kwargs, message):

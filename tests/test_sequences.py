@@ -53,7 +53,7 @@ class Zeros:
 
 def read(path) -> list[list[str]]:
     lines = path.read_text().splitlines()
-    assert lines[0] == "idx\tlabel\tpredict\tradius\tdecision\tcorrect\tsamples\ttime"
+    assert lines[0] == "idx\tlabel\ttested\tat_radius\tdecision\tcertified_correct\tsamples\ttime"
     return [line.split("\t")[:-1] for line in lines[1:]]  # without time
 
 

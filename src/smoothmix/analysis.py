@@ -130,6 +130,9 @@ def read_results(path: str | os.PathLike) -> CertificationResults:
         raise SmoothmixError(f"cannot read result file {path}: {exc}") from None
     require(bool(lines), f"{path} is empty")
     header = lines[0].split("\t")
+    require("at_radius" not in header and "decision" not in header,
+            f"{path} is a `certify --radius` decisions file (columns tested, at_radius, "
+            "decision), not a certify result file; read it with read_decisions")
     need = ("idx", "label", "predict", "radius")
     missing = [c for c in need if c not in header]
     require(not missing, f"{path} has no column(s) {', '.join(missing)} (header {header}); "
@@ -522,6 +525,11 @@ class DecisionResults:
         return self.samples.mean(axis=0)
 
 
+def _header_of(path: str | os.PathLike) -> list[str]:
+    with open(path, encoding="utf-8") as fh:
+        return fh.readline().rstrip("\n").split("\t")
+
+
 def _read_table(path: str | os.PathLike, need: Sequence[str]) -> list[dict[str, str]]:
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     header = lines[0].split("\t")
@@ -537,13 +545,26 @@ def _read_table(path: str | os.PathLike, need: Sequence[str]) -> list[dict[str, 
     return rows
 
 
+# The column names of ``certify --radius`` files before 0.3 (they reused certify's names).
+_LEGACY_DECISION_NAMES = {"predict": "tested", "radius": "at_radius",
+                          "correct": "certified_correct"}
+
+
 def read_decisions(path: str | os.PathLike) -> DecisionResults:
-    """Read a ``certify --radius`` file (one row per example and radius)."""
-    rows = _read_table(path, ("idx", "radius", "decision", "correct", "samples"))
+    """Read a ``certify --radius`` file (one row per example and radius; files of smoothmix
+    0.2, whose columns reused certify's names, too)."""
+    if "at_radius" not in _header_of(path):
+        rows = [{_LEGACY_DECISION_NAMES.get(k, k): v for k, v in row.items()}
+                for row in _read_table(path, ("idx", "radius", "decision", "correct",
+                                              "samples"))]
+    else:
+        rows = _read_table(path, ("idx", "at_radius", "decision", "certified_correct",
+                                  "samples"))
     try:
-        radii = sorted({float(r["radius"]) for r in rows})
+        radii = sorted({float(r["at_radius"]) for r in rows})
         idx = sorted({int(r["idx"]) for r in rows})
-        cell = {(int(r["idx"]), float(r["radius"])): (r["correct"] == "1", int(r["samples"]))
+        cell = {(int(r["idx"]), float(r["at_radius"])): (r["certified_correct"] == "1",
+                                                          int(r["samples"]))
                 for r in rows}
     except ValueError:
         raise SmoothmixError(f"{path} has a malformed row") from None

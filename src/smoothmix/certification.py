@@ -34,23 +34,42 @@ import torch
 from torch import nn
 
 from smoothmix import __version__
-from smoothmix.core import Smooth, check_certify_args, check_predict_args, module_device
+from smoothmix.core import (
+    Smooth,
+    check_bound,
+    check_certify_args,
+    check_predict_args,
+    module_device,
+)
 from smoothmix.distributed import distributed_env
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.execution import EXECUTION_KEYS, LEGACY_EXECUTION, Execution, resolve_execution
 from smoothmix.progress import Progress
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "certify": ("idx", "label", "predict", "radius", "correct", "time", "samples", "status"),
+    # n_a, n_b: the estimation's votes for the selected class and the largest other count
+    # (-1 when skipped), from which either bound's radius can be recomputed; bound: the
+    # formula of the radius column (cohen or two-sided).
+    "certify": ("idx", "label", "predict", "radius", "correct", "time", "samples", "status",
+                "n_a", "n_b", "bound"),
     "predict": ("idx", "label", "predict", "correct", "time"),
     # attack_dataset: PREDICT at x (predict, correct) and at the attacked point.
     "attack": ("idx", "label", "predict", "correct", "time", "adv_predict", "distance",
                "robust"),
     # decide_dataset: one row per (example, radius), an example's rows written together.
-    "decide": ("idx", "label", "predict", "radius", "decision", "correct", "samples", "time"),
+    # Not the certify names on purpose: `tested` is the class tested (the label in label
+    # mode, certified or not) and `at_radius` the radius asked about, so a script written
+    # for certify files (`(correct & radius >= r)`) fails on a KeyError instead of
+    # computing nonsense.
+    "decide": ("idx", "label", "tested", "at_radius", "decision", "certified_correct",
+               "samples", "time"),
 }
-# Headers of older smoothmix files that a run may still resume or merge.
-_LEGACY: dict[str, tuple[str, ...]] = {
-    "certify": ("idx", "label", "predict", "radius", "correct", "time"),
+# Headers of older smoothmix files that a run may still resume or merge, in their format.
+_LEGACY: dict[str, tuple[tuple[str, ...], ...]] = {
+    "certify": (("idx", "label", "predict", "radius", "correct", "time"),
+                ("idx", "label", "predict", "radius", "correct", "time", "samples", "status")),
+    "decide": (("idx", "label", "predict", "radius", "decision", "correct", "samples",
+                "time"),),
 }
 _POLL_SECONDS = 2.0
 
@@ -78,41 +97,43 @@ def certify_dataset(
     identity: Mapping[str, object] | None = None,
     progress: bool = True,
     skip_wrong: bool = False,
+    bound: str = "cohen",
+    execution: Mapping[str, object] | None = None,
 ) -> Path:
     """CERTIFY every ``skip``-th example with idx < ``max_idx`` (-1: all) into ``out_path``.
 
     Every row goes through :meth:`Smooth.certificate`, so rows that will abstain stop
-    sampling early (same answer). ``skip_wrong`` (evaluation shortcut, SPEC 2.1): when the
-    n0 selection is not the label, skip the estimation and write ``predict -1, radius 0,
-    status skipped``; certified accuracy and ACR equal those of the full run with the seed.
+    sampling early (same answer). ``skip_wrong`` (evaluation shortcut, docs/MATH.md §2.1):
+    when the n0 selection is not the label, skip the estimation and write ``predict -1,
+    radius 0, status skipped``; certified accuracy and ACR equal those of the full run with
+    the seed. ``bound``: the radius formula, ``cohen`` (CERTIFY, the published tables) or
+    ``two-sided``; every row also keeps n_a and n_b, from which either can be recomputed.
 
     ``shard=(i, k)`` takes every k-th of those examples starting at the i-th. With
     ``shard=None`` under torchrun each rank takes its share, writes ``OUT.rankIofK.tsv``,
     and rank 0 merges them into ``out_path`` once all are complete. ``identity`` names what
     the caller knows about the model and data (checkpoint hash, dataset, split, ...); it is
-    stored with the settings, and a rerun into the same file must match it.
+    stored with the settings, and a rerun into the same file must match it. ``execution``
+    (keys precision, layout, chunk, compile, threads; :mod:`smoothmix.execution`) says how
+    the model runs; unset keys take a resumed file's recorded values, else the defaults.
     """
-    smooth = _smooth(model, dataset, sigma, num_classes)
-
-    announced = False
-
-    def classify(x: torch.Tensor, label: int, generator: torch.Generator) -> Row:
-        nonlocal announced
-        if not announced:  # the whole run's estimation work, so the chunk is tuned up front
-            images = len(selected_indices(len(dataset), skip, max_idx, shard or (0, 1)))
-            smooth.expect(x, images * n, min(n, batch_size))
-            announced = True
+    def classify(smooth: Smooth, x: torch.Tensor, label: int,
+                 generator: torch.Generator) -> Row:
         result = smooth.certificate(x, n0, n, alpha, batch_size, generator,
-                                    label=label if skip_wrong else None)
-        return result.prediction, result.radius, (result.samples, result.status)
+                                    label=label if skip_wrong else None, bound=bound)
+        return result.prediction, result.radius, (result.samples, result.status, result.n_a,
+                                                  result.n_b, bound)
 
     check_certify_args(n0, n, alpha, batch_size)  # before any file is touched
+    check_bound(bound)
     counts: dict[str, object] = {"n0": n0, "n": n, "alpha": alpha}
     if skip_wrong:  # only when on, so that files of runs without it keep their settings
         counts["skip_wrong"] = True
+    if bound != "cohen":  # likewise: a file without the key used Cohen's radius
+        counts["bound"] = bound
     settings = _settings(sigma, counts, skip, max_idx, seed, dataset, identity)
     return _run("certify", classify, model, dataset, out_path, settings, shard, batch_size,
-                progress)
+                progress, num_classes, execution)
 
 
 def predict_dataset(
@@ -131,18 +152,18 @@ def predict_dataset(
     num_classes: int | None = None,
     identity: Mapping[str, object] | None = None,
     progress: bool = True,
+    execution: Mapping[str, object] | None = None,
 ) -> Path:
     """PREDICT (abstain = -1) over a dataset; file ``idx label predict correct time``.
     Arguments as for :func:`certify_dataset`."""
-    smooth = _smooth(model, dataset, sigma, num_classes)
-
-    def classify(x: torch.Tensor, label: int, generator: torch.Generator) -> Row:
+    def classify(smooth: Smooth, x: torch.Tensor, label: int,
+                 generator: torch.Generator) -> Row:
         return smooth.predict(x, n, alpha, batch_size, generator=generator), math.nan, ()
 
     check_predict_args(n, alpha, batch_size)
     settings = _settings(sigma, {"n": n, "alpha": alpha}, skip, max_idx, seed, dataset, identity)
     return _run("predict", classify, model, dataset, out_path, settings, shard, batch_size,
-                progress)
+                progress, num_classes, execution)
 
 
 def attack_dataset(
@@ -164,6 +185,7 @@ def attack_dataset(
     num_classes: int | None = None,
     identity: Mapping[str, object] | None = None,
     progress: bool = True,
+    execution: Mapping[str, object] | None = None,
 ) -> Path:
     """Attack the smoothed classifier at every selected example (PGD in the l2 ball of
     ``epsilon`` on the smoothed soft classifier, ``num_noise`` draws, ``num_steps`` steps;
@@ -172,9 +194,8 @@ def attack_dataset(
     PREDICT returns the label at both points). Other arguments as for certify_dataset."""
     from smoothmix.empirical import attack_and_predict, check_attack_args
 
-    smooth = _smooth(model, dataset, sigma, num_classes)
-
-    def classify(x: torch.Tensor, label: int, generator: torch.Generator) -> Row:
+    def classify(smooth: Smooth, x: torch.Tensor, label: int,
+                 generator: torch.Generator) -> Row:
         clean, adv, distance = attack_and_predict(smooth, x, label, epsilon, num_steps,
                                                   num_noise, n, alpha, batch_size, generator)
         return clean, math.nan, (adv, repr(distance), int(clean == label and adv == label))
@@ -185,7 +206,7 @@ def attack_dataset(
               "n": n, "alpha": alpha}
     settings = _settings(sigma, counts, skip, max_idx, seed, dataset, identity)
     return _run("attack", classify, model, dataset, out_path, settings, shard, batch_size,
-                progress)
+                progress, num_classes, execution)
 
 
 def selected_indices(num_examples: int, skip: int = 1, max_idx: int = -1,
@@ -275,7 +296,7 @@ def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
     settings = {**common, "shard": "0/1"}
     existing = read_meta(out, required=False) if out.exists() else None
     if existing is not None and _has_rows(out, kind):
-        diff = settings_diff(existing["settings"], settings)
+        diff = settings_diff(_comparable(existing["settings"], settings), settings)
         require(existing["kind"] == kind and not diff,
                 f"{out} already holds another run ({diff or existing['kind']}); choose another "
                 "output file")
@@ -304,6 +325,7 @@ def decide_dataset(
     num_classes: int | None = None,
     identity: Mapping[str, object] | None = None,
     progress: bool = True,
+    execution: Mapping[str, object] | None = None,
 ) -> Path:
     """Decide "robust at r" for every radius in ``radii`` on each selected example with a
     confidence sequence (:mod:`smoothmix.sequences`, SPEC 2.1) into ``out_path``.
@@ -313,9 +335,10 @@ def decide_dataset(
     certified). Examples share forward batches through a pool; each one's noise comes from
     the (seed, idx) stream as in certify, in segments fixed by its own procedure, so its
     rows do not depend on the others. The file has one row per (example, radius):
-    ``idx label predict radius decision correct samples time`` (predict = the class
-    tested; decision certified / not-certified / undecided; correct = certified and
-    predict == label; samples = noise samples drawn for the example, selection included,
+    ``idx label tested at_radius decision certified_correct samples time`` (tested = the
+    class tested; at_radius = the radius asked about, not a certified radius; decision
+    certified / not-certified / undecided; certified_correct = certified and tested ==
+    label; samples = noise samples drawn for the example, selection included,
     when that radius was decided; time = seconds from the example's first batch to its
     last). Resumable like certify (an example's rows are written and fsync'ed together);
     not shardable yet.
@@ -331,7 +354,8 @@ def decide_dataset(
     check_certify_args(n0, n, alpha, batch_size)
     require(distributed_env()[1] == 1, "decisions at given radii do not run under torchrun "
             "yet; run one process (or split the examples with --skip/--max-idx by hand)")
-    smooth = _smooth(model, dataset, sigma, num_classes)  # validates sigma and num_classes
+    classes = _num_classes(dataset, num_classes)
+    Smooth(model, classes, sigma)  # validates sigma and num_classes
     counts: dict[str, object] = {"radii": radii, "sequence": sequence, "n": n,
                                  "alpha": alpha, "label": use_label}
     if not use_label:
@@ -339,6 +363,9 @@ def decide_dataset(
     settings = {**_settings(sigma, counts, skip, max_idx, seed, dataset, identity),
                 "shard": "0/1"}
     out = Path(out_path)
+    device = module_device(model, torch.device("cpu"))
+    ex = _execution(model, device, batch_size, execution, _recorded(out, "decide"))
+    settings.update(ex.settings())
     expected = selected_indices(len(dataset), skip, max_idx)
     _check_existing(out, "decide", settings, repair=True)
     done = _complete_examples(out, len(radii))
@@ -377,7 +404,7 @@ def decide_dataset(
 
         from smoothmix.sequences import run_pool
 
-        run_pool(model, items(), sigma, smooth.num_classes, batch_size, write)
+        run_pool(model, items(), sigma, classes, batch_size, write, execution=ex)
     return out
 
 
@@ -443,11 +470,40 @@ def _complete_examples(path: Path, per_example: int) -> set[int]:
 
 
 
-def _smooth(model: nn.Module, dataset: Sequence, sigma: float, num_classes: int | None) -> Smooth:
+def _num_classes(dataset: Sequence, num_classes: int | None) -> int:
     if num_classes is None:
         num_classes = getattr(dataset, "num_classes", None)
         require(num_classes is not None, "num_classes not given and the dataset has none")
-    return Smooth(model, int(num_classes), sigma)
+    return int(num_classes)  # type: ignore[arg-type]
+
+
+def _execution(model: nn.Module, device: torch.device, batch_size: int,
+               request: Mapping[str, object] | None,
+               recorded: Mapping[str, object] | None) -> Execution:
+    """The run's execution: what was asked, else what the file being resumed recorded."""
+    request = dict(request or {})
+    unknown = sorted(set(request) - set(EXECUTION_KEYS))
+    require(not unknown, f"unknown execution option(s) {unknown}; known: "
+            f"{', '.join(EXECUTION_KEYS)}")
+    return resolve_execution(model, device, batch_size, recorded=recorded,
+                             **request)  # type: ignore[arg-type]
+
+
+def _recorded(path: Path, kind: str) -> dict[str, object] | None:
+    """The settings of the run that wrote ``path`` when there is one to resume."""
+    if not path.exists() or not _has_rows(path, kind):
+        return None
+    meta = read_meta(path, required=False)
+    return dict(meta["settings"]) if meta else None
+
+
+def _comparable(recorded: Mapping[str, object], now: Mapping[str, object]) -> dict:
+    """A file's settings as the current release would write them: files from before the
+    execution was recorded ran in LEGACY_EXECUTION, their chunk and threads unknown."""
+    if "precision" in recorded:
+        return dict(recorded)
+    unknown = {k: now[k] for k in ("chunk", "threads") if k in now}
+    return {**LEGACY_EXECUTION, **unknown, **recorded}
 
 
 def _settings(sigma: float, counts: dict[str, object], skip: int, max_idx: int, seed: int,
@@ -460,7 +516,7 @@ def _settings(sigma: float, counts: dict[str, object], skip: int, max_idx: int, 
 
 def _run(
     kind: str,
-    classify: Callable[[torch.Tensor, int, torch.Generator], Row],
+    classify: Callable[[Smooth, torch.Tensor, int, torch.Generator], Row],
     model: nn.Module,
     dataset: Sequence,
     out_path: str | os.PathLike,
@@ -468,16 +524,24 @@ def _run(
     shard: Shard | None,
     batch_size: int,
     progress: bool,
+    num_classes: int | None,
+    execution: Mapping[str, object] | None,
 ) -> Path:
     out = Path(out_path)
     part, auto = resolve_shard(shard)
     num_examples, skip, max_idx = len(dataset), base["skip"], base["max_idx"]
+    target = shard_path(out, *part) if auto else out
+    device = module_device(model, torch.device("cpu"))
+    recorded = _recorded(target, kind) or (_recorded(out, kind) if auto else None)
+    ex = _execution(model, device, batch_size, execution, recorded)
+    base = {**base, **ex.settings()}
+    smooth = Smooth(model, _num_classes(dataset, num_classes), float(base["sigma"]),  # type: ignore[arg-type]
+                    execution=ex)
     if auto:
         # A finished merged file means this is a rerun of a completed job.
         finished = _check_existing(out, kind, {**base, "shard": "0/1"}, repair=False)
         if finished == set(selected_indices(num_examples, skip, max_idx)):
             return out
-    target = shard_path(out, *part) if auto else out
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
     expected = selected_indices(num_examples, skip, max_idx, part)
     done = _check_existing(target, kind, settings, repair=True)
@@ -492,7 +556,7 @@ def _run(
             x, label = dataset[idx]
             generator = torch.Generator(device=device).manual_seed(example_seed(base["seed"], idx))
             start = time.perf_counter()
-            prediction, radius, extra = classify(x, int(label), generator)
+            prediction, radius, extra = classify(smooth, x, int(label), generator)
             elapsed = time.perf_counter() - start
             fields = [idx, int(label), prediction]
             if kind == "certify":
@@ -552,7 +616,7 @@ def _check_existing(path: Path, kind: str, settings: Mapping[str, object],
     require(meta is not None,
             f"{path} exists but has no settings file {_meta_path(path).name}, so it cannot be "
             "resumed safely; choose another output file or move it away")
-    diff = settings_diff(meta["settings"], settings)
+    diff = settings_diff(_comparable(meta["settings"], settings), settings)
     require(meta["kind"] == kind and not diff,
             f"{path} was written by another run ({diff or meta['kind'] + ' file'}); rerun with "
             "the same settings to resume, or choose another output file")
@@ -566,7 +630,7 @@ def _read_rows(path: Path, kind: str, repair: bool, strict: bool = True) -> list
     lines = path.read_bytes().split(b"\n")
     header, complete, tail = lines[0], lines[1:-1], lines[-1]  # tail: bytes after the last \n
     columns = tuple(header.decode("utf-8", "replace").split("\t"))
-    require(columns in (COLUMNS[kind], _LEGACY.get(kind)),
+    require(columns == COLUMNS[kind] or columns in _LEGACY.get(kind, ()),
             f"{path} is not a smoothmix {kind} result file (header {header[:60]!r})")
     rows: list[tuple[int, str]] = []
     good_end = len(header) + 1
@@ -594,7 +658,7 @@ def _parse_row(raw: bytes, columns: tuple[str, ...]) -> int | None:
             return None
         for value in fields[1:3]:
             int(value)
-        numeric = ("radius", "time", "samples", "distance")
+        numeric = ("radius", "at_radius", "time", "samples", "distance", "n_a", "n_b")
         for name in numeric:
             if name in columns:
                 float(fields[columns.index(name)])
@@ -602,12 +666,15 @@ def _parse_row(raw: bytes, columns: tuple[str, ...]) -> int | None:
             return None
         if "decision" in columns and fields[columns.index("decision")] not in _DECISIONS:
             return None
+        if "bound" in columns and fields[columns.index("bound")] not in _BOUNDS:
+            return None
         return int(fields[0])
     except ValueError:
         return None
 
 
 _STATUSES = ("certified", "abstain", "skipped")
+_BOUNDS = ("cohen", "two-sided")  # smoothmix.core.BOUNDS
 _DECISIONS = ("certified", "not-certified", "undecided")  # smoothmix.sequences.DECISIONS
 
 

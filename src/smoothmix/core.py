@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import math
 import operator
-import time
 from typing import NamedTuple
 
 import torch
@@ -20,20 +19,13 @@ from scipy.stats import beta, binomtest, norm
 from torch import nn
 
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.execution import Execution, prepare_model, resolve_execution
 
 ABSTAIN = -1
+BOUNDS = ("cohen", "two-sided")
 # Early-abstain checks per estimation run: each reads a count back to the host, so their
 # number is fixed; more checks stop closer to the first futile sample.
 FUTILITY_CHECKS = 7
-
-# The CPU forward chunk is tuned once per Smooth object and block shape, as soon as that
-# object has been asked for (or told to expect, see Smooth.expect: a dataset run) at least
-# _TUNE_MIN_SAMPLES samples of the shape in all, so that the timing (about
-# 12 x _TUNE_MAX_CHUNK rows at most) stays small against the run and then serves every
-# later call. CPU throughput saturates well below _TUNE_MAX_CHUNK rows.
-_TUNE_MIN_SAMPLES = 50_000
-_TUNE_MAX_CHUNK = 4096
-
 
 def clopper_pearson_lower(n_a: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson lower confidence bound on a binomial
@@ -43,6 +35,45 @@ def clopper_pearson_lower(n_a: int, n: int, alpha: float) -> float:
     if n_a == 0:
         return 0.0
     return float(beta.ppf(alpha, n_a, n - n_a + 1))
+
+
+def clopper_pearson_upper(n_b: int, n: int, alpha: float) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson upper confidence bound on a binomial
+    proportion after ``n_b`` successes in ``n`` trials (1 when ``n_b == n``)."""
+    require(n >= 1 and 0 <= n_b <= n, f"need 0 <= n_b <= n and n >= 1, got n_b={n_b}, n={n}")
+    _check_alpha(alpha)
+    if n_b == n:
+        return 1.0
+    return float(beta.ppf(1.0 - alpha, n_b + 1, n - n_b))
+
+
+def radius_from_counts(n_a: int, n_b: int, n: int, alpha: float, sigma: float,
+                       bound: str = "cohen") -> float | None:
+    """The certified l2 radius from the estimation counts, or None to abstain.
+
+    ``cohen``: sigma * Phi^-1(p_A) with p_A the (1 - alpha) lower bound on the selected
+    class, i.e. the runner-up bounded by 1 - p_A (CERTIFY). ``two-sided``: Cohen's theorem
+    in full, (sigma / 2) (Phi^-1(p_A) - Phi^-1(p_B)), with p_A the lower bound of n_a and
+    p_B the upper bound of n_b (the largest other class's votes) each at alpha / 2. The
+    runner-up is picked from the data, yet its bound holds: the true runner-up's count is at
+    most n_b and the upper bound grows with the count. ``n_b`` is ignored by ``cohen``.
+    """
+    check_bound(bound)
+    if bound == "cohen":
+        p_lower = clopper_pearson_lower(n_a, n, alpha)
+        return certified_radius(p_lower, sigma) if p_lower >= 0.5 else None
+    require(n_a + n_b <= n, f"need n_a + n_b <= n, got n_a={n_a}, n_b={n_b}, n={n}")
+    p_lower = clopper_pearson_lower(n_a, n, alpha / 2)
+    p_upper = clopper_pearson_upper(n_b, n, alpha / 2)
+    if p_lower <= max(0.5, p_upper):
+        return None
+    return float(sigma / 2 * (norm.ppf(p_lower) - norm.ppf(p_upper)))
+
+
+def check_bound(bound: object) -> str:
+    """The bound's name, or a one-line error naming the valid ones."""
+    require(bound in BOUNDS, f"unknown bound {bound!r}; choose one of {', '.join(BOUNDS)}")
+    return str(bound)
 
 
 def certified_radius(p_lower: float, sigma: float) -> float:
@@ -125,6 +156,8 @@ class Certificate(NamedTuple):
     radius: float  # l2 radius, 0.0 when prediction is -1
     samples: int  # noise samples drawn: n0 for the selection + those of the estimation
     status: str  # "certified", "abstain", or "skipped" (selection != label, see certificate)
+    n_a: int = -1  # estimation votes for the selected class (-1: no estimation ran)
+    n_b: int = -1  # the largest estimation count among the other classes
 
 
 class Smooth:
@@ -139,26 +172,46 @@ class Smooth:
         sigma: float,
         *,
         chunk_size: int | None = None,
+        precision: str | None = None,
+        layout: str | None = None,
+        compile: bool | None = None,
+        execution: Execution | None = None,
     ) -> None:
         """``base_classifier`` maps N x C x H x W images in [0, 1] to N x num_classes logits.
-        ``chunk_size`` overrides how many noisy images go through one forward pass
-        (by default it is chosen for throughput within each call's ``batch_size``)."""
-        require(num_classes >= 2, f"num_classes must be >= 2, got {num_classes}")
+
+        How it is run (:mod:`smoothmix.execution`): ``precision`` "fp32" (default) or
+        "bf16" (autocast: the certificate is then about the classifier as run in bf16),
+        ``layout`` "channels_last" or "contiguous" (default: channels_last for conv nets on
+        a CPU), ``chunk_size`` rows per forward pass (default: a fixed rule, never timing,
+        so that separate processes vote identically), ``compile`` (torch.compile). Or a
+        resolved ``execution`` (a dataset run's, recorded in its result file)."""
+        require(isinstance(num_classes, int) and not isinstance(num_classes, bool)
+                and num_classes >= 2, f"num_classes must be an integer >= 2, got {num_classes!r}")
         _check_sigma(sigma)
-        require(chunk_size is None or chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}")
+        require(chunk_size is None or (isinstance(chunk_size, int) and chunk_size >= 1),
+                f"chunk_size must be an integer >= 1, got {chunk_size!r}")
         self.base_classifier = base_classifier
         self.num_classes = int(num_classes)
         self.sigma = float(sigma)
         self.chunk_size = chunk_size
-        self._tuned: dict[tuple, int] = {}
-        self._requested: dict[tuple, int] = {}  # samples asked for, per block shape
+        self._request = {"precision": precision, "layout": layout, "chunk": chunk_size,
+                         "compile": compile}
+        self._execution = execution
+        self._resolved: dict[tuple[str, int], Execution] = {}
+        if execution is None:  # check the names now, not at the first image
+            resolve_execution(base_classifier, torch.device("cpu"), 1, **self._request)
 
-    def expect(self, x: torch.Tensor, samples: int, batch_size: int) -> None:
-        """Announce about ``samples`` samples of images like ``x`` in blocks of
-        ``batch_size`` to come (a dataset run), so that the CPU chunk is tuned at the first
-        call when the whole run pays for the timing, not only after 50,000 samples."""
-        key = (tuple(x.shape), x.dtype, batch_size)
-        self._requested[key] = self._requested.get(key, 0) + samples
+    def execution(self, device: torch.device, batch_size: int) -> Execution:
+        """How blocks of ``batch_size`` noisy copies are run on ``device``."""
+        if self._execution is not None:
+            ex = self._execution
+            return ex if ex.chunk <= batch_size else Execution(
+                ex.precision, ex.layout, batch_size, ex.compile, ex.threads)
+        key = (str(device), batch_size)
+        if key not in self._resolved:
+            self._resolved[key] = resolve_execution(self.base_classifier, device, batch_size,
+                                                    **self._request)
+        return self._resolved[key]
 
     def certify(
         self,
@@ -168,10 +221,12 @@ class Smooth:
         alpha: float,
         batch_size: int,
         generator: torch.Generator | None = None,
+        bound: str = "cohen",
     ) -> tuple[int, float]:
         """CERTIFY: (class, l2 radius), or (-1, 0.0) when it abstains. With probability at
-        least 1 - alpha the returned class is g's prediction on the whole ball."""
-        result = self.certificate(x, n0, n, alpha, batch_size, generator)
+        least 1 - alpha the returned class is g's prediction on the whole ball.
+        ``bound``: ``cohen`` (CERTIFY) or ``two-sided`` (see :func:`radius_from_counts`)."""
+        result = self.certificate(x, n0, n, alpha, batch_size, generator, bound=bound)
         return result.prediction, result.radius
 
     def certificate(
@@ -185,6 +240,7 @@ class Smooth:
         *,
         label: int | None = None,
         early_abstain: bool = True,
+        bound: str = "cohen",
     ) -> Certificate:
         """CERTIFY with its cost: the same answer as :meth:`certify` on the same noise.
 
@@ -196,19 +252,27 @@ class Smooth:
         ``label`` (evaluation only): when the n0 selection is not the label the estimation
         is skipped, since whatever it returned would score 0 in certified accuracy and ACR;
         the result is then (-1, 0.0, n0, "skipped").
+
+        ``bound`` is the radius formula (:func:`radius_from_counts`): ``cohen`` (CERTIFY, as
+        the published tables) or ``two-sided`` (larger where votes spread over classes).
         """
         check_certify_args(n0, n, alpha, batch_size)
+        check_bound(bound)
         counts0, _ = self.sample_counts(x, n0, batch_size, generator)
         c_hat = int(counts0.argmax())
         if label is not None and c_hat != int(label):
             return Certificate(ABSTAIN, 0.0, n0, "skipped")
         # Fresh samples: reusing the selection votes would bias the bound upwards.
-        need = certifying_votes(n, alpha) if early_abstain else None
+        level = alpha if bound == "cohen" else alpha / 2  # the level of p_A's bound
+        need = certifying_votes(n, level) if early_abstain else None
         counts, drawn = self.sample_counts(x, n, batch_size, generator, watch=c_hat, need=need)
-        p_lower = clopper_pearson_lower(int(counts[c_hat]), n, alpha) if drawn == n else 0.0
-        if p_lower < 0.5:
-            return Certificate(ABSTAIN, 0.0, n0 + drawn, "abstain")
-        return Certificate(c_hat, certified_radius(p_lower, self.sigma), n0 + n, "certified")
+        n_a = int(counts[c_hat])
+        n_b = int(torch.cat([counts[:c_hat], counts[c_hat + 1:]]).max())
+        radius = radius_from_counts(n_a, n_b, n, alpha, self.sigma, bound) \
+            if drawn == n else None
+        if radius is None:
+            return Certificate(ABSTAIN, 0.0, n0 + drawn, "abstain", n_a, n_b)
+        return Certificate(c_hat, radius, n0 + n, "certified", n_a, n_b)
 
     def predict(
         self,
@@ -249,8 +313,8 @@ class Smooth:
 
         Noise is drawn in blocks of ``batch_size`` (so a seeded generator gives the same
         noise whatever chunk the model is fed); each block goes through the model in chunks
-        of the size that runs fastest (see :meth:`_chunk_size`). Public so that every vote
-        count in the package (CAT-RS targets too) comes from this one counter.
+        as :meth:`execution` resolves them (fixed rows, layout, precision). Public so that
+        every vote count in the package (CAT-RS targets too) comes from this one counter.
         """
         _check_image(x)
         _check_count("num", num)
@@ -260,7 +324,12 @@ class Smooth:
             raise SmoothmixError(f"generator is on {generator.device}, the classifier on {device}")
         x = x.to(device)
         block_size = min(num, batch_size)
-        noisy = torch.empty((block_size, *x.shape), dtype=x.dtype, device=device)
+        execution = self.execution(device, block_size)
+        # channels_last: draw into an N x H x W x C buffer (contiguous, so normal_ takes its
+        # fast path) and hand the model its N x C x H x W view, which is channels_last.
+        channels_last = execution.layout == "channels_last" and x.dim() == 3
+        x_in = x.permute(1, 2, 0) if channels_last else x
+        noisy = torch.empty((block_size, *x_in.shape), dtype=x.dtype, device=device)
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
         ones = torch.ones(block_size, dtype=torch.long, device=device)
         was_training = self.base_classifier.training
@@ -271,18 +340,20 @@ class Smooth:
             first = max(0, num - need + 1)  # fewer samples cannot rule out `need` votes
             checks = sorted({first + (num - first) * j // (FUTILITY_CHECKS + 1)
                              for j in range(1, FUTILITY_CHECKS + 1)})
+        model = prepare_model(self.base_classifier, execution)
         try:
-            with torch.inference_mode():
-                chunk = self._chunk_size(x, block_size, num)
+            with torch.inference_mode(), execution.autocast(device):
                 for start in range(0, num, block_size):
                     if checks and start >= checks[0]:
                         checks = [c for c in checks if c > start]
                         if int(counts[watch]) + (num - start) < need:
                             break
                     block = noisy[: min(block_size, num - start)]
-                    block.normal_(0.0, self.sigma, generator=generator).add_(x)
-                    for part in block.split(chunk):
-                        logits = self.base_classifier(part)
+                    block.normal_(0.0, self.sigma, generator=generator).add_(x_in)
+                    if channels_last:
+                        block = block.permute(0, 3, 1, 2)
+                    for part in block.split(execution.chunk):
+                        logits = model(part)
                         if start == 0:
                             self._check_logits(logits, len(part))
                         # index_add_, not bincount: CUDA's bincount reads the
@@ -292,37 +363,6 @@ class Smooth:
         finally:
             self.base_classifier.train(was_training)
         return counts, drawn
-
-    def _chunk_size(self, x: torch.Tensor, block_size: int, num: int) -> int:
-        """Rows per forward pass for blocks of ``block_size`` noisy copies of images like x,
-        in a call that draws ``num`` samples.
-
-        Accelerators get the whole block. On a CPU the best size depends on the model, the
-        cache and the machine's load (LeNet on 2 idle cores is ~1.6x faster at 250 rows than
-        at 1000; on busy cores 1000 wins), so once this object has been asked for enough
-        samples of this shape (see _TUNE_MIN_SAMPLES) a few sizes are timed once on copies of
-        x (leaving the generator untouched) and the fastest is kept for every later call.
-        """
-        if self.chunk_size is not None:
-            return min(self.chunk_size, block_size)
-        key = (tuple(x.shape), x.dtype, block_size)
-        self._requested[key] = self._requested.get(key, 0) + num
-        tune = self._requested[key] >= _TUNE_MIN_SAMPLES
-        if x.device.type == "cpu" and tune and key not in self._tuned:
-            top = min(block_size, _TUNE_MAX_CHUNK)
-            copies = x.expand(top, *x.shape).contiguous()
-            sizes = sorted({max(1, top >> k) for k in range(5)}, reverse=True)
-            for size in sizes:
-                self.base_classifier(copies[:size])  # warm-up: kernel selection per shape
-            seconds = dict.fromkeys(sizes, math.inf)
-            for _ in range(2):  # interleaved rounds, best of each: robust to load spikes
-                for size in sizes:
-                    start = time.perf_counter()
-                    for part in copies.split(size):
-                        self.base_classifier(part)
-                    seconds[size] = min(seconds[size], time.perf_counter() - start)
-            self._tuned[key] = min(seconds, key=seconds.get)
-        return self._tuned.get(key, block_size)
 
     def _check_logits(self, logits: torch.Tensor, rows: int) -> None:
         require(

@@ -50,6 +50,7 @@ from torch import nn
 
 from smoothmix.core import module_device
 from smoothmix.errors import require
+from smoothmix.execution import Execution, prepare_model, resolve_execution
 
 SEQUENCES = ("kt", "union", "staged")
 CERTIFIED, NOT_CERTIFIED, UNDECIDED = "certified", "not-certified", "undecided"
@@ -286,15 +287,20 @@ def run_pool(
     num_classes: int,
     batch_size: int,
     on_done: Callable[[PoolItem], None],
+    execution: Execution | None = None,
 ) -> None:
     """Run every item's procedure to the end, sharing forward batches of ``batch_size``.
 
     A batch takes from each image in the pool, in order, what it wants before its next
     look (as much as fits; the rest goes in the next batch), and new images join the pool
     while the batch has room: every batch is full until the last images run out.
-    ``on_done`` is called for each image as soon as it is decided.
+    ``on_done`` is called for each image as soon as it is decided. ``execution`` says how
+    the model runs (default: :func:`smoothmix.execution.resolve_execution`'s rule).
     """
     device = module_device(model, torch.device("cpu"))
+    if execution is None:
+        execution = resolve_execution(model, device, batch_size)
+    model = prepare_model(model, execution)
     pending: Iterator[PoolItem] = iter(items)
     pool: list[PoolItem] = []
     exhausted = False
@@ -321,7 +327,7 @@ def run_pool(
                 room -= piece
             if not pieces:
                 break
-            preds = _forward(model, pieces, sigma, device)
+            preds = _forward(model, pieces, sigma, device, execution)
             offset = 0
             for item, piece in pieces:
                 item.procedure.feed(preds[offset: offset + piece], num_classes)
@@ -334,13 +340,15 @@ def run_pool(
 
 
 def _forward(model: nn.Module, pieces: list[tuple[PoolItem, int]], sigma: float,
-             device: torch.device) -> np.ndarray:
+             device: torch.device, execution: Execution) -> np.ndarray:
     """Top-1 predictions of one batch made of each image's next noisy copies.
 
     The predictions come back to the host once per batch (the looks need them). Written
     device-agnostic but not yet run on a GPU: there each 16-row noise block is one small
     kernel, which may cost more than the forward for small models (measure before tuning).
     """
-    with torch.inference_mode():
-        batch = torch.cat([item.noise(piece, sigma, device) for item, piece in pieces])
-        return model(batch).argmax(1).cpu().numpy()
+    with torch.inference_mode(), execution.autocast(device):
+        batch = execution.prepare_input(
+            torch.cat([item.noise(piece, sigma, device) for item, piece in pieces]))
+        return torch.cat([model(part).argmax(1) for part in batch.split(execution.chunk)]
+                         ).cpu().numpy()

@@ -49,6 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     certify.add_argument("--no-label", action="store_true",
                          help="with --radius: test the class selected on --n0 samples "
                          "(deployment) instead of the label (evaluation)")
+    certify.add_argument("--bound", default="cohen", type=_bound, metavar="{cohen,two-sided}",
+                         help="radius formula: cohen (CERTIFY, as in the published tables; "
+                         "default) or two-sided (Cohen's theorem in full: the runner-up "
+                         "bounded on its own votes, alpha split in halves; larger where votes "
+                         "spread over classes). Rows keep n_a and n_b either way")
     certify.set_defaults(func=run_certify)
 
     predict = subparsers.add_parser(
@@ -112,6 +117,45 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                         "so results do not depend on sharding (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--out", required=True, help="result file (.tsv) to write or resume")
+    add_execution_options(parser)
+
+
+def add_execution_options(parser: argparse.ArgumentParser) -> None:
+    """How the model runs (smoothmix.execution). Each can move a logit in its last bits, so
+    the result file records them and a resumed run or a shard reuses the recorded values
+    (these flags' defaults); a value contradicting the file is refused."""
+    group = parser.add_argument_group(
+        "execution (recorded in the result file; a resume reuses the recorded values)")
+    group.add_argument("--precision", default=None, type=_precision, metavar="{fp32,bf16}",
+                       help="fp32 (default) or bf16 autocast: on CPUs with AMX or "
+                       "AVX-512-BF16 (and GPUs) faster; the certificate is then about the "
+                       "classifier as run in bf16")
+    group.add_argument("--layout", default=None, choices=("channels_last", "contiguous"),
+                       help="memory layout of model and noisy batch (default: channels_last "
+                       "for convolutional models on CPU, 2-3x faster there)")
+    group.add_argument("--chunk", type=int, default=None, metavar="ROWS",
+                       help="noisy images per forward pass (default: 250 on CPU, the whole "
+                       "--batch on GPU; fixed, never timed, so shards vote identically)")
+    group.add_argument("--compile", action="store_true", default=None,
+                       help="torch.compile the model (opt-in; see the README's benchmark)")
+    group.add_argument("--threads", type=int, default=None, metavar="T",
+                       help="torch intra-op threads (default: torch's, i.e. the cores)")
+
+
+def _precision(text: str) -> str:
+    from smoothmix.execution import PRECISIONS
+
+    if text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"unknown precision {text!r}; choose one of "
+                                         f"{', '.join(PRECISIONS)}")
+    return text
+
+
+def execution_options(args: argparse.Namespace) -> dict[str, object]:
+    """The execution flags that were given (the rest: recorded values or defaults)."""
+    return {key: getattr(args, key) for key in ("precision", "layout", "chunk", "compile",
+                                                "threads")
+            if getattr(args, key, None) is not None}
 
 
 def run_certify(args: argparse.Namespace) -> int:
@@ -123,7 +167,18 @@ def run_certify(args: argparse.Namespace) -> int:
         require(not args.skip_wrong, "--skip-wrong applies to CERTIFY, not to --radius "
                 "(which tests the label's class already)")
         require(args.shard is None, "--radius runs do not take --shard yet")
+        require(args.bound == "cohen", "--bound applies to CERTIFY's radius, not to --radius "
+                "(which decides at given radii)")
     return _run(args, "certify")
+
+
+def _bound(text: str) -> str:
+    from smoothmix.core import BOUNDS
+
+    if text not in BOUNDS:
+        raise argparse.ArgumentTypeError(f"unknown bound {text!r}; choose one of "
+                                         f"{', '.join(BOUNDS)}")
+    return text
 
 
 def _radii(text: str) -> list[float]:
@@ -158,7 +213,7 @@ def _run(args: argparse.Namespace, kind: str) -> int:
                              **common)
     elif kind == "certify":
         out = certify_dataset(model, dataset, args.sigma, args.out, n0=args.n0,
-                              skip_wrong=args.skip_wrong, **common)
+                              skip_wrong=args.skip_wrong, bound=args.bound, **common)
     else:
         out = predict_dataset(model, dataset, args.sigma, args.out, **common)
     report(kind, out)
@@ -212,6 +267,6 @@ def prepare_run(args: argparse.Namespace) -> tuple[object, object, dict]:
     common = dict(
         n=args.n, alpha=args.alpha, batch_size=args.batch, skip=args.skip,
         max_idx=args.max_idx, shard=shard, seed=args.seed, num_classes=dataset.num_classes,
-        identity=identity, progress=not args.no_progress,
+        identity=identity, progress=not args.no_progress, execution=execution_options(args),
     )
     return model, dataset, common

@@ -1,0 +1,201 @@
+"""How the base classifier is run: precision, memory layout, forward chunk, compile, threads.
+
+Everything here can change a logit in its last bits (bf16 rounds, channels_last and the
+chunk change the order of the convolution's sums, threads change the reduction split), so
+a near-tie argmax can flip between two settings. None of it touches soundness: the
+certificate is a statement about the classifier *as run*, which is why a result file
+records the resolved :class:`Execution` and a resumed run or shard must use the same one.
+
+The chunk is fixed by a rule, never by timing: separate processes given the same settings
+compute bit-identical votes. The rule's CPU size was chosen from the benchmark
+``benchmarks/certify_throughput.py`` (LeNet and the CIFAR ResNets in channels_last run
+fastest at a few hundred rows per forward on a CPU, whose caches a larger chunk overflows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from smoothmix.errors import require
+
+PRECISIONS = ("fp32", "bf16")
+LAYOUTS = ("channels_last", "contiguous")
+# Rows per forward on a CPU (see the module docstring); accelerators take the whole block.
+CPU_CHUNK = 250
+
+
+@dataclass(frozen=True)
+class Execution:
+    """A fully resolved way of running the base classifier (see the module docstring)."""
+
+    precision: str = "fp32"
+    layout: str = "contiguous"
+    chunk: int = CPU_CHUNK
+    compile: bool = False
+    threads: int = 1
+
+    def settings(self) -> dict[str, object]:
+        """The fields as a result file records them."""
+        return asdict(self)
+
+    @contextlib.contextmanager
+    def autocast(self, device: torch.device) -> Iterator[None]:
+        """bf16 autocast around the forward when ``precision`` is bf16, else nothing."""
+        with torch.autocast(device.type, dtype=torch.bfloat16,
+                            enabled=self.precision == "bf16"):
+            yield
+
+    def prepare_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """The batch in this execution's memory layout (a no-op when it already is)."""
+        if self.layout == "channels_last" and batch.dim() == 4:
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+
+def check_precision(precision: object) -> str:
+    """The precision name, or a one-line error naming the valid ones."""
+    require(precision in PRECISIONS,
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return str(precision)
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    """Whether the model holds a 2-d convolution, the layer channels_last speeds up."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+# What files written before the execution was recorded (smoothmix 0.1/0.2) ran with. Their
+# chunk was chosen by timing and their thread count not kept: resuming such a file takes the
+# rule's chunk and the current threads.
+LEGACY_EXECUTION: dict[str, object] = {"precision": "fp32", "layout": "contiguous",
+                                       "compile": False}
+EXECUTION_KEYS = ("precision", "layout", "chunk", "compile", "threads")
+
+
+def resolve_execution(
+    model: nn.Module,
+    device: torch.device,
+    batch_size: int,
+    *,
+    precision: str | None = None,
+    layout: str | None = None,
+    chunk: int | None = None,
+    compile: bool | None = None,
+    threads: int | None = None,
+    recorded: Mapping[str, object] | None = None,
+) -> Execution:
+    """The execution for ``model`` on ``device`` in blocks of ``batch_size`` noisy copies.
+
+    Each argument left at None takes the value ``recorded`` (a resumed file's settings, or
+    the settings of the run a shard belongs to) holds, else the rule: precision fp32;
+    layout channels_last for convolutional models on a CPU (2-3x faster there) and on
+    accelerators under bf16, contiguous otherwise; chunk the whole block on accelerators,
+    :data:`CPU_CHUNK` rows on a CPU; threads torch's current intra-op thread count (set to
+    the recorded count when there is one). A value given that contradicts ``recorded`` is
+    not refused here: the caller's settings comparison names it.
+    """
+    old = {k: recorded[k] for k in EXECUTION_KEYS if recorded and k in recorded}
+    if recorded is not None and "precision" not in recorded:
+        old = {**LEGACY_EXECUTION, **old}
+    precision = check_precision(precision if precision is not None
+                                else old.get("precision", "fp32"))
+    layout = layout if layout is not None else old.get("layout")  # type: ignore[assignment]
+    chunk = chunk if chunk is not None else old.get("chunk")  # type: ignore[assignment]
+    threads = threads if threads is not None else old.get("threads")  # type: ignore[assignment]
+    compile = bool(compile if compile is not None else old.get("compile", False))
+    require(layout is None or layout in LAYOUTS,
+            f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    require(chunk is None or (isinstance(chunk, int) and chunk >= 1),
+            f"chunk must be an integer >= 1, got {chunk!r}")
+    require(threads is None or (isinstance(threads, int) and threads >= 1),
+            f"threads must be an integer >= 1, got {threads!r}")
+    if layout is None:
+        fast = device.type == "cpu" or precision == "bf16"
+        layout = "channels_last" if fast and is_convolutional(model) else "contiguous"
+    if chunk is None:
+        chunk = CPU_CHUNK if device.type == "cpu" else batch_size
+    if threads is not None and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    if precision == "bf16":
+        warn_if_bf16_emulated(device)
+    return Execution(precision, layout, min(chunk, batch_size), compile,
+                     torch.get_num_threads())
+
+
+def prepare_model(model: nn.Module, execution: Execution) -> nn.Module:
+    """The module to call: the model in the execution's layout (its 4-d weights converted
+    in place when their layout differs, so a model shared by two executions follows the one
+    in use), compiled when asked. Eval mode is the caller's business."""
+    fmt = (torch.channels_last if execution.layout == "channels_last"
+           else torch.contiguous_format)
+    weight = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if weight is not None and not weight.is_contiguous(memory_format=fmt):
+        model.to(memory_format=fmt)
+    if execution.compile:
+        return _compiled(model)
+    return model
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(model: nn.Module) -> nn.Module:
+    return torch.compile(model)  # type: ignore[return-value]
+
+
+def cpu_bf16_support() -> str:
+    """What this CPU offers bf16 matrix products: "amx" (AMX tiles, e.g. Intel Sapphire
+    Rapids), "avx512_bf16" (vector dot products only, e.g. AMD Zen 4/5) or "none" (bf16 is
+    emulated in fp32 and slower than fp32)."""
+    flags = _cpu_flags()
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return "none"
+
+
+def warn_if_bf16_emulated(device: torch.device) -> None:
+    """One line on stderr when bf16 has no hardware support on this CPU (it then runs, but
+    slower than fp32): never silently slower."""
+    if device.type == "cpu" and cpu_bf16_support() == "none":
+        _warn_once("smoothmix: this CPU has neither AMX nor AVX-512-BF16, so bf16 is "
+                   "emulated and slower than fp32; use --precision fp32")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    # No /proc (macOS, Windows): torch's own dispatch level is the best hint it gives.
+    capability = str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")())
+    return frozenset({"avx512_bf16"}) if "BF16" in capability.upper() else frozenset()
+
+
+def describe_cpu() -> str:
+    """The CPU model and its bf16 support, for benchmark and result headers."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} (bf16: {cpu_bf16_support()})"
