@@ -1,4 +1,4 @@
-"""Models: architecture shapes, parameter counts and state-dict keys of SPEC §4."""
+"""Models: architecture shapes, parameter counts and state-dict keys of docs/MATH.md §4."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def cifar_resnet_params(blocks: int, classes: int = 10) -> int:
-    """Parameter count of the CIFAR ResNet written out from its description in SPEC §4."""
+    """Parameter count of the CIFAR ResNet written out from its description in docs/MATH.md §4."""
     bn = lambda c: 2 * c  # noqa: E731
     total = 3 * 16 * 9 + bn(16)
     inplanes = 16

@@ -1,6 +1,6 @@
 """Certify or predict a whole dataset into a resumable, shardable result file.
 
-The result file is the reference ``certify.py`` format (SPEC §2): one tab-separated header
+The result file is the reference ``certify.py`` format (docs/MATH.md §2): one tab-separated header
 line, then ``idx label predict radius correct time`` per example (``predict`` files drop
 ``radius``), radius written with ``repr`` so no example moves across a ``>= r`` threshold,
 time in seconds. Reference analysis scripts (``pandas.read_csv(path, sep="\\t")``) read it.
@@ -82,7 +82,7 @@ def certify_dataset(
     """CERTIFY every ``skip``-th example with idx < ``max_idx`` (-1: all) into ``out_path``.
 
     Every row goes through :meth:`Smooth.certificate`, so rows that will abstain stop
-    sampling early (same answer). ``skip_wrong`` (evaluation shortcut, SPEC 2.1): when the
+    sampling early (same answer). ``skip_wrong`` (evaluation shortcut, docs/MATH.md §2.1): when the
     n0 selection is not the label, skip the estimation and write ``predict -1, radius 0,
     status skipped``; certified accuracy and ACR equal those of the full run with the seed.
 
@@ -306,7 +306,7 @@ def decide_dataset(
     progress: bool = True,
 ) -> Path:
     """Decide "robust at r" for every radius in ``radii`` on each selected example with a
-    confidence sequence (:mod:`smoothmix.sequences`, SPEC 2.1) into ``out_path``.
+    confidence sequence (:mod:`smoothmix.sequences`, docs/MATH.md §2.1) into ``out_path``.
 
     The class tested is the label (``use_label``, evaluation) or the argmax of ``n0``
     separate samples (deployment). ``n`` caps the test samples per example (undecided = not

@@ -1,4 +1,4 @@
-"""Models by name, each wrapped as ``Sequential(Normalize, net)`` (SPEC §1, §4).
+"""Models by name, each wrapped as ``Sequential(Normalize, net)`` (docs/MATH.md §1, §4).
 
 Normalisation is the first layer of the model, never a data transform, because Gaussian noise
 is added in pixel space. Its mean/std are non-persistent buffers, so the state dict holds only

@@ -39,7 +39,7 @@ from smoothmix.errors import SmoothmixError, require
 from smoothmix.training.loop import TrainConfig, check_outdir, fit, seed_everything
 from smoothmix.training.presets import get_preset
 
-# Per-dataset schedule defaults (SPEC §3.6 table; ImageNet: Cohen et al.'s 90/0.1/30).
+# Per-dataset schedule defaults (docs/MATH.md §3.6 table; ImageNet: Cohen et al.'s 90/0.1/30).
 SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"epochs": 90, "lr": 0.01, "lr_step": 30},
     "cifar10": {"epochs": 150, "lr": 0.1, "lr_step": 50},
@@ -52,7 +52,7 @@ _FALLBACK_SCHEDULE = {"epochs": 90, "lr": 0.1, "lr_step": 30}
 _RESUME_RECIPE = ("epochs", "batch_size", "lr", "lr_step", "lr_gamma", "lr_milestones",
                   "momentum", "weight_decay", "seed")
 
-# Options that count things and must be at least 1 (m and T of SPEC §3).
+# Options that count things and must be at least 1 (m and T of docs/MATH.md §3).
 _COUNT_OPTIONS = {"num_noise": "m (--num-noise)", "num_steps": "T (--num-steps)"}
 
 
@@ -262,7 +262,7 @@ def resolve(
             f"--sigma must be > 0 (noise standard deviation in [0, 1] pixel units), got {sigma}")
     if sigma > 4:
         raise SmoothmixError(f"--sigma {sigma} is far above 1; sigma is in [0, 1] pixel units, "
-                             "not 0..255 (SPEC: sigma 0.5 means N(0, 0.25 I) noise)")
+                             "not 0..255 (docs/MATH.md §1: sigma 0.5 means N(0, 0.25 I) noise)")
 
     if not custom_model:
         from smoothmix.data import dataset_defaults
