@@ -1,6 +1,6 @@
 """Images per second of one SmoothMix training step: smoothmix vs the reference step.
 
-The workload is the MNIST / LeNet recipe at sigma = 0.5 (SPEC §3.6): m = 4 noise draws,
+The workload is the MNIST / LeNet recipe at sigma = 0.5 (docs/MATH.md §3.6): m = 4 noise draws,
 T = 4 search steps of length 1.0, 64 images x 4 noise copies per optimiser step, SGD
 (lr 0.01, momentum 0.9, weight decay 1e-4). Both contestants start from the same weights,
 see the same batches and run on the same machine in one process; their timed rounds are
@@ -44,7 +44,7 @@ from smoothmix.methods import create_method
 from smoothmix.models import create_model, model_defaults
 from smoothmix.training.graphs import StepGraph
 
-# The published recipes at sigma = 0.5 (SPEC §3.6): m, T, alpha, eta, images per step, lr.
+# The published recipes at sigma = 0.5 (docs/MATH.md §3.6): m, T, alpha, eta, images per step, lr.
 RECIPES = {
     "lenet": dict(m=4, T=4, alpha=1.0, eta=5.0, batch=64, lr=0.01),
     "cifar_resnet110": dict(m=2, T=4, alpha=1.0, eta=5.0, batch=128, lr=0.1),

@@ -1,4 +1,4 @@
-"""The attacks on the smoothed soft classifier (SPEC §3.3, §3.6), against independent
+"""The attacks on the smoothed soft classifier (docs/MATH.md §3.3, §3.6), against independent
 transcriptions of the reference loops (one forward per noise draw, in eval mode)."""
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ class _FarIsWrong(nn.Module):
 
 
 def test_smoothadv_ddn_starts_at_the_warmed_up_epsilon(monkeypatch):
-    # SPEC §3.3: the reference training script sets the DDN init norm to epsilon_t every
+    # docs/MATH.md §3.3: the reference training script sets the DDN init norm to epsilon_t every
     # epoch. Hand computation with x = 0.5 on 16 pixels (largest perturbation norm 2.0),
     # tau = 0.6, 4 steps: the norm starts at init_norm and grows by 1.05 per non-adversarial
     # step. Epoch 1 of epsilon 2.0 with a 10-epoch warm-up gives epsilon_t = 0.4: norms 0.42,

@@ -1,4 +1,4 @@
-"""CAT-RS (SPEC §3.8): every term against a NumPy hand computation on a linear model with
+"""CAT-RS (docs/MATH.md §3.8): every term against a NumPy hand computation on a linear model with
 fixed noise and fixed binomial draws; the per-example side data of the data layer; a few
 real MNIST steps."""
 
@@ -46,7 +46,7 @@ def problem(seed: int = 1):
     return x, y, noise, pi
 
 
-# ---- NumPy hand computation of SPEC §3.8 ---------------------------------------------------
+# ---- NumPy hand computation of docs/MATH.md §3.8 -------------------------------------------
 
 
 def np_log_softmax(z: np.ndarray) -> np.ndarray:

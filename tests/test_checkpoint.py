@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import smoothmix.models
 from smoothmix import checkpoint as ckpt_mod
 from smoothmix.checkpoint import (
     capture_rng_state,
@@ -115,8 +120,10 @@ def test_unexpected_normalization_keys(tmp_path):
 
 def test_unknown_or_custom_arch_in_checkpoint(tmp_path):
     torch.save({"arch": "vgg16", "state_dict": {}}, tmp_path / "a.pth")
-    with pytest.raises(SmoothmixError, match="unknown architecture 'vgg16'.*cifar_resnet110"):
+    with pytest.raises(SmoothmixError, match="unknown architecture 'vgg16'.*cifar_resnet110.*"
+                       r"register_model\('vgg16', \.\.\.\).*--import MODULE") as e:
         load_model(tmp_path / "a.pth")
+    assert "\n" not in str(e.value)
     save_checkpoint(tmp_path / "b.pth", {"arch": None, "state_dict": {}})
     with pytest.raises(SmoothmixError, match="custom network"):
         load_model(tmp_path / "b.pth")
@@ -208,3 +215,139 @@ def test_a_directory_is_its_checkpoint_file(tmp_path, capsys):
                  "--out", str(tmp_path / "d.tsv")]) == 2
     err = capsys.readouterr().err
     assert "is a directory without a checkpoint.pth.tar" in err and "does not exist" not in err
+
+
+# A user's own architecture, as the module a user would write (the CLI test imports it).
+CUSTOM_ARCH = """
+import torch
+from torch import nn
+
+from smoothmix.models import register_model
+
+
+@register_model("tiny_cnn", num_classes=10, normalization="mnist", input_shape=(1, 28, 28))
+class TinyCNN(nn.Module):
+    def __init__(self, num_classes, width=4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 5, stride=3)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+"""
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A private copy of the model registry, so registrations do not outlive the test."""
+    monkeypatch.setattr(smoothmix.models, "_MODELS", dict(smoothmix.models._MODELS))
+
+
+def test_registered_architecture_round_trips_through_train_load_and_certify(
+        tmp_path, registry, capsys):
+    """A registered network with a constructor kwarg: trained by name, its checkpoint records
+    the kwarg, load_model rebuilds that shape, certify_dataset and `smoothmix --import MODULE
+    certify` (in a fresh process) certify it; without the import the CLI says what to do."""
+    from smoothmix.certification import certify_dataset
+    from smoothmix.data import load_dataset
+    from smoothmix.training import train
+
+    exec(compile(CUSTOM_ARCH, "tiny_arch.py", "exec"), {})  # registers "tiny_cnn"
+    path = train(tmp_path / "run", dataset="mnist", arch="tiny_cnn", arch_kwargs={"width": 7},
+                 method="gaussian", sigma=0.25, epochs=1, train_subset=48, test_subset=16,
+                 batch_size=16, device="cpu", progress=False, workers=0)
+    saved = load_checkpoint(path)
+    assert saved["arch"] == "tiny_cnn" and saved["arch_kwargs"] == {"width": 7}
+    assert saved["normalization"] == "mnist" and saved["num_classes"] == 10
+
+    model, info = load_model(path)
+    assert model[1].conv.weight.shape == (7, 1, 5, 5) and info["arch_kwargs"] == {"width": 7}
+    assert info["normalization_source"] == "checkpoint"
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.state_dict()["1.conv.weight"], saved["state_dict"]["1.conv.weight"])
+
+    test_set = load_dataset("mnist", "test")
+    out = certify_dataset(model, test_set, 0.25, tmp_path / "c.tsv", n0=10, n=50,
+                          alpha=0.01, batch_size=50, max_idx=3, progress=False)
+    rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+
+    # The CLI, in a fresh process: the module is named by --import (here by module name on
+    # PYTHONPATH; a .py path works too), after the subcommand or before it.
+    (tmp_path / "tiny_arch.py").write_text(CUSTOM_ARCH)
+    src = str(Path(smoothmix.models.__file__).parents[2])
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SMOOTHMIX_IMPORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([src, str(tmp_path)]))
+    args = ["certify", str(tmp_path / "run"), "--dataset", "mnist", "--sigma", "0.25",
+            "--max", "2", "--n0", "10", "--n", "50", "--alpha", "0.01", "--batch", "50",
+            "--no-progress", "--out", str(tmp_path / "cli.tsv")]
+    cli = subprocess.run([sys.executable, "-m", "smoothmix", *args, "--import", "tiny_arch"],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path.root)
+    assert cli.returncode == 0, cli.stderr
+    assert len((tmp_path / "cli.tsv").read_text().splitlines()) == 3  # header + 2 images
+
+    # Not imported: one line naming the architecture and how to register it.
+    bare = subprocess.run([sys.executable, "-m", "smoothmix", *args], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path.root)
+    assert bare.returncode == 2 and len(bare.stderr.strip().splitlines()) == 1, bare.stderr
+    assert "unknown architecture 'tiny_cnn'" in bare.stderr
+    assert "register_model('tiny_cnn', ...)" in bare.stderr and "--import" in bare.stderr
+
+    # --resume keeps the stored kwargs; contradicting them is a one-line conflict.
+    with pytest.raises(SmoothmixError, match=r"arch_kwargs \{'width': 5\} from arch_kwargs= "
+                       r"\(stored \{'width': 7\}\)"):
+        train(tmp_path / "run", resume=True, arch_kwargs={"width": 5}, progress=False)
+    train(tmp_path / "run", resume=True, epochs=2, progress=False, device="cpu", workers=0)
+    assert load_checkpoint(path)["epoch"] == 2
+    assert load_model(path)[0][1].conv.out_channels == 7
+
+
+def test_import_option_errors_are_one_line(tmp_path, registry, capsys, monkeypatch):
+    from smoothmix.cli import main
+
+    monkeypatch.delenv("SMOOTHMIX_IMPORT", raising=False)
+    args = ["presets"]
+    assert main(["--import", "no_such_module_xyz", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("smoothmix presets: error: --import no_such_module_xyz failed: "
+                   "ModuleNotFoundError: No module named 'no_such_module_xyz'")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('boom')\n")
+    assert main([*args, "--import", str(broken)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"--import {broken} failed: RuntimeError: boom")
+    assert main([*args, "--import", str(tmp_path / "missing.py")]) == 2
+    assert "missing.py: no such file" in capsys.readouterr().err
+    # A module whose registration clashes names the clash (still one line).
+    (tmp_path / "clash.py").write_text(CUSTOM_ARCH.replace('"tiny_cnn"', '"lenet"'))
+    assert main([*args, "--import", str(tmp_path / "clash.py")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'lenet' is already registered" in err and "\n" not in err
+    # A .py file given by path, or the environment variable, registers the architecture.
+    (tmp_path / "tiny_arch2.py").write_text(CUSTOM_ARCH)
+    monkeypatch.setenv("SMOOTHMIX_IMPORT", str(tmp_path / "tiny_arch2.py"))
+    monkeypatch.delitem(sys.modules, "tiny_arch2", raising=False)
+    assert main(args) == 0
+    assert "tiny_cnn" in smoothmix.models.list_models()
+    sys.modules.pop("tiny_arch2", None)
+
+
+def test_checkpoints_without_arch_kwargs_load_as_before(tmp_path):
+    """The current release's checkpoints (no ``arch_kwargs``) and an explicit empty or None
+    entry build the architecture with no extra arguments; a malformed entry is one line."""
+    model = create_model("lenet")
+    base = {"arch": "lenet", "state_dict": model.state_dict(), "num_classes": 10,
+            "normalization": "mnist"}
+    for name, extra in (("old", {}), ("empty", {"arch_kwargs": {}}),
+                        ("none", {"arch_kwargs": None})):
+        save_checkpoint(tmp_path / f"{name}.pth", {**base, **extra})
+        loaded, info = load_model(tmp_path / f"{name}.pth")
+        assert info["arch_kwargs"] == {}
+        same_outputs(model, loaded, torch.rand(2, 1, 28, 28))
+    save_checkpoint(tmp_path / "bad.pth", {**base, "arch_kwargs": [1, 2]})
+    with pytest.raises(SmoothmixError, match="malformed 'arch_kwargs'"):
+        load_model(tmp_path / "bad.pth")
+    save_checkpoint(tmp_path / "wrong.pth", {**base, "arch_kwargs": {"width": 3}})
+    with pytest.raises(SmoothmixError, match="'lenet' cannot be built with .*width=3"):
+        load_model(tmp_path / "wrong.pth")

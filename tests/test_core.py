@@ -1,4 +1,4 @@
-"""Soundness of CERTIFY/PREDICT against closed-form ground truth (SPEC §2).
+"""Soundness of CERTIFY/PREDICT against closed-form ground truth (docs/MATH.md §2).
 
 A linear binary classifier f(x) = 1[w.x + b > 0] smoothed with N(0, sigma^2 I) noise has
 p_A = Phi(|w.x + b| / (sigma ||w||)) and its smoothed classifier is f itself, so the true
@@ -296,7 +296,7 @@ def test_certifying_votes_is_the_exact_threshold(n, alpha):
     assert clopper_pearson_lower(k, n, alpha) >= 0.5
     assert k == 0 or clopper_pearson_lower(k - 1, n, alpha) < 0.5
     if n == 100_000:
-        assert k == 50_490  # SPEC 2.1
+        assert k == 50_490  # docs/MATH.md §2.1
 
 
 class Buckets(nn.Module):

@@ -1,4 +1,4 @@
-"""The over-confidence diagnostic (SPEC §3.7) on models whose answer is known."""
+"""The over-confidence diagnostic (docs/MATH.md §3.7) on models whose answer is known."""
 
 from __future__ import annotations
 

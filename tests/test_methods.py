@@ -1,4 +1,4 @@
-"""Training methods (SPEC §3): each loss against a hand computation of its formula with
+"""Training methods (docs/MATH.md §3): each loss against a hand computation of its formula with
 fixed noise, the warm-ups, option validation, DDP/autocast, and a few real MNIST steps."""
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_consistency_loss_kl_and_entropy_terms():
 
 
 def macer_formula(model, x, y, noise, beta, gamma, lbd):
-    """SPEC §3.4 example by example, with scipy's normal quantile."""
+    """docs/MATH.md §3.4 example by example, with scipy's normal quantile."""
     cl, rl, kept = [], [], []
     for b in range(B):
         z = torch.stack([model((x[b] + noise[j, b]).unsqueeze(0))[0] for j in range(len(noise))])
@@ -201,7 +201,7 @@ def test_smoothadv_multi_noise_loss_and_epsilon_warmup(monkeypatch):
 
 def smoothmix_formula(model, x, y, noise, lam, *, steps, alpha, eta, mix_step, w,
                       detach_target=False):
-    """SPEC §3.6 written out with one forward per noise draw (as in the reference)."""
+    """docs/MATH.md §3.6 written out with one forward per noise draw (as in the reference)."""
     m = len(noise)
     path = smoothmix_search(model, x, y, noise, steps, alpha)
     x0 = x

@@ -1,10 +1,11 @@
-"""Models: architecture shapes, parameter counts and state-dict keys of SPEC §4."""
+"""Models: architecture shapes, parameter counts and state-dict keys of docs/MATH.md §4."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import smoothmix.models
 from smoothmix.errors import SmoothmixError
 from smoothmix.models import (
     NORMALIZATIONS,
@@ -12,6 +13,7 @@ from smoothmix.models import (
     create_model,
     list_models,
     model_defaults,
+    register_model,
     wrap_model,
 )
 
@@ -21,7 +23,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def cifar_resnet_params(blocks: int, classes: int = 10) -> int:
-    """Parameter count of the CIFAR ResNet written out from its description in SPEC §4."""
+    """Parameter count of the CIFAR ResNet written out from its description in docs/MATH.md §4."""
     bn = lambda c: 2 * c  # noqa: E731
     total = 3 * 16 * 9 + bn(16)
     inplanes = 16
@@ -113,6 +115,11 @@ def test_bad_names_are_one_line_errors():
         create_model("lenet", normalization="foo")
     with pytest.raises(SmoothmixError, match="num_classes"):
         create_model("lenet", num_classes=1)
+    with pytest.raises(SmoothmixError, match="num_classes must be an integer, got '10'") as e:
+        create_model("lenet", num_classes="10")
+    assert "\n" not in str(e.value)
+    with pytest.raises(SmoothmixError, match="cannot be built with num_classes=10, width=3"):
+        create_model("lenet", width=3)
 
 
 def test_wrap_user_model():
@@ -127,3 +134,71 @@ def test_buffers_follow_device_and_dtype():
     model = create_model("lenet").to(torch.float64)
     assert model[0].mean.dtype == torch.float64
     assert model(torch.rand(1, 1, 28, 28, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A private copy of the registry, so registrations do not outlive the test."""
+    monkeypatch.setattr(smoothmix.models, "_MODELS", dict(smoothmix.models._MODELS))
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self, num_classes: int, width: int = 4) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, width, 3)
+        self.fc = torch.nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_register_model_as_call_and_decorator(registry):
+    assert register_model("tiny", Tiny, num_classes=5, normalization="cifar10",
+                          input_shape=(3, 8, 8)) is Tiny
+
+    @register_model("tiny_fn", num_classes=3, normalization="none", input_shape=[3, 8, 8])
+    def tiny_fn(num_classes, width=2):
+        return Tiny(num_classes, width)
+
+    assert tiny_fn(4).fc.out_features == 4  # the decorator returns the factory unchanged
+    assert list_models()[-2:] == ["tiny", "tiny_fn"]
+    info = model_defaults("tiny_fn")
+    assert (info.num_classes, info.normalization, info.input_shape, info.dataset) == (
+        3, "none", (3, 8, 8), None)
+
+    model = create_model("tiny", width=7)  # kwargs go to the factory
+    assert isinstance(model[0], Normalize) and isinstance(model[1], Tiny)
+    assert model[1].conv.weight.shape == (7, 3, 3, 3) and model[1].fc.out_features == 5
+    torch.testing.assert_close(model[0].std.flatten(), torch.tensor([0.2023, 0.1994, 0.2010]))
+    assert list(model.state_dict())[0] == "1.conv.weight"  # same layout as the built-ins
+    other = create_model("tiny_fn", num_classes=2, normalization="cifar10-center", width=6)
+    assert other(torch.rand(2, 3, 8, 8)).shape == (2, 2)
+    assert other[1].conv.out_channels == 6
+
+
+def test_register_model_errors_are_one_line(registry):
+    def one_line(match, fn, *args, **kwargs):
+        with pytest.raises(SmoothmixError, match=match) as e:
+            fn(*args, **kwargs)
+        assert "\n" not in str(e.value)
+
+    shape = {"num_classes": 10, "normalization": "mnist", "input_shape": (1, 28, 28)}
+    one_line("'lenet' is already registered.*overwrite=True", register_model, "lenet", Tiny,
+             **shape)
+    register_model("tiny", Tiny, **shape)
+    one_line("'tiny' is already registered", register_model, "tiny", Tiny, **shape)
+    register_model("tiny", lambda k, width=1: Tiny(k, width), **shape, overwrite=True)
+    assert create_model("tiny")[1].conv.out_channels == 1  # replaced
+    one_line("unknown normalization 'foo'", register_model, "x", Tiny,
+             **{**shape, "normalization": "foo"})
+    one_line("input_shape must be positive integers", register_model, "x", Tiny,
+             **{**shape, "input_shape": 28})
+    one_line("num_classes must be an integer", register_model, "x", Tiny,
+             **{**shape, "num_classes": "10"})
+    one_line("first argument", register_model, "x", lambda: Tiny(2), **shape)
+    one_line("non-empty string", register_model, "", Tiny, **shape)
+    one_line("cannot be built with num_classes=10, depth=3.*depth", create_model, "tiny",
+             depth=3)
+    register_model("not_a_module", lambda k: "nope", **shape)
+    one_line("returned a str, not an nn.Module", create_model, "not_a_module")
+    one_line("unknown architecture 'vgg'.*register_model", create_model, "vgg")

@@ -185,7 +185,7 @@ def test_list_and_experiment_table() -> None:
                             "smoothmix"]
     assert len(e.published["smoothmix"]["certified"]) == len(e.radii) == 8
     assert rep.get_experiment("mnist-1.00").runnable()[-1] == "smoothmix-onestep"
-    # Every published value of SPEC §5 ships: 7 CIFAR-10 columns x 3 sigmas minus the
+    # Every published value of docs/MATH.md §5 ships: 7 CIFAR-10 columns x 3 sigmas minus the
     # missing SmoothMix sigma = 1.0, plus the one-step row.
     cifar = [rep.get_experiment(f"cifar10-{s}").published for s in ("0.25", "0.50", "1.00")]
     assert sum(len(p) for p in cifar) == 21

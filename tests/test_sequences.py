@@ -1,4 +1,4 @@
-"""Decisions at given radii with confidence sequences (SPEC 2.1): soundness against models
+"""Decisions at given radii with confidence sequences (docs/MATH.md §2.1): soundness against models
 with a known answer, run through ``decide_dataset`` exactly as ``smoothmix certify
 --radius`` runs them (pool, shared batches, looks, stopping)."""
 

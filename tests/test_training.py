@@ -240,7 +240,7 @@ def test_every_preset_exists_and_its_options_are_valid_for_its_method():
 
 def test_preset_batches_follow_the_reference_recipes():
     for p in PRESETS.values():
-        if p.method == "macer":  # SPEC §3.4: MNIST 256 x 16 copies, CIFAR-10 64 x 16
+        if p.method == "macer":  # docs/MATH.md §3.4: MNIST 256 x 16 copies, CIFAR-10 64 x 16
             assert p.batch_size == (256 if p.dataset == "mnist" else 64), p.name
         else:
             m = p.options.get("num_noise", 1)
@@ -289,7 +289,7 @@ def test_resolve_defaults_and_deferred(tmp_path):
 
 
 def test_macer_batch_and_weight_decay_follow_the_original_recipes(tmp_path):
-    # SPEC §3.4: MNIST MACER steps on 256 images x 16 copies (its script's default batch);
+    # docs/MATH.md §3.4: MNIST MACER steps on 256 images x 16 copies (its script's default batch);
     # CIFAR-10 MACER on 64 x 16 with weight decay 5e-4; everything else decays by 1e-4.
     from smoothmix.training.api import default_batch_size
 

@@ -1,7 +1,7 @@
 """Certified accuracy, ACR, tables and curves from certification result files.
 
 Reads smoothmix's files and the reference ``certify.py``'s (radii with 3 significant
-digits, times like ``0:00:14.612345``). Abstentions count as wrong (SPEC §2): an example is
+digits, times like ``0:00:14.612345``). Abstentions count as wrong (docs/MATH.md §2): an example is
 certified at radius r when ``predict == label`` and ``radius >= r``.
 
 Numbers from different runs are only comparable when the runs certified the same images

@@ -1,6 +1,6 @@
 """Certify or predict a whole dataset into a resumable, shardable result file.
 
-The result file is the reference ``certify.py`` format (SPEC §2): one tab-separated header
+The result file is the reference ``certify.py`` format (docs/MATH.md §2): one tab-separated header
 line, then ``idx label predict radius correct time`` per example (``predict`` files drop
 ``radius``), radius written with ``repr`` so no example moves across a ``>= r`` threshold,
 time in seconds. Reference analysis scripts (``pandas.read_csv(path, sep="\\t")``) read it.
@@ -328,7 +328,7 @@ def decide_dataset(
     execution: Mapping[str, object] | None = None,
 ) -> Path:
     """Decide "robust at r" for every radius in ``radii`` on each selected example with a
-    confidence sequence (:mod:`smoothmix.sequences`, SPEC 2.1) into ``out_path``.
+    confidence sequence (:mod:`smoothmix.sequences`, docs/MATH.md §2.1) into ``out_path``.
 
     The class tested is the label (``use_label``, evaluation) or the argmax of ``n0``
     separate samples (deployment). ``n`` caps the test samples per example (undecided = not

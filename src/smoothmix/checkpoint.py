@@ -1,10 +1,12 @@
 """Checkpoints: atomic save, safe load, and model reconstruction.
 
 A checkpoint is a dict with at least ``arch`` and ``state_dict`` (of ``Sequential(Normalize,
-net)``); smoothmix adds ``num_classes``, ``normalization``, ``epoch``, ``optimizer``,
-``scheduler``, ``rng``, ``method``, ``sigma`` and ``config``. The public reference checkpoints
-(``arch``, ``state_dict``, ``optimizer``, ``epoch``) load too: they do not record their
-normalisation, so :func:`load_model` states which one it assumed.
+net)``); smoothmix adds ``arch_kwargs`` (the architecture's construction keyword arguments),
+``num_classes``, ``normalization``, ``epoch``, ``optimizer``, ``scheduler``, ``rng``,
+``method``, ``sigma`` and ``config``. The public reference checkpoints (``arch``,
+``state_dict``, ``optimizer``, ``epoch``) and smoothmix checkpoints without ``arch_kwargs``
+load too: they do not record their normalisation, so :func:`load_model` states which one it
+assumed, and they are built with no extra arguments.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from smoothmix.errors import SmoothmixError, first_line, require
-from smoothmix.models import NORMALIZATIONS, create_model, model_defaults
+from smoothmix.models import NORMALIZATIONS, create_model, list_models, model_defaults
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,10 @@ def load_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint (ours or a reference one), in eval mode.
 
+    The architecture is ``create_model(ckpt["arch"], **ckpt["arch_kwargs"])`` (no kwargs when
+    the checkpoint has none); an architecture of your own must be registered first
+    (:func:`smoothmix.models.register_model`).
+
     Normalisation: ``normalization`` if given, else the checkpoint's, else the default of the
     architecture's dataset — reference checkpoints do not record it (SmoothAdv's released
     models centre only: pass ``cifar10-center``/``imagenet-center``). The choice is returned
@@ -198,10 +204,22 @@ def load_model(
     if arch is None:
         raise SmoothmixError(
             f"checkpoint {path} holds a custom network (no architecture name): build it "
-            "yourself and load load_checkpoint(path)['state_dict'] into it"
+            "yourself and load load_checkpoint(path)['state_dict'] into it, or register it "
+            "with smoothmix.models.register_model and train it by name"
         )
     if not isinstance(arch, str):
         raise SmoothmixError(f"checkpoint {path} has a non-string 'arch' entry: {arch!r}")
+    if arch not in list_models():
+        raise SmoothmixError(
+            f"checkpoint {path} is of unknown architecture {arch!r} (registered: "
+            f"{', '.join(list_models())}); if it is your own network, import the module that "
+            f"calls smoothmix.models.register_model({arch!r}, ...) first (CLI: smoothmix "
+            "--import MODULE ..., or SMOOTHMIX_IMPORT=MODULE)"
+        )
+    arch_kwargs = ckpt.get("arch_kwargs") or {}
+    if not isinstance(arch_kwargs, dict) or not all(isinstance(k, str) for k in arch_kwargs):
+        raise SmoothmixError(f"checkpoint {path} has a malformed 'arch_kwargs' entry "
+                             f"{arch_kwargs!r} (expected a dict of keyword arguments)")
     info = model_defaults(arch)
     if normalization is not None:
         source = "requested"
@@ -214,17 +232,20 @@ def load_model(
         normalization, source = info.normalization, "assumed (not recorded in checkpoint)"
         log.warning(
             "checkpoint %s does not record its normalization; assuming %r (the %s default) — "
-            "pass a different one if it was trained otherwise", path, normalization, info.dataset
+            "pass a different one if it was trained otherwise", path, normalization,
+            info.dataset or f"registered {arch!r}"
         )
     num_classes = ckpt.get("num_classes") or _infer_num_classes(
         strip_wrapper_prefixes(ckpt["state_dict"])
     )
-    model = create_model(arch, num_classes=num_classes, normalization=normalization)
+    model = create_model(arch, num_classes=num_classes, normalization=normalization,
+                         **arch_kwargs)
     load_state_into(model, ckpt["state_dict"], arch, f"checkpoint {path}")
     if device is not None:
         model.to(device)
     model.eval()
     ckpt.update(
+        arch_kwargs=arch_kwargs,
         num_classes=num_classes or info.num_classes,
         normalization=normalization,
         normalization_source=source,

@@ -244,7 +244,7 @@ class Smooth:
     ) -> Certificate:
         """CERTIFY with its cost: the same answer as :meth:`certify` on the same noise.
 
-        Early abstain (SPEC 2.1): once even all remaining estimation votes could not lift
+        Early abstain (docs/MATH.md §2.1): once even all remaining estimation votes could not lift
         the selected class to k* = :func:`certifying_votes` votes, the full run would
         abstain, so sampling stops there; the answer is identical, only cheaper
         (``early_abstain=False`` draws all n, for testing that claim).

@@ -8,7 +8,7 @@ continues where a killed run stopped and reuses what is finished.
 
 The budget is far below the published recipes (90 epochs on 60k images, N = 100,000 on
 all 10k test images), so the numbers are an illustration of the pipeline, not a
-reproduction of SPEC §5; the table says so.
+reproduction of docs/MATH.md §5; the table says so.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The over-confidence diagnostic of SPEC §3.7 (the SmoothMix paper's motivating table).
+"""The over-confidence diagnostic of docs/MATH.md §3.7 (the SmoothMix paper's motivating table).
 
 From each test image, run SmoothMix's unrestricted search on the smoothed soft classifier
 (:func:`smoothmix.methods.attacks.smoothmix_search`, the attack the training uses) and, at
@@ -60,7 +60,7 @@ def overconfidence(
     batch_size: int = 50,
     progress: bool = True,
 ) -> list[ConfidenceRow]:
-    """SPEC §3.7 rows for path lengths 0, step_size, ..., num_steps * step_size.
+    """docs/MATH.md §3.7 rows for path lengths 0, step_size, ..., num_steps * step_size.
 
     ``images`` (N x C x H x W in [0, 1]) and ``labels`` live on the model's device; the
     search uses ``num_noise`` draws per image (as in training) and the reported

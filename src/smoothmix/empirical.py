@@ -1,7 +1,7 @@
 """Empirical robustness of the smoothed classifier: attack it, then ask PREDICT.
 
 The attack is SmoothAdv's PGD on the smoothed soft classifier G(x) = mean_i F(x + delta_i)
-(:func:`smoothmix.methods.attacks.pgd_attack`, SPEC 3.3), run with many noise draws; the
+(:func:`smoothmix.methods.attacks.pgd_attack`, docs/MATH.md §3.3), run with many noise draws; the
 adversarial point is then classified by PREDICT with fresh noise, so the answer is the
 smoothed classifier's own (abstaining) one. A certificate of radius R promises that no
 perturbation shorter than R changes g, so an attack of norm < R may change PREDICT's answer

@@ -4,7 +4,7 @@ beside the published ones.
 An *experiment* is a published table: a dataset and a σ (``mnist-0.50``, ``cifar10-1.00``,
 ``imagenet-1.00``, ...). Its methods are the rows with a training preset
 (``{dataset}-{method}-{sigma}``, see :mod:`smoothmix.training.presets`) and the rows with
-published values (``data/published.json``, SPEC §5); a row needs a preset to be run and
+published values (``data/published.json``, docs/MATH.md §5); a row needs a preset to be run and
 published values to be compared. Adding a row is one entry: a preset of that name, or a
 published entry keyed by the method.
 
@@ -50,7 +50,7 @@ FULL_N = 100_000
 # Noisy test accuracy logged after every epoch: a training-time monitor only, not part of
 # the recipe or the certificate.
 EVAL_IMAGES = 1000
-# CAT-RS rows (SPEC §3.8) first train a Gaussian sigma = 0.25 "teacher" (its preset, same
+# CAT-RS rows (docs/MATH.md §3.8) first train a Gaussian sigma = 0.25 "teacher" (its preset, same
 # budget) and count its votes on the training images into the soft targets.
 TEACHER_SIGMA = 0.25
 TEACHER_DIR = "catrs-teacher"
@@ -465,7 +465,7 @@ def _format(exp: Experiment, rows: list[dict[str, Any]], budget: Budget, cap: fl
             *(f"r = {r:g}{BEYOND_CAP if r > cap else ''}" for r in exp.radii)]
     lines = [f"{exp.name}: {exp.dataset}, sigma = {exp.sigma:g}. Certified accuracy (%) at "
              "radius r and ACR; each cell is ours, then (published, ours - published) where "
-             "SPEC §5 has the value.", "", budget.describe(exp), "",
+             "docs/MATH.md §5 has the value.", "", budget.describe(exp), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         pub_acc = row["published_certified_accuracy"] or [None] * len(exp.radii)

@@ -1,4 +1,4 @@
-"""Decisions "robust at radius r" with far fewer samples than CERTIFY (SPEC 2.1).
+"""Decisions "robust at radius r" with far fewer samples than CERTIFY (docs/MATH.md §2.1).
 
 For an image x, a class c and radii r_1..r_k, let p0_j = Phi(r_j / sigma). The smoothed
 classifier is robust at r_j (returns c on the whole ball) when p_c > p0_j. Each procedure
@@ -57,7 +57,7 @@ CERTIFIED, NOT_CERTIFIED, UNDECIDED = "certified", "not-certified", "undecided"
 DECISIONS = (CERTIFIED, NOT_CERTIFIED, UNDECIDED)
 
 # Looks of kt and union come after 16 samples, then every x1.25: early enough that a
-# confident image (p ~ 1) is decided at r = sigma after ~60 samples (SPEC 2.1), few enough
+# confident image (p ~ 1) is decided at r = sigma after ~60 samples (docs/MATH.md §2.1), few enough
 # that the per-look cost stays small. kt may look anywhere; union evaluates its own
 # checkpoints inside each segment, so the look schedule costs it nothing either.
 _FIRST_LOOK = 16

@@ -1,4 +1,4 @@
-"""Soft targets for CAT-RS (SPEC §3.8): the vote frequencies of a smoothed classifier on
+"""Soft targets for CAT-RS (docs/MATH.md §3.8): the vote frequencies of a smoothed classifier on
 every training image, keyed by dataset index.
 
 ``pi_b = counts_b / N``, the votes of the base classifier on ``N`` noisy copies (sigma, in

@@ -3,6 +3,11 @@
 Each subcommand lives in its own module with a ``register(subparsers)`` function that adds
 its parser and sets ``func`` (``args -> int`` exit code). User errors are
 :class:`~smoothmix.errors.SmoothmixError`: printed on one line, exit code 2.
+
+``--import MODULE`` (before or after the subcommand, repeatable) and the environment variable
+``SMOOTHMIX_IMPORT`` (comma-separated) name modules to import before the subcommand runs, e.g.
+one that adds its own architecture with :func:`smoothmix.models.register_model`. A name ending
+in ``.py`` is loaded from that file.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from smoothmix.errors import SmoothmixError
+from smoothmix.errors import SmoothmixError, first_line
 
 # Order here is the order in `smoothmix --help`.
 _COMMAND_MODULES = ("demo", "reproduce", "train", "targets", "presets", "certify", "attack",
@@ -40,10 +47,42 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train and certify provably robust classifiers by randomized smoothing "
         "(SmoothMix, Gaussian, Stability, SmoothAdv, MACER, Consistency, CAT-RS).",
     )
+    import_help = ("import MODULE (or load a .py file) before running, e.g. one that calls "
+                   "smoothmix.models.register_model for a checkpoint of your own network; "
+                   "repeatable; also $SMOOTHMIX_IMPORT (comma-separated)")
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE", help=import_help)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(f"smoothmix.cli.{name}").register(subparsers)
+    for subparser in subparsers.choices.values():  # the same option after the subcommand
+        subparser.add_argument("--import", dest="sub_imports", action="append", default=[],
+                               metavar="MODULE", help=import_help)
     return parser
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import each module name (or ``.py`` file); a failure is one :class:`SmoothmixError`."""
+    for name in dict.fromkeys(names):  # each once, in order
+        if name.endswith(".py") and not Path(name).is_file():
+            raise SmoothmixError(f"--import {name}: no such file")
+        try:
+            if name.endswith(".py"):
+                path = Path(name)
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                if os.getcwd() not in sys.path:  # as `python -m` would, for the console script
+                    sys.path.append(os.getcwd())
+                importlib.import_module(name)
+        except SmoothmixError as exc:  # e.g. register_model refusing a name clash
+            raise SmoothmixError(f"--import {name}: {exc}") from None
+        except Exception as exc:
+            raise SmoothmixError(f"--import {name} failed: {type(exc).__name__}: "
+                                 f"{first_line(exc)}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         _reject_unknown(parser, args.command, unknown)
     try:
+        env = [m.strip() for m in os.environ.get("SMOOTHMIX_IMPORT", "").split(",") if m.strip()]
+        import_modules([*env, *args.imports, *args.sub_imports])
         return int(args.func(args) or 0)
     except SmoothmixError as exc:
         print(f"smoothmix {args.command}: error: {exc}", file=sys.stderr)

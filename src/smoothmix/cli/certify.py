@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "accuracy and ACR are exactly those of the full run (default off)")
     certify.add_argument("--radius", type=_radii, default=None, metavar="R[,R2,...]",
                          help="instead of CERTIFY's radius, decide 'robust at R' for each "
-                         "given radius with an anytime-valid confidence sequence (SPEC 2.1): "
+                         "given radius with an anytime-valid confidence sequence "
+                         "(docs/MATH.md §2.1): "
                          "usually far fewer samples; --n is then the sample cap (undecided = "
                          "not certified); the file has one row per example and radius")
     certify.add_argument("--sequence", choices=("kt", "union", "staged"), default="kt",

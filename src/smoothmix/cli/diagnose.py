@@ -1,4 +1,4 @@
-"""``smoothmix diagnose``: the over-confidence diagnostic of SPEC §3.7."""
+"""``smoothmix diagnose``: the over-confidence diagnostic of docs/MATH.md §3.7."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 ``load_dataset(name, split, data_dir)`` finds the files in ``data_dir`` (``--data-dir``), else
 in ``$SMOOTHMIX_DATA`` (an error when it names no directory), else — MNIST only — in the copy
 embedded in the package. Images come
-out as float C×H×W in [0, 1]; normalisation belongs to the model (SPEC §1).
+out as float C×H×W in [0, 1]; normalisation belongs to the model (docs/MATH.md §1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training methods by name: SmoothMix, the five baselines of SPEC §3 and CAT-RS (§3.8).
+"""Training methods by name: SmoothMix, the five baselines of docs/MATH.md §3 and CAT-RS (§3.8).
 
 >>> method = create_method("smoothmix", sigma=0.5, num_classes=10, eta=5.0)
 >>> out = method(model, x, y, epoch)      # StepOutput(loss, metrics)

@@ -1,14 +1,14 @@
 """Attacks on the smoothed soft classifier ``G(x) = mean_i F(x + delta_i)``.
 
 One objective serves every attack here: ``J(x') = -log G_y(x')`` with ``G`` clamped at
-1e-20 (SPEC §3.3, §3.6), evaluated over fixed noise draws ``delta_1..delta_m`` that the
+1e-20 (docs/MATH.md §3.3, §3.6), evaluated over fixed noise draws ``delta_1..delta_m`` that the
 caller draws once per batch and reuses in every step. The variants differ only in how they
 step:
 
-* :func:`smoothmix_search` — SmoothMix's unrestricted search (SPEC §3.6 step 1): steps of
+* :func:`smoothmix_search` — SmoothMix's unrestricted search (docs/MATH.md §3.6 step 1): steps of
   length ``step_size`` along the normalised gradient, clamp to [0, 1], optional max-norm
   projection; returns the whole path (the one-step anchor and the end point come from it;
-  the over-confidence diagnostic of SPEC §3.7 reads intermediate points).
+  the over-confidence diagnostic of docs/MATH.md §3.7 reads intermediate points).
 * :func:`pgd_attack` — SmoothAdv's PGD in the epsilon-ball, step ``2*epsilon/T``.
 * :func:`ddn_attack` — SmoothAdv's DDN (decoupled direction and norm) variant.
 
@@ -123,7 +123,7 @@ def smoothmix_search(
     max_norm: float | None = None,
     first_grad: Tensor | None = None,
 ) -> list[Tensor]:
-    """SmoothMix's unrestricted adversarial search (SPEC §3.6 step 1).
+    """SmoothMix's unrestricted adversarial search (docs/MATH.md §3.6 step 1).
 
     ``x~(0) = x``; ``x~(t+1) = clamp_[0,1](x~(t) + step_size * g / (||g|| + 1e-8))`` with
     ``g = dJ/dx~(t)``; with ``max_norm`` the step is first projected onto that ball around
@@ -163,7 +163,7 @@ def pgd_attack(
     epsilon: float,
     num_steps: int,
 ) -> Tensor:
-    """SmoothAdv's PGD (SPEC §3.3): T steps of length ``2*epsilon/T`` from ``x`` along the
+    """SmoothAdv's PGD (docs/MATH.md §3.3): T steps of length ``2*epsilon/T`` from ``x`` along the
     normalised gradient of J (a random unit direction where it is 0), each followed by a
     clamp to [0, 1] and a projection onto the epsilon-ball around ``x``."""
     step = 2.0 * epsilon / num_steps
@@ -201,7 +201,7 @@ def ddn_attack(
     perturbation found (none found: ``x`` itself), projected onto the epsilon-ball.
     ``init_norm`` defaults to 1.0, SmoothAdv's ``--init-norm-DDN 256`` (in 1/256 units),
     which applies outside training only: SmoothAdv training passes the warmed-up epsilon
-    (its training script overwrites the init norm every epoch, SPEC §3.3).
+    (its training script overwrites the init norm every epoch, docs/MATH.md §3.3).
     """
     norm = torch.full((x.shape[0],), init_norm, device=x.device,
                       dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))

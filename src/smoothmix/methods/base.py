@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from smoothmix.errors import SmoothmixError
 
-# Anything below this is treated as 0 inside a log (SPEC §3.3/3.5/3.6 clamp at 1e-20).
+# Anything below this is treated as 0 inside a log (docs/MATH.md §3.3/3.5/3.6 clamp at 1e-20).
 LOG_CLAMP = 1e-20
 
 
@@ -117,7 +117,7 @@ def _coerce(method: str, name: str, option: Option, value: Any) -> Any:
 
 
 class TrainingMethod(abc.ABC):
-    """One randomized-smoothing training objective (SPEC §3).
+    """One randomized-smoothing training objective (docs/MATH.md §3).
 
     ``__init__`` validates every option (unknown names and bad values raise
     :class:`SmoothmixError`) and stores them as attributes of the same name.

@@ -1,4 +1,4 @@
-"""CAT-RS (Jeong, Kim & Shin, AAAI 2023; SPEC §3.8): confidence-aware training.
+"""CAT-RS (Jeong, Kim & Shin, AAAI 2023; docs/MATH.md §3.8): confidence-aware training.
 
 Per batch of ``B`` images with ``M`` noise draws (drawn once):
 
@@ -55,7 +55,7 @@ def _per_row(values: Tensor, like: Tensor) -> Tensor:
 
 def catrs_noise_search(model: nn.Module, x: Tensor, noise: Tensor, soft_target: Tensor,
                        num_steps: int, epsilon: float) -> Tensor:
-    """Worst-case noise of SPEC §3.8 step 4; returns ``delta*`` shaped like ``noise``.
+    """Worst-case noise of docs/MATH.md §3.8 step 4; returns ``delta*`` shaped like ``noise``.
 
     ``noise`` is ``(M, B, ...)``; every one of its ``M B`` rows (one copy of one image) is
     moved on its own: ``T`` steps of length ``2 epsilon / T`` along ``g / (||g|| + 1e-8)``,

@@ -1,4 +1,4 @@
-"""Consistency regularisation (Jeong & Shin 2020; SPEC §3.5)."""
+"""Consistency regularisation (Jeong & Shin 2020; docs/MATH.md §3.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gaussian data augmentation (Cohen et al. 2019; SPEC §3.1)."""
+"""Gaussian data augmentation (Cohen et al. 2019; docs/MATH.md §3.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MACER: maximising the certified radius (Zhai et al. 2020; SPEC §3.4)."""
+"""MACER: maximising the certified radius (Zhai et al. 2020; docs/MATH.md §3.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SmoothAdv: adversarial training of the smoothed classifier (Salman et al. 2019; SPEC §3.3)."""
+"""SmoothAdv: adversarial training of the smoothed classifier (Salman et al. 2019;
+docs/MATH.md §3.3)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class SmoothAdv(TrainingMethod):
             x_adv = pgd_attack(model, x, y, noise, epsilon, self.num_steps)
         else:
             # DDN starts at the warmed-up epsilon: the reference training script overwrites
-            # the attack's init norm with epsilon_t every epoch (SPEC §3.3), so the attack's
+            # the attack's init norm with epsilon_t every epoch (docs/MATH.md §3.3), so the attack's
             # default of 1.0 never applies in training.
             x_adv = ddn_attack(model, x, y, noise, epsilon, self.num_steps, init_norm=epsilon)
         logits = full_precision(model(noisy_copies(x_adv, noise)))

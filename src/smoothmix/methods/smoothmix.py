@@ -1,4 +1,4 @@
-"""SmoothMix (Jeong et al. 2021; SPEC §3.6): mixup along the adversarial path of the
+"""SmoothMix (Jeong et al. 2021; docs/MATH.md §3.6): mixup along the adversarial path of the
 smoothed classifier, to calibrate its confidence off the data."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def is_mode_free(model: nn.Module) -> bool:
 
 
 class SmoothMixLoss(TrainingMethod):
-    """``L = L_nat + eta * w * L_mix`` (SPEC §3.6).
+    """``L = L_nat + eta * w * L_mix`` (docs/MATH.md §3.6).
 
     Per batch: ``m`` noise draws, reused everywhere; the unrestricted search gives the path
     ``x~(0..T)``; the anchor ``x0`` is ``x`` (``mix_step=0``) or the one-step adversary

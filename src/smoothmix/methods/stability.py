@@ -1,4 +1,4 @@
-"""Stability training (Li et al. 2019; SPEC §3.2)."""
+"""Stability training (Li et al. 2019; docs/MATH.md §3.2)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Stability(TrainingMethod):
     """``L = CE(f(x), y) + lbd * mean_b[-sum_c F_c(x) log F_c(x + delta)]``.
 
     The clean prediction ``F(x)`` is the soft target of the noisy one and is NOT detached
-    (SPEC §3.2), so the regulariser also moves the clean prediction. One noise draw per
+    (docs/MATH.md §3.2), so the regulariser also moves the clean prediction. One noise draw per
     image; the clean and noisy batches share one forward where the model allows it.
     """
 

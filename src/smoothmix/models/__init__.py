@@ -1,20 +1,31 @@
-"""Models by name, each wrapped as ``Sequential(Normalize, net)`` (SPEC §1, §4).
+"""Models by name, each wrapped as ``Sequential(Normalize, net)`` (docs/MATH.md §1, §4).
 
 Normalisation is the first layer of the model, never a data transform, because Gaussian noise
 is added in pixel space. Its mean/std are non-persistent buffers, so the state dict holds only
 the network's keys behind the prefix ``1.`` — exactly like the public reference checkpoints,
 whose normalisation layer kept plain tensors.
+
+The registry is open: :func:`register_model` adds your own architecture under a name, after
+which ``create_model(name, **kwargs)``, ``train(arch=name, arch_kwargs=...)``, ``load_model``
+and (with ``smoothmix --import MODULE``) the CLI build it like the built-in ones::
+
+    @register_model("mynet", num_classes=10, normalization="mnist", input_shape=(1, 28, 28))
+    class MyNet(nn.Module):
+        def __init__(self, num_classes: int, width: int = 16) -> None: ...
 """
 
 from __future__ import annotations
 
+import inspect
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from smoothmix.errors import SmoothmixError
+from smoothmix.errors import SmoothmixError, first_line
 from smoothmix.models.cifar_resnet import CifarResNet
 from smoothmix.models.lenet import LeNet
 
@@ -26,6 +37,7 @@ __all__ = [
     "list_models",
     "model_defaults",
     "normalize_layer",
+    "register_model",
     "wrap_model",
 ]
 
@@ -80,14 +92,18 @@ def wrap_model(net: nn.Module, normalization: str = "none") -> nn.Sequential:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Defaults of a named architecture (the dataset it was published with)."""
+    """Defaults of a named architecture (the dataset it was published with).
+
+    ``build(num_classes, **kwargs)`` makes the bare network. ``dataset`` is ``None`` for
+    architectures added by :func:`register_model`.
+    """
 
     name: str
     num_classes: int
     normalization: str
-    input_shape: tuple[int, int, int]
-    dataset: str
-    build: Callable[[int], nn.Module]
+    input_shape: tuple[int, ...]
+    dataset: str | None
+    build: Callable[..., nn.Module]
 
 
 def _resnet50(num_classes: int) -> nn.Module:
@@ -109,27 +125,106 @@ _MODELS: dict[str, ModelInfo] = {
 }
 
 
+_Factory = TypeVar("_Factory", bound=Callable[..., nn.Module])
+
+
+def register_model(
+    name: str,
+    factory: _Factory | None = None,
+    *,
+    num_classes: int,
+    normalization: str,
+    input_shape: Sequence[int],
+    overwrite: bool = False,
+) -> Any:
+    """Add your own architecture to the registry under ``name``.
+
+    ``factory(num_classes, **kwargs)`` (a class or a function) returns the bare network,
+    mapping normalised images to logits; :func:`create_model` wraps it in
+    ``Sequential(Normalize, net)`` like the built-ins. ``num_classes``, ``normalization``
+    (a key of :data:`NORMALIZATIONS`) and ``input_shape`` (C, H, W) are its defaults; the
+    input shape is what ``certify`` checks a dataset against. Use it as a call,
+    ``register_model("mynet", MyNet, num_classes=10, ...)``, or as a decorator,
+    ``@register_model("mynet", num_classes=10, ...)``; either returns ``factory`` unchanged.
+    A name already registered is an error unless ``overwrite=True``.
+
+    For the CLI to rebuild a checkpoint of it, the module that calls this must be imported
+    first: ``smoothmix --import MODULE certify ...`` (or ``SMOOTHMIX_IMPORT=MODULE``).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise SmoothmixError(f"register_model: the name must be a non-empty string, got {name!r}")
+    if name in _MODELS and not overwrite:
+        raise SmoothmixError(f"register_model: architecture {name!r} is already registered; "
+                             "choose another name or pass overwrite=True to replace it")
+    if normalization not in NORMALIZATIONS:
+        raise SmoothmixError(f"register_model({name!r}): unknown normalization "
+                             f"{normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
+    _check_num_classes(num_classes)
+    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
+    if not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
+        raise SmoothmixError(f"register_model({name!r}): input_shape must be positive integers "
+                             f"(C, H, W), got {input_shape!r}")
+
+    def add(fn: _Factory) -> _Factory:
+        if not callable(fn):
+            raise SmoothmixError(f"register_model({name!r}): the factory must be a class or "
+                                 f"function returning an nn.Module, got {fn!r}")
+        try:
+            inspect.signature(fn).bind_partial(num_classes)
+        except TypeError:
+            raise SmoothmixError(f"register_model({name!r}): the factory must take the number "
+                                 "of classes as its first argument") from None
+        except ValueError:  # no inspectable signature (some builtins): trust it
+            pass
+        _MODELS[name] = ModelInfo(name, num_classes, normalization, shape, None, fn)
+        return fn
+
+    return add if factory is None else add(factory)
+
+
 def list_models() -> list[str]:
+    """Names of every registered architecture, built-ins first."""
     return list(_MODELS)
 
 
 def model_defaults(arch: str) -> ModelInfo:
     """Defaults for ``arch``; unknown names raise :class:`SmoothmixError` listing valid ones."""
     if arch not in _MODELS:
-        raise SmoothmixError(f"unknown architecture {arch!r}; valid: {', '.join(_MODELS)}")
+        raise SmoothmixError(f"unknown architecture {arch!r}; valid: {', '.join(_MODELS)} "
+                             "(add your own with smoothmix.models.register_model)")
     return _MODELS[arch]
 
 
+def _check_num_classes(num_classes: Any) -> None:
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
+        raise SmoothmixError(f"num_classes must be an integer, got {num_classes!r}")
+    if num_classes < 2:
+        raise SmoothmixError(f"num_classes must be at least 2, got {num_classes}")
+
+
 def create_model(
-    arch: str, num_classes: int | None = None, normalization: str | None = None
+    arch: str, num_classes: int | None = None, normalization: str | None = None,
+    **kwargs: Any,
 ) -> nn.Sequential:
     """``Sequential(Normalize, net)`` for a named architecture, freshly initialised.
 
     ``num_classes`` and ``normalization`` default to those of the dataset the architecture
-    was published with (see :func:`model_defaults`).
+    was published with (see :func:`model_defaults`); ``kwargs`` go to the architecture's
+    factory (e.g. a registered ``width=32``).
     """
     info = model_defaults(arch)
     num_classes = info.num_classes if num_classes is None else num_classes
-    if num_classes < 2:
-        raise SmoothmixError(f"num_classes must be at least 2, got {num_classes}")
-    return wrap_model(info.build(num_classes), normalization or info.normalization)
+    _check_num_classes(num_classes)
+    try:
+        inspect.signature(info.build).bind(int(num_classes), **kwargs)
+    except TypeError as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in {"num_classes": num_classes, **kwargs}.items())
+        raise SmoothmixError(f"architecture {arch!r} cannot be built with {given}: "
+                             f"{first_line(exc)}") from None
+    except ValueError:  # no inspectable signature: let the call decide
+        pass
+    net = info.build(int(num_classes), **kwargs)
+    if not isinstance(net, nn.Module):
+        raise SmoothmixError(f"the factory of architecture {arch!r} returned a "
+                             f"{type(net).__name__}, not an nn.Module")
+    return wrap_model(net, normalization or info.normalization)

@@ -1,4 +1,4 @@
-"""LeNet for MNIST as in the published experiments (SPEC §4)."""
+"""LeNet for MNIST as in the published experiments (docs/MATH.md §4)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ high-level :func:`train` that ``smoothmix train`` calls.
   ``train_set=``/``test_set=``;
 * :func:`fit` — the loop itself, for any ``nn.Module``, any dataset and any method object;
 * :class:`TrainConfig` — optimiser, schedule and execution settings;
-* :data:`PRESETS` / :func:`get_preset` — the published recipes (SPEC §3).
+* :data:`PRESETS` / :func:`get_preset` — the published recipes (docs/MATH.md §3).
 """
 
 from smoothmix.training.api import TrainSpec, resolve, train

@@ -39,7 +39,7 @@ from smoothmix.errors import SmoothmixError, require
 from smoothmix.training.loop import TrainConfig, check_outdir, fit, seed_everything
 from smoothmix.training.presets import get_preset
 
-# Per-dataset schedule defaults (SPEC §3.6 table; ImageNet: Cohen et al.'s 90/0.1/30).
+# Per-dataset schedule defaults (docs/MATH.md §3.6 table; ImageNet: Cohen et al.'s 90/0.1/30).
 SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": {"epochs": 90, "lr": 0.01, "lr_step": 30},
     "cifar10": {"epochs": 150, "lr": 0.1, "lr_step": 50},
@@ -52,7 +52,7 @@ _FALLBACK_SCHEDULE = {"epochs": 90, "lr": 0.1, "lr_step": 30}
 _RESUME_RECIPE = ("epochs", "batch_size", "lr", "lr_step", "lr_gamma", "lr_milestones",
                   "momentum", "weight_decay", "seed")
 
-# Options that count things and must be at least 1 (m and T of SPEC §3).
+# Options that count things and must be at least 1 (m and T of docs/MATH.md §3).
 _COUNT_OPTIONS = {"num_noise": "m (--num-noise)", "num_steps": "T (--num-steps)"}
 
 
@@ -81,6 +81,7 @@ class TrainSpec:
     dataset: str | None = None
     arch: str | None = None
     normalization: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
     train_subset: int | None = None
     test_subset: int | None = None
     preset: str | None = None
@@ -90,6 +91,7 @@ class TrainSpec:
         meta: dict[str, Any] = {
             "arch": self.arch, "normalization": self.normalization, "num_classes": num_classes,
             "method": self.method, "method_options": dict(self.method_options),
+            "arch_kwargs": dict(self.arch_kwargs),
         }
         if self.dataset is not None:
             meta.update(dataset=self.dataset, train_subset=self.train_subset,
@@ -105,7 +107,7 @@ def _saved_settings(outdir: Path) -> dict[str, Any] | None:
         return None
     ckpt = load_checkpoint(outdir / CHECKPOINT_NAME)
     saved = dict(ckpt.get("config") or {})
-    for key in ("arch", "method", "sigma", "method_options", "normalization"):
+    for key in ("arch", "arch_kwargs", "method", "sigma", "method_options", "normalization"):
         if ckpt.get(key) is not None:
             saved[key] = ckpt[key]
     return saved
@@ -142,6 +144,7 @@ def _resume_conflicts(spec: TrainSpec, saved: Mapping[str, Any], sources: Mappin
     current: dict[str, Any] = {
         "method": spec.method, "sigma": spec.sigma, "dataset": spec.dataset,
         "arch": spec.arch, "train_subset": spec.train_subset, "test_subset": spec.test_subset,
+        "arch_kwargs": spec.arch_kwargs,
         **{k: getattr(spec.config, k) for k in _RESUME_RECIPE},
     }
     conflicts: list[str] = []
@@ -178,6 +181,22 @@ def _resume_conflicts(spec: TrainSpec, saved: Mapping[str, Any], sources: Mappin
     return conflicts, extends
 
 
+def _plain_kwargs(kwargs: Any) -> dict[str, Any]:
+    """``arch_kwargs`` as a dict of plain values: a checkpoint must hold them, and it is read
+    back with ``weights_only`` loading (numbers, strings, lists, tuples, dicts, None)."""
+    def plain(v: Any) -> bool:
+        if isinstance(v, (list, tuple)):
+            return all(plain(x) for x in v)
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and plain(x) for k, x in v.items())
+        return v is None or isinstance(v, (bool, int, float, str))
+
+    require(isinstance(kwargs, Mapping) and plain(dict(kwargs)),
+            f"arch_kwargs must be a dict of plain values (numbers, strings, lists, dicts) to be "
+            f"stored in the checkpoint, got {kwargs!r}")
+    return dict(kwargs)
+
+
 def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
@@ -196,6 +215,7 @@ def resolve(
     preset: str | None = None,
     method_options: Mapping[str, Any] | None = None,
     deferred: int | bool | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -241,6 +261,8 @@ def resolve(
              **{k: v for k, v in execution.items() if k == "lr_gamma"}}
     sources.update({k: "--batch" if k == "batch_size" else option_flag(k)
                     for k, v in given.items() if v is not None})
+    if arch_kwargs is not None:
+        sources["arch_kwargs"] = "arch_kwargs="
     if lr_step is not None and lr_milestones is None:
         sources["lr_milestones"] = "--lr-step"
 
@@ -262,7 +284,7 @@ def resolve(
             f"--sigma must be > 0 (noise standard deviation in [0, 1] pixel units), got {sigma}")
     if sigma > 4:
         raise SmoothmixError(f"--sigma {sigma} is far above 1; sigma is in [0, 1] pixel units, "
-                             "not 0..255 (SPEC: sigma 0.5 means N(0, 0.25 I) noise)")
+                             "not 0..255 (docs/MATH.md §1: sigma 0.5 means N(0, 0.25 I) noise)")
 
     if not custom_model:
         from smoothmix.data import dataset_defaults
@@ -274,12 +296,17 @@ def resolve(
         arch = pick("arch", arch, p and p.arch, info.arch)
         require(arch is not None, f"dataset {dataset!r} has no default architecture: pass "
                 "--arch")
-        model_defaults(arch)  # validates the name
+        arch_info = model_defaults(arch)  # validates the name
         normalization = saved.get("normalization") if saved else None
-        normalization = normalization or (info.normalization if info.normalization != "none"
-                                          else model_defaults(arch).normalization)
+        # A registered architecture (dataset None) brings its own normalisation.
+        normalization = normalization or (
+            info.normalization if info.normalization != "none" and arch_info.dataset
+            else arch_info.normalization)
+        arch_kwargs = _plain_kwargs(pick("arch_kwargs", arch_kwargs, None, {}))
         schedule = SCHEDULE_DEFAULTS.get(dataset, _FALLBACK_SCHEDULE)
     else:
+        require(arch_kwargs is None, "arch_kwargs= builds a named architecture (arch=); with "
+                "model= construct the network yourself")
         normalization = None
         schedule = _FALLBACK_SCHEDULE
 
@@ -324,6 +351,7 @@ def resolve(
     spec = TrainSpec(
         method=method, sigma=float(sigma), method_options=options, config=config,
         dataset=dataset, arch=arch, normalization=normalization,
+        arch_kwargs=dict(arch_kwargs or {}),
         train_subset=pick("train_subset", train_subset) if not custom_model else None,
         test_subset=pick("test_subset", test_subset) if not custom_model else test_subset,
         preset=p.name if p else (saved or {}).get("preset"),
@@ -378,6 +406,7 @@ def train(
     test_set: Any | None = None,
     num_classes: int | None = None,
     targets: str | os.PathLike | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
     **config: Any,
 ) -> Path:
     """Train a smoothed classifier's base model; return the final checkpoint's path.
@@ -390,6 +419,10 @@ def train(
     ``True``: the first learning-rate drop, ``False``/0: from the start).
     ``targets`` is the soft-target file (``smoothmix targets``) of methods that need one
     (CAT-RS); it must have been built on the whole training set of ``dataset``.
+    ``arch_kwargs`` go to the architecture's constructor (``create_model(arch, **arch_kwargs)``,
+    e.g. ``{"width": 32}`` for an architecture added by
+    :func:`smoothmix.models.register_model`); they are stored in the checkpoint, so
+    ``load_model`` rebuilds the same network.
     """
     from smoothmix.methods import METHODS, create_method
 
@@ -402,7 +435,7 @@ def train(
     spec = resolve(outdir=outdir, dataset=dataset, arch=arch, method=method, sigma=sigma,
                    preset=preset, method_options=method_options, deferred=deferred,
                    train_subset=train_subset, test_subset=test_subset, resume=resume,
-                   custom_model=custom, **config)
+                   custom_model=custom, arch_kwargs=arch_kwargs, **config)
     outdir = Path(outdir)
     wants_targets = "soft_target" in METHODS[spec.method].side_data
     require(targets is None or wants_targets,
@@ -447,7 +480,7 @@ def train(
         num_classes = train_set.num_classes
         seed_everything(spec.config.seed)  # the initial weights depend on the seed only
         model = create_model(spec.arch, num_classes=num_classes,
-                             normalization=spec.normalization)
+                             normalization=spec.normalization, **spec.arch_kwargs)
     else:
         num_classes = num_classes or getattr(train_set, "num_classes", None)
         require(num_classes is not None, "num_classes= is needed: the training set has no "

@@ -187,6 +187,7 @@ def check_compatible(ckpt: Mapping[str, Any], current: Mapping[str, Any], path: 
     """One-line error when ``current`` (run identity + recipe) disagrees with the checkpoint."""
     saved = dict(ckpt.get("config") or {})
     saved.update({k: ckpt.get(k) for k in ("arch", "method", "sigma", "num_classes")})
+    saved["arch_kwargs"] = dict(ckpt.get("arch_kwargs") or {})  # none recorded: built without
     saved.setdefault("method_options", ckpt.get("method_options"))
     diffs = []
     for key, value in current.items():
@@ -400,8 +401,9 @@ def fit(
     as keyword arguments, from the tables attached to ``train_set``
     (:func:`smoothmix.data.loaders.attach_side_data`). ``sigma`` (default ``method.sigma``)
     is the noise level of the noisy test accuracy. ``metadata`` is stored in the checkpoint:
-    ``arch``, ``normalization``, ``num_classes``, ``method``, ``method_options`` and any
-    other plain values (they also take part in the resume compatibility check).
+    ``arch``, ``arch_kwargs``, ``normalization``, ``num_classes``, ``method``,
+    ``method_options`` and any other plain values (they also take part in the resume
+    compatibility check).
 
     Writes ``outdir/checkpoint.pth.tar`` (atomically, every epoch), ``outdir/log.csv`` and
     TensorBoard events. A non-empty ``outdir`` is refused unless ``resume``; with ``resume``
@@ -471,6 +473,7 @@ def _set_up(model: nn.Module, method: Any, train_set: Any, test_set: Any | None,
     method_config = method.config() if callable(getattr(method, "config", None)) else None
     method_opts = dict(meta.pop("method_options", None) or method_config or {})
     arch = meta.pop("arch", None)
+    arch_kwargs = dict(meta.pop("arch_kwargs", None) or {})
     normalization = meta.pop("normalization", None)
     num_classes = _num_classes(train_set, method, meta.pop("num_classes", None))
 
@@ -480,7 +483,8 @@ def _set_up(model: nn.Module, method: Any, train_set: Any, test_set: Any | None,
     ckpt: dict[str, Any] | None = None
     if resuming:
         ckpt = load_checkpoint(ckpt_path)
-        current = {"arch": arch, "method": method_name, "sigma": sigma,
+        current = {"arch": arch, "arch_kwargs": arch_kwargs, "method": method_name,
+                   "sigma": sigma,
                    "num_classes": num_classes, "method_options": method_opts,
                    **{k: v for k, v in meta.items() if k not in _FREE_METADATA}}
         current.update({k: getattr(config, k) for k in _RECIPE_FIELDS})
@@ -552,7 +556,8 @@ def _set_up(model: nn.Module, method: Any, train_set: Any, test_set: Any | None,
 
     amp_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.amp \
         else contextlib.nullcontext
-    identity = {"arch": arch, "num_classes": num_classes, "normalization": normalization,
+    identity = {"arch": arch, "arch_kwargs": arch_kwargs, "num_classes": num_classes,
+                "normalization": normalization,
                 "method": method_name, "method_options": method_opts,
                 "method_config": method_config, "sigma": sigma}
     return _Run(config=config, outdir=outdir, ckpt_path=ckpt_path, device=device, rank=rank,
@@ -650,6 +655,7 @@ def _save_epoch(run: _Run, epoch: int, row: dict[str, Any], bar: Any) -> None:
         ident = run.identity
         save_checkpoint(run.ckpt_path, {
             "arch": ident["arch"],
+            "arch_kwargs": ident["arch_kwargs"],
             "state_dict": run.raw_model.state_dict(),
             "num_classes": ident["num_classes"],
             "normalization": ident["normalization"],

@@ -1,4 +1,4 @@
-"""The published training recipes (SPEC §3), by name.
+"""The published training recipes (docs/MATH.md §3), by name.
 
 A preset fixes everything a recipe needs: data, model, method, σ, optimiser schedule, the
 number of images per optimiser step and the method options. Explicit arguments override it.
@@ -70,10 +70,10 @@ def _build() -> dict[str, Preset]:
                               arch=arch, method=method, sigma=sigma, epochs=epochs, lr=lr,
                               lr_step=lr_step, batch_size=batch, **kw))
 
-    # ---- MNIST / LeNet: 90 epochs, lr 0.01 dropped ×0.1 every 30 (SPEC §3.6 table).
+    # ---- MNIST / LeNet: 90 epochs, lr 0.01 dropped ×0.1 every 30 (docs/MATH.md §3.6 table).
     mnist = {"epochs": 90, "lr": 0.01, "lr_step": 30}
     # SmoothMix: m = 4, α = 1.0, T = 3/4/8; η = 1 at σ = 0.25 and η = 5 at 0.5/1.0
-    # (the settings of the published MNIST rows, SPEC §5).
+    # (the settings of the published MNIST rows, docs/MATH.md §5).
     for sigma, steps, eta in ((0.25, 3, 1.0), (0.50, 4, 5.0), (1.00, 8, 5.0)):
         add("mnist", "lenet", "smoothmix", sigma, batch=64, **mnist,
             options={"num_noise": 4, "num_steps": steps, "step_size": 1.0, "eta": eta,
@@ -88,7 +88,7 @@ def _build() -> dict[str, Preset]:
         add("mnist", "lenet", "smoothadv", sigma, batch=64, **mnist,
             options={"attack": "pgd", "num_steps": 10, "epsilon": 255 / 256, "num_noise": 4})
         # MACER MNIST: k = 16, β = 16, γ = 8, λ = 16/16/6, deferred to the first LR drop,
-        # 256 images × 16 copies per step (SPEC §3.4: the script's default batch).
+        # 256 images × 16 copies per step (docs/MATH.md §3.4: the script's default batch).
         add("mnist", "lenet", "macer", sigma, batch=256, **mnist, deferred=True,
             options={"num_noise": 16, "beta": 16.0, "gamma": 8.0,
                      "lbd": {0.25: 16.0, 0.50: 16.0, 1.00: 6.0}[sigma]})
@@ -107,7 +107,7 @@ def _build() -> dict[str, Preset]:
     add("cifar10", "cifar_resnet110", "smoothmix", 0.50, suffix="-onestep", batch=128, **cifar,
         options={"num_noise": 2, "num_steps": 4, "step_size": 1.0, "eta": 5.0, "mix_step": 1},
         note="+ one-step adversary")
-    # SmoothAdv CIFAR-10 best recipes (SPEC §3.3).
+    # SmoothAdv CIFAR-10 best recipes (docs/MATH.md §3.3).
     smoothadv_cifar = {0.25: (10, 8, 255 / 256), 0.50: (2, 8, 2.0), 1.00: (10, 2, 2.0)}
     for sigma in SIGMAS:
         add("cifar10", "cifar_resnet110", "gaussian", sigma, batch=256, **cifar)
@@ -136,7 +136,7 @@ def _build() -> dict[str, Preset]:
                                  "mix_step": 0},
             note="unpublished; reference code defaults")
 
-    # ---- CAT-RS (SPEC §3.8; the CAT-RS repository's EXPERIMENTS.MD). Every preset needs
+    # ---- CAT-RS (docs/MATH.md §3.8; the CAT-RS repository's EXPERIMENTS.MD). Every preset needs
     # --targets: the votes of a Gaussian sigma = 0.25 model (`smoothmix targets`).
     # 256/M images per step x M copies, SGD 0.9, weight decay 1e-4; M = 4, T = 4, eps = 1.0.
     catrs = {"num_noise": 4, "num_steps": 4, "epsilon": 1.0}
