@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from smoothmix.certification import parse_shard, read_meta, selected_indices
-from smoothmix.core import certified_radius, clopper_pearson_lower
+from smoothmix.core import radius_from_counts
 from smoothmix.errors import SmoothmixError, require
 
 FORMATS = ("markdown", "latex", "csv")
@@ -43,6 +43,10 @@ class RunInfo:
     selected: int | None  # rows the run's settings select (its complete size)
     dataset: str | None = None
     split: str | None = None
+    # How the radius was computed and the model run; absent keys (older files) mean the
+    # defaults they ran with.
+    bound: str = "cohen"
+    precision: str = "fp32"
 
     @property
     def radius_cap(self) -> float | None:
@@ -50,7 +54,7 @@ class RunInfo:
         largest it can ever certify with this N and α."""
         if self.sigma is None or self.n is None or self.alpha is None:
             return None
-        return certified_radius(clopper_pearson_lower(self.n, self.n, self.alpha), self.sigma)
+        return radius_from_counts(self.n, 0, self.n, self.alpha, self.sigma, self.bound)
 
 
 def read_run_info(path: str | os.PathLike) -> RunInfo | None:
@@ -77,7 +81,8 @@ def read_run_info(path: str | os.PathLike) -> RunInfo | None:
 
     return RunInfo(kind=str(meta["kind"]), sigma=get("sigma", float), n=get("n", int),
                    alpha=get("alpha", float), selected=selected, dataset=get("dataset", str),
-                   split=get("split", str))
+                   split=get("split", str), bound=get("bound", str) or "cohen",
+                   precision=get("precision", str) or "fp32")
 
 
 @dataclass(frozen=True)
@@ -227,7 +232,9 @@ def compare_results(results: Sequence[CertificationResults],
                             ".json companion, so σ, N and α cannot be checked")
         for what, get in (("σ", lambda r: r.sigma), ("N", lambda r: r.n),
                           ("α", lambda r: r.alpha),
-                          ("dataset split", lambda r: (r.dataset, r.split))):
+                          ("dataset split", lambda r: (r.dataset, r.split)),
+                          ("bound (radius formula)", lambda r: r.bound),
+                          ("precision (the classifier certified)", lambda r: r.precision)):
             values = [get(res.run) if res.run is not None else None for res in results]
             known = {v for v in values if v is not None}
             if len(known) > 1:
@@ -246,7 +253,8 @@ def compare_results(results: Sequence[CertificationResults],
 
 def _comparison_key(res: CertificationResults) -> tuple:
     run = res.run
-    settings = (run.sigma, run.n, run.alpha, run.dataset, run.split) if run else (None,) * 5
+    settings = (run.sigma, run.n, run.alpha, run.dataset, run.split, run.bound,
+                run.precision) if run else (None,) * 7
     return (*settings, frozenset(res.idx.tolist()))
 
 
@@ -320,7 +328,8 @@ def format_table(
                 row[col] += dagger
 
     setting_head = [r"$\sigma$", "$N$", r"$\alpha$"] if latex else ["σ", "N", "α"]
-    head = ["", *(["set"] if sets else []), *setting_head, "images", "ACR",
+    extra = _extra_settings(results)  # bound / precision, where a file is not the default
+    head = ["", *(["set"] if sets else []), *setting_head, *extra, "images", "ACR",
             *((f"${r}$" if latex else f"r = {r}") for r in radius_names)]
     body = []
     for label, res, group, row in zip(labels, results, set_names, cells, strict=True):
@@ -329,7 +338,8 @@ def format_table(
             f"{len(res)} of {run.selected if run else '?'} (incomplete)"
         settings = [_setting(v) if v is not None else "?"
                     for v in ((run.sigma, run.n, run.alpha) if run else (None,) * 3)]
-        body.append([label, *([group] if sets else []), *settings, images, *row])
+        body.append([label, *([group] if sets else []), *settings,
+                     *(str(getattr(run, k)) if run else "?" for k in extra), images, *row])
     notes = _table_notes(results, labels, beyond, sets, latex)
     if not latex:
         lines = [_md_row(head), "|" + "---|" * len(head), *(_md_row(row) for row in body)]
@@ -346,6 +356,13 @@ def format_table(
         r"\end{tabular}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _extra_settings(results: Sequence[CertificationResults]) -> list[str]:
+    """``bound`` and ``precision`` columns, shown as soon as one file is not cohen / fp32."""
+    defaults = {"bound": "cohen", "precision": "fp32"}
+    return [k for k, v in defaults.items()
+            if any(res.run is not None and getattr(res.run, k) != v for res in results)]
 
 
 def _table_notes(results: Sequence[CertificationResults], labels: Sequence[str],

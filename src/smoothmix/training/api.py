@@ -50,7 +50,7 @@ _FALLBACK_SCHEDULE = {"epochs": 90, "lr": 0.1, "lr_step": 30}
 # TrainConfig fields that define a run's trajectory: on --resume they must match the stored run
 # (except a larger --epochs, which extends it).
 _RESUME_RECIPE = ("epochs", "batch_size", "lr", "lr_step", "lr_gamma", "lr_milestones",
-                  "momentum", "weight_decay", "seed")
+                  "momentum", "weight_decay", "seed", "precision")
 
 # Options that count things and must be at least 1 (m and T of docs/MATH.md §3).
 _COUNT_OPTIONS = {"num_noise": "m (--num-noise)", "num_steps": "T (--num-steps)"}
@@ -110,6 +110,8 @@ def _saved_settings(outdir: Path) -> dict[str, Any] | None:
     for key in ("arch", "arch_kwargs", "method", "sigma", "method_options", "normalization"):
         if ckpt.get(key) is not None:
             saved[key] = ckpt[key]
+    if saved:  # runs before 0.3 stored only amp
+        saved["precision"] = saved.get("precision") or ("bf16" if saved.get("amp") else "fp32")
     return saved
 
 
@@ -320,6 +322,8 @@ def resolve(
     options.update(explicit_opts)
     options.pop("deferred_epochs", None)
 
+    execution = dict(execution)
+    execution["precision"] = _precision(execution, saved, sources)
     fields = set(TrainConfig.__dataclass_fields__)
     unknown = sorted(set(execution) - fields)
     require(not unknown, f"unknown training setting(s) {', '.join(unknown)}; valid: "
@@ -364,6 +368,25 @@ def resolve(
         if extends is not None:
             spec.extra["extends_from_epochs"] = extends
     return spec
+
+
+def _precision(execution: dict[str, Any], saved: Mapping[str, Any] | None,
+               sources: dict[str, str]) -> str:
+    """The run's precision: the one asked for (``precision``, or ``amp=True``, its older
+    spelling), else a resumed run's (checkpoints before 0.3 stored only ``amp``), else
+    fp32. Popped from ``execution``; an explicit one is a source for the resume check."""
+    from smoothmix.execution import check_precision
+
+    asked = execution.pop("precision", None)
+    if execution.pop("amp", False):
+        require(asked in (None, "bf16"), f"amp=True means precision bf16, not {asked!r}")
+        asked = "bf16"
+    if asked is not None:
+        sources["precision"] = "--precision"
+        return check_precision(asked)
+    if saved is not None:
+        return str(saved.get("precision") or ("bf16" if saved.get("amp") else "fp32"))
+    return "fp32"
 
 
 def _deferred_epochs(deferred: int | bool | None, p: Any, saved: Mapping[str, Any] | None,
@@ -513,8 +536,13 @@ def _announce(spec: TrainSpec, train_set: Any, outdir: Path, resume: bool,
               "before its first epoch ended); starting it from the beginning", flush=True)
     print(f"smoothmix train: {what} ({len(train_set)} images), {spec.method} sigma={spec.sigma}"
           f"{' ' + opts if opts else ''}; {_count(c.epochs, 'epoch')}, batch {c.batch_size}, "
-          f"lr {c.lr:g}{' (resume)' if resume else ''}"
+          f"lr {c.lr:g}, {c.precision}{' (resume)' if resume else ''}"
           f"{f', {world} processes' if world > 1 else ''} -> {outdir}", flush=True)
+    if c.precision == "bf16":
+        from smoothmix.device import resolve_device
+        from smoothmix.execution import warn_if_bf16_emulated
+
+        warn_if_bf16_emulated(resolve_device(c.device or "auto"))
 
 
 def _count(n: int, noun: str) -> str:

@@ -55,7 +55,7 @@ LOG_NAME = "log.csv"
 # Metadata that may change between a run and its resume (not part of the recipe).
 _FREE_METADATA = frozenset({"test_subset", "preset"})
 _RECIPE_FIELDS = ("batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma",
-                  "lr_milestones", "seed")
+                  "lr_milestones", "seed", "precision")
 
 
 @dataclass
@@ -65,8 +65,10 @@ class TrainConfig:
     ``batch_size`` is the number of images per optimiser step summed over all ranks (each
     image is expanded to the method's noise copies inside the method). The learning rate is
     multiplied by ``lr_gamma`` every ``lr_step`` epochs, or at ``lr_milestones`` when given.
-    ``amp`` runs the method's forward passes under bfloat16 autocast (on CUDA this is the fast
-    path; on CPU it is supported by PyTorch but rarely faster). ``channels_last`` (None:
+    ``precision`` "bf16" runs the method's forward passes under bfloat16 autocast (the fast
+    path on GPUs and on CPUs with AMX or AVX-512-BF16; see benchmarks/train_throughput.py);
+    it changes the trajectory, so a resume keeps it. ``amp=True`` is its older spelling
+    (deprecated). ``channels_last`` (None:
     on for image models, measured faster on CPU and GPU convnets) sets the memory format of
     model and inputs; ``compile`` (``torch.compile``) is opt-in; on CUDA the SGD step is fused.
     """
@@ -81,7 +83,8 @@ class TrainConfig:
     lr_milestones: tuple[int, ...] | None = None
     seed: int = 0
     device: str | None = None
-    amp: bool = False
+    precision: str = "fp32"
+    amp: bool = False  # deprecated spelling of precision="bf16"; kept equal to it
     compile: bool = False
     channels_last: bool | None = None
     # Opt-in: capture each epoch's fixed-shape step as a CUDA graph and replay it per batch
@@ -91,6 +94,14 @@ class TrainConfig:
     test_batch_size: int | None = None
     log_every: int = 20
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        from smoothmix.execution import check_precision
+
+        if self.amp:
+            self.precision = "bf16"
+        check_precision(self.precision)
+        self.amp = self.precision == "bf16"
 
     def validate(self) -> None:
         require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -188,6 +199,8 @@ def check_compatible(ckpt: Mapping[str, Any], current: Mapping[str, Any], path: 
     saved = dict(ckpt.get("config") or {})
     saved.update({k: ckpt.get(k) for k in ("arch", "method", "sigma", "num_classes")})
     saved["arch_kwargs"] = dict(ckpt.get("arch_kwargs") or {})  # none recorded: built without
+    if ckpt.get("config"):  # runs before 0.3 stored only amp
+        saved.setdefault("precision", "bf16" if saved.get("amp") else "fp32")
     saved.setdefault("method_options", ckpt.get("method_options"))
     diffs = []
     for key, value in current.items():
