@@ -20,6 +20,7 @@ from torch import nn
 
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.execution import Execution, prepare_model, resolve_execution
+from smoothmix.grid import GridNoise
 
 ABSTAIN = -1
 BOUNDS = ("cohen", "two-sided")
@@ -176,6 +177,7 @@ class Smooth:
         layout: str | None = None,
         compile: bool | None = None,
         execution: Execution | None = None,
+        grid: int | None = None,
     ) -> None:
         """``base_classifier`` maps N x C x H x W images in [0, 1] to N x num_classes logits.
 
@@ -184,7 +186,11 @@ class Smooth:
         ``layout`` "channels_last" or "contiguous" (default: channels_last for conv nets on
         a CPU), ``chunk_size`` rows per forward pass (default: a fixed rule, never timing,
         so that separate processes vote identically), ``compile`` (torch.compile). Or a
-        resolved ``execution`` (a dataset run's, recorded in its result file)."""
+        resolved ``execution`` (a dataset run's, recorded in its result file).
+
+        ``grid=255``: inputs are 8-bit images (a/255) and the noise is the sound integer
+        sampler of :mod:`smoothmix.grid` (Voracek & Hein 2023), so that no base classifier
+        can exploit float rounding of x + noise; docs/grid.md has the mathematics."""
         require(isinstance(num_classes, int) and not isinstance(num_classes, bool)
                 and num_classes >= 2, f"num_classes must be an integer >= 2, got {num_classes!r}")
         _check_sigma(sigma)
@@ -198,6 +204,10 @@ class Smooth:
                          "compile": compile}
         self._execution = execution
         self._resolved: dict[tuple[str, int], Execution] = {}
+        require(grid is None or (isinstance(grid, int) and not isinstance(grid, bool)
+                                 and grid >= 1),
+                f"grid must be the number of levels of the input grid (255), got {grid!r}")
+        self.grid = GridNoise(self.sigma, grid) if grid is not None else None
         if execution is None:  # check the names now, not at the first image
             resolve_execution(base_classifier, torch.device("cpu"), 1, **self._request)
 
@@ -265,9 +275,14 @@ class Smooth:
         # Fresh samples: reusing the selection votes would bias the bound upwards.
         level = alpha if bound == "cohen" else alpha / 2  # the level of p_A's bound
         need = certifying_votes(n, level) if early_abstain else None
-        counts, drawn = self.sample_counts(x, n, batch_size, generator, watch=c_hat, need=need)
+        counts, drawn = self.sample_counts(x, n, batch_size, generator, watch=c_hat, need=need,
+                                           with_rejected=True)
         n_a = int(counts[c_hat])
-        n_b = int(torch.cat([counts[:c_hat], counts[c_hat + 1:]]).max())
+        # Grid mode: rejected draws count against c_hat (n stays nominal) and for the
+        # runner-up, which keeps both bounds conservative.
+        others = counts[: self.num_classes].clone()
+        others[c_hat] = 0
+        n_b = int(others.max()) + int(counts[self.num_classes])
         radius = radius_from_counts(n_a, n_b, n, alpha, self.sigma, bound) \
             if drawn == n else None
         if radius is None:
@@ -285,9 +300,10 @@ class Smooth:
         """PREDICT: g's class, or -1 to abstain; returns a class other than g(x) with
         probability at most alpha."""
         check_predict_args(n, alpha, batch_size)
-        counts, _ = self.sample_counts(x, n, batch_size, generator)
-        top2 = counts.topk(2)
+        counts, _ = self.sample_counts(x, n, batch_size, generator, with_rejected=True)
+        top2 = counts[: self.num_classes].topk(2)
         n_a, n_b = (int(v) for v in top2.values.tolist())
+        n_b += int(counts[self.num_classes])  # grid mode: rejected draws side with the runner-up
         if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
             return ABSTAIN
         return int(top2.indices[0])
@@ -300,6 +316,8 @@ class Smooth:
         generator: torch.Generator | None,
         watch: int | None = None,
         need: int | None = None,
+        *,
+        with_rejected: bool = False,
     ) -> tuple[torch.Tensor, int]:
         """Votes of the base classifier on ``num`` noisy copies of ``x``: an int64 tensor of
         length num_classes, left on the classifier's device, and how many copies were drawn.
@@ -311,10 +329,14 @@ class Smooth:
         number of host reads does not grow with the number of blocks. Once futile, always
         futile (votes + remaining never grows), so a later check gives the same answer.
 
-        Noise is drawn in blocks of ``batch_size`` (so a seeded generator gives the same
-        noise whatever chunk the model is fed); each block goes through the model in chunks
-        as :meth:`execution` resolves them (fixed rows, layout, precision). Public so that
-        every vote count in the package (CAT-RS targets too) comes from this one counter.
+        In grid mode (``Smooth(..., grid=255)``) a draw the sound sampler rejects votes for
+        no class; ``with_rejected`` appends their count as slot ``num_classes``, which
+        CERTIFY and PREDICT count against the selected class and for the runner-up.
+
+        Noise is drawn and fed to the model one chunk at a time, as :meth:`execution`
+        resolves it (fixed rows, never more than ``batch_size``; layout; precision), so a
+        seeded generator gives the same votes for the same execution. Public so that every
+        vote count in the package (CAT-RS targets too) comes from this one counter.
         """
         _check_image(x)
         _check_count("num", num)
@@ -323,14 +345,19 @@ class Smooth:
         if generator is not None and generator.device.type != device.type:
             raise SmoothmixError(f"generator is on {generator.device}, the classifier on {device}")
         x = x.to(device)
-        block_size = min(num, batch_size)
-        execution = self.execution(device, block_size)
-        # channels_last: draw into an N x H x W x C buffer (contiguous, so normal_ takes its
-        # fast path) and hand the model its N x C x H x W view, which is channels_last.
+        execution = self.execution(device, min(num, batch_size))
+        # Noise is drawn one forward chunk at a time: the chunk just drawn is still in cache
+        # when the model reads it (a 1000-row MNIST block is 3 MB, more than a core's L2).
+        # The chunk is a recorded setting, so the stream stays reproducible.
+        block_size = execution.chunk
+        # channels_last: draw into an N x H x W x C buffer (contiguous, so the samplers take
+        # their fast path) and hand the model its N x C x H x W view, which is channels_last.
         channels_last = execution.layout == "channels_last" and x.dim() == 3
         x_in = x.permute(1, 2, 0) if channels_last else x
+        codes = self.grid.to_codes(x_in).contiguous() if self.grid is not None else None
         noisy = torch.empty((block_size, *x_in.shape), dtype=x.dtype, device=device)
-        counts = torch.zeros(self.num_classes, dtype=torch.long, device=device)
+        # Slot num_classes counts the grid sampler's rejected samples (always 0 otherwise).
+        counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=device)
         ones = torch.ones(block_size, dtype=torch.long, device=device)
         was_training = self.base_classifier.training
         self.base_classifier.eval()  # train-mode batch norm would make the votes dependent
@@ -348,21 +375,27 @@ class Smooth:
                         checks = [c for c in checks if c > start]
                         if int(counts[watch]) + (num - start) < need:
                             break
-                    block = noisy[: min(block_size, num - start)]
-                    block.normal_(0.0, self.sigma, generator=generator).add_(x_in)
-                    if channels_last:
-                        block = block.permute(0, 3, 1, 2)
-                    for part in block.split(execution.chunk):
-                        logits = model(part)
-                        if start == 0:
-                            self._check_logits(logits, len(part))
-                        # index_add_, not bincount: CUDA's bincount reads the
-                        # predictions' min/max back to the host on every call.
-                        counts.index_add_(0, logits.argmax(1), ones[: len(part)])
-                    drawn += len(block)
+                    rows = min(block_size, num - start)
+                    block = noisy[:rows]
+                    rejected = None
+                    if codes is not None:
+                        _, rejected = self.grid.sample(codes, rows, generator,  # type: ignore[union-attr]
+                                                       out=block)
+                    else:
+                        block.normal_(0.0, self.sigma, generator=generator).add_(x_in)
+                    logits = model(block.permute(0, 3, 1, 2) if channels_last else block)
+                    if start == 0:
+                        self._check_logits(logits, rows)
+                    predictions = logits.argmax(1)
+                    if rejected is not None:  # a rejected draw votes for no class
+                        predictions.masked_fill_(rejected, self.num_classes)
+                    # index_add_, not bincount: CUDA's bincount reads the
+                    # predictions' min/max back to the host on every call.
+                    counts.index_add_(0, predictions, ones[:rows])
+                    drawn += rows
         finally:
             self.base_classifier.train(was_training)
-        return counts, drawn
+        return (counts if with_rejected else counts[: self.num_classes]), drawn
 
     def _check_logits(self, logits: torch.Tensor, rows: int) -> None:
         require(
