@@ -3,9 +3,19 @@
 The attack is SmoothAdv's PGD on the smoothed soft classifier G(x) = mean_i F(x + delta_i)
 (:func:`smoothmix.methods.attacks.pgd_attack`, SPEC 3.3), run with many noise draws; the
 adversarial point is then classified by PREDICT with fresh noise, so the answer is the
-smoothed classifier's own (abstaining) one. A certificate of radius R promises that no
-perturbation shorter than R changes g, so an attack of norm < R may change PREDICT's answer
-only through PREDICT's own alpha failure rate (tested in tests/test_attack.py).
+smoothed classifier's own (abstaining) one: the label kept, an abstention, or another class
+(:func:`smoothmix.certification.attack_outcome`).
+
+What a certificate promises here, and no more: where CERTIFY (level alpha_C) certified
+class c at a radius R >= epsilon, g is c on the ball unless CERTIFY failed, and PREDICT
+(level alpha_P) returns a class other than g's with probability <= alpha_P. So at a given
+point within epsilon PREDICT returns a *different class* than c with probability at most
+alpha_C + alpha_P (about 2 alpha). Abstentions are covered by no bound: near a tie (an
+attacked point close to g's decision boundary but still inside the certified ball) PREDICT
+abstains most of the time although g is provably constant there. Certified accuracy at
+epsilon is therefore not a lower bound on the share of examples whose label is kept
+(tests/test_attack.py shows a linear classifier with 100 % certified at epsilon and most
+attacked points abstaining).
 """
 
 from __future__ import annotations
