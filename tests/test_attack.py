@@ -53,6 +53,26 @@ def test_attacks_inside_the_certified_radius_change_nothing_beyond_alpha(mnist_m
     assert flipped_far >= certified // 2  # the attack does work where nothing is promised
 
 
+def test_the_attacked_point_depends_on_the_example_seed_alone():
+    # A base classifier with constant logits has no gradient, so PGD moves x only along its
+    # random fallback direction: that too must come from the example's generator (seeded
+    # per example as attack_dataset seeds it), not from the global RNG.
+    from smoothmix.certification import example_seed
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].weight.zero_()
+    x = torch.full((1, 2, 2), 0.5)
+    points = []
+    for global_seed, idx in ((0, 3), (123, 3), (0, 4)):
+        torch.manual_seed(global_seed)
+        gen = torch.Generator().manual_seed(example_seed(0, idx))
+        points.append(smoothed_attack(net, x, 1, SIGMA, 0.3, 4, 8, gen))
+    assert torch.equal(points[0], points[1])
+    assert not torch.equal(points[0], points[2])
+    assert float((points[0] - x).norm()) == pytest.approx(0.3, rel=1e-5)
+
+
 def test_attack_file_resume_and_distances(tmp_path, mnist_model):  # noqa: F811
     net, test = mnist_model
     opts = dict(epsilon=0.5, num_steps=5, num_noise=32, n=300, alpha=0.01, batch_size=300,

@@ -49,7 +49,9 @@ def smoothed_attack(
 ) -> torch.Tensor:
     """PGD (``num_steps`` steps, l2 ball of ``epsilon``) on the smoothed soft classifier at
     one image ``x`` (C x H x W, in [0, 1]) against ``label``, with ``num_noise`` noise draws
-    from ``generator`` shared by every step. Returns the adversarial image (C x H x W)."""
+    from ``generator`` shared by every step; PGD's random direction where a gradient
+    vanishes comes from ``generator`` too, so a seeded generator fixes the attacked point
+    whatever the global RNG holds. Returns the adversarial image (C x H x W)."""
     check_attack_args(epsilon, num_steps, num_noise)
     device = next((p.device for p in model.parameters()), x.device)
     x = x.to(device).unsqueeze(0)
@@ -58,7 +60,7 @@ def smoothed_attack(
     noise = torch.randn((num_noise, *x.shape), generator=generator, device=device,
                         dtype=x.dtype) * sigma
     y = torch.tensor([int(label)], device=device)
-    return pgd_attack(model, x, y, noise, epsilon, num_steps)[0].detach()
+    return pgd_attack(model, x, y, noise, epsilon, num_steps, generator)[0].detach()
 
 
 def attack_and_predict(
