@@ -19,7 +19,7 @@ import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
 
-from smoothmix.errors import SmoothmixError, require
+from smoothmix.errors import SmoothmixError, is_integer, require
 
 ABSTAIN = -1
 # Early-abstain checks per estimation run: each reads a count back to the host, so their
@@ -143,7 +143,12 @@ class Smooth:
         """``base_classifier`` maps N x C x H x W images in [0, 1] to N x num_classes logits.
         ``chunk_size`` overrides how many noisy images go through one forward pass
         (by default it is chosen for throughput within each call's ``batch_size``)."""
-        require(num_classes >= 2, f"num_classes must be >= 2, got {num_classes}")
+        require(isinstance(base_classifier, nn.Module),
+                f"base_classifier must be a torch.nn.Module, got {type(base_classifier).__name__}"
+                " (Smooth(base_classifier, num_classes, sigma))")
+        require(is_integer(num_classes) and num_classes >= 2,
+                f"num_classes must be >= 2 (an integer: Smooth(base_classifier, num_classes, "
+                f"sigma)), got {num_classes!r}")
         _check_sigma(sigma)
         require(chunk_size is None or chunk_size >= 1, f"chunk_size must be >= 1, got {chunk_size}")
         self.base_classifier = base_classifier
@@ -352,7 +357,7 @@ def module_device(module: nn.Module, default: torch.device) -> torch.device:
 def _check_sigma(sigma: float) -> None:
     require(
         _is_real(sigma) and math.isfinite(sigma) and sigma > 0,
-        f"sigma must be a positive number in [0, 1] pixel units, got {sigma}",
+        f"sigma must be a positive number in [0, 1] pixel units, got {sigma!r}",
     )
 
 

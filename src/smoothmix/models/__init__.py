@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from smoothmix.errors import SmoothmixError
+from smoothmix.errors import SmoothmixError, is_integer
 from smoothmix.models.cifar_resnet import CifarResNet
 from smoothmix.models.lenet import LeNet
 
@@ -66,7 +66,7 @@ class Normalize(nn.Module):
 
 def normalize_layer(normalization: str) -> Normalize:
     """The :class:`Normalize` layer for a name in :data:`NORMALIZATIONS`."""
-    if normalization not in NORMALIZATIONS:
+    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
         raise SmoothmixError(
             f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}"
         )
@@ -75,6 +75,8 @@ def normalize_layer(normalization: str) -> Normalize:
 
 def wrap_model(net: nn.Module, normalization: str = "none") -> nn.Sequential:
     """``Sequential(Normalize, net)``: use this to train or certify your own network."""
+    if not isinstance(net, nn.Module):
+        raise SmoothmixError(f"wrap_model needs a torch.nn.Module, got {type(net).__name__}")
     return nn.Sequential(normalize_layer(normalization), net)
 
 
@@ -115,7 +117,7 @@ def list_models() -> list[str]:
 
 def model_defaults(arch: str) -> ModelInfo:
     """Defaults for ``arch``; unknown names raise :class:`SmoothmixError` listing valid ones."""
-    if arch not in _MODELS:
+    if not isinstance(arch, str) or arch not in _MODELS:
         raise SmoothmixError(f"unknown architecture {arch!r}; valid: {', '.join(_MODELS)}")
     return _MODELS[arch]
 
@@ -130,6 +132,8 @@ def create_model(
     """
     info = model_defaults(arch)
     num_classes = info.num_classes if num_classes is None else num_classes
-    if num_classes < 2:
-        raise SmoothmixError(f"num_classes must be at least 2, got {num_classes}")
-    return wrap_model(info.build(num_classes), normalization or info.normalization)
+    if not is_integer(num_classes) or num_classes < 2:
+        raise SmoothmixError(f"num_classes must be an integer >= 2 (create_model(arch, "
+                             f"num_classes, normalization)), got {num_classes!r}")
+    return wrap_model(info.build(int(num_classes)), normalization or info.normalization)
+
