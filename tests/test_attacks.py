@@ -162,6 +162,21 @@ def test_pgd_takes_a_random_step_where_the_gradient_vanishes():
     torch.testing.assert_close(norms(got - x), torch.full((B,), 0.1, dtype=torch.float64))
 
 
+def test_pgds_random_direction_comes_from_the_callers_generator():
+    model = tiny_model()
+    with torch.no_grad():
+        model[1].weight.zero_()  # constant logits: only the random direction moves x
+    x, y, noise = batch(value=0.5)
+    runs = []
+    for global_seed, seed in ((1, 7), (2, 7), (1, 8)):
+        torch.manual_seed(global_seed)
+        runs.append(pgd_attack(model, x, y, noise, 0.1, 2,
+                               generator=torch.Generator().manual_seed(seed)))
+    assert torch.equal(runs[0], runs[1])  # the global RNG does not matter
+    assert not torch.equal(runs[0], runs[2])  # the generator does
+    assert (norms(runs[0] - x) > 0).all()
+
+
 def test_ddn_stays_in_the_ball_and_finds_adversaries_of_a_weak_model():
     model = tiny_model()
     x, y, noise = batch()

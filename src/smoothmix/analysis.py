@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from smoothmix.certification import parse_shard, read_meta, selected_indices
+from smoothmix.certification import (
+    ATTACK_OUTCOMES,
+    attack_outcome,
+    parse_shard,
+    read_meta,
+    selected_indices,
+)
 from smoothmix.core import radius_from_counts
 from smoothmix.errors import SmoothmixError, require
 
@@ -594,33 +600,58 @@ def read_decisions(path: str | os.PathLike) -> DecisionResults:
 
 @dataclass(frozen=True)
 class AttackResults:
-    """A ``smoothmix attack`` file: PREDICT at x and at the attacked point."""
+    """A ``smoothmix attack`` file: PREDICT at x and at the attacked point.
+
+    ``outcome`` is what PREDICT did at the attacked point: ``kept`` the label,
+    ``abstained``, or ``changed`` to another class (read from ``adv_outcome``, or worked out
+    from ``adv_predict`` in files of smoothmix 0.1.0, whose last column was ``robust``).
+    """
 
     path: str
     epsilon: float | None  # from the .json companion
     idx: np.ndarray
     correct: np.ndarray  # PREDICT at x returns the label
-    robust: np.ndarray  # ... and PREDICT at the attacked point too
+    outcome: np.ndarray  # "kept" / "abstained" / "changed", at the attacked point
     distance: np.ndarray
+    alpha: float | None = None  # PREDICT's, from the .json companion
+
+    def rate(self, outcome: str) -> float:
+        """Fraction of the examples with this outcome at the attacked point."""
+        require(outcome in ATTACK_OUTCOMES, f"unknown attack outcome {outcome!r}")
+        return float((self.outcome == outcome).mean())
+
+    @property
+    def robust(self) -> np.ndarray:
+        """PREDICT returned the label at x and at the attacked point (the 0.1.0 column).
+        Certified accuracy at epsilon is *not* a lower bound on its mean: PREDICT may
+        abstain near a tie where g is provably constant (see :func:`format_attacks`)."""
+        return self.correct & (self.outcome == "kept")
 
     def robust_accuracy(self) -> float:
         return float(self.robust.mean())
 
 
 def read_attack(path: str | os.PathLike) -> AttackResults:
-    """Read a ``smoothmix attack`` file."""
-    rows = _read_table(path, ("idx", "correct", "robust", "distance"))
+    """Read a ``smoothmix attack`` file (either format)."""
+    rows = _read_table(path, ("idx", "label", "correct", "adv_predict", "distance"))
     meta = read_meta(Path(path), required=False)
-    epsilon = meta["settings"].get("epsilon") if meta else None
+    settings = meta["settings"] if meta else {}
+    epsilon, alpha = settings.get("epsilon"), settings.get("alpha")
     try:
-        return AttackResults(
+        outcome = [r["adv_outcome"] if "adv_outcome" in r
+                   else attack_outcome(int(r["adv_predict"]), int(r["label"])) for r in rows]
+        results = AttackResults(
             str(path), None if epsilon is None else float(epsilon),
             np.array([int(r["idx"]) for r in rows]),
             np.array([r["correct"] == "1" for r in rows]),
-            np.array([r["robust"] == "1" for r in rows]),
-            np.array([float(r["distance"]) for r in rows]))
-    except ValueError:
+            np.array(outcome),
+            np.array([float(r["distance"]) for r in rows]),
+            None if alpha is None else float(alpha))
+    except (ValueError, TypeError):
         raise SmoothmixError(f"{path} has a malformed row") from None
+    require(all(o in ATTACK_OUTCOMES for o in outcome),
+            f"{path} has an unknown adv_outcome (not one of {', '.join(ATTACK_OUTCOMES)})")
+    return results
 
 
 def format_decisions(results: Sequence[DecisionResults], fmt: str = "markdown",
@@ -639,28 +670,54 @@ def format_decisions(results: Sequence[DecisionResults], fmt: str = "markdown",
 def format_attacks(attacks: Sequence[AttackResults],
                    certified: Sequence[CertificationResults] = (), fmt: str = "markdown",
                    labels: Sequence[str] | None = None) -> str:
-    """Empirical robust accuracy at epsilon (%) per attack file, next to the certified
-    accuracy at epsilon of each certify file on the same images (a lower bound on it,
-    up to alpha)."""
+    """What PREDICT did at the attacked point, per attack file: the label kept, an
+    abstention, or another class (% of the images), beside each certify file's certified
+    accuracy at epsilon on the same images and the share of those certified images whose
+    attacked point got another class, against its bound.
+
+    The theorem bounds only that share: where CERTIFY (level alpha_C) certified the label
+    at a radius >= epsilon, PREDICT (level alpha_P) at a given point within epsilon returns
+    another class with probability <= alpha_C + alpha_P per image. Abstentions are bounded
+    by nothing (near a tie PREDICT abstains although g is provably constant), so certified
+    accuracy at epsilon is not a lower bound on the "kept" share (markdown adds this note).
+    """
     require(fmt in ("markdown", "csv"), f"attack tables come as markdown or csv, not {fmt}")
     names = labels or default_labels([a.path for a in attacks])
     cert_names = default_labels([c.path for c in certified])
-    head = ["name", "images", "epsilon", "clean accuracy (%)", "empirical robust accuracy (%)",
-            *[f"certified at epsilon: {n} (%)" for n in cert_names]]
+    head = ["name", "images", "epsilon", "clean accuracy (%)", "kept label at attack (%)",
+            "abstained at attack (%)", "changed class at attack (%)"]
+    for n in cert_names:
+        head += [f"certified at epsilon: {n} (%)", f"changed among certified: {n} (%)",
+                 f"bound alpha_C + alpha_P: {n} (%)"]
     body = []
     for name, att in zip(names, attacks, strict=True):
         require(att.epsilon is not None, f"{att.path} has no .json companion naming epsilon")
         row = [name, str(len(att.idx)), _setting(att.epsilon),
-               f"{100 * att.correct.mean():.2f}", f"{100 * att.robust_accuracy():.2f}"]
+               f"{100 * att.correct.mean():.2f}",
+               *(f"{100 * att.rate(o):.2f}" for o in ATTACK_OUTCOMES)]
         for cert in certified:
             at = {int(i): k for k, i in enumerate(cert.idx)}
             missing = [int(i) for i in att.idx if int(i) not in at]
             require(not missing, f"{cert.path} lacks idx {missing[:3]} of {att.path}")
             rows = np.array([at[int(i)] for i in att.idx])
             ok = cert.correct[rows] & (cert.radius[rows] >= att.epsilon)
-            row.append(f"{100 * ok.mean():.2f}")
+            changed = att.outcome[ok] == "changed"
+            cert_alpha = cert.run.alpha if cert.run is not None else None
+            bound = (None if cert_alpha is None or att.alpha is None
+                     else 100 * (cert_alpha + att.alpha))
+            row += [f"{100 * ok.mean():.2f}",
+                    f"{100 * changed.mean():.2f}" if ok.any() else "",
+                    "" if bound is None else f"{bound:.2f}"]
         body.append(row)
-    return _simple_table(head, body, fmt)
+    table = _simple_table(head, body, fmt)
+    if fmt == "markdown":
+        table += ("\nkept / abstained / changed: what PREDICT returned at the attacked point "
+                  "(the label, no class, another class). Where CERTIFY certified the label "
+                  "at a radius >= epsilon, another class has probability <= alpha_C + "
+                  "alpha_P per image (CERTIFY's plus PREDICT's alpha; blank where a file has "
+                  "no .json companion); abstentions are not bounded, so certified accuracy "
+                  "at epsilon is not a lower bound on the kept share.\n")
+    return table
 
 
 def _simple_table(head: Sequence[str], body: Sequence[Sequence[str]], fmt: str) -> str:

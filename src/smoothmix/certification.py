@@ -53,9 +53,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "certify": ("idx", "label", "predict", "radius", "correct", "time", "samples", "status",
                 "n_a", "n_b", "bound"),
     "predict": ("idx", "label", "predict", "correct", "time"),
-    # attack_dataset: PREDICT at x (predict, correct) and at the attacked point.
+    # attack_dataset: PREDICT at x (predict, correct) and at the attacked point
+    # (adv_predict; adv_outcome: kept the label, abstained, or changed to another class).
     "attack": ("idx", "label", "predict", "correct", "time", "adv_predict", "distance",
-               "robust"),
+               "adv_outcome"),
     # decide_dataset: one row per (example, radius), an example's rows written together.
     # Not the certify names on purpose: `tested` is the class tested (the label in label
     # mode, certified or not) and `at_radius` the radius asked about, so a script written
@@ -70,6 +71,9 @@ _LEGACY: dict[str, tuple[tuple[str, ...], ...]] = {
                 ("idx", "label", "predict", "radius", "correct", "time", "samples", "status")),
     "decide": (("idx", "label", "predict", "radius", "decision", "correct", "samples",
                 "time"),),
+    # smoothmix 0.1/0.2 attack files: robust = PREDICT returned the label at both points.
+    "attack": (("idx", "label", "predict", "correct", "time", "adv_predict", "distance",
+                "robust"),),
 }
 _POLL_SECONDS = 2.0
 
@@ -190,15 +194,19 @@ def attack_dataset(
     """Attack the smoothed classifier at every selected example (PGD in the l2 ball of
     ``epsilon`` on the smoothed soft classifier, ``num_noise`` draws, ``num_steps`` steps;
     :mod:`smoothmix.empirical`) and run PREDICT (``n``, ``alpha``) at x and at the attacked
-    point. File: ``idx label predict correct time adv_predict distance robust`` (robust =
-    PREDICT returns the label at both points). Other arguments as for certify_dataset."""
+    point. File: ``idx label predict correct time adv_predict distance adv_outcome`` with
+    adv_outcome = :func:`attack_outcome` (``kept`` the label, ``abstained``, ``changed`` to
+    another class): PREDICT abstains near ties, and an abstention is not a failure of any
+    certificate, so the three are kept apart. A file of smoothmix 0.1.0 (last column
+    ``robust``: the label at both points) resumes in its own format. Other arguments as for
+    certify_dataset."""
     from smoothmix.empirical import attack_and_predict, check_attack_args
 
     def classify(smooth: Smooth, x: torch.Tensor, label: int,
                  generator: torch.Generator) -> Row:
         clean, adv, distance = attack_and_predict(smooth, x, label, epsilon, num_steps,
                                                   num_noise, n, alpha, batch_size, generator)
-        return clean, math.nan, (adv, repr(distance), int(clean == label and adv == label))
+        return clean, math.nan, (adv, repr(distance), attack_outcome(adv, label))
 
     check_attack_args(epsilon, num_steps, num_noise)
     check_predict_args(n, alpha, batch_size)
@@ -207,6 +215,19 @@ def attack_dataset(
     settings = _settings(sigma, counts, skip, max_idx, seed, dataset, identity)
     return _run("attack", classify, model, dataset, out_path, settings, shard, batch_size,
                 progress, num_classes, execution)
+
+
+ATTACK_OUTCOMES = ("kept", "abstained", "changed")
+
+
+def attack_outcome(adv_predict: int, label: int) -> str:
+    """What PREDICT did at the attacked point: ``kept`` the label, ``abstained`` (-1), or
+    ``changed`` to another class. Where CERTIFY certified the label at a radius >= epsilon,
+    only ``changed`` is bounded (probability <= CERTIFY's alpha + PREDICT's alpha); an
+    abstention near a tie is allowed by every certificate."""
+    if adv_predict == label:
+        return "kept"
+    return "abstained" if adv_predict == Smooth.ABSTAIN else "changed"
 
 
 def selected_indices(num_examples: int, skip: int = 1, max_idx: int = -1,
@@ -562,6 +583,7 @@ def _run(
             if kind == "certify":
                 fields.append(repr(float(radius)))
             fields += [int(prediction == int(label)), f"{elapsed:.4f}", *extra]
+            fields = _legacy_attack_row(fields, columns) if kind == "attack" else fields
             fh.write("\t".join(str(f) for f in fields[: len(columns)]) + "\n")
             fh.flush()
             os.fsync(fh.fileno())  # a killed run loses at most the example in flight
@@ -668,9 +690,21 @@ def _parse_row(raw: bytes, columns: tuple[str, ...]) -> int | None:
             return None
         if "bound" in columns and fields[columns.index("bound")] not in _BOUNDS:
             return None
+        if "adv_outcome" in columns and fields[columns.index("adv_outcome")] not in \
+                ATTACK_OUTCOMES:
+            return None
         return int(fields[0])
     except ValueError:
         return None
+
+
+def _legacy_attack_row(fields: list, columns: tuple[str, ...]) -> list:
+    """An attack row for a file of ``columns``: a 0.1.0 file's last column is ``robust``
+    (PREDICT returned the label at x and at the attacked point), not the outcome."""
+    if columns not in _LEGACY["attack"]:
+        return fields
+    label, prediction, adv = (int(fields[i]) for i in (1, 2, 5))
+    return [*fields[:-1], int(prediction == label and adv == label)]
 
 
 _STATUSES = ("certified", "abstain", "skipped")

@@ -18,7 +18,7 @@ import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
 
-from smoothmix.errors import SmoothmixError, require
+from smoothmix.errors import SmoothmixError, is_integer, require
 from smoothmix.execution import Execution, prepare_model, resolve_execution
 from smoothmix.grid import GridNoise
 
@@ -191,8 +191,12 @@ class Smooth:
         ``grid=255``: inputs are 8-bit images (a/255) and the noise is the sound integer
         sampler of :mod:`smoothmix.grid` (Voracek & Hein 2023), so that no base classifier
         can exploit float rounding of x + noise; docs/grid.md has the mathematics."""
-        require(isinstance(num_classes, int) and not isinstance(num_classes, bool)
-                and num_classes >= 2, f"num_classes must be an integer >= 2, got {num_classes!r}")
+        require(isinstance(base_classifier, nn.Module),
+                f"base_classifier must be a torch.nn.Module, got {type(base_classifier).__name__}"
+                " (Smooth(base_classifier, num_classes, sigma))")
+        require(is_integer(num_classes) and num_classes >= 2,
+                f"num_classes must be >= 2 (an integer: Smooth(base_classifier, num_classes, "
+                f"sigma)), got {num_classes!r}")
         _check_sigma(sigma)
         require(chunk_size is None or (isinstance(chunk_size, int) and chunk_size >= 1),
                 f"chunk_size must be an integer >= 1, got {chunk_size!r}")
@@ -425,7 +429,7 @@ def module_device(module: nn.Module, default: torch.device) -> torch.device:
 def _check_sigma(sigma: float) -> None:
     require(
         _is_real(sigma) and math.isfinite(sigma) and sigma > 0,
-        f"sigma must be a positive number in [0, 1] pixel units, got {sigma}",
+        f"sigma must be a positive number in [0, 1] pixel units, got {sigma!r}",
     )
 
 

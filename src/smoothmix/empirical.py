@@ -3,9 +3,19 @@
 The attack is SmoothAdv's PGD on the smoothed soft classifier G(x) = mean_i F(x + delta_i)
 (:func:`smoothmix.methods.attacks.pgd_attack`, docs/MATH.md §3.3), run with many noise draws; the
 adversarial point is then classified by PREDICT with fresh noise, so the answer is the
-smoothed classifier's own (abstaining) one. A certificate of radius R promises that no
-perturbation shorter than R changes g, so an attack of norm < R may change PREDICT's answer
-only through PREDICT's own alpha failure rate (tested in tests/test_attack.py).
+smoothed classifier's own (abstaining) one: the label kept, an abstention, or another class
+(:func:`smoothmix.certification.attack_outcome`).
+
+What a certificate promises here, and no more: where CERTIFY (level alpha_C) certified
+class c at a radius R >= epsilon, g is c on the ball unless CERTIFY failed, and PREDICT
+(level alpha_P) returns a class other than g's with probability <= alpha_P. So at a given
+point within epsilon PREDICT returns a *different class* than c with probability at most
+alpha_C + alpha_P (about 2 alpha). Abstentions are covered by no bound: near a tie (an
+attacked point close to g's decision boundary but still inside the certified ball) PREDICT
+abstains most of the time although g is provably constant there. Certified accuracy at
+epsilon is therefore not a lower bound on the share of examples whose label is kept
+(tests/test_attack.py shows a linear classifier with 100 % certified at epsilon and most
+attacked points abstaining).
 """
 
 from __future__ import annotations
@@ -39,7 +49,9 @@ def smoothed_attack(
 ) -> torch.Tensor:
     """PGD (``num_steps`` steps, l2 ball of ``epsilon``) on the smoothed soft classifier at
     one image ``x`` (C x H x W, in [0, 1]) against ``label``, with ``num_noise`` noise draws
-    from ``generator`` shared by every step. Returns the adversarial image (C x H x W)."""
+    from ``generator`` shared by every step; PGD's random direction where a gradient
+    vanishes comes from ``generator`` too, so a seeded generator fixes the attacked point
+    whatever the global RNG holds. Returns the adversarial image (C x H x W)."""
     check_attack_args(epsilon, num_steps, num_noise)
     device = next((p.device for p in model.parameters()), x.device)
     x = x.to(device).unsqueeze(0)
@@ -48,7 +60,7 @@ def smoothed_attack(
     noise = torch.randn((num_noise, *x.shape), generator=generator, device=device,
                         dtype=x.dtype) * sigma
     y = torch.tensor([int(label)], device=device)
-    return pgd_attack(model, x, y, noise, epsilon, num_steps)[0].detach()
+    return pgd_attack(model, x, y, noise, epsilon, num_steps, generator)[0].detach()
 
 
 def attack_and_predict(

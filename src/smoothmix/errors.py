@@ -7,6 +7,8 @@ Python callers can catch it. Internal bugs stay ordinary exceptions with traceba
 
 from __future__ import annotations
 
+import operator
+
 
 class SmoothmixError(ValueError):
     """A user-facing error with a one-line, self-explanatory message."""
@@ -23,3 +25,15 @@ def first_line(exc: BaseException) -> str:
     deep library error into a one-line :class:`SmoothmixError`."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_integer(value: object) -> bool:
+    """Whether ``value`` is an integer: an int, or a numpy or torch integer (not a bool, a
+    float or a string), for checking arguments that users may swap (num_classes, sigma)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True

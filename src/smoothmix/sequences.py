@@ -81,11 +81,13 @@ def kt_log_evidence(a: int, n: int, p0: np.ndarray) -> np.ndarray:
 
 def union_checkpoints(cap: int) -> list[int]:
     """The union-bound checkpoints N_1 < N_2 < ... up to ``cap``: every integer to 28, then
-    x1.1 (rounded up), and ``cap`` itself as the last (a fixed schedule, so still valid)."""
+    x1.1 (rounded up), and ``cap`` itself as the last (a fixed schedule, so still valid).
+    The rounding is exact integer arithmetic: ceil(n * 1.1) in floating point goes one too
+    far whenever n * 1.1 is an integer (380 * 1.1 = 418.00000000000006)."""
     points, n = [], 1
     while n < cap:
         points.append(n)
-        n = n + 1 if n < 28 else math.ceil(n * 1.1)
+        n = n + 1 if n < 28 else -(-11 * n // 10)
     return [*points, cap]
 
 

@@ -81,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> int:
     """``certify --radius`` files: certified accuracy at their radii and mean samples per
-    decision (no ACR: decisions give no radius). ``attack`` files: empirical robust accuracy
-    at epsilon, beside the certified accuracy at epsilon of the certify files given along."""
+    decision (no ACR: decisions give no radius). ``attack`` files: the shares of attacked points
+    where PREDICT kept the label, abstained or changed class, beside the certified accuracy
+    at epsilon of the certify files given along and the changed share among certified
+    images against its bound alpha_C + alpha_P (see analysis.format_attacks)."""
     require(args.labels is None and args.plot is None and args.radii is None,
             "--labels, --plot and --radii apply to certify files alone")
     files = list(zip(args.files, kinds, strict=True))

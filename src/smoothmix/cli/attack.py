@@ -18,8 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="For every --skip-th example: PREDICT at x; SmoothAdv's PGD attack on the "
         "smoothed soft classifier in the l2 ball of --epsilon (--num-noise draws, "
         "--num-steps steps); PREDICT at the attacked point. Writes idx label predict "
-        "correct time adv_predict distance robust; `smoothmix analyze` puts the empirical "
-        "robust accuracy next to the certified accuracy at epsilon. Resumes like certify.",
+        "correct time adv_predict distance adv_outcome (kept the label / abstained / changed "
+        "to another class at the attacked point); `smoothmix analyze` puts these shares "
+        "next to the certified accuracy at epsilon and the share of certified images whose "
+        "class changed (bounded by alpha_CERTIFY + alpha_PREDICT; abstentions are not "
+        "bounded). Resumes like certify.",
     )
     add_run_options(attack, with_n0=False, n_default=10_000)  # --n: PREDICT's samples
     attack.add_argument("--epsilon", type=float, required=True,

@@ -155,6 +155,11 @@ def _ascent_direction(grad: Tensor, fallback: Tensor) -> Tensor:
     return torch.where(norms == 0, fallback, grad / (norms + 1e-8))
 
 
+def _random_direction(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """A random unit direction per example, from ``generator`` (the global RNG if None)."""
+    return _unit(torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
+
+
 def pgd_attack(
     model: nn.Module,
     x: Tensor,
@@ -162,14 +167,16 @@ def pgd_attack(
     noise: Tensor,
     epsilon: float,
     num_steps: int,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """SmoothAdv's PGD (docs/MATH.md §3.3): T steps of length ``2*epsilon/T`` from ``x`` along the
-    normalised gradient of J (a random unit direction where it is 0), each followed by a
-    clamp to [0, 1] and a projection onto the epsilon-ball around ``x``."""
+    normalised gradient of J (a random unit direction where it is 0, drawn from
+    ``generator``, like the caller's noise), each followed by a clamp to [0, 1] and a
+    projection onto the epsilon-ball around ``x``."""
     step = 2.0 * epsilon / num_steps
-    # One random direction per attack, drawn up front (no per-step allocation); used only
-    # where a gradient vanishes.
-    fallback = _unit(torch.randn_like(x))
+    # One random direction per attack, drawn up front (no per-step allocation, no host
+    # sync to ask whether it is needed); used only where a gradient vanishes.
+    fallback = _random_direction(x, generator)
     x_adv = x.detach()
     with frozen_eval(model) as net:
         for _ in range(num_steps):

@@ -78,7 +78,7 @@ class Normalize(nn.Module):
 
 def normalize_layer(normalization: str) -> Normalize:
     """The :class:`Normalize` layer for a name in :data:`NORMALIZATIONS`."""
-    if normalization not in NORMALIZATIONS:
+    if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
         raise SmoothmixError(
             f"unknown normalization {normalization!r}; valid: {', '.join(NORMALIZATIONS)}"
         )
@@ -87,6 +87,8 @@ def normalize_layer(normalization: str) -> Normalize:
 
 def wrap_model(net: nn.Module, normalization: str = "none") -> nn.Sequential:
     """``Sequential(Normalize, net)``: use this to train or certify your own network."""
+    if not isinstance(net, nn.Module):
+        raise SmoothmixError(f"wrap_model needs a torch.nn.Module, got {type(net).__name__}")
     return nn.Sequential(normalize_layer(normalization), net)
 
 
@@ -189,17 +191,17 @@ def list_models() -> list[str]:
 
 def model_defaults(arch: str) -> ModelInfo:
     """Defaults for ``arch``; unknown names raise :class:`SmoothmixError` listing valid ones."""
-    if arch not in _MODELS:
+    if not isinstance(arch, str) or arch not in _MODELS:
         raise SmoothmixError(f"unknown architecture {arch!r}; valid: {', '.join(_MODELS)} "
                              "(add your own with smoothmix.models.register_model)")
     return _MODELS[arch]
 
 
 def _check_num_classes(num_classes: Any) -> None:
-    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
-        raise SmoothmixError(f"num_classes must be an integer, got {num_classes!r}")
-    if num_classes < 2:
-        raise SmoothmixError(f"num_classes must be at least 2, got {num_classes}")
+    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) \
+            or num_classes < 2:
+        raise SmoothmixError(f"num_classes must be an integer >= 2 (create_model(arch, "
+                             f"num_classes, normalization)), got {num_classes!r}")
 
 
 def create_model(

@@ -1,0 +1,67 @@
+"""Arguments of the wrong type in the public constructors are one-line SmoothmixErrors
+(a raw TypeError from deep inside torch tells a user nothing about which argument it was)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from smoothmix.core import Smooth
+from smoothmix.errors import SmoothmixError, is_integer
+from smoothmix.models import create_model, model_defaults, normalize_layer, wrap_model
+
+
+def net() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("args, message", [
+    ((net(), "10", 0.5), r"num_classes must be >= 2 \(an integer.*got '10'"),
+    ((net(), 10.0, 0.5), r"num_classes must be >= 2 \(an integer.*got 10.0"),
+    ((net(), True, 0.5), r"num_classes must be >= 2 \(an integer.*got True"),
+    ((net(), 0.5, 10), r"num_classes must be >= 2 \(an integer.*got 0.5"),  # swapped
+    ((net(), None, 0.5), r"num_classes must be >= 2 \(an integer.*got None"),
+    ((net(), 10, "0.5"), r"sigma must be a positive number.*got '0.5'"),
+    ((net(), 10, None), r"sigma must be a positive number.*got None"),
+    ((10, net(), 0.5), r"base_classifier must be a torch.nn.Module, got int"),
+    (("lenet", 10, 0.5), r"base_classifier must be a torch.nn.Module, got str"),
+])
+def test_smooth_checks_its_argument_types(args, message):
+    with pytest.raises(SmoothmixError, match=message) as info:
+        Smooth(*args)
+    assert "\n" not in str(info.value)
+
+
+def test_smooth_accepts_numpy_and_torch_numbers():
+    smooth = Smooth(net(), np.int64(2), np.float32(0.25))
+    assert smooth.num_classes == 2 and isinstance(smooth.num_classes, int)
+    assert Smooth(net(), torch.tensor(3), torch.tensor(0.5)).sigma == 0.5
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: create_model("lenet", "10"), r"num_classes must be an integer >= 2.*got '10'"),
+    (lambda: create_model("lenet", "mnist"), r"num_classes must be an integer >= 2.*'mnist'"),
+    (lambda: create_model("lenet", 10.0), r"num_classes must be an integer >= 2.*got 10.0"),
+    (lambda: create_model("lenet", 1), r"num_classes must be an integer >= 2.*got 1"),
+    (lambda: create_model(["lenet"]), r"unknown architecture \['lenet'\]"),
+    (lambda: create_model("lenet", 10, ["mnist"]), r"unknown normalization \['mnist'\]"),
+    (lambda: model_defaults({"lenet"}), "unknown architecture"),
+    (lambda: normalize_layer(0.5), "unknown normalization 0.5"),
+    (lambda: wrap_model("cifar10", net()), "wrap_model needs a torch.nn.Module, got str"),
+])
+def test_model_constructors_check_their_argument_types(call, message):
+    with pytest.raises(SmoothmixError, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_create_model_takes_numpy_integers():
+    model = create_model("lenet", np.int64(3))
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 3)
+
+
+def test_is_integer():
+    assert all(is_integer(v) for v in (3, np.int32(3), torch.tensor(3)))
+    assert not any(is_integer(v) for v in (3.0, "3", True, None, np.float64(3), [3]))
