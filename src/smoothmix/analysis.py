@@ -53,6 +53,7 @@ class RunInfo:
     # defaults they ran with.
     bound: str = "cohen"
     precision: str = "fp32"
+    noise: str = "gaussian"  # or "grid255": the sound 8-bit sampler
 
     @property
     def radius_cap(self) -> float | None:
@@ -88,7 +89,8 @@ def read_run_info(path: str | os.PathLike) -> RunInfo | None:
     return RunInfo(kind=str(meta["kind"]), sigma=get("sigma", float), n=get("n", int),
                    alpha=get("alpha", float), selected=selected, dataset=get("dataset", str),
                    split=get("split", str), bound=get("bound", str) or "cohen",
-                   precision=get("precision", str) or "fp32")
+                   precision=get("precision", str) or "fp32",
+                   noise=f"grid{settings['grid']}" if settings.get("grid") else "gaussian")
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,8 @@ def compare_results(results: Sequence[CertificationResults],
                           ("α", lambda r: r.alpha),
                           ("dataset split", lambda r: (r.dataset, r.split)),
                           ("bound (radius formula)", lambda r: r.bound),
-                          ("precision (the classifier certified)", lambda r: r.precision)):
+                          ("precision (the classifier certified)", lambda r: r.precision),
+                          ("noise (float or sound 8-bit grid)", lambda r: r.noise)):
             values = [get(res.run) if res.run is not None else None for res in results]
             known = {v for v in values if v is not None}
             if len(known) > 1:
@@ -260,7 +263,7 @@ def compare_results(results: Sequence[CertificationResults],
 def _comparison_key(res: CertificationResults) -> tuple:
     run = res.run
     settings = (run.sigma, run.n, run.alpha, run.dataset, run.split, run.bound,
-                run.precision) if run else (None,) * 7
+                run.precision, run.noise) if run else (None,) * 8
     return (*settings, frozenset(res.idx.tolist()))
 
 
@@ -365,8 +368,9 @@ def format_table(
 
 
 def _extra_settings(results: Sequence[CertificationResults]) -> list[str]:
-    """``bound`` and ``precision`` columns, shown as soon as one file is not cohen / fp32."""
-    defaults = {"bound": "cohen", "precision": "fp32"}
+    """``bound``, ``precision`` and ``noise`` columns, shown as soon as one file is not
+    cohen / fp32 / gaussian."""
+    defaults = {"bound": "cohen", "precision": "fp32", "noise": "gaussian"}
     return [k for k, v in defaults.items()
             if any(res.run is not None and getattr(res.run, k) != v for res in results)]
 

@@ -44,6 +44,7 @@ from smoothmix.core import (
 from smoothmix.distributed import distributed_env
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.execution import EXECUTION_KEYS, LEGACY_EXECUTION, Execution, resolve_execution
+from smoothmix.grid import GridNoise
 from smoothmix.progress import Progress
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -103,6 +104,7 @@ def certify_dataset(
     skip_wrong: bool = False,
     bound: str = "cohen",
     execution: Mapping[str, object] | None = None,
+    grid: int | None = None,
 ) -> Path:
     """CERTIFY every ``skip``-th example with idx < ``max_idx`` (-1: all) into ``out_path``.
 
@@ -135,7 +137,7 @@ def certify_dataset(
         counts["skip_wrong"] = True
     if bound != "cohen":  # likewise: a file without the key used Cohen's radius
         counts["bound"] = bound
-    settings = _settings(sigma, counts, skip, max_idx, seed, dataset, identity)
+    settings = _settings(sigma, counts, skip, max_idx, seed, dataset, identity, grid)
     return _run("certify", classify, model, dataset, out_path, settings, shard, batch_size,
                 progress, num_classes, execution)
 
@@ -157,6 +159,7 @@ def predict_dataset(
     identity: Mapping[str, object] | None = None,
     progress: bool = True,
     execution: Mapping[str, object] | None = None,
+    grid: int | None = None,
 ) -> Path:
     """PREDICT (abstain = -1) over a dataset; file ``idx label predict correct time``.
     Arguments as for :func:`certify_dataset`."""
@@ -165,7 +168,8 @@ def predict_dataset(
         return smooth.predict(x, n, alpha, batch_size, generator=generator), math.nan, ()
 
     check_predict_args(n, alpha, batch_size)
-    settings = _settings(sigma, {"n": n, "alpha": alpha}, skip, max_idx, seed, dataset, identity)
+    settings = _settings(sigma, {"n": n, "alpha": alpha}, skip, max_idx, seed, dataset, identity,
+                         grid)
     return _run("predict", classify, model, dataset, out_path, settings, shard, batch_size,
                 progress, num_classes, execution)
 
@@ -190,6 +194,7 @@ def attack_dataset(
     identity: Mapping[str, object] | None = None,
     progress: bool = True,
     execution: Mapping[str, object] | None = None,
+    grid: int | None = None,
 ) -> Path:
     """Attack the smoothed classifier at every selected example (PGD in the l2 ball of
     ``epsilon`` on the smoothed soft classifier, ``num_noise`` draws, ``num_steps`` steps;
@@ -212,7 +217,7 @@ def attack_dataset(
     check_predict_args(n, alpha, batch_size)
     counts = {"epsilon": float(epsilon), "num_steps": num_steps, "num_noise": num_noise,
               "n": n, "alpha": alpha}
-    settings = _settings(sigma, counts, skip, max_idx, seed, dataset, identity)
+    settings = _settings(sigma, counts, skip, max_idx, seed, dataset, identity, grid)
     return _run("attack", classify, model, dataset, out_path, settings, shard, batch_size,
                 progress, num_classes, execution)
 
@@ -347,6 +352,7 @@ def decide_dataset(
     identity: Mapping[str, object] | None = None,
     progress: bool = True,
     execution: Mapping[str, object] | None = None,
+    grid: int | None = None,
 ) -> Path:
     """Decide "robust at r" for every radius in ``radii`` on each selected example with a
     confidence sequence (:mod:`smoothmix.sequences`, docs/MATH.md §2.1) into ``out_path``.
@@ -381,7 +387,7 @@ def decide_dataset(
                                  "alpha": alpha, "label": use_label}
     if not use_label:
         counts["n0"] = n0
-    settings = {**_settings(sigma, counts, skip, max_idx, seed, dataset, identity),
+    settings = {**_settings(sigma, counts, skip, max_idx, seed, dataset, identity, grid),
                 "shard": "0/1"}
     out = Path(out_path)
     device = module_device(model, torch.device("cpu"))
@@ -394,6 +400,7 @@ def decide_dataset(
 
     todo = [idx for idx in expected if idx not in done]
     started: dict[int, float] = {}
+    noise = GridNoise(sigma, grid) if grid is not None else None
 
     def items():
         for idx in todo:
@@ -402,7 +409,7 @@ def decide_dataset(
             procedure = make_procedure(sequence, radii, sigma, alpha, n,
                                        int(label) if use_label else None, n0)
             started[idx] = time.perf_counter()
-            yield PoolItem((idx, int(label)), x, generator, procedure)
+            yield PoolItem((idx, int(label)), x, generator, procedure, noise)
 
     bar = Progress(len(expected), initial=len(expected) - len(todo), unit="img",
                    desc=f"decide {out.name}", disable=not progress)
@@ -528,11 +535,16 @@ def _comparable(recorded: Mapping[str, object], now: Mapping[str, object]) -> di
 
 
 def _settings(sigma: float, counts: dict[str, object], skip: int, max_idx: int, seed: int,
-              dataset: Sequence, identity: Mapping[str, object] | None) -> dict[str, object]:
-    """Everything that decides a row's value: a resumed or merged file must agree on it."""
+              dataset: Sequence, identity: Mapping[str, object] | None,
+              grid: int | None = None) -> dict[str, object]:
+    """Everything that decides a row's value: a resumed or merged file must agree on it.
+    ``grid`` (the sound 8-bit mode) only when on, so that older files keep their settings."""
     require(skip >= 1, f"skip must be >= 1, got {skip}")
+    require(grid is None or (isinstance(grid, int) and grid >= 1),
+            f"grid must be the number of levels of the input grid (255), got {grid!r}")
     return {"sigma": float(sigma), **counts, "skip": skip, "max_idx": max_idx, "seed": seed,
-            "num_examples": len(dataset), **dict(identity or {})}
+            "num_examples": len(dataset), **dict(identity or {}),
+            **({"grid": grid} if grid is not None else {})}
 
 
 def _run(
@@ -557,7 +569,7 @@ def _run(
     ex = _execution(model, device, batch_size, execution, recorded)
     base = {**base, **ex.settings()}
     smooth = Smooth(model, _num_classes(dataset, num_classes), float(base["sigma"]),  # type: ignore[arg-type]
-                    execution=ex)
+                    execution=ex, grid=base.get("grid"))  # type: ignore[arg-type]
     if auto:
         # A finished merged file means this is a rerun of a completed job.
         finished = _check_existing(out, kind, {**base, "shard": "0/1"}, repair=False)
@@ -566,6 +578,8 @@ def _run(
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
     expected = selected_indices(num_examples, skip, max_idx, part)
     done = _check_existing(target, kind, settings, repair=True)
+    if smooth.grid is not None and len(expected):  # off the grid: refused before any write
+        smooth.grid.to_codes(dataset[expected[0]][0])
     device = _start_file(target, kind, settings, done, expected, model, batch_size)
 
     columns = _header(target) if done else COLUMNS[kind]  # an older file keeps its format

@@ -77,10 +77,14 @@ def attack_and_predict(
 ) -> tuple[int, int, float]:
     """(PREDICT at x, PREDICT at the adversarial point, l2 distance between them).
     The attack's noise and both PREDICTs' noise come from ``generator``, one after another,
-    so every draw is fresh."""
+    so every draw is fresh. In grid mode the attacked point is rounded to the 8-bit grid
+    before PREDICT (the sound sampler takes only grid inputs); the distance returned is the
+    rounded point's, which may exceed epsilon by the rounding."""
     clean = smooth.predict(x, n, alpha, batch_size, generator=generator)
     x_adv = smoothed_attack(smooth.base_classifier, x, label, smooth.sigma, epsilon,
                             num_steps, num_noise, generator)
+    if smooth.grid is not None:
+        x_adv = smooth.grid.snap(x_adv)
     adversarial = smooth.predict(x_adv, n, alpha, batch_size, generator=generator)
     distance = float((x_adv - x.to(x_adv.device)).flatten().norm())
     return clean, adversarial, distance

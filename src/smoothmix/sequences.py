@@ -51,6 +51,7 @@ from torch import nn
 from smoothmix.core import module_device
 from smoothmix.errors import require
 from smoothmix.execution import Execution, prepare_model, resolve_execution
+from smoothmix.grid import GridNoise
 
 SEQUENCES = ("kt", "union", "staged")
 CERTIFIED, NOT_CERTIFIED, UNDECIDED = "certified", "not-certified", "undecided"
@@ -155,7 +156,7 @@ class Procedure(abc.ABC):
             self._selection.append(preds)
             if self.drawn == self.n0:
                 votes = np.bincount(np.concatenate(self._selection), minlength=num_classes)
-                self.cls = int(votes.argmax())
+                self.cls = int(votes[:num_classes].argmax())  # slot num_classes: rejected
             return
         hits = preds == self.cls
         self._segment_hits.append(hits)
@@ -254,32 +255,45 @@ def make_procedure(sequence: str, radii: Sequence[float], sigma: float, alpha: f
 
 @dataclass
 class PoolItem:
-    """One image in the pool: ``key`` is returned to the caller when it is done."""
+    """One image in the pool: ``key`` is returned to the caller when it is done. With
+    ``grid`` (a :class:`smoothmix.grid.GridNoise`) its noise is the sound 8-bit sampler's,
+    and a rejected draw votes for no class (a failure for the class tested)."""
 
     key: object
     x: torch.Tensor
     generator: torch.Generator
     procedure: Procedure
+    grid: GridNoise | None = None
     spare: torch.Tensor | None = None  # noise rows drawn but not used yet
+    spare_rejected: torch.Tensor | None = None
 
-    def noise(self, rows: int, sigma: float, device: torch.device) -> torch.Tensor:
-        """The image's next ``rows`` noisy copies: its stream, drawn in fixed blocks, is the
-        same however the rows are split between batches."""
+    def noise(self, rows: int, sigma: float, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's next ``rows`` noisy copies and which of them the grid sampler
+        rejected: its stream, drawn in fixed blocks, is the same however the rows are split
+        between batches."""
         x = self.x.to(device)
-        parts, have = [], 0
-        if self.spare is not None:
-            parts.append(self.spare[:rows])
-            have = len(parts[0])
-            self.spare = self.spare[rows:] if len(self.spare) > rows else None
+        have = 0 if self.spare is None else len(self.spare)
         if have < rows:
             blocks = math.ceil((rows - have) / _NOISE_BLOCK)
-            drawn = torch.cat([torch.randn((_NOISE_BLOCK, *x.shape), generator=self.generator,
-                                           device=device, dtype=x.dtype)
-                               for _ in range(blocks)])
-            parts.append(drawn[: rows - have])
-            if len(drawn) > rows - have:
-                self.spare = drawn[rows - have:]
-        return torch.cat(parts).mul_(sigma).add_(x)
+            drawn, rejected = zip(*(self._block(x, sigma, device) for _ in range(blocks)),
+                                  strict=True)
+            self.spare = torch.cat([*([self.spare] if have else []), *drawn])
+            self.spare_rejected = torch.cat([*([self.spare_rejected] if have else []),
+                                             *rejected])
+        assert self.spare is not None and self.spare_rejected is not None
+        out, flags = self.spare[:rows], self.spare_rejected[:rows]
+        self.spare, self.spare_rejected = self.spare[rows:], self.spare_rejected[rows:]
+        return out, flags
+
+    def _block(self, x: torch.Tensor, sigma: float, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.grid is not None:
+            return self.grid.sample(self.grid.to_codes(x), _NOISE_BLOCK, self.generator)
+        noise = torch.randn((_NOISE_BLOCK, *x.shape), generator=self.generator,
+                            device=device, dtype=x.dtype)
+        return noise.mul_(sigma).add_(x), torch.zeros(_NOISE_BLOCK, dtype=torch.bool,
+                                                      device=device)
 
 
 def run_pool(
@@ -329,7 +343,7 @@ def run_pool(
                 room -= piece
             if not pieces:
                 break
-            preds = _forward(model, pieces, sigma, device, execution)
+            preds = _forward(model, pieces, sigma, device, execution, num_classes)
             offset = 0
             for item, piece in pieces:
                 item.procedure.feed(preds[offset: offset + piece], num_classes)
@@ -342,7 +356,7 @@ def run_pool(
 
 
 def _forward(model: nn.Module, pieces: list[tuple[PoolItem, int]], sigma: float,
-             device: torch.device, execution: Execution) -> np.ndarray:
+             device: torch.device, execution: Execution, num_classes: int) -> np.ndarray:
     """Top-1 predictions of one batch made of each image's next noisy copies.
 
     The predictions come back to the host once per batch (the looks need them). Written
@@ -350,7 +364,10 @@ def _forward(model: nn.Module, pieces: list[tuple[PoolItem, int]], sigma: float,
     kernel, which may cost more than the forward for small models (measure before tuning).
     """
     with torch.inference_mode(), execution.autocast(device):
-        batch = execution.prepare_input(
-            torch.cat([item.noise(piece, sigma, device) for item, piece in pieces]))
-        return torch.cat([model(part).argmax(1) for part in batch.split(execution.chunk)]
-                         ).cpu().numpy()
+        images, rejected = zip(*(item.noise(piece, sigma, device) for item, piece in pieces),
+                               strict=True)
+        batch = execution.prepare_input(torch.cat(images))
+        preds = torch.cat([model(part).argmax(1) for part in batch.split(execution.chunk)])
+        # A rejected grid draw votes for no class: the slot after the last class.
+        preds.masked_fill_(torch.cat(rejected), num_classes)
+        return preds.cpu().numpy()

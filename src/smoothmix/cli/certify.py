@@ -118,6 +118,13 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                         "so results do not depend on sharding (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--out", required=True, help="result file (.tsv) to write or resume")
+    parser.add_argument("--grid", type=int, default=None, choices=(255,), metavar="255",
+                        help="sound certification for 8-bit inputs (Voracek & Hein 2023): "
+                        "noise sampled on the 1/255 grid from integer draws, so no base "
+                        "classifier can exploit float rounding of x + noise (docs/grid.md). "
+                        "Inputs must lie on the grid: mnist and cifar10 (decoded from 8-bit "
+                        "files, no float transforms) do; imagenet/imagefolder images resized "
+                        "in float do not and are refused")
     add_execution_options(parser)
 
 
@@ -265,9 +272,16 @@ def prepare_run(args: argparse.Namespace) -> tuple[object, object, dict]:
         "dataset": args.dataset,
         "split": args.split,
     }
+    if getattr(args, "grid", None) is not None:
+        from smoothmix.data import TensorImageDataset
+
+        require(isinstance(dataset, TensorImageDataset),
+                f"--grid needs inputs on the 8-bit grid; {args.dataset} images go through "
+                "float transforms (resize/crop), so they are not: use mnist or cifar10")
     common = dict(
         n=args.n, alpha=args.alpha, batch_size=args.batch, skip=args.skip,
         max_idx=args.max_idx, shard=shard, seed=args.seed, num_classes=dataset.num_classes,
         identity=identity, progress=not args.no_progress, execution=execution_options(args),
+        grid=getattr(args, "grid", None),
     )
     return model, dataset, common
