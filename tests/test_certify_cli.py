@@ -247,3 +247,72 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path, ckpts):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("smoothmix certify: error:")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def near_tie_lenet(tmp_path_factory) -> Path:
+    """A LeNet trained briefly on MNIST whose class rows of the last layer are then made
+    almost equal (each a shared row plus 1e-5 of its own): its logits differ in the last
+    bits, so any change in how the forward rounds (layout, chunk, threads) flips votes."""
+    from smoothmix.data import load_dataset
+
+    train = load_dataset("mnist", "train")
+    x = train.images[:2000].float().div(255)
+    y = train.labels[:2000]
+    torch.manual_seed(0)
+    model = create_model("lenet")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for step in range(60):
+        batch = torch.arange(step * 32, step * 32 + 32) % len(x)
+        loss = torch.nn.functional.cross_entropy(model(x[batch] + 0.5 * torch.randn_like(x[batch])),
+                                                 y[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        fc2 = model[1].fc2
+        fc2.weight.copy_(fc2.weight[:1] * 10 + fc2.weight * 1e-5)
+        fc2.bias.copy_(fc2.bias * 1e-5)
+    path = tmp_path_factory.mktemp("tie") / "tie.pth"
+    save_checkpoint(path, {"arch": "lenet", "state_dict": model.state_dict(),
+                           "num_classes": 10, "normalization": "mnist", "epoch": 1})
+    return path
+
+
+def test_separate_shard_processes_merge_bit_for_bit_on_near_ties(tmp_path, near_tie_lenet):
+    # Same machine, same CPU device, separate processes: the chunk, layout and precision
+    # come from one rule (never a timing), so each row, radius included, is reproduced.
+    common = [str(near_tie_lenet), "--dataset", "mnist", "--sigma", "0.5", "--max", "10",
+              "--n0", "20", "--n", "2000", "--alpha", "0.01", "--batch", "1000",
+              "--no-progress"]
+
+    def run(*extra: str) -> None:
+        cmd = [sys.executable, "-m", "smoothmix", "certify", *common, *extra]
+        result = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    run("--out", str(tmp_path / "all.tsv"))
+    for i in range(2):
+        run("--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}.tsv"))
+    assert main(["merge", str(tmp_path / "m.tsv"), str(tmp_path / "s0.tsv"),
+                 str(tmp_path / "s1.tsv")]) == 0
+    merged, single = data_rows(tmp_path / "m.tsv"), data_rows(tmp_path / "all.tsv")
+    assert merged == single  # radii compared as written: repr, full precision
+    assert len({r[2] for r in single}) > 1 and any(r[7] != "0" and r[8] != "0" for r in single)
+    # The ties are real: the same noise (1 channel: both layouts lay it out alike) through
+    # the contiguous layout flips votes, so a merge of shards run differently is refused.
+    run("--layout", "contiguous", "--out", str(tmp_path / "nchw.tsv"))
+    nchw = data_rows(tmp_path / "nchw.tsv")
+    assert [r[7:9] for r in nchw] != [r[7:9] for r in single]
+    run("--layout", "contiguous", "--shard", "1/2", "--out", str(tmp_path / "t1.tsv"))
+    assert "layout" in _merge_error(tmp_path, "s0.tsv", "t1.tsv")
+
+
+def _merge_error(tmp_path: Path, *names: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "smoothmix", "merge",
+                             str(tmp_path / "bad.tsv"), *(str(tmp_path / n) for n in names)],
+                            env=clean_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and not (tmp_path / "bad.tsv").exists()
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr

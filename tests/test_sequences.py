@@ -4,6 +4,7 @@ with a known answer, run through ``decide_dataset`` exactly as ``smoothmix certi
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -235,3 +236,40 @@ def test_analyze_reads_decisions(tmp_path, capsys):
         mean = sum(int(row[6]) for row in at) / 20
         assert line == f"d,20,{r:g},{acc:.2f},{mean:.0f}"
     assert main(["analyze", str(out), "--radii", "0.5"]) == 2  # radii come from the file
+
+
+LEGACY_HEADER = "idx\tlabel\tpredict\tradius\tdecision\tcorrect\tsamples\ttime"
+
+
+def test_a_release_02_radius_file_resumes_merges_and_analyses_to_the_same_numbers(tmp_path,
+                                                                                capsys):
+    # smoothmix 0.2 wrote --radius files with certify's column names and no execution in
+    # the settings; such a file resumes in its own format and analyses to the same table.
+    from smoothmix.analysis import read_decisions, read_results
+    from smoothmix.cli import main
+
+    kwargs = dict(radii=[0.25, 1.0], n=300, alpha=0.05, batch_size=100, progress=False)
+    new = decide_dataset(Bernoulli(0.8), Zeros(12), SIGMA, tmp_path / "new.tsv", **kwargs)
+    old = tmp_path / "old.tsv"
+    lines = new.read_text().splitlines(keepends=True)
+    old.write_text(LEGACY_HEADER + "\n" + "".join(lines[1:1 + 2 * 5]) + lines[11][:3])
+    meta = json.loads((tmp_path / "new.tsv.json").read_text())
+    for key in ("precision", "layout", "chunk", "compile", "threads"):
+        del meta["settings"][key]
+    (tmp_path / "old.tsv.json").write_text(json.dumps(meta))
+    decide_dataset(Bernoulli(0.8), Zeros(12), SIGMA, old, **kwargs)  # resumes, repairs
+    text = old.read_text().splitlines()
+    assert text[0] == LEGACY_HEADER and len(text) == len(lines)
+    a, b = read_decisions(new), read_decisions(old)
+    assert (a.certified == b.certified).all() and (a.samples == b.samples).all()
+    for path in (new, old):
+        capsys.readouterr()
+        assert main(["analyze", str(path), "--format", "csv"]) == 0
+    # A decisions file where a certify file is needed, and the other way round: one line.
+    with pytest.raises(SmoothmixError, match="decisions file") as info:
+        read_results(new)
+    assert "\n" not in str(info.value)
+    (tmp_path / "c.tsv").write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+                                    "0\t1\t1\t0.5\t1\t0.1\n")
+    with pytest.raises(SmoothmixError, match="at_radius|decision"):
+        read_decisions(tmp_path / "c.tsv")
