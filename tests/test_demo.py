@@ -21,7 +21,8 @@ def test_demo_runs_end_to_end_and_reruns_from_its_files(tmp_path: Path, capsys) 
     assert state["experiment"] == "mnist-0.50"  # the demo is a budget of reproduce
     assert state["budget"] == {"epochs": 1, "train_subset": 64, "batch_size": 64,
                                "warmup": 1, "deferred": None, "skip": 2500, "n": 200,
-                               "max_idx": None, "targets_n": None}
+                               "max_idx": None, "targets_n": None, "precision": None,
+                               "bound": None, "decide_radii": None, "decide_skip": None}
     for name in ("gaussian", "smoothmix"):
         assert (demo / name / "checkpoint.pth.tar").is_file()
         results = read_results(demo / f"certify_{name}.tsv")

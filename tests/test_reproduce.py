@@ -66,10 +66,37 @@ def test_tiny_budget_end_to_end(finished) -> None:
     table = (out / "table.md").read_text()
     assert "Budget: reduced" in table and "N=100" in table and "4 images" in table
     acr = rows["gaussian"]["acr"]
-    # Ours, then (published, difference) computed by hand from the summary.
-    assert f"| gaussian | 4 | {acr:.3f} (1.558, {acr - 1.558:+.3f}) |" in table
+    # Ours, then (published, difference) computed by hand from the summary; the first 4
+    # images are no subset the authors' logs were summed over: full-set values, starred.
+    assert not rows["gaussian"]["published_same_images"]
+    assert f"| gaussian | 4 | {acr:.3f} (1.558*, {acr - 1.558:+.3f}) |" in table
     acc0 = rows["gaussian"]["certified_accuracy"][0]
-    assert f"{acc0:.2f} (99.15, {acc0 - 99.15:+.2f})" in table
+    assert f"{acc0:.2f} (99.15*, {acc0 - 99.15:+.2f})" in table
+    assert "* published value of the full test set" in table
+
+
+def test_same_subset_published_values_and_the_decisions_table(tmp_path: Path) -> None:
+    # The issue's protocol in miniature: CERTIFY on every 20th image, KT decisions on
+    # images below the cap; the table puts the authors' every-20th value beside ours.
+    from smoothmix.reproduce import Budget, Experiment, _format, get_experiment
+
+    exp: Experiment = get_experiment("mnist-0.50")
+    budget = Budget(skip=20, decide_radii=(0.0, 0.5), n=1000).normalised(exp)
+    row = {"method": "gaussian", "examples": 500, "acr": 1.5,
+           "certified_accuracy": [98.0] * len(exp.radii), "published_acr": 1.558,
+           "published_certified_accuracy": exp.published["gaussian"]["certified"],
+           "published_same_images": True, "published_same_images_acr": 1.537,
+           "published_same_images_certified_accuracy":
+           exp.published["gaussian"]["subsets"]["20"]["certified"],
+           "decisions": {"examples": 10000, "radii": [0.0, 0.5],
+                         "certified_accuracy": [99.0, 97.0], "mean_samples": [120.0, 300.0]}}
+    table = _format(exp, [row], budget, 3.0)
+    assert "| gaussian | 500 | 1.500 (1.537, -0.037) | 98.00 (98.44, -0.44) |" in table
+    assert "every 20th test image from idx 0 (500 images)" in table
+    assert "KT confidence-sequence decisions" in table and "on the full test set" in table
+    assert "| gaussian | 10000 | 99.00 (99.15, -0.15) | 97.00 (96.90, +0.10) | 210 |" in table
+    certify_rows = [line for line in table.splitlines() if line.startswith("| gaussian | 500")]
+    assert certify_rows and "*" not in certify_rows[0]  # every cell from the same images
 
 
 def test_rerun_continues(finished, tmp_path: Path) -> None:

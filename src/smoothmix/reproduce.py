@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -108,6 +109,13 @@ class Budget:
     n: int | None = None  # CERTIFY's N (default 100,000)
     max_idx: int | None = None  # certify only test indices below this
     targets_n: int | None = None  # CAT-RS soft targets: votes per image (default 10,000)
+    precision: str | None = None  # training and certification in bf16 (default fp32)
+    bound: str | None = None  # CERTIFY's radius formula (default cohen, as published)
+    # Also decide "robust at r" with the KT confidence sequence (label mode, cap N) at these
+    # radii on every decide_skip-th test image (default all): certified accuracy on the
+    # whole test set at a fraction of CERTIFY's cost.
+    decide_radii: tuple[float, ...] | None = None
+    decide_skip: int | None = None
 
     def is_full(self) -> bool:
         return all(v is None for v in dataclasses.asdict(self).values())
@@ -126,6 +134,23 @@ class Budget:
             from smoothmix.core import check_certify_args
 
             check_certify_args(N0, self.n, ALPHA, 1000)
+        if self.precision is not None:
+            from smoothmix.execution import check_precision
+
+            check_precision(self.precision)
+        if self.bound is not None:
+            from smoothmix.core import check_bound
+
+            check_bound(self.bound)
+        radii = self.decide_radii
+        require(radii is None or (len(radii) >= 1 and len(set(radii)) == len(radii)
+                                  and all(math.isfinite(r) and r >= 0 for r in radii)),
+                f"--decide-radii must be distinct numbers >= 0, got {radii}")
+        require(self.decide_skip is None or (isinstance(self.decide_skip, int)
+                                             and self.decide_skip >= 1),
+                f"--decide-skip must be an integer >= 1, got {self.decide_skip!r}")
+        require(self.decide_skip is None or radii is not None,
+                "--decide-skip needs --decide-radii")
 
     def normalised(self, experiment: Experiment) -> Budget:
         """The protocol's own values are not overrides: ``--skip 1 --n 100000`` on MNIST is
@@ -133,7 +158,12 @@ class Budget:
         return dataclasses.replace(
             self, skip=None if self.skip == experiment.skip else self.skip,
             n=None if self.n == FULL_N else self.n,
-            targets_n=None if self.targets_n == FULL_TARGETS_N else self.targets_n)
+            targets_n=None if self.targets_n == FULL_TARGETS_N else self.targets_n,
+            precision=None if self.precision == "fp32" else self.precision,
+            bound=None if self.bound == "cohen" else self.bound,
+            decide_radii=tuple(float(r) for r in self.decide_radii) if self.decide_radii
+            else None,
+            decide_skip=None if self.decide_skip == 1 else self.decide_skip)
 
     def describe(self, experiment: Experiment) -> str:
         """The one line that says what was spent."""
@@ -142,7 +172,18 @@ class Budget:
         count = _num_certified(experiment, skip, self.max_idx)
         test = (f"every {_ordinal(skip)} test image" if skip > 1 else "the full test set") + (
             f" below index {self.max_idx}" if self.max_idx is not None else "")
-        protocol = f"{test} ({count} images), n0={N0}, N={n:,}, alpha={ALPHA}"
+        protocol = f"CERTIFY on {test} ({count} images), n0={N0}, N={n:,}, alpha={ALPHA}"
+        if self.bound is not None:
+            protocol += f", {self.bound} radius (published: cohen)"
+        if self.decide_radii is not None:
+            dskip = self.decide_skip or 1
+            dtest = f"every {_ordinal(dskip)} test image" if dskip > 1 else "the full test set"
+            protocol += (f"; plus KT decisions (certify --radius, label mode) at r = "
+                         f"{', '.join(f'{r:g}' for r in self.decide_radii)} on {dtest} "
+                         f"({_num_certified(experiment, dskip, self.max_idx)} images), cap "
+                         f"N={n:,}, alpha={ALPHA}")
+        if self.precision is not None:
+            protocol += f"; training and certification in {self.precision} (published: fp32)"
         if self.is_full():
             return f"Budget: full (the presets; {protocol})."
         train = []
@@ -310,6 +351,7 @@ def reproduce(
     say(f"{budget.describe(exp)}")
     say(f"writing to {out.resolve()}")
 
+    from smoothmix.certification import decide_dataset
     from smoothmix.checkpoint import CHECKPOINT_NAME, file_sha256, load_model
     from smoothmix.training import train
 
@@ -330,15 +372,27 @@ def reproduce(
         say.stage(f"certify {m} -> {tsv}")
         start = time.time()
         model, _ = load_model(ckpt, device=cert_device)
+        # A retrained model must never reuse another model's rows.
+        identity = {"experiment": exp.name, "method": m, "checkpoint_sha256": file_sha256(ckpt)}
+        execution = {"precision": budget.precision} if budget.precision else None
+        max_idx = budget.max_idx if budget.max_idx is not None else -1
         certify_dataset(model, test_set, exp.sigma, tsv, n0=N0, n=budget.n or FULL_N,
-                        alpha=ALPHA, skip=budget.skip or exp.skip,
-                        max_idx=budget.max_idx if budget.max_idx is not None else -1,
-                        progress=progress,
-                        # A retrained model must never reuse another model's rows.
-                        identity={"experiment": exp.name, "method": m,
-                                  "checkpoint_sha256": file_sha256(ckpt)})
+                        alpha=ALPHA, skip=budget.skip or exp.skip, max_idx=max_idx,
+                        progress=progress, identity=identity, execution=execution,
+                        bound=budget.bound or "cohen")
         timings[m] = {"train_seconds": round(t_train, 1),
                       "certify_seconds": round(time.time() - start, 1)}
+        if budget.decide_radii is not None and main:  # --radius runs on one process
+            decide_tsv = out / f"decide_{m}.tsv"
+            say(f"decide {m} at r = {', '.join(f'{r:g}' for r in budget.decide_radii)} -> "
+                f"{decide_tsv}")
+            start = time.time()
+            decide_dataset(model, test_set, exp.sigma, decide_tsv,
+                           radii=list(budget.decide_radii), sequence="kt",
+                           n=budget.n or FULL_N, alpha=ALPHA, use_label=True,
+                           skip=budget.decide_skip or 1, max_idx=max_idx, progress=progress,
+                           identity=identity, execution=execution)
+            timings[m]["decide_seconds"] = round(time.time() - start, 1)
     if not main:
         return {}
     say.stage("table")
@@ -383,6 +437,8 @@ def _train_kwargs(exp: Experiment, method: str, budget: Budget) -> dict[str, Any
         kwargs["method_options"] = {"warmup": budget.warmup}
     if budget.deferred is not None and "deferred_epochs" in accepted:
         kwargs["deferred"] = budget.deferred  # MACER rows only
+    if budget.precision is not None:
+        kwargs["precision"] = budget.precision
     return kwargs
 
 
@@ -425,25 +481,39 @@ def _soft_targets(exp: Experiment, out: Path, budget: Budget, data_dir: Any, dev
 def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
                  timings: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """``table.md``, ``curves.png`` and ``summary.json`` from the certification files."""
-    from smoothmix.analysis import plot_certified_accuracy, read_results
+    from smoothmix.analysis import plot_certified_accuracy, read_decisions, read_results
     from smoothmix.certification import atomic_write
-    from smoothmix.core import certified_radius, clopper_pearson_lower
+    from smoothmix.core import radius_from_counts
 
     results = [read_results(out / f"certify_{m}.tsv") for m in methods]
     radii = list(exp.radii)
+    skip = budget.skip or exp.skip
     rows = []
     for m, res in zip(methods, results, strict=True):
         pub = exp.published.get(m) or {}
+        same = _published_subset(pub, skip, budget.max_idx, exp)
         ours_acc = [round(100 * float(a), 4) for a in res.certified_accuracy(radii)]
-        rows.append({
+        row = {
             "method": m, "preset": exp.preset_name(m), "examples": len(res),
             "acr": res.acr(), "certified_accuracy": ours_acc,
             "published_acr": pub.get("acr"), "published_certified_accuracy":
             pub.get("certified"), "published_note": pub.get("note"),
+            "published_same_images": same is not None,
+            "published_same_images_acr": (same or {}).get("acr"),
+            "published_same_images_acr_range": (same or {}).get("acr_range"),
+            "published_same_images_certified_accuracy": (same or {}).get("certified"),
             **(timings or {}).get(m, {}),
-        })
+        }
+        decide = out / f"decide_{m}.tsv"
+        if budget.decide_radii is not None and decide.exists():
+            dec = read_decisions(decide)
+            row["decisions"] = {"examples": len(dec.idx), "radii": dec.radii.tolist(),
+                                "certified_accuracy": [round(100 * float(a), 4)
+                                                       for a in dec.certified_accuracy()],
+                                "mean_samples": dec.mean_samples().tolist()}
+        rows.append(row)
     n = budget.n or FULL_N
-    cap = certified_radius(clopper_pearson_lower(n, n, ALPHA), exp.sigma)
+    cap = radius_from_counts(n, 0, n, ALPHA, exp.sigma, budget.bound or "cohen") or 0.0
     table = _format(exp, rows, budget, cap)
     atomic_write(out / TABLE_NAME, table)
     plot_certified_accuracy(results, out / PLOT_NAME, labels=methods)
@@ -455,34 +525,96 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
     return summary
 
 
+def _published_subset(pub: dict[str, Any], skip: int, max_idx: int | None,
+                      exp: Experiment) -> dict[str, Any] | None:
+    """The published values on exactly the images certified (every skip-th from idx 0),
+    from the authors' per-image logs; the full-set values when every image is certified;
+    None when the logs' figures for that subset are not at hand."""
+    if max_idx is not None:
+        return None
+    if skip == exp.skip:
+        return {"acr": pub.get("acr"), "acr_range": pub.get("acr_range"),
+                "certified": pub.get("certified")} if pub.get("acr") is not None else None
+    return (pub.get("subsets") or {}).get(str(skip))
+
+
 def _format(exp: Experiment, rows: list[dict[str, Any]], budget: Budget, cap: float) -> str:
-    """Markdown: ours, then (published, difference) where a published value exists; radii
-    beyond ``cap`` (the largest radius CERTIFY can report with this N) are marked, since a
-    0 there is an artefact of N, not of the model."""
+    """Markdown: ours, then (published, difference) where a published value exists; the
+    published value is the one on the same images where the authors' logs give it, else
+    the full test set's (marked *). Radii beyond ``cap`` (the largest radius CERTIFY can
+    report with this N) are marked, since a 0 there is an artefact of N, not of the model.
+    A second table gives the KT decisions' certified accuracy, when they were run."""
     from smoothmix.analysis import BEYOND_CAP
 
+    skip = budget.skip or exp.skip
+    images = rows[0]["examples"] if rows else 0
+    which = ("the full test set" if skip == 1 and budget.max_idx is None
+             else f"every {_ordinal(skip)} test image from idx 0"
+             + (f" below {budget.max_idx}" if budget.max_idx is not None else ""))
     head = ["method", "examples", "ACR",
             *(f"r = {r:g}{BEYOND_CAP if r > cap else ''}" for r in exp.radii)]
-    lines = [f"{exp.name}: {exp.dataset}, sigma = {exp.sigma:g}. Certified accuracy (%) at "
-             "radius r and ACR; each cell is ours, then (published, ours - published) where "
-             "docs/MATH.md §5 has the value.", "", budget.describe(exp), "",
+    lines = [f"{exp.name}: {exp.dataset}, sigma = {exp.sigma:g}.", "", budget.describe(exp), "",
+             f"CERTIFY (n0 = {N0}, N = {budget.n or FULL_N:,}, alpha = {ALPHA}, "
+             f"{budget.bound or 'cohen'} radius) on {which} ({images} images): ACR and "
+             "certified accuracy (%) at radius r; each cell is ours, then (published, ours - "
+             "published). Published: the authors' models on the same images (mean of their 5 "
+             "seeds, from their per-image logs; docs/MATH.md §5) where known, else the full "
+             "test set's mean (marked *).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    starred = False
     for row in rows:
-        pub_acc = row["published_certified_accuracy"] or [None] * len(exp.radii)
-        cells = [row["method"], str(row["examples"]), _cell(row["acr"], row["published_acr"], 3)]
-        cells += [_cell(a, p, 2) for a, p in zip(row["certified_accuracy"], pub_acc, strict=True)]
+        same = row["published_same_images"]
+        pub_acr = row["published_same_images_acr"] if same else row["published_acr"]
+        pub_acc = (row["published_same_images_certified_accuracy"] if same
+                   else row["published_certified_accuracy"]) or [None] * len(exp.radii)
+        mark = "" if same else "*"
+        starred |= not same and (pub_acr is not None)
+        cells = [row["method"], str(row["examples"]), _cell(row["acr"], pub_acr, 3, mark)]
+        cells += [_cell(a, p, 2, mark if same or p is None else "*")
+                  for a, p in zip(row["certified_accuracy"], pub_acc, strict=True)]
+        if same and row["published_same_images_certified_accuracy"] is None:
+            full = row["published_certified_accuracy"] or [None] * len(exp.radii)
+            cells[3:] = [_cell(a, p, 2, "*") for a, p in
+                         zip(row["certified_accuracy"], full, strict=True)]
+            starred |= any(p is not None for p in full)
         lines.append("| " + " | ".join(cells) + " |")
+    if starred:
+        lines += ["", "* published value of the full test set (10,000 images); subsets "
+                  "starting at idx 0 are harder than the whole set, so expect ours lower."]
     if any(r > cap for r in exp.radii):
-        lines += ["", f"{BEYOND_CAP} beyond the radius cap σ·Φ⁻¹(α^(1/N)) = {cap:.3f} of N = "
+        lines += ["", f"{BEYOND_CAP} beyond the radius cap = {cap:.3f} of N = "
                   f"{budget.n or FULL_N:,}: no radius there can be certified with this N, so "
                   "our 0 is an artefact of N, not of the model."]
+    decided = [row for row in rows if "decisions" in row]
+    if decided:
+        d0 = decided[0]["decisions"]
+        dskip = budget.decide_skip or 1
+        dwhich = "the full test set" if dskip == 1 else f"every {_ordinal(dskip)} test image"
+        dhead = ["method", "examples", *(f"r = {r:g}" for r in d0["radii"]),
+                 "mean samples per decision"]
+        lines += ["", f"KT confidence-sequence decisions (certify --radius, label mode, alpha "
+                  f"= {ALPHA}, cap {budget.n or FULL_N:,} samples) on {dwhich} "
+                  f"({d0['examples']} images): certified accuracy (%), ours then (published "
+                  "CERTIFY value on the same images, ours - published) where known. A "
+                  "decision is not a radius: no ACR.", "",
+                  "| " + " | ".join(dhead) + " |", "|" + "---|" * len(dhead)]
+        for row in decided:
+            d = row["decisions"]
+            pub = row["published_certified_accuracy"] if dskip == 1 else None
+            pub_at = {r: p for r, p in zip(exp.radii, pub or [], strict=False)}
+            cells = [row["method"], str(d["examples"])]
+            cells += [_cell(a, pub_at.get(r), 2) for r, a in
+                      zip(d["radii"], d["certified_accuracy"], strict=True)]
+            cells.append(f"{sum(d['mean_samples']) / len(d['mean_samples']):,.0f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _cell(ours: float, published: float | None, digits: int) -> str:
+def _cell(ours: float, published: float | None, digits: int, mark: str = "") -> str:
     if published is None:
         return f"{ours:.{digits}f}"
-    return f"{ours:.{digits}f} ({published:.{digits}f}, {ours - published:+.{digits}f})"
+    return (f"{ours:.{digits}f} ({published:.{digits}f}{mark}, "
+            f"{ours - published:+.{digits}f})")
 
 
 # --------------------------------------------------------------------------- helpers

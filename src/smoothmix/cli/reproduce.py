@@ -49,12 +49,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--max", "--max-idx", type=int, dest="max_idx", metavar="IDX",
                    help="certify only test images with index below IDX (spell it --max-idx "
                    "under torchrun)")
+    b.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                   help="train and certify in bf16 autocast (published: fp32); stated in "
+                   "the table")
+    b.add_argument("--bound", choices=("cohen", "two-sided"), default=None,
+                   help="CERTIFY's radius formula (published: cohen)")
+    b.add_argument("--decide-radii", type=_radii, default=None, metavar="R,R2,...",
+                   help="also decide 'robust at R' with the KT confidence sequence (label "
+                   "mode, cap --n samples) at these radii: certified accuracy on many "
+                   "images at a fraction of CERTIFY's cost (e.g. 0,0.25,0.5,0.75,1)")
+    b.add_argument("--decide-skip", type=int, default=None, metavar="K",
+                   help="with --decide-radii: decide every K-th test image (default 1: all)")
     e = p.add_argument_group("execution")
     e.add_argument("--data-dir", help="dataset root (default: $SMOOTHMIX_DATA; MNIST falls "
                    "back to the copy embedded in the package)")
     e.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA if available)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def _radii(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected R[,R2,...], got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     budget = Budget(epochs=args.epochs, train_subset=args.train_subset,
                     batch_size=args.batch_size, warmup=args.warmup, deferred=args.deferred,
                     skip=args.skip, n=args.n, max_idx=args.max_idx,
-                    targets_n=args.targets_n)
+                    targets_n=args.targets_n, precision=args.precision, bound=args.bound,
+                    decide_radii=args.decide_radii, decide_skip=args.decide_skip)
     try:
         reproduce(args.experiment, args.outdir or f"runs/reproduce-{args.experiment}",
                   methods=methods, budget=budget, data_dir=args.data_dir, device=args.device,
