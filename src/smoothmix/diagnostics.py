@@ -59,14 +59,21 @@ def overconfidence(
     n: int = 1000,
     batch_size: int = 50,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> list[ConfidenceRow]:
     """docs/MATH.md §3.7 rows for path lengths 0, step_size, ..., num_steps * step_size.
 
     ``images`` (N x C x H x W in [0, 1]) and ``labels`` live on the model's device; the
     search uses ``num_noise`` draws per image (as in training) and the reported
     probabilities ``n`` fresh draws per point. ``progress``: a bar on terminals, a line at
-    least once a minute in logs.
+    least once a minute in logs. ``precision`` "bf16" runs every forward under bf16
+    autocast (the model as certified in bf16).
     """
+    from smoothmix.execution import check_precision, warn_if_bf16_emulated
+
+    check_precision(precision)
+    if precision == "bf16":
+        warn_if_bf16_emulated(images.device)
     require(sigma > 0, f"sigma must be > 0, got {sigma}")
     require(step_size > 0, f"step size must be > 0, got {step_size}")
     require(num_steps >= 1 and num_noise >= 1 and n >= 1 and batch_size >= 1,
@@ -80,9 +87,13 @@ def overconfidence(
     for start in range(0, len(images), batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         noise = sigma * torch.randn((num_noise, *x.shape), device=x.device, dtype=x.dtype)
-        path = smoothmix_search(model, x, y, noise, num_steps, step_size)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            path = smoothmix_search(model, x, y, noise, num_steps, step_size)
         for t, x_t in enumerate(path):
-            probs = vote_fractions(model, x_t, sigma, num_classes, n)
+            x_t = x_t.float()
+            with torch.autocast(x.device.type, dtype=torch.bfloat16,
+                                enabled=precision == "bf16"):
+                probs = vote_fractions(model, x_t, sigma, num_classes, n)
             true = probs.gather(1, y.unsqueeze(1)).squeeze(1)
             other = probs.scatter(1, y.unsqueeze(1), -1.0).max(1).values
             dist = (x_t - x).flatten(1).norm(dim=1)

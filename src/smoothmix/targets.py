@@ -122,6 +122,7 @@ def build_targets(
     num_classes: int | None = None,
     identity: Mapping[str, object] | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> Path:
     """Count ``n`` votes on one (augmented) view of every example into ``out_path``.
 
@@ -130,7 +131,8 @@ def build_targets(
     ``augment`` (default: the dataset's ``augment`` flag) takes one random crop (padding 4)
     + flip per in-memory example; folder datasets apply their own training transform under
     the example's seed. ``identity`` (dataset name, checkpoint hash, ...) is stored in the
-    file and must match on resume. Returns the path of the finished file (the merged file
+    file and must match on resume. ``precision`` "bf16" counts under bf16 autocast (recorded
+    in the file). Returns the path of the finished file (the merged file
     under torchrun, the shard file with ``shard``).
     """
     require(isinstance(n, int) and n >= 1, f"--n must be an integer >= 1, got {n!r}")
@@ -140,7 +142,7 @@ def build_targets(
     require(isinstance(max_idx, int) and (max_idx == -1 or max_idx >= 1),
             f"--max must be -1 (all) or >= 1, got {max_idx!r}")
     classes = int(num_classes if num_classes is not None else dataset.num_classes)  # type: ignore[attr-defined]
-    smooth = Smooth(model, classes, sigma)
+    smooth = Smooth(model, classes, sigma, precision=precision)
     if augment is None:
         augment = bool(getattr(dataset, "augment", False))
     out = Path(out_path)
@@ -151,6 +153,8 @@ def build_targets(
         "num_classes": classes, "dataset_sha256": dataset_fingerprint(dataset), "n": n,
         "sigma": float(sigma), "seed": seed, "augment": augment,
         "max_idx": max_idx if 0 < max_idx < len(dataset) else -1, **dict(identity or {}),
+        # only when not fp32, so that files of earlier releases keep their settings
+        **({"precision": precision} if precision != "fp32" else {}),
     }
     if auto:
         finished = _finished_settings(out)

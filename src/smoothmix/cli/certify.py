@@ -14,7 +14,7 @@ from smoothmix.certification import (
     parse_shard,
     predict_dataset,
 )
-from smoothmix.core import check_certify_args, check_predict_args
+from smoothmix.core import check_bound, check_certify_args, check_predict_args
 from smoothmix.distributed import distributed_env
 from smoothmix.errors import require
 
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     certify.add_argument("--no-label", action="store_true",
                          help="with --radius: test the class selected on --n0 samples "
                          "(deployment) instead of the label (evaluation)")
-    certify.add_argument("--bound", default="cohen", type=_bound, metavar="{cohen,two-sided}",
+    certify.add_argument("--bound", default="cohen", metavar="{cohen,two-sided}",
                          help="radius formula: cohen (CERTIFY, as in the published tables; "
                          "default) or two-sided (Cohen's theorem in full: the runner-up "
                          "bounded on its own votes, alpha split in halves; larger where votes "
@@ -134,7 +134,7 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
     (these flags' defaults); a value contradicting the file is refused."""
     group = parser.add_argument_group(
         "execution (recorded in the result file; a resume reuses the recorded values)")
-    group.add_argument("--precision", default=None, type=_precision, metavar="{fp32,bf16}",
+    group.add_argument("--precision", default=None, metavar="{fp32,bf16}",
                        help="fp32 (default) or bf16 autocast: on CPUs with AMX or "
                        "AVX-512-BF16 (and GPUs) faster; the certificate is then about the "
                        "classifier as run in bf16")
@@ -150,15 +150,6 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
                        help="torch intra-op threads (default: torch's, i.e. the cores)")
 
 
-def _precision(text: str) -> str:
-    from smoothmix.execution import PRECISIONS
-
-    if text not in PRECISIONS:
-        raise argparse.ArgumentTypeError(f"unknown precision {text!r}; choose one of "
-                                         f"{', '.join(PRECISIONS)}")
-    return text
-
-
 def execution_options(args: argparse.Namespace) -> dict[str, object]:
     """The execution flags that were given (the rest: recorded values or defaults)."""
     return {key: getattr(args, key) for key in ("precision", "layout", "chunk", "compile",
@@ -168,6 +159,7 @@ def execution_options(args: argparse.Namespace) -> dict[str, object]:
 
 def run_certify(args: argparse.Namespace) -> int:
     check_certify_args(args.n0, args.n, args.alpha, args.batch)
+    check_bound(args.bound)
     if args.radius is None:
         require(not args.no_label and args.sequence == "kt",
                 "--sequence and --no-label need --radius")
@@ -178,15 +170,6 @@ def run_certify(args: argparse.Namespace) -> int:
         require(args.bound == "cohen", "--bound applies to CERTIFY's radius, not to --radius "
                 "(which decides at given radii)")
     return _run(args, "certify")
-
-
-def _bound(text: str) -> str:
-    from smoothmix.core import BOUNDS
-
-    if text not in BOUNDS:
-        raise argparse.ArgumentTypeError(f"unknown bound {text!r}; choose one of "
-                                         f"{', '.join(BOUNDS)}")
-    return text
 
 
 def _radii(text: str) -> list[float]:
@@ -245,6 +228,10 @@ def prepare_run(args: argparse.Namespace) -> tuple[object, object, dict]:
     return (model, dataset, the keyword arguments the dataset runners share)."""
     # Cheap checks before the (slow) model and data loading.
     check_sigma_option(args.sigma)
+    if getattr(args, "precision", None) is not None:
+        from smoothmix.execution import check_precision
+
+        check_precision(args.precision)
     require(args.skip >= 1, f"--skip must be >= 1, got {args.skip}")
     shard = parse_shard(args.shard) if args.shard is not None else None
     from smoothmix.checkpoint import (

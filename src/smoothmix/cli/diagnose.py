@@ -50,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA if available)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="also write the rows to this CSV file")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 (default) or bf16 autocast for every forward pass")
     p.set_defaults(func=run)
 
 
@@ -71,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     rows = overconfidence(model, images, labels, args.sigma, dataset.num_classes,
                           step_size=args.step_size, num_steps=args.num_steps,
-                          num_noise=args.num_noise, n=args.n, batch_size=args.batch)
+                          num_noise=args.num_noise, n=args.n, batch_size=args.batch,
+                          precision=args.precision)
     print(f"{len(images)} images of {args.dataset}/{args.split}, sigma={args.sigma}, "
-          f"n={args.n}\n")
+          f"n={args.n}, {args.precision}\n")
     print(format_rows(rows))
     if args.out:
         with open(args.out, "w", newline="") as f:

@@ -54,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "dataset's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32 (default) or bf16 autocast for the votes (recorded in the file)")
     p.set_defaults(func=run)
 
     merge = subparsers.add_parser(
@@ -92,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.dataset, args.out, sigma=args.sigma, n=args.n,
         data_dir=args.data_dir, device=args.device, normalization=args.normalization,
         batch_size=args.batch, seed=args.seed, shard=shard, max_idx=args.max_idx,
-        augment=False if args.no_augment else None, progress=not args.no_progress)
+        augment=False if args.no_augment else None, progress=not args.no_progress,
+        precision=args.precision)
     if main:
         what = "every training image" if args.max_idx < 0 else \
             f"the training images below index {args.max_idx}"

@@ -127,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="DataLoader worker processes for image-folder datasets (default: 4, "
                      "at most the machine's CPU cores; MNIST and "
                      "CIFAR-10 are batched on the device and need none)")
-    d_g.add_argument("--precision", default=None, type=_precision, metavar="{fp32,bf16}",
+    d_g.add_argument("--precision", default=None, metavar="{fp32,bf16}",
                      help="fp32 (default; the published protocol) or bf16 autocast for the "
                      "step: faster on GPUs and on CPUs with AMX or AVX-512-BF16 (a CPU without "
                      "either says so). Part of the recipe: a resume keeps it")
@@ -148,17 +148,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _precision(text: str) -> str:
-    from smoothmix.execution import PRECISIONS
-
-    if text not in PRECISIONS:
-        raise argparse.ArgumentTypeError(f"unknown precision {text!r}; choose one of "
-                                         f"{', '.join(PRECISIONS)}")
-    return text
-
-
 def _resolve_precision(args: argparse.Namespace) -> str | None:
     """--precision, or bf16 for the deprecated --amp (with a one-line notice)."""
+    from smoothmix.execution import check_precision
+
+    if args.precision is not None:
+        check_precision(args.precision)
     if not args.amp:
         return args.precision
     require(args.precision in (None, "bf16"),
