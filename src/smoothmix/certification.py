@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothmix import __version__
 from smoothmix.core import (
     Smooth,
     check_bound,
@@ -46,6 +45,7 @@ from smoothmix.errors import SmoothmixError, require
 from smoothmix.execution import EXECUTION_KEYS, LEGACY_EXECUTION, Execution, resolve_execution
 from smoothmix.grid import GridNoise
 from smoothmix.progress import Progress
+from smoothmix.provenance import provenance
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     # n_a, n_b: the estimation's votes for the selected class and the largest other count
@@ -621,7 +621,7 @@ def _start_file(path: Path, kind: str, settings: Mapping[str, object], done: set
     if not done:
         info = {"batch_size": batch_size, "device": str(device),
                 "argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        meta = {"smoothmix": __version__, "kind": kind, "settings": dict(settings),
+        meta = {**provenance(), "kind": kind, "settings": dict(settings),
                 "info": info}
         atomic_write(_meta_path(path), json.dumps(meta, indent=2) + "\n")
         atomic_write(path, "\t".join(COLUMNS[kind]) + "\n")

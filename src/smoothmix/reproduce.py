@@ -346,7 +346,9 @@ def reproduce(
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / STATE_NAME, json.dumps(state, indent=2) + "\n")
+        from smoothmix.provenance import provenance
+
+        atomic_write(out / STATE_NAME, json.dumps({**state, **provenance()}, indent=2) + "\n")
     say = _Say(main, len(chosen) * 2 + 1 + teacher_stages, exp.name)
     say(f"{budget.describe(exp)}")
     say(f"writing to {out.resolve()}")

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothmix import __version__
 from smoothmix.certification import (
     Shard,
     atomic_write,
@@ -54,6 +53,7 @@ from smoothmix.data.datasets import TensorImageDataset
 from smoothmix.data.loaders import random_crop_flip
 from smoothmix.errors import SmoothmixError, first_line, require
 from smoothmix.progress import Progress
+from smoothmix.provenance import provenance
 
 FORMAT = "smoothmix-targets"
 FORMAT_VERSION = 1
@@ -243,7 +243,7 @@ def _count_rows(smooth: Smooth, dataset: Sequence, target: Path, settings: dict[
         counts = np.lib.format.open_memmap(work, mode="w+", dtype=dtype,
                                            shape=(num_examples, classes))
         counts.flush()
-        info = {"smoothmix": __version__, "batch_size": batch_size,
+        info = {**provenance(), "batch_size": batch_size,
                 "device": str(module_device(smooth.base_classifier, torch.device("cpu"))),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write(work_meta, json.dumps({"settings": settings, "info": info}, indent=2))

@@ -46,6 +46,7 @@ from smoothmix.device import resolve_device
 from smoothmix.errors import SmoothmixError, first_line, require
 from smoothmix.methods.base import method_side_data
 from smoothmix.progress import Progress
+from smoothmix.provenance import provenance
 
 LOG_NAME = "log.csv"
 
@@ -682,6 +683,7 @@ def _save_epoch(run: _Run, epoch: int, row: dict[str, Any], bar: Any) -> None:
             "sigma": ident["sigma"],
             "config": run.config_dict,
             "metrics": {k: v for k, v in row.items() if isinstance(v, float)},
+            **provenance(),  # the release (and commit) that wrote this epoch
         })
         assert run.csv_log is not None
         run.csv_log.append(row)
