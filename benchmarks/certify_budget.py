@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smoothmix.analysis import read_results
+from smoothmix.analysis import read_decisions, read_results
 from smoothmix.certification import certify_dataset, decide_dataset
 from smoothmix.checkpoint import load_model
 from smoothmix.data import load_dataset
@@ -46,17 +46,12 @@ def train_small_model(outdir: Path, device: str, subset: int, epochs: int) -> Pa
                  batch_size=256, device=device, progress=False)
 
 
-def read_decisions(path: Path, radii: list[float]) -> dict[float, tuple[float, float]]:
+def decision_table(path: Path, radii: list[float]) -> dict[float, tuple[float, float]]:
     """radius -> (mean samples per decision, certified accuracy) from a decide file."""
-    lines = path.read_text().splitlines()
-    header = lines[0].split("\t")
-    rows = [dict(zip(header, line.split("\t"), strict=True)) for line in lines[1:]]
-    out = {}
-    for r in radii:
-        at = [row for row in rows if float(row["radius"]) == r]
-        out[r] = (float(np.mean([int(row["samples"]) for row in at])),
-                  float(np.mean([int(row["correct"]) for row in at])))
-    return out
+    res = read_decisions(path)
+    at = {float(r): j for j, r in enumerate(res.radii)}
+    return {r: (float(res.samples[:, at[r]].mean()), float(res.certified[:, at[r]].mean()))
+            for r in radii}
 
 
 def main() -> None:
@@ -77,6 +72,9 @@ def main() -> None:
     parser.add_argument("--outdir", default=None, help="where the result files go "
                         "(default: a new temporary folder)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--modes", default="label,deployment",
+                        help="label: test the label's class (evaluation, no selection "
+                        "samples); deployment: select the class on n0 = 100 samples first")
     args = parser.parse_args()
     radii = [float(r) for r in args.radii.split(",")]
     sequences = args.sequences.split(",")
@@ -108,13 +106,17 @@ def main() -> None:
     samples = np.loadtxt(fixed, skiprows=1, usecols=6, ndmin=1)  # the samples column
     for r, acc in zip(radii, res.certified_accuracy(radii), strict=True):
         table.append((f"CERTIFY N={args.n}", r, float(samples.mean()), float(acc), seconds))
-    for name in sequences:
-        start = time.perf_counter()
-        path = decide_dataset(model, test, SIGMA, outdir / f"decide_{name}_cap{args.cap}.tsv",
-                              radii=radii, sequence=name, n=args.cap, **common)
-        seconds = time.perf_counter() - start
-        for r, (mean, acc) in read_decisions(path, radii).items():
-            table.append((f"{name} (cap {args.cap})", r, mean, acc, seconds))
+    for mode in args.modes.split(","):
+        for name in sequences:
+            start = time.perf_counter()
+            suffix = "" if mode == "label" else "_deployment"
+            path = decide_dataset(model, test, SIGMA,
+                                  outdir / f"decide_{name}_cap{args.cap}{suffix}.tsv",
+                                  radii=radii, sequence=name, n=args.cap,
+                                  use_label=mode == "label", **common)
+            seconds = time.perf_counter() - start
+            for r, (mean, acc) in decision_table(path, radii).items():
+                table.append((f"{name} (cap {args.cap}, {mode} mode)", r, mean, acc, seconds))
 
     print("| procedure | r | mean samples / decision | 100,100 / mean | certified acc. | "
           "wall time of the table (s) |")
@@ -123,7 +125,8 @@ def main() -> None:
         print(f"| {name} | {r} | {mean:,.0f} | {CERTIFY_COST / mean:.0f}x | {100 * acc:.1f} % "
               f"| {seconds:.1f} |")
     print("(a resumed run times only the part computed now; CERTIFY's wall time covers "
-          "all radii at once, each sequence's likewise)")
+          "all radii at once, each sequence's likewise; deployment mode's samples include "
+          "its n0 = 100 selection samples, label mode draws none)")
 
 
 if __name__ == "__main__":
