@@ -89,6 +89,10 @@ def test_shards_merged_equal_one_run_and_rerun_is_idempotent(tmp_path):
         load_targets(shards[0])
     merged = load_targets(merge_targets(tmp_path / "merged.npz", shards)).counts
     assert np.array_equal(merged, whole)
+    from smoothmix.cli import main  # the one merge command takes targets shards too
+
+    assert main(["merge", str(tmp_path / "cli.npz"), *map(str, shards)]) == 0
+    assert np.array_equal(load_targets(tmp_path / "cli.npz").counts, whole)
     with pytest.raises(SmoothmixError, match=r"shards \[0, 2\] given"):
         merge_targets(tmp_path / "bad.npz", [shards[0], shards[2]])
     # A finished file is not recounted; other settings are refused.

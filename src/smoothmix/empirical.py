@@ -14,7 +14,7 @@ alpha_C + alpha_P (about 2 alpha). Abstentions are covered by no bound: near a t
 attacked point close to g's decision boundary but still inside the certified ball) PREDICT
 abstains most of the time although g is provably constant there. Certified accuracy at
 epsilon is therefore not a lower bound on the share of examples whose label is kept
-(tests/test_attack.py shows a linear classifier with 100 % certified at epsilon and most
+(tests/test_empirical.py shows a linear classifier with 100 % certified at epsilon and most
 attacked points abstaining).
 """
 

@@ -68,9 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     merge = subparsers.add_parser(
         "merge",
-        help="merge the shard files of one certify/predict run into one file sorted by idx",
-        description="Merge the files written with --shard 0/K ... K-1/K into OUT. Fails on "
-        "shards from different runs, missing or repeated shards, overlapping rows and gaps.",
+        help="merge the shard files of one run (certify, predict, attack, --radius, or CAT-RS "
+        "targets .npz) into one file",
+        description="Merge the files written with --shard 0/K ... K-1/K into OUT (sorted by "
+        "idx; .npz shards are CAT-RS targets, as `targets-merge`). Fails on shards from "
+        "different runs, missing or repeated shards, overlapping rows and gaps.",
     )
     merge.add_argument("out", metavar="OUT", help="merged result file to write")
     merge.add_argument("shards", nargs="+", metavar="SHARD", help="the shard result files")
@@ -190,7 +192,12 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     for path in args.shards:
         require(Path(path).is_file(), f"shard file {path} does not exist")
-    out = merge_results(args.out, args.shards)
+    if all(str(p).endswith(".npz") for p in args.shards):  # CAT-RS targets shards
+        from smoothmix.targets import merge_targets
+
+        out = merge_targets(args.out, args.shards)
+    else:
+        out = merge_results(args.out, args.shards)
     print(f"merged {len(args.shards)} shards into {out}")
     return 0
 

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import binom, norm
-from test_certification import mnist_model  # noqa: F401 - a fixture: a trained MNIST model
 from torch import nn
 
 from smoothmix.analysis import read_attack, read_results
