@@ -396,11 +396,13 @@ def decide_dataset(
     expected = selected_indices(len(dataset), skip, max_idx)
     _check_existing(out, "decide", settings, repair=True)
     done = _complete_examples(out, len(radii))
+    noise = GridNoise(sigma, grid) if grid is not None else None
+    if noise is not None and len(expected):  # off the grid: refused before any write
+        noise.to_codes(dataset[expected[0]][0])
     device = _start_file(out, "decide", settings, done, expected, model, batch_size)
 
     todo = [idx for idx in expected if idx not in done]
     started: dict[int, float] = {}
-    noise = GridNoise(sigma, grid) if grid is not None else None
 
     def items():
         for idx in todo:
