@@ -266,6 +266,7 @@ class PoolItem:
     grid: GridNoise | None = None
     spare: torch.Tensor | None = None  # noise rows drawn but not used yet
     spare_rejected: torch.Tensor | None = None
+    codes: torch.Tensor | None = None  # grid mode: the image's integer codes, once
 
     def noise(self, rows: int, sigma: float, device: torch.device
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,7 +290,9 @@ class PoolItem:
     def _block(self, x: torch.Tensor, sigma: float, device: torch.device
                ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.grid is not None:
-            return self.grid.sample(self.grid.to_codes(x), _NOISE_BLOCK, self.generator)
+            if self.codes is None:
+                self.codes = self.grid.to_codes(x)
+            return self.grid.sample(self.codes, _NOISE_BLOCK, self.generator)
         noise = torch.randn((_NOISE_BLOCK, *x.shape), generator=self.generator,
                             device=device, dtype=x.dtype)
         return noise.mul_(sigma).add_(x), torch.zeros(_NOISE_BLOCK, dtype=torch.bool,
