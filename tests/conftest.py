@@ -29,6 +29,25 @@ def mnist_model() -> tuple[nn.Module, object]:
     return net.eval(), test
 
 
+class Linear2(nn.Module):
+    """Binary linear classifier on 1x1x2 images: class 1 iff w.x + b > 0, ||w|| = 5."""
+
+    def __init__(self, b: float) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.tensor([3.0, -4.0]))
+        self.b = b
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1) @ self.w + self.b
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+@pytest.fixture(scope="session")
+def linear2() -> type[Linear2]:
+    """The class of a linear classifier whose smoothed radius is known in closed form."""
+    return Linear2
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a study-sized test (minutes); deselect with "
                             "-m 'not slow'")

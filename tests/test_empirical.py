@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import Linear2
 from scipy.stats import binom, norm
 from torch import nn
 
@@ -158,19 +159,6 @@ def test_analyze_puts_the_outcomes_beside_certified_accuracy(tmp_path, mnist_mod
 # ------------------------------------------- a linear classifier: the truth is known
 
 
-class Linear2(nn.Module):
-    """Binary linear classifier on 1x1x2 images: class 1 iff w.x + b > 0, ||w|| = 5."""
-
-    def __init__(self, b: float) -> None:
-        super().__init__()
-        self.register_buffer("w", torch.tensor([3.0, -4.0]))
-        self.b = b
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.flatten(1) @ self.w + self.b
-        return torch.stack([torch.zeros_like(z), z], dim=1)
-
-
 class Halves:
     """``size`` images x = (0.5, 0.5), all of class 1 (inside [0, 1] whichever way PGD
     moves them by less than 0.5)."""
@@ -187,7 +175,7 @@ class Halves:
         return torch.full((1, 1, 2), 0.5), 1
 
 
-def linear_case(p_a: float, sigma: float) -> tuple[Linear2, float]:
+def linear_case(p_a: float, sigma: float) -> tuple[nn.Module, float]:
     """A classifier whose class 1 has probability p_a at x = (0.5, 0.5) under N(0, sigma^2)
     noise, and the true robust radius of its smoothed classifier there (the distance to the
     boundary: g = f for a linear f)."""

@@ -138,26 +138,13 @@ def test_confident_images_are_decided_in_few_samples(tmp_path, sequence):
     assert used.mean() < 10_000 / 20  # at least 20x fewer than the cap
 
 
-class Linear2(nn.Module):
-    """Binary linear classifier on 1x1x2 images: class 1 iff w.x + b > 0, ||w|| = 5."""
-
-    def __init__(self, b: float) -> None:
-        super().__init__()
-        self.register_buffer("w", torch.tensor([3.0, -4.0]))
-        self.b = b
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.flatten(1) @ self.w + self.b
-        return torch.stack([torch.zeros_like(z), z], dim=1)
-
-
 @pytest.mark.parametrize("sequence", seq.SEQUENCES)
-def test_linear_classifier_end_to_end(tmp_path, sequence):
+def test_linear_classifier_end_to_end(tmp_path, sequence, linear2):
     # p_1 = Phi(margin / (sigma ||w||)) = 0.9: the true radius is the distance to the
     # boundary, margin / ||w|| = sigma Phi^-1(0.9). Claims beyond it are false.
     sigma, alpha, images = 0.5, 0.1, 150
     true_radius = sigma * norm.ppf(0.9)
-    model = Linear2(5 * true_radius)
+    model = linear2(5 * true_radius)
     radii = [0.5 * true_radius, 1.01 * true_radius, 1.5 * true_radius]
     out = decide_dataset(model, Zeros(images), sigma, tmp_path / "lin.tsv", radii=radii,
                          sequence=sequence, n=2000, alpha=alpha, batch_size=500,
