@@ -17,7 +17,8 @@ from smoothmix.errors import SmoothmixError
 # Two cheap rows (Gaussian 1 step of 64; Consistency 1 step of 64 x 2 copies), 4 test
 # images, N = 100: a few seconds on one CPU core.
 TINY = ["--methods", "gaussian,consistency", "--epochs", "1", "--train-subset", "64",
-        "--skip", "2500", "--n", "100", "--no-progress"]
+        "--skip", "2500", "--n", "100", "--decide-radii", "0,0.5", "--decide-skip", "1250",
+        "--no-progress"]
 
 
 def run(out: Path, *extra: str, experiment: str = "mnist-0.50") -> int:
@@ -65,6 +66,9 @@ def test_tiny_budget_end_to_end(finished) -> None:
     assert rows["gaussian"]["acr"] == pytest.approx(res.acr())
     table = (out / "table.md").read_text()
     assert "Budget: reduced" in table and "N=100" in table and "4 images" in table
+    # The KT decisions, on every 1250th image (8), in their own table.
+    assert "KT confidence-sequence decisions" in table and "(8 images)" in table
+    assert len(rows["gaussian"]["decisions"]["certified_accuracy"]) == 2
     acr = rows["gaussian"]["acr"]
     # Ours, then (published, difference) computed by hand from the summary; the first 4
     # images are no subset the authors' logs were summed over: full-set values, starred.

@@ -328,7 +328,9 @@ def reproduce(
     budget = budget.normalised(exp)
     cert_device = _certify_device(device)
     out = Path(outdir)
-    state = {"experiment": exp.name, "budget": dataclasses.asdict(budget)}
+    # As JSON has it (tuples become lists), so that a rerun's check compares like with like.
+    state = {"experiment": exp.name,
+             "budget": json.loads(json.dumps(dataclasses.asdict(budget)))}
     rank = distributed_env()[0]
     main = rank == 0
     if main:  # rank 0 alone checks and writes the folder (torchrun stops the others on error)
