@@ -452,3 +452,15 @@ def test_cli_grid_end_to_end_and_analyze_warns_about_mixed_noise(tmp_path, mnist
     capsys.readouterr()
     assert main(["analyze", str(grid), str(float_), "--format", "csv"]) == 0
     assert "differ in noise" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dataset", ["imagenet", "imagefolder"])
+def test_grid_refuses_datasets_off_the_grid_in_one_line(tmp_path, capsys, dataset):
+    from smoothmix.cli import main
+
+    capsys.readouterr()
+    assert main(["certify", "missing.pth", "--dataset", dataset, "--sigma", "0.5",
+                 "--grid", "255", "--out", str(tmp_path / "g.tsv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--grid needs inputs on the 8-bit grid" in err[0]
+    assert not (tmp_path / "g.tsv").exists()

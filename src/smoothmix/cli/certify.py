@@ -235,6 +235,11 @@ def prepare_run(args: argparse.Namespace) -> tuple[object, object, dict]:
     return (model, dataset, the keyword arguments the dataset runners share)."""
     # Cheap checks before the (slow) model and data loading.
     check_sigma_option(args.sigma)
+    # Only the in-memory datasets keep the decoded 8-bit pixels; folder datasets resize and
+    # crop in float, which leaves the grid (each image is checked again as it is certified).
+    require(getattr(args, "grid", None) is None or args.dataset in ("mnist", "cifar10"),
+            f"--grid needs inputs on the 8-bit grid; {args.dataset} images go through float "
+            "transforms (resize/crop), so they are not: use mnist or cifar10")
     if getattr(args, "precision", None) is not None:
         from smoothmix.execution import check_precision
 
@@ -266,12 +271,6 @@ def prepare_run(args: argparse.Namespace) -> tuple[object, object, dict]:
         "dataset": args.dataset,
         "split": args.split,
     }
-    if getattr(args, "grid", None) is not None:
-        from smoothmix.data import TensorImageDataset
-
-        require(isinstance(dataset, TensorImageDataset),
-                f"--grid needs inputs on the 8-bit grid; {args.dataset} images go through "
-                "float transforms (resize/crop), so they are not: use mnist or cifar10")
     common = dict(
         n=args.n, alpha=args.alpha, batch_size=args.batch, skip=args.skip,
         max_idx=args.max_idx, shard=shard, seed=args.seed, num_classes=dataset.num_classes,
