@@ -9,6 +9,7 @@ the top two classes at level ``alpha``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import operator
@@ -219,8 +220,7 @@ class Smooth:
         """How blocks of ``batch_size`` noisy copies are run on ``device``."""
         if self._execution is not None:
             ex = self._execution
-            return ex if ex.chunk <= batch_size else Execution(
-                ex.precision, ex.layout, batch_size, ex.compile, ex.threads)
+            return ex if ex.chunk <= batch_size else dataclasses.replace(ex, chunk=batch_size)
         key = (str(device), batch_size)
         if key not in self._resolved:
             self._resolved[key] = resolve_execution(self.base_classifier, device, batch_size,

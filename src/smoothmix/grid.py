@@ -1,4 +1,4 @@
-"""Sound Gaussian noise on the 8-bit grid (Voráček & Hein, ICLR 2023; SPEC §2.2).
+"""Sound Gaussian noise on the 8-bit grid (Voráček & Hein, ICLR 2023; docs/MATH.md §2.2).
 
 In float32 the network sees fl(x + eps), whose rounding depends on x, so a base classifier
 that reads low-order bits can break Cohen's certificate. This module replaces the sampler for
