@@ -46,6 +46,7 @@ from smoothmix.execution import EXECUTION_KEYS, LEGACY_EXECUTION, Execution, res
 from smoothmix.grid import GridNoise
 from smoothmix.progress import Progress
 from smoothmix.provenance import provenance
+from smoothmix.storage import atomic_write, settings_diff
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     # n_a, n_b: the estimation's votes for the selected class and the largest other count
@@ -451,23 +452,6 @@ def read_meta(path: Path, required: bool) -> dict | None:
     except (ValueError, KeyError, TypeError):
         raise SmoothmixError(f"{meta_path} is not a smoothmix settings file") from None
     return meta
-
-
-def settings_diff(old: Mapping[str, object], new: Mapping[str, object]) -> str:
-    """The first three settings that differ, for a refusal message ("" when none do)."""
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return ", ".join(f"{k}: {old.get(k)!r} in the file vs {new.get(k)!r} now" for k in keys[:3])
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def example_seed(seed: int, idx: int) -> int:
