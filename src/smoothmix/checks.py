@@ -1,0 +1,81 @@
+"""The checks of user input that more than one entry point needs, each with one message.
+
+Every public function and CLI command that takes one of these values calls the check here
+once, where the value enters, so that a bad value reads the same wherever it is given and
+nothing deeper needs to check it again.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterable, Sequence
+
+from smoothmix.errors import SmoothmixError, require
+
+#: Above this a sigma is almost surely given in 0..255 units: the toolkit's images are in [0, 1].
+SIGMA_LIMIT = 4.0
+
+
+def is_real(value: object) -> bool:
+    """A number (int, float, numpy scalar), not a bool or a string."""
+    if isinstance(value, (bool, str)):
+        return False
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def check_sigma(sigma: object) -> float:
+    """sigma, the noise standard deviation in [0, 1] pixel units: finite, > 0 and at most
+    :data:`SIGMA_LIMIT` (a larger value is a 0..255-units mistake). Returns it as a float."""
+    require(is_real(sigma) and math.isfinite(float(sigma)) and float(sigma) > 0,  # type: ignore[arg-type]
+            f"sigma must be a positive number in [0, 1] pixel units, got {sigma!r}")
+    value = float(sigma)  # type: ignore[arg-type]
+    require(value <= SIGMA_LIMIT,
+            f"sigma {value} is far above 1; sigma is in [0, 1] pixel units, not 0..255 "
+            "(docs/MATH.md §1: sigma 0.5 means N(0, 0.25 I) noise)")
+    return value
+
+
+def check_alpha(alpha: object, name: str = "alpha") -> float:
+    """A failure probability strictly between 0 and 1."""
+    require(is_real(alpha) and 0 < float(alpha) < 1,  # type: ignore[arg-type]
+            f"{name} must lie strictly between 0 and 1, got {alpha!r}")
+    return float(alpha)  # type: ignore[arg-type]
+
+
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    """An integer >= ``minimum`` (numpy integers accepted, bools and floats not)."""
+    try:
+        ok = not isinstance(value, bool) and operator.index(value) >= minimum  # type: ignore[call-overload]
+    except TypeError:
+        ok = False
+    require(ok, f"{name} must be an integer >= {minimum}, got {value!r}")
+    return operator.index(value)  # type: ignore[call-overload]
+
+
+def check_num_classes(num_classes: object) -> int:
+    """The number of classes of a classifier: an integer >= 2."""
+    return check_count("num_classes", num_classes, minimum=2)
+
+
+def check_radii(radii: Iterable[object], name: str = "radii") -> list[float]:
+    """A non-empty list of distinct finite radii >= 0, as floats in the given order."""
+    try:
+        values = [float(r) for r in radii]  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SmoothmixError(f"{name} must be numbers >= 0, got {radii!r}") from None
+    require(bool(values) and all(math.isfinite(r) and r >= 0 for r in values),
+            f"{name} must be finite numbers >= 0, got {values}")
+    require(len(set(values)) == len(values), f"{name} repeat a value: {values}")
+    return values
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """One of the named ``choices``."""
+    require(isinstance(value, str) and value in choices,
+            f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+    return value  # type: ignore[return-value]
