@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from smoothmix.certification import merge_results
 from smoothmix.checkpoint import save_checkpoint
 from smoothmix.cli import main
+from smoothmix.errors import SmoothmixError
 from smoothmix.models import create_model
 
 FAST = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--batch", "100", "--no-progress"]
@@ -114,14 +116,35 @@ def test_radius_mode_writes_decisions_and_resumes(tmp_path, ckpts):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--radius", "0.5", "--skip-wrong"], "--skip-wrong applies to CERTIFY"),
-    (["--radius", "0.5", "--shard", "0/2"], "--shard"),
+    (["--radii", "0.5", "--skip-wrong"], "--skip-wrong applies to CERTIFY"),
     (["--no-label"], "need --radius"),
 ])
 def test_radius_mode_refuses_what_it_does_not_do(tmp_path, ckpts, capsys, extra, message):
     argv = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", *FAST,
             *extra, "--out", str(tmp_path / "x.tsv")]
     assert message in _error(capsys, argv)
+
+
+def test_radius_shards_merge_to_a_single_run(tmp_path, ckpts, capsys):
+    common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max", "5",
+              *FAST, "--radii", "0.1,0.2"]
+    assert main(["certify", *common, "--out", str(tmp_path / "all.tsv")]) == 0
+    for i in range(2):
+        assert main(["certify", *common, "--shard", f"{i}/2",
+                     "--out", str(tmp_path / f"s{i}.tsv")]) == 0
+    # An example must come with all its rows (one per radius).
+    cut = tmp_path / "cut.tsv"
+    cut.write_text("".join((tmp_path / "s0.tsv").read_text().splitlines(keepends=True)[:-1]))
+    (tmp_path / "cut.tsv.json").write_text((tmp_path / "s0.tsv.json").read_text())
+    with pytest.raises(SmoothmixError, match="has 1 rows, not 2"):
+        merge_results(tmp_path / "bad.tsv", [cut, tmp_path / "s1.tsv"])
+    assert main(["merge", str(tmp_path / "m.tsv"), str(tmp_path / "s1.tsv"),
+                 str(tmp_path / "s0.tsv")]) == 0
+    assert data_rows(tmp_path / "m.tsv") == data_rows(tmp_path / "all.tsv")
+    capsys.readouterr()
+    assert main(["certify", *common[:-2], "--radius", "0.1,0.2",
+                 "--out", str(tmp_path / "all.tsv")]) == 0  # the old spelling still works
+    assert "--radius is deprecated; spell it --radii" in capsys.readouterr().err
 
 
 def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, ckpts):
@@ -192,8 +215,10 @@ def _error(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--sigma", "0"], "--sigma must be positive"),
-        (["--sigma", "-0.5"], "--sigma must be positive"),
+        (["--sigma", "0"], "sigma must be a positive number"),
+        (["--sigma", "-0.5"], "sigma must be a positive number"),
+        (["--sigma", "inf"], "sigma must be a positive number"),
+        (["--sigma", "64"], "not 0..255"),
         (["--alpha", "0"], "alpha must lie strictly between 0 and 1"),
         (["--alpha", "1.5"], "alpha must lie strictly between 0 and 1"),
         (["--n0", "0"], "n0 must be an integer >= 1"),

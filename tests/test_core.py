@@ -391,7 +391,7 @@ def test_same_generator_seed_gives_same_answer():
         (dict(x=torch.zeros(1, 2, 2, dtype=torch.uint8)), "float"),
         (dict(x=[[0.0]]), "torch.Tensor"),
         (dict(num_classes=3), "logits of shape"),
-        (dict(num_classes=1), "num_classes must be >= 2"),
+        (dict(num_classes=1), "num_classes must be an integer >= 2"),
     ],
 )
 def test_bad_input_gives_one_line_smoothmix_error(kwargs, message):

@@ -24,15 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from smoothmix.certification import (
-    ATTACK_OUTCOMES,
-    attack_outcome,
-    parse_shard,
-    read_meta,
-    selected_indices,
-)
+from smoothmix.certification import attack_outcome, read_meta
 from smoothmix.core import radius_from_counts
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.storage.shards import parse_shard, selected_indices
+from smoothmix.storage.table import ATTACK_OUTCOMES, Table, parse_time, read_rows
 
 FORMATS = ("markdown", "latex", "csv")
 BEYOND_CAP = "\u2020"  # † marks accuracies at radii no run with that N can certify
@@ -122,7 +118,7 @@ class CertificationResults:
         """Whether the smoothed classifier returned the true label (abstain = -1 is wrong)."""
         return self.predict == self.label
 
-    def certified_accuracy(self, radii: Sequence[float]) -> np.ndarray:
+    def certified_accuracy(self, radii: Sequence[float] | np.ndarray) -> np.ndarray:
         """Fraction of examples with predict == label and radius >= r, for each r."""
         r = np.asarray(radii, dtype=float)
         return (self.correct[:, None] & (self.radius[:, None] >= r[None, :])).mean(axis=0)
@@ -135,14 +131,7 @@ class CertificationResults:
 def read_results(path: str | os.PathLike) -> CertificationResults:
     """Read a certify result file (tab-separated, header ``idx label predict radius ...``)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise SmoothmixError(f"result file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SmoothmixError(f"cannot read result file {path}: {exc}") from None
-    require(bool(lines), f"{path} is empty")
-    header = lines[0].split("\t")
+    header = _header_of(path)
     require("at_radius" not in header and "decision" not in header,
             f"{path} is a `certify --radius` decisions file (columns tested, at_radius, "
             "decision), not a certify result file; read it with read_decisions")
@@ -150,51 +139,20 @@ def read_results(path: str | os.PathLike) -> CertificationResults:
     missing = [c for c in need if c not in header]
     require(not missing, f"{path} has no column(s) {', '.join(missing)} (header {header}); "
             "analyze reads certify result files")
-    cols = {name: header.index(name) for name in need}
-    time_col = header.index("time") if "time" in header else None
-    table: dict[str, list] = {name: [] for name in (*need, "time")}
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        try:
-            for name in ("idx", "label", "predict"):
-                table[name].append(int(fields[cols[name]]))
-            table["radius"].append(float(fields[cols["radius"]]))
-            table["time"].append(
-                parse_time(fields[time_col]) if time_col is not None else math.nan
-            )
-        except (ValueError, IndexError):
-            raise SmoothmixError(f"{path}: line {number} is malformed: {line[:80]!r}") from None
-    require(bool(table["idx"]), f"{path} holds no results")
-    idx = np.asarray(table["idx"])
+    rows = _read_table(path, need).records()
+    idx = np.asarray([int(r["idx"]) for r in rows])
     require(len(np.unique(idx)) == len(idx),
             f"{path} lists some idx more than once (merge shards with `smoothmix merge`)")
     return CertificationResults(
         path=str(path),
         idx=idx,
-        label=np.asarray(table["label"]),
-        predict=np.asarray(table["predict"]),
-        radius=np.asarray(table["radius"], dtype=float),
-        time=np.asarray(table["time"], dtype=float),
+        label=np.asarray([int(r["label"]) for r in rows]),
+        predict=np.asarray([int(r["predict"]) for r in rows]),
+        radius=np.asarray([float(r["radius"]) for r in rows], dtype=float),
+        time=np.asarray([parse_time(r["time"]) if "time" in r else math.nan for r in rows],
+                        dtype=float),
         run=read_run_info(path),
     )
-
-
-def parse_time(text: str) -> float:
-    """Seconds from ``12.5`` (smoothmix) or ``H:MM:SS.ffffff`` / ``D day, H:MM:SS`` (the
-    reference code's ``str(timedelta)``)."""
-    days = 0.0
-    if "day" in text:
-        day_part, text = text.split(",")
-        days = float(day_part.split()[0])
-    parts = [float(p) for p in text.strip().split(":")]
-    if len(parts) > 3:
-        raise ValueError(text)
-    seconds = 0.0
-    for part in parts:
-        seconds = seconds * 60 + part
-    return days * 86400 + seconds
 
 
 def default_radii(results: Sequence[CertificationResults], step: float = 0.25) -> list[float]:
@@ -294,39 +252,46 @@ def format_table(
     require(len(results) >= 1, "no result files to tabulate")
     labels = _labels(results, labels)
     comparison = compare_results(results, labels)
-    sets = comparison.num_groups > 1
-    set_names = [_set_name(g) for g in comparison.groups]
-    radius_names = [f"{r:g}" for r in radii]
     beyond = [[cap is not None and r > cap for r in radii]
               for cap in (res.radius_cap for res in results)]
     if fmt == "csv":
-        head = ["name", "sigma", "N", "alpha", "images", "selected", "set", "radius_cap",
-                "ACR", *(f"r={r}" for r in radius_names)]
-        rows = []
-        for label, res, group in zip(labels, results, set_names, strict=True):
-            run = res.run
-            rows.append([
-                label, *(_csv_setting(v) for v in ((run.sigma, run.n, run.alpha) if run
-                                                    else (None,) * 3)),
-                str(len(res)), _csv_setting(run.selected if run else None), group,
-                _csv_setting(res.radius_cap), repr(res.acr()),
-                *(repr(100 * float(a)) for a in res.certified_accuracy(radii)),
-            ])
-        return "\n".join(",".join(_csv_field(f) for f in row) for row in [head, *rows]) + "\n"
-
+        return _csv_table(results, radii, labels, comparison)
     latex = fmt == "latex"
+    head, body = _table_body(results, radii, labels, comparison, beyond, latex)
+    notes = _table_notes(results, labels, beyond, comparison.num_groups > 1, latex)
+    return _latex_table(head, body, notes) if latex else _markdown_table(head, body, notes)
+
+
+def _csv_table(results: Sequence[CertificationResults], radii: Sequence[float],
+               labels: Sequence[str], comparison: Comparison) -> str:
+    """Unrounded values for further processing, one row per file."""
+    head = ["name", "sigma", "N", "alpha", "images", "selected", "set", "radius_cap",
+            "ACR", *(f"r={r:g}" for r in radii)]
+    rows = []
+    for label, res, group in zip(labels, results, comparison.groups, strict=True):
+        run = res.run
+        rows.append([
+            label, *(_csv_setting(v) for v in ((run.sigma, run.n, run.alpha) if run
+                                                else (None,) * 3)),
+            str(len(res)), _csv_setting(run.selected if run else None), _set_name(group),
+            _csv_setting(res.radius_cap), repr(res.acr()),
+            *(repr(100 * float(a)) for a in res.certified_accuracy(radii)),
+        ])
+    return "\n".join(",".join(_csv_field(f) for f in row) for row in [head, *rows]) + "\n"
+
+
+def _bold_cells(results: Sequence[CertificationResults], radii: Sequence[float],
+                comparison: Comparison, beyond: list[list[bool]], latex: bool) -> list[list[str]]:
+    """ACR and accuracies as printed, the best of each column bold within a comparable set
+    (radii beyond a file's cap take no part) and a dagger beyond the cap."""
     values = [[res.acr(), *(100 * res.certified_accuracy(radii))] for res in results]
     cells = [[f"{row[0]:.3f}", *(f"{v:.2f}" for v in row[1:])] for row in values]
     bold = r"\textbf{%s}" if latex else "**%s**"
     for group in set(comparison.groups):
         members = [i for i, g in enumerate(comparison.groups) if g == group]
-        if len(members) < 2:
-            continue  # nothing to compare it with
-        for col in range(len(cells[0])):
+        for col in range(len(cells[0]) if len(members) > 1 else 0):
             live = [i for i in members if col == 0 or not beyond[i][col - 1]]
-            if not live:
-                continue
-            best = max(float(cells[i][col]) for i in live)
+            best = max((float(cells[i][col]) for i in live), default=None)
             for i in live:
                 if float(cells[i][col]) == best:
                     cells[i][col] = bold % cells[i][col]
@@ -335,24 +300,37 @@ def format_table(
         for col, out in enumerate(beyond[i], start=1):
             if out:
                 row[col] += dagger
+    return cells
 
+
+def _table_body(results: Sequence[CertificationResults], radii: Sequence[float],
+                labels: Sequence[str], comparison: Comparison, beyond: list[list[bool]],
+                latex: bool) -> tuple[list[str], list[list[str]]]:
+    """Head and rows of the markdown and LaTeX tables."""
+    sets = comparison.num_groups > 1
+    cells = _bold_cells(results, radii, comparison, beyond, latex)
     setting_head = [r"$\sigma$", "$N$", r"$\alpha$"] if latex else ["σ", "N", "α"]
     extra = _extra_settings(results)  # bound / precision, where a file is not the default
     head = ["", *(["set"] if sets else []), *setting_head, *extra, "images", "ACR",
-            *((f"${r}$" if latex else f"r = {r}") for r in radius_names)]
+            *((f"${r:g}$" if latex else f"r = {r:g}") for r in radii)]
     body = []
-    for label, res, group, row in zip(labels, results, set_names, cells, strict=True):
+    for label, res, group, row in zip(labels, results, comparison.groups, cells, strict=True):
         run = res.run
         images = str(len(res)) if res.complete else \
             f"{len(res)} of {run.selected if run else '?'} (incomplete)"
         settings = [_setting(v) if v is not None else "?"
                     for v in ((run.sigma, run.n, run.alpha) if run else (None,) * 3)]
-        body.append([label, *([group] if sets else []), *settings,
+        body.append([label, *([_set_name(group)] if sets else []), *settings,
                      *(str(getattr(run, k)) if run else "?" for k in extra), images, *row])
-    notes = _table_notes(results, labels, beyond, sets, latex)
-    if not latex:
-        lines = [_md_row(head), "|" + "---|" * len(head), *(_md_row(row) for row in body)]
-        return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+    return head, body
+
+
+def _markdown_table(head: list[str], body: list[list[str]], notes: list[str]) -> str:
+    lines = [_md_row(head), "|" + "---|" * len(head), *(_md_row(row) for row in body)]
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def _latex_table(head: list[str], body: list[list[str]], notes: list[str]) -> str:
     escape = str.maketrans({"_": r"\_", "&": r"\&", "%": r"\%", "#": r"\#"})
     lines = [
         r"\begin{tabular}{l" + "r" * (len(head) - 1) + "}",
@@ -456,25 +434,9 @@ def plot_certified_accuracy(
         max_radius = 1.05 * max(float(r.radius.max(initial=0.0)) for r in results) or 1.0
     grid = np.linspace(0.0, max_radius, 500)
     shared = describe_settings(results)
-    styles = ("-", "--", "-.", ":")
-    markers = ("o", "s", "^", "D", "v", "x", "P", "*")
     with plt.rc_context({"font.size": 8, "axes.titlesize": 8, "legend.fontsize": 7}):
         fig, ax = plt.subplots(figsize=figsize)
-        caps = {res.radius_cap for res in results}
-        marked: list[float] = []  # caps already drawn: files that share one get one line
-        for i, (label, res) in enumerate(zip(labels, results, strict=True)):
-            text = label + _legend_settings(res, shared)
-            (line,) = ax.plot(grid, 100 * res.certified_accuracy(grid), label=text,
-                              linestyle=styles[i % len(styles)], marker=markers[i % len(markers)],
-                              markevery=(i * 7 % 50, 50), markersize=3.5, linewidth=1.2)
-            cap = res.radius_cap
-            if cap is not None and cap < max_radius and cap not in marked:
-                color = line.get_color() if len(caps) > 1 else "0.3"
-                ax.axvline(cap, color=color, linestyle=":", linewidth=0.8)
-                ax.annotate(f"cap {cap:.2f}", (cap, 100), xytext=(-2, -2 - 8 * len(marked)),
-                            textcoords="offset points", ha="right", va="top", fontsize=6,
-                            color=color)
-                marked.append(cap)
+        _draw_curves(ax, results, labels, grid, shared)
         ax.set_xlabel(r"radius ($\ell_2$)")
         ax.set_ylabel("certified accuracy (%)")
         ax.set_xlim(0, max_radius)
@@ -492,6 +454,29 @@ def plot_certified_accuracy(
         finally:
             plt.close(fig)
     return out
+
+
+def _draw_curves(ax: Any, results: Sequence[CertificationResults], labels: Sequence[str],
+                 grid: np.ndarray, shared: str) -> None:
+    """One curve per file (colour, line style and marker all differ), and a dotted line at
+    each radius cap inside the plotted range (files that share a cap share the line)."""
+    styles = ("-", "--", "-.", ":")
+    markers = ("o", "s", "^", "D", "v", "x", "P", "*")
+    caps = {res.radius_cap for res in results}
+    marked: list[float] = []
+    for i, (label, res) in enumerate(zip(labels, results, strict=True)):
+        text = label + _legend_settings(res, shared)
+        (line,) = ax.plot(grid, 100 * res.certified_accuracy(grid), label=text,
+                          linestyle=styles[i % len(styles)], marker=markers[i % len(markers)],
+                          markevery=(i * 7 % 50, 50), markersize=3.5, linewidth=1.2)
+        cap = res.radius_cap
+        if cap is not None and cap < grid[-1] and cap not in marked:
+            color = line.get_color() if len(caps) > 1 else "0.3"
+            ax.axvline(cap, color=color, linestyle=":", linewidth=0.8)
+            ax.annotate(f"cap {cap:.2f}", (cap, 100), xytext=(-2, -2 - 8 * len(marked)),
+                        textcoords="offset points", ha="right", va="top", fontsize=6,
+                        color=color)
+            marked.append(cap)
 
 
 def _legend_settings(res: CertificationResults, shared: str) -> str:
@@ -522,13 +507,7 @@ def _csv_field(text: str) -> str:
 def result_kind(path: str | os.PathLike) -> str:
     """"certify", "decide" (``certify --radius``) or "attack" (``smoothmix attack``), from
     the header of result file ``path`` (reference files are certify files)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            header = fh.readline().rstrip("\n").split("\t")
-    except FileNotFoundError:
-        raise SmoothmixError(f"result file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SmoothmixError(f"cannot read result file {path}: {exc}") from None
+    header = _header_of(path)
     if "decision" in header:
         return "decide"
     return "attack" if "adv_predict" in header else "certify"
@@ -553,23 +532,27 @@ class DecisionResults:
 
 
 def _header_of(path: str | os.PathLike) -> list[str]:
-    with open(path, encoding="utf-8") as fh:
-        return fh.readline().rstrip("\n").split("\t")
+    """The header of result file ``path``; one line when it is missing, unreadable or empty."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            header = fh.readline().rstrip("\n")
+    except FileNotFoundError:
+        raise SmoothmixError(f"result file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SmoothmixError(f"cannot read result file {path}: {exc}") from None
+    require(bool(header), f"{path} is empty")
+    return header.split("\t")
 
 
-def _read_table(path: str | os.PathLike, need: Sequence[str]) -> list[dict[str, str]]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t")
+def _read_table(path: str | os.PathLike, need: Sequence[str]) -> Table:
+    """The rows of a result file, parsed by the one row parser (:mod:`smoothmix.storage`);
+    a malformed row anywhere is an error naming its line."""
+    header = _header_of(path)
     missing = [c for c in need if c not in header]
     require(not missing, f"{path} has no column(s) {', '.join(missing)}")
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        require(len(fields) == len(header), f"{path}: line {number} is malformed: "
-                f"{line[:80]!r}")
-        rows.append(dict(zip(header, fields, strict=True)))
-    require(bool(rows), f"{path} holds no results")
-    return rows
+    table = read_rows(path, analysis=True)
+    require(bool(table.lines), f"{path} holds no results")
+    return table
 
 
 # The column names of ``certify --radius`` files before 0.3 (they reused certify's names).
@@ -583,10 +566,10 @@ def read_decisions(path: str | os.PathLike) -> DecisionResults:
     if "at_radius" not in _header_of(path):
         rows = [{_LEGACY_DECISION_NAMES.get(k, k): v for k, v in row.items()}
                 for row in _read_table(path, ("idx", "radius", "decision", "correct",
-                                              "samples"))]
+                                              "samples")).records()]
     else:
         rows = _read_table(path, ("idx", "at_radius", "decision", "certified_correct",
-                                  "samples"))
+                                  "samples")).records()
     try:
         radii = sorted({float(r["at_radius"]) for r in rows})
         idx = sorted({int(r["idx"]) for r in rows})
@@ -637,7 +620,7 @@ class AttackResults:
 
 def read_attack(path: str | os.PathLike) -> AttackResults:
     """Read a ``smoothmix attack`` file (either format)."""
-    rows = _read_table(path, ("idx", "label", "correct", "adv_predict", "distance"))
+    rows = _read_table(path, ("idx", "label", "correct", "adv_predict", "distance")).records()
     meta = read_meta(Path(path), required=False)
     settings = meta["settings"] if meta else {}
     epsilon, alpha = settings.get("epsilon"), settings.get("alpha")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable, Sequence
+from typing import SupportsIndex, cast
 
 from smoothmix.errors import SmoothmixError, require
 
@@ -50,16 +51,27 @@ def check_alpha(alpha: object, name: str = "alpha") -> float:
 def check_count(name: str, value: object, minimum: int = 1) -> int:
     """An integer >= ``minimum`` (numpy integers accepted, bools and floats not)."""
     try:
-        ok = not isinstance(value, bool) and operator.index(value) >= minimum  # type: ignore[call-overload]
+        number = None if isinstance(value, bool) else operator.index(cast(SupportsIndex, value))
     except TypeError:
-        ok = False
-    require(ok, f"{name} must be an integer >= {minimum}, got {value!r}")
-    return operator.index(value)  # type: ignore[call-overload]
+        number = None
+    if number is None or number < minimum:
+        raise SmoothmixError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return number
 
 
 def check_num_classes(num_classes: object) -> int:
     """The number of classes of a classifier: an integer >= 2."""
     return check_count("num_classes", num_classes, minimum=2)
+
+
+def num_classes_of(dataset: object, num_classes: object = None) -> int:
+    """The classifier's number of classes for ``dataset``: ``num_classes`` when given, else
+    the dataset's ``num_classes`` attribute (every :class:`smoothmix.data.ImageDataset` has
+    one), checked by :func:`check_num_classes`. The one rule for every entry point."""
+    if num_classes is None:
+        num_classes = getattr(dataset, "num_classes", None)
+        require(num_classes is not None, "num_classes not given and the dataset has none")
+    return check_num_classes(num_classes)
 
 
 def check_radii(radii: Iterable[object], name: str = "radii") -> list[float]:

@@ -1,27 +1,42 @@
 """The statistical core: CERTIFY and PREDICT of Cohen, Rosenfeld & Kolter (2019).
 
 The API matches Cohen's ``core.Smooth`` so that existing code ports by changing one import.
-Soundness rests on three rules kept here and nowhere else: the class is selected on
-``n0`` samples and bounded on ``n`` *fresh* ones; the bound is the exact one-sided
-Clopper-Pearson interval; and PREDICT abstains unless a two-sided binomial test separates
-the top two classes at level ``alpha``.
+Soundness rests on rules kept here and nowhere else: the class is selected on ``n0``
+samples and bounded on ``n`` *fresh* ones; the bound is the exact one-sided Clopper-Pearson
+interval (:func:`clopper_pearson_lower` / ``_upper``, the only implementation in the
+package); PREDICT abstains unless a two-sided binomial test separates the top two classes at
+level ``alpha``; and votes are independent draws of the base classifier in eval mode, a draw
+the grid sampler rejects voting for no class (:func:`voting`, :func:`base_votes`: the one
+vote counter, which :meth:`Smooth.sample_counts` and the pool of :mod:`smoothmix.sequences`
+both use). How the classifier is run (precision, layout, chunk) is
+:mod:`smoothmix.execution`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
 import math
-import operator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
 
-from smoothmix.errors import SmoothmixError, is_integer, require
+from smoothmix.checks import check_alpha, check_count, check_num_classes, check_sigma
+from smoothmix.device import module_device
+from smoothmix.errors import SmoothmixError, require
 from smoothmix.execution import Execution, prepare_model, resolve_execution
 from smoothmix.grid import GridNoise
+
+__all__ = [  # module_device moved to smoothmix.device; importing it from here still works
+    "ABSTAIN", "BOUNDS", "FUTILITY_CHECKS", "Certificate", "Smooth", "base_votes",
+    "certified_radius", "certifying_votes", "check_bound", "check_certify_args",
+    "check_predict_args", "clopper_pearson_lower", "clopper_pearson_upper", "futility_checks",
+    "module_device", "radius_from_counts", "smallest_certifying_n", "smallest_predicting_n",
+    "voting",
+]
 
 ABSTAIN = -1
 BOUNDS = ("cohen", "two-sided")
@@ -29,11 +44,12 @@ BOUNDS = ("cohen", "two-sided")
 # number is fixed; more checks stop closer to the first futile sample.
 FUTILITY_CHECKS = 7
 
+
 def clopper_pearson_lower(n_a: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson lower confidence bound on a binomial
     proportion after ``n_a`` successes in ``n`` trials (0 when ``n_a == 0``)."""
     require(n >= 1 and 0 <= n_a <= n, f"need 0 <= n_a <= n and n >= 1, got n_a={n_a}, n={n}")
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if n_a == 0:
         return 0.0
     return float(beta.ppf(alpha, n_a, n - n_a + 1))
@@ -43,7 +59,7 @@ def clopper_pearson_upper(n_b: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson upper confidence bound on a binomial
     proportion after ``n_b`` successes in ``n`` trials (1 when ``n_b == n``)."""
     require(n >= 1 and 0 <= n_b <= n, f"need 0 <= n_b <= n and n >= 1, got n_b={n_b}, n={n}")
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if n_b == n:
         return 1.0
     return float(beta.ppf(1.0 - alpha, n_b + 1, n - n_b))
@@ -81,7 +97,7 @@ def check_bound(bound: object) -> str:
 def certified_radius(p_lower: float, sigma: float) -> float:
     """The l2 radius sigma * Phi^-1(p_lower) certified by a lower bound p_lower >= 1/2 on
     the top-class probability under N(0, sigma^2 I) noise."""
-    _check_sigma(sigma)
+    check_sigma(sigma)
     require(0.5 <= p_lower <= 1.0, f"p_lower={p_lower} < 1/2 certifies nothing (abstain)")
     return float(sigma * norm.ppf(p_lower))
 
@@ -93,7 +109,7 @@ def smallest_certifying_n(alpha: float) -> int:
     Even with all n votes for one class the bound is alpha ** (1/n), which must reach 1/2,
     so n >= log2(1/alpha); the float estimate is corrected against the exact bound.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     n = max(1, math.ceil(math.log2(1.0 / alpha)))
     while clopper_pearson_lower(n, n, alpha) < 0.5:
         n += 1
@@ -123,7 +139,7 @@ def certifying_votes(n: int, alpha: float) -> int:
 def smallest_predicting_n(alpha: float) -> int:
     """Smallest n for which PREDICT at level ``alpha`` can return a class at all: the
     two-sided binomial p-value of n votes against 0 is 2 / 2**n, which must be <= alpha."""
-    _check_alpha(alpha)
+    check_alpha(alpha)
     n = max(1, math.ceil(math.log2(2.0 / alpha)))
     while binomtest(n, n, 0.5).pvalue > alpha:
         n += 1
@@ -134,19 +150,19 @@ def smallest_predicting_n(alpha: float) -> int:
 
 def check_certify_args(n0: int, n: int, alpha: float, batch_size: int) -> None:
     """SmoothmixError unless CERTIFY(n0, n, alpha) is well posed and can certify at all."""
-    _check_count("n0", n0)
-    _check_count("batch_size", batch_size)
-    _check_alpha(alpha)
-    _check_count("n", n, minimum=0)
+    check_count("n0", n0)
+    check_count("batch_size", batch_size)
+    check_alpha(alpha)
+    check_count("n", n, minimum=0)
     n_min = smallest_certifying_n(alpha)
     require(n >= n_min, f"n={n} can never certify at alpha={alpha}: use n >= {n_min}")
 
 
 def check_predict_args(n: int, alpha: float, batch_size: int) -> None:
     """SmoothmixError unless PREDICT(n, alpha) is well posed and can return a class at all."""
-    _check_count("batch_size", batch_size)
-    _check_alpha(alpha)
-    _check_count("n", n, minimum=0)
+    check_count("batch_size", batch_size)
+    check_alpha(alpha)
+    check_count("n", n, minimum=0)
     n_min = smallest_predicting_n(alpha)
     require(n >= n_min, f"n={n} can never predict at alpha={alpha}: use n >= {n_min}")
 
@@ -195,18 +211,16 @@ class Smooth:
         require(isinstance(base_classifier, nn.Module),
                 f"base_classifier must be a torch.nn.Module, got {type(base_classifier).__name__}"
                 " (Smooth(base_classifier, num_classes, sigma))")
-        require(is_integer(num_classes) and num_classes >= 2,
-                f"num_classes must be >= 2 (an integer: Smooth(base_classifier, num_classes, "
-                f"sigma)), got {num_classes!r}")
-        _check_sigma(sigma)
-        require(chunk_size is None or (isinstance(chunk_size, int) and chunk_size >= 1),
-                f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        num_classes = check_num_classes(num_classes)
+        sigma = check_sigma(sigma)
+        if chunk_size is not None:
+            check_count("chunk_size", chunk_size)
         self.base_classifier = base_classifier
-        self.num_classes = int(num_classes)
-        self.sigma = float(sigma)
+        self.num_classes = num_classes
+        self.sigma = sigma
         self.chunk_size = chunk_size
-        self._request = {"precision": precision, "layout": layout, "chunk": chunk_size,
-                         "compile": compile}
+        self._request: dict[str, Any] = {"precision": precision, "layout": layout,
+                                         "chunk": chunk_size, "compile": compile}
         self._execution = execution
         self._resolved: dict[tuple[str, int], Execution] = {}
         require(grid is None or (isinstance(grid, int) and not isinstance(grid, bool)
@@ -219,8 +233,7 @@ class Smooth:
     def execution(self, device: torch.device, batch_size: int) -> Execution:
         """How blocks of ``batch_size`` noisy copies are run on ``device``."""
         if self._execution is not None:
-            ex = self._execution
-            return ex if ex.chunk <= batch_size else dataclasses.replace(ex, chunk=batch_size)
+            return self._execution.for_block(batch_size)
         key = (str(device), batch_size)
         if key not in self._resolved:
             self._resolved[key] = resolve_execution(self.base_classifier, device, batch_size,
@@ -327,86 +340,115 @@ class Smooth:
         length num_classes, left on the classifier's device, and how many copies were drawn.
 
         With ``watch`` and ``need``, drawing may stop once class ``watch`` can no longer
-        reach ``need`` votes out of ``num``. That check reads a count back to the host (a
-        sync on CUDA), so it is made at most ``FUTILITY_CHECKS`` times per call, at evenly
-        spaced points of the range where it can succeed (past num - need samples): the
-        number of host reads does not grow with the number of blocks. Once futile, always
-        futile (votes + remaining never grows), so a later check gives the same answer.
+        reach ``need`` votes out of ``num``, checked at the points of :func:`futility_checks`
+        (each check reads a count back to the host). Once futile, always futile (votes +
+        remaining never grows), so a later check gives the same answer.
 
         In grid mode (``Smooth(..., grid=255)``) a draw the sound sampler rejects votes for
         no class; ``with_rejected`` appends their count as slot ``num_classes``, which
         CERTIFY and PREDICT count against the selected class and for the runner-up.
 
         Noise is drawn and fed to the model one chunk at a time, as :meth:`execution`
-        resolves it (fixed rows, never more than ``batch_size``; layout; precision), so a
-        seeded generator gives the same votes for the same execution. Public so that every
-        vote count in the package (CAT-RS targets too) comes from this one counter.
+        resolves it (fixed rows, never more than ``batch_size``), so a seeded generator
+        gives the same votes for the same execution. Public so that every vote count in
+        the package (CAT-RS targets too) comes from this one counter.
         """
         _check_image(x)
-        _check_count("num", num)
-        _check_count("batch_size", batch_size)
+        check_count("num", num)
+        check_count("batch_size", batch_size)
         device = module_device(self.base_classifier, x.device)
         if generator is not None and generator.device.type != device.type:
             raise SmoothmixError(f"generator is on {generator.device}, the classifier on {device}")
-        x = x.to(device)
         execution = self.execution(device, min(num, batch_size))
-        # Noise is drawn one forward chunk at a time: the chunk just drawn is still in cache
-        # when the model reads it (a 1000-row MNIST block is 3 MB, more than a core's L2).
-        # The chunk is a recorded setting, so the stream stays reproducible.
-        block_size = execution.chunk
-        # channels_last: draw into an N x H x W x C buffer (contiguous, so the samplers take
-        # their fast path) and hand the model its N x C x H x W view, which is channels_last.
-        channels_last = execution.layout == "channels_last" and x.dim() == 3
-        x_in = x.permute(1, 2, 0) if channels_last else x
-        codes = self.grid.to_codes(x_in).contiguous() if self.grid is not None else None
-        noisy = torch.empty((block_size, *x_in.shape), dtype=x.dtype, device=device)
-        # Slot num_classes counts the grid sampler's rejected samples (always 0 otherwise).
+        draw = self._sampler(x.to(device), execution, generator)
+        checks, (watched, needed) = [], (0, 0)
+        if watch is not None and need is not None:
+            checks, (watched, needed) = futility_checks(num, need), (watch, need)
+        # Slot num_classes counts the grid sampler's rejected draws (always 0 otherwise).
         counts = torch.zeros(self.num_classes + 1, dtype=torch.long, device=device)
-        ones = torch.ones(block_size, dtype=torch.long, device=device)
-        was_training = self.base_classifier.training
-        self.base_classifier.eval()  # train-mode batch norm would make the votes dependent
+        ones = torch.ones(execution.chunk, dtype=torch.long, device=device)
         drawn = 0
-        checks: list[int] = []  # sample counts at which to test futility, ascending
-        if need is not None and watch is not None:
-            first = max(0, num - need + 1)  # fewer samples cannot rule out `need` votes
-            checks = sorted({first + (num - first) * j // (FUTILITY_CHECKS + 1)
-                             for j in range(1, FUTILITY_CHECKS + 1)})
-        model = prepare_model(self.base_classifier, execution)
-        try:
-            with torch.inference_mode(), execution.autocast(device):
-                for start in range(0, num, block_size):
-                    if checks and start >= checks[0]:
-                        checks = [c for c in checks if c > start]
-                        if int(counts[watch]) + (num - start) < need:
-                            break
-                    rows = min(block_size, num - start)
-                    block = noisy[:rows]
-                    rejected = None
-                    if codes is not None:
-                        _, rejected = self.grid.sample(codes, rows, generator,  # type: ignore[union-attr]
-                                                       out=block)
-                    else:
-                        block.normal_(0.0, self.sigma, generator=generator).add_(x_in)
-                    logits = model(block.permute(0, 3, 1, 2) if channels_last else block)
-                    if start == 0:
-                        self._check_logits(logits, rows)
-                    predictions = logits.argmax(1)
-                    if rejected is not None:  # a rejected draw votes for no class
-                        predictions.masked_fill_(rejected, self.num_classes)
-                    # index_add_, not bincount: CUDA's bincount reads the
-                    # predictions' min/max back to the host on every call.
-                    counts.index_add_(0, predictions, ones[:rows])
-                    drawn += rows
-        finally:
-            self.base_classifier.train(was_training)
+        with voting(self.base_classifier, execution, device) as model:
+            for start in range(0, num, execution.chunk):
+                if checks and start >= checks[0]:
+                    checks = [c for c in checks if c > start]
+                    if int(counts[watched]) + (num - start) < needed:
+                        break
+                rows = min(execution.chunk, num - start)
+                votes = base_votes(model, *draw(rows), self.num_classes)
+                # index_add_, not bincount: CUDA's bincount reads the votes' min/max back to
+                # the host on every call.
+                counts.index_add_(0, votes, ones[:rows])
+                drawn += rows
         return (counts if with_rejected else counts[: self.num_classes]), drawn
 
-    def _check_logits(self, logits: torch.Tensor, rows: int) -> None:
-        require(
-            logits.shape == (rows, self.num_classes),
-            f"base classifier returned logits of shape {tuple(logits.shape)} for {rows} "
-            f"images; expected {rows} x {self.num_classes} (num_classes={self.num_classes})",
-        )
+    def _sampler(self, x: torch.Tensor, execution: Execution, generator: torch.Generator | None
+                 ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor | None]]:
+        """``draw(rows)``: the next ``rows`` noisy copies of ``x`` as the model takes them,
+        and which ones the grid sampler rejected (None without a grid). Every call reuses
+        one buffer of ``execution.chunk`` rows: the chunk just drawn is still in cache when
+        the model reads it, and the chunk is a recorded setting, so the stream stays
+        reproducible."""
+        x_in, to_model = execution.noise_layout(x)
+        noisy = torch.empty((execution.chunk, *x_in.shape), dtype=x.dtype, device=x.device)
+        grid = self.grid
+        codes = grid.to_codes(x_in).contiguous() if grid is not None else None
+
+        def draw(rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            block, rejected = noisy[:rows], None
+            if grid is not None and codes is not None:
+                _, rejected = grid.sample(codes, rows, generator, out=block)
+            else:
+                block.normal_(0.0, self.sigma, generator=generator).add_(x_in)
+            return to_model(block), rejected
+
+        return draw
+
+
+def futility_checks(num: int, need: int) -> list[int]:
+    """The sample counts, ascending, at which an estimation run of ``num`` samples tests
+    whether ``need`` votes are still reachable: :data:`FUTILITY_CHECKS` evenly spaced
+    points of the range where the test can succeed (past num - need samples), so the number
+    of host reads does not grow with the number of blocks."""
+    first = max(0, num - need + 1)  # fewer samples cannot rule out `need` votes
+    return sorted({first + (num - first) * j // (FUTILITY_CHECKS + 1)
+                   for j in range(1, FUTILITY_CHECKS + 1)})
+
+
+@contextlib.contextmanager
+def voting(model: nn.Module, execution: Execution, device: torch.device
+           ) -> Iterator[nn.Module]:
+    """The model to vote with, as ``execution`` runs it, under inference mode and its
+    autocast; in eval mode meanwhile (train-mode batch norm would make each copy's vote
+    depend on the others in its batch, and the votes must be independent), its mode
+    restored after. Layout and compile are set before inference mode, which would otherwise
+    turn converted weights into inference tensors."""
+    prepared = prepare_model(model, execution)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), execution.autocast(device):
+            yield prepared
+    finally:
+        model.train(was_training)
+
+
+def base_votes(model: nn.Module, noisy: torch.Tensor, rejected: torch.Tensor | None,
+               num_classes: int) -> torch.Tensor:
+    """The base classifier's vote on each noisy row (a vector on the model's device): its
+    top-1 class, or ``num_classes`` for a draw the grid sampler rejected, which votes for
+    no class. The one place votes are made: :meth:`Smooth.sample_counts` counts them, the
+    pool of :mod:`smoothmix.sequences` feeds them to each image's procedure in order."""
+    logits = model(noisy)
+    require(
+        logits.shape == (len(noisy), num_classes),
+        f"base classifier returned logits of shape {tuple(logits.shape)} for {len(noisy)} "
+        f"images; expected {len(noisy)} x {num_classes} (num_classes={num_classes})",
+    )
+    votes = logits.argmax(1)
+    if rejected is not None:
+        votes.masked_fill_(rejected, num_classes)
+    return votes
 
 
 def _check_image(x: object) -> None:
@@ -415,41 +457,3 @@ def _check_image(x: object) -> None:
     hint = " (a batch? pass one image x[i])" if x.dim() == 4 else ""
     require(x.dim() == 3, f"x must be one image of shape C x H x W, got {tuple(x.shape)}{hint}")
     require(x.is_floating_point(), f"x must be a float image in [0, 1], got dtype {x.dtype}")
-
-
-def module_device(module: nn.Module, default: torch.device) -> torch.device:
-    """The device of the module's first parameter or buffer (``default`` if it has none)."""
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return default
-
-
-def _check_sigma(sigma: float) -> None:
-    require(
-        _is_real(sigma) and math.isfinite(sigma) and sigma > 0,
-        f"sigma must be a positive number in [0, 1] pixel units, got {sigma!r}",
-    )
-
-
-def _check_alpha(alpha: float) -> None:
-    require(
-        _is_real(alpha) and 0 < alpha < 1, f"alpha must lie strictly between 0 and 1, got {alpha}"
-    )
-
-
-def _check_count(name: str, value: int, minimum: int = 1) -> None:
-    try:
-        ok = operator.index(value) >= minimum
-    except TypeError:
-        ok = False
-    require(ok, f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _is_real(value: object) -> bool:
-    try:
-        float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return not isinstance(value, (bool, str))

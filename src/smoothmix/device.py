@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import nn
 
 from smoothmix.errors import SmoothmixError
 
@@ -23,3 +24,12 @@ def resolve_device(name: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SmoothmixError(f"device {name!r} requested but CUDA is not available here")
     return device
+
+
+def module_device(module: nn.Module, default: torch.device) -> torch.device:
+    """The device of the module's first parameter or buffer (``default`` if it has none)."""
+    for parameter in module.parameters():
+        return parameter.device
+    for buffer in module.buffers():
+        return buffer.device
+    return default

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smoothmix.checks import check_count, check_sigma, is_real
 from smoothmix.errors import require
 from smoothmix.methods.attacks import smoothmix_search
 from smoothmix.progress import Progress
@@ -74,10 +75,11 @@ def overconfidence(
     check_precision(precision)
     if precision == "bf16":
         warn_if_bf16_emulated(images.device)
-    require(sigma > 0, f"sigma must be > 0, got {sigma}")
-    require(step_size > 0, f"step size must be > 0, got {step_size}")
-    require(num_steps >= 1 and num_noise >= 1 and n >= 1 and batch_size >= 1,
-            "num_steps, num_noise, n and batch_size must all be >= 1")
+    sigma = check_sigma(sigma)
+    require(is_real(step_size) and step_size > 0, f"step size must be > 0, got {step_size!r}")
+    for name, value in (("num_steps", num_steps), ("num_noise", num_noise), ("n", n),
+                        ("batch_size", batch_size)):
+        check_count(name, value)
     require(images.dim() == 4 and len(images) == len(labels) and len(images) >= 1,
             f"need N x C x H x W images with N labels, got {tuple(images.shape)} and "
             f"{tuple(labels.shape)}")

@@ -20,21 +20,23 @@ attacked points abstaining).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from smoothmix.checks import check_count, check_sigma, is_real
 from smoothmix.core import Smooth
+from smoothmix.device import module_device
 from smoothmix.errors import require
 from smoothmix.methods.attacks import pgd_attack
 
 
 def check_attack_args(epsilon: float, num_steps: int, num_noise: int) -> None:
     """SmoothmixError unless the attack settings make sense."""
-    require(epsilon >= 0 and epsilon < float("inf"), f"epsilon must be >= 0, got {epsilon}")
-    require(isinstance(num_steps, int) and num_steps >= 1,
-            f"num_steps must be an integer >= 1, got {num_steps!r}")
-    require(isinstance(num_noise, int) and num_noise >= 1,
-            f"num_noise must be an integer >= 1, got {num_noise!r}")
+    require(is_real(epsilon) and 0 <= epsilon < math.inf, f"epsilon must be >= 0, got {epsilon}")
+    check_count("num_steps", num_steps)
+    check_count("num_noise", num_noise)
 
 
 def smoothed_attack(
@@ -53,7 +55,8 @@ def smoothed_attack(
     vanishes comes from ``generator`` too, so a seeded generator fixes the attacked point
     whatever the global RNG holds. Returns the adversarial image (C x H x W)."""
     check_attack_args(epsilon, num_steps, num_noise)
-    device = next((p.device for p in model.parameters()), x.device)
+    sigma = check_sigma(sigma)
+    device = module_device(model, x.device)
     x = x.to(device).unsqueeze(0)
     if epsilon == 0:
         return x[0].clone()

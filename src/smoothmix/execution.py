@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -51,6 +51,21 @@ class Execution:
         with torch.autocast(device.type, dtype=torch.bfloat16,
                             enabled=self.precision == "bf16"):
             yield
+
+    def for_block(self, rows: int) -> Execution:
+        """This execution for blocks of ``rows`` noisy copies: a chunk never exceeds the
+        block (a recorded execution narrowed for a small block, fields otherwise kept)."""
+        return self if self.chunk <= rows else replace(self, chunk=rows)
+
+    def noise_layout(self, x: torch.Tensor
+                     ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """(``x`` as noise is drawn around it, the map from a drawn N x ... block to the
+        model's input). channels_last: noise is drawn into an N x H x W x C buffer
+        (contiguous, so the samplers take their fast path) and the model gets its
+        N x C x H x W view, which is channels_last; otherwise both are the identity."""
+        if self.layout == "channels_last" and x.dim() == 3:
+            return x.permute(1, 2, 0), lambda block: block.permute(0, 3, 1, 2)
+        return x, lambda block: block
 
     def prepare_input(self, batch: torch.Tensor) -> torch.Tensor:
         """The batch in this execution's memory layout (a no-op when it already is)."""

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from smoothmix.checks import check_count, check_sigma
 from smoothmix.errors import SmoothmixError, require
 
 UNIT_BITS = 60  # probabilities are integers in units of 2^-60
@@ -142,15 +143,8 @@ class GridNoise:
     """
 
     def __init__(self, sigma: float, levels: int = 255) -> None:
-        require(
-            isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0,
-            f"sigma must be a positive finite number, got {sigma!r}",
-        )
-        require(
-            isinstance(levels, int) and not isinstance(levels, bool) and levels >= 1,
-            f"levels must be an integer >= 1, got {levels!r}",
-        )
-        self._setup(float(sigma), int(levels), _build_table(float(sigma), int(levels)))
+        sigma, levels = check_sigma(sigma), check_count("levels", levels)
+        self._setup(sigma, levels, _build_table(sigma, levels))
 
     @classmethod
     def _from_masses(cls, masses: list[int], levels: int = 255) -> GridNoise:
@@ -273,32 +267,11 @@ class GridNoise:
         them against the selected class). Noise comes from ``generator`` (on codes'
         device; None: torch's default generator of that device). Codes are range-checked on
         CPU only (elsewhere the check would synchronise): pass what to_codes returned."""
-        require(isinstance(count, int) and count >= 1, f"count must be >= 1, got {count!r}")
-        require(
-            isinstance(codes, torch.Tensor) and not codes.is_floating_point()
-            and not codes.is_complex() and codes.dtype != torch.bool,
-            "sample() needs integer codes from GridNoise.to_codes",
-        )
+        out = self._check_sample(codes, count, generator, out)
         device = codes.device
-        if generator is not None and generator.device.type != device.type:
-            raise SmoothmixError(f"generator is on {generator.device}, the codes on {device}")
-        shape = (count, *codes.shape)
-        if out is None:
-            out = torch.empty(shape, dtype=torch.float32, device=device)
-        else:
-            require(
-                tuple(out.shape) == shape and out.device == device and out.is_contiguous()
-                and out.is_floating_point(),
-                f"out must be a contiguous float tensor of shape {shape} on {device}, got "
-                f"{out.dtype} {tuple(out.shape)} on {out.device}",
-            )
         pixels = codes.numel()
         n = count * pixels
         codes = codes.reshape(1, pixels).long()
-        if device.type == "cpu" and pixels:  # elsewhere this would cost a host sync per call
-            low, high = (int(v) for v in torch.aminmax(codes))
-            require(0 <= low and high <= self.levels,
-                    f"codes must lie in [0, {self.levels}], got [{low}, {high}]")
         rejected = torch.zeros(count, dtype=torch.bool, device=device)
         if device.type == "cpu" and self._fast_cpu:
             hi = self._buffer("hi", n, torch.int32, device)
@@ -316,6 +289,34 @@ class GridNoise:
             torch.any(index.view(count, pixels) == self._reject_index, dim=1, out=rejected)
         self._render(index.view(count, pixels), codes, out)
         return out, rejected
+
+    def _check_sample(self, codes: torch.Tensor, count: int,
+                      generator: torch.Generator | None, out: torch.Tensor | None
+                      ) -> torch.Tensor:
+        """The arguments of :meth:`sample` checked, and the output tensor to fill."""
+        require(isinstance(count, int) and count >= 1, f"count must be >= 1, got {count!r}")
+        require(
+            isinstance(codes, torch.Tensor) and not codes.is_floating_point()
+            and not codes.is_complex() and codes.dtype != torch.bool,
+            "sample() needs integer codes from GridNoise.to_codes",
+        )
+        device = codes.device
+        if generator is not None and generator.device.type != device.type:
+            raise SmoothmixError(f"generator is on {generator.device}, the codes on {device}")
+        if device.type == "cpu" and codes.numel():  # elsewhere: a host sync per call
+            low, high = (int(v) for v in torch.aminmax(codes))
+            require(0 <= low and high <= self.levels,
+                    f"codes must lie in [0, {self.levels}], got [{low}, {high}]")
+        shape = (count, *codes.shape)
+        if out is None:
+            return torch.empty(shape, dtype=torch.float32, device=device)
+        require(
+            tuple(out.shape) == shape and out.device == device and out.is_contiguous()
+            and out.is_floating_point(),
+            f"out must be a contiguous float tensor of shape {shape} on {device}, got "
+            f"{out.dtype} {tuple(out.shape)} on {out.device}",
+        )
+        return out
 
     def _render(self, index: torch.Tensor, codes: torch.Tensor, out: torch.Tensor) -> None:
         """The one integer-to-float map: out[s, p] = values[codes[p] + index[s, p]], i.e.

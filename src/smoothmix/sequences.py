@@ -31,7 +31,10 @@ images is refilled so that every batch is full. Each image draws its noise from 
 generator in blocks of a fixed number of rows (leftover rows wait for its next piece), and
 looks where its own procedure says, so its stream and decisions do not depend on how its
 samples were split between batches or which images shared them: a resumed run, or one
-with another batch size, gives the same rows (on the same kind of device).
+with another batch size, gives the same rows (on the same kind of device). The votes on a
+batch are :func:`smoothmix.core.base_votes`, the counter CERTIFY uses; only the noise
+blocking differs (per-image 16-row blocks, which the batch-independence above needs), and it
+is part of the recorded stream of every ``--radius`` file, so it stays as it is.
 """
 
 from __future__ import annotations
@@ -44,13 +47,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.special import gammaln
-from scipy.stats import beta as beta_dist
 from scipy.stats import binom, norm
 from torch import nn
 
-from smoothmix.core import module_device
+from smoothmix.core import base_votes, clopper_pearson_lower, clopper_pearson_upper, voting
+from smoothmix.device import module_device
 from smoothmix.errors import require
-from smoothmix.execution import Execution, prepare_model, resolve_execution
+from smoothmix.execution import Execution, resolve_execution
 from smoothmix.grid import GridNoise
 
 SEQUENCES = ("kt", "union", "staged")
@@ -92,7 +95,7 @@ def union_checkpoints(cap: int) -> list[int]:
     return [*points, cap]
 
 
-def union_alpha(t: int, alpha: float) -> float:
+def union_alpha(t: int | np.ndarray, alpha: float) -> float | np.ndarray:
     """alpha_t = 5 alpha / ((t + 4)(t + 5)) for checkpoint t = 1, 2, ...: sums to alpha."""
     return 5.0 * alpha / ((t + 4) * (t + 5))
 
@@ -230,9 +233,8 @@ class StagedProcedure(Procedure):
     def _look(self, hits: np.ndarray, start_n: int) -> None:
         # The segment is exactly one stage: its votes alone are the stage's test.
         size, a = len(hits), int(hits.sum())
-        level = self.alpha / len(_STAGE_WEIGHTS)
-        lower = 0.0 if a == 0 else beta_dist.ppf(level, a, size - a + 1)
-        upper = 1.0 if a == size else beta_dist.ppf(1 - self.beta, a + 1, size - a)
+        lower = clopper_pearson_lower(a, size, self.alpha / len(_STAGE_WEIGHTS))
+        upper = clopper_pearson_upper(a, size, self.beta)
         self._decide(lower >= self.p0, upper < self.p0)
 
 
@@ -274,14 +276,14 @@ class PoolItem:
         rejected: its stream, drawn in fixed blocks, is the same however the rows are split
         between batches."""
         x = self.x.to(device)
-        have = 0 if self.spare is None else len(self.spare)
+        spare = [] if self.spare is None or self.spare_rejected is None or not len(self.spare) \
+            else [(self.spare, self.spare_rejected)]
+        have = len(spare[0][0]) if spare else 0
         if have < rows:
             blocks = math.ceil((rows - have) / _NOISE_BLOCK)
-            drawn, rejected = zip(*(self._block(x, sigma, device) for _ in range(blocks)),
-                                  strict=True)
-            self.spare = torch.cat([*([self.spare] if have else []), *drawn])
-            self.spare_rejected = torch.cat([*([self.spare_rejected] if have else []),
-                                             *rejected])
+            spare += [self._block(x, sigma, device) for _ in range(blocks)]
+            self.spare = torch.cat([noisy for noisy, _ in spare])
+            self.spare_rejected = torch.cat([flags for _, flags in spare])
         assert self.spare is not None and self.spare_rejected is not None
         out, flags = self.spare[:rows], self.spare_rejected[:rows]
         self.spare, self.spare_rejected = self.spare[rows:], self.spare_rejected[rows:]
@@ -319,58 +321,52 @@ def run_pool(
     device = module_device(model, torch.device("cpu"))
     if execution is None:
         execution = resolve_execution(model, device, batch_size)
-    model = prepare_model(model, execution)
     pending: Iterator[PoolItem] = iter(items)
     pool: list[PoolItem] = []
-    exhausted = False
-    was_training = model.training
-    model.eval()
-    try:
-        while True:
-            pieces: list[tuple[PoolItem, int]] = []
-            room = batch_size
-            for item in pool:
-                if room == 0:
-                    break
-                piece = min(item.procedure.want(), room)
-                pieces.append((item, piece))
-                room -= piece
-            while room > 0 and not exhausted:
-                item = next(pending, None)
-                if item is None:
-                    exhausted = True
-                    break
-                pool.append(item)
-                piece = min(item.procedure.want(), room)
-                pieces.append((item, piece))
-                room -= piece
-            if not pieces:
-                break
-            preds = _forward(model, pieces, sigma, device, execution, num_classes)
+    with voting(model, execution, device) as voter:
+        while pieces := _batch(pool, pending, batch_size):
+            votes = _votes(voter, pieces, sigma, device, execution, num_classes)
             offset = 0
             for item, piece in pieces:
-                item.procedure.feed(preds[offset: offset + piece], num_classes)
+                item.procedure.feed(votes[offset: offset + piece], num_classes)
                 offset += piece
             for item in [it for it, _ in pieces if it.procedure.done]:
                 pool.remove(item)
                 on_done(item)
-    finally:
-        model.train(was_training)
 
 
-def _forward(model: nn.Module, pieces: list[tuple[PoolItem, int]], sigma: float,
-             device: torch.device, execution: Execution, num_classes: int) -> np.ndarray:
-    """Top-1 predictions of one batch made of each image's next noisy copies.
+def _batch(pool: list[PoolItem], pending: Iterator[PoolItem], batch_size: int
+           ) -> list[tuple[PoolItem, int]]:
+    """The next batch as (image, rows) pieces: what each image of the pool wants, in
+    order, then new images (added to ``pool``) while there is room; empty when all are
+    done."""
+    pieces: list[tuple[PoolItem, int]] = []
+    room = batch_size
+    for item in pool:
+        if room == 0:
+            return pieces
+        pieces.append((item, min(item.procedure.want(), room)))
+        room -= pieces[-1][1]
+    while room > 0 and (new := next(pending, None)) is not None:
+        pool.append(new)
+        pieces.append((new, min(new.procedure.want(), room)))
+        room -= pieces[-1][1]
+    return pieces
 
-    The predictions come back to the host once per batch (the looks need them). Written
+
+def _votes(model: nn.Module, pieces: list[tuple[PoolItem, int]], sigma: float,
+           device: torch.device, execution: Execution, num_classes: int) -> np.ndarray:
+    """The votes (:func:`smoothmix.core.base_votes`) on one batch made of each image's
+    next noisy copies, forward chunk by forward chunk.
+
+    The votes come back to the host once per batch (the looks need them). Written
     device-agnostic but not yet run on a GPU: there each 16-row noise block is one small
     kernel, which may cost more than the forward for small models (measure before tuning).
     """
-    with torch.inference_mode(), execution.autocast(device):
-        images, rejected = zip(*(item.noise(piece, sigma, device) for item, piece in pieces),
-                               strict=True)
-        batch = execution.prepare_input(torch.cat(images))
-        preds = torch.cat([model(part).argmax(1) for part in batch.split(execution.chunk)])
-        # A rejected grid draw votes for no class: the slot after the last class.
-        preds.masked_fill_(torch.cat(rejected), num_classes)
-        return preds.cpu().numpy()
+    images, rejected = zip(*(item.noise(piece, sigma, device) for item, piece in pieces),
+                           strict=True)
+    batch = execution.prepare_input(torch.cat(images))
+    chunks = zip(batch.split(execution.chunk), torch.cat(rejected).split(execution.chunk),
+                 strict=True)
+    return torch.cat([base_votes(model, part, flags, num_classes)
+                      for part, flags in chunks]).cpu().numpy()

@@ -16,7 +16,7 @@ size, a fingerprint of the dataset's contents, N, sigma, seed, the checkpoint's 
 row written as soon as it is counted) and its settings in ``FILE.part.json``; rerunning the
 same command resumes; the final file is written atomically at the end. ``--shard I/K``
 covers every K-th example starting at the I-th into ``FILE.rankIofK.npz`` (merge them with
-``smoothmix targets-merge``); under torchrun the ranks shard automatically and rank 0
+``smoothmix merge``); under torchrun the ranks shard automatically and rank 0
 merges.
 """
 
@@ -26,8 +26,6 @@ import hashlib
 import json
 import os
 import time
-import zipfile
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,29 +35,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothmix.certification import (
-    Shard,
-    atomic_write,
-    check_shard_set,
-    example_seed,
-    parse_shard,
-    resolve_shard,
-    selected_indices,
-    settings_diff,
-    shard_path,
-)
+from smoothmix.certification import example_seed, num_classes_of
+from smoothmix.checks import check_count, check_sigma
 from smoothmix.core import Smooth, module_device
 from smoothmix.data.datasets import TensorImageDataset
 from smoothmix.data.loaders import random_crop_flip
 from smoothmix.errors import SmoothmixError, first_line, require
 from smoothmix.progress import Progress
 from smoothmix.provenance import provenance
+from smoothmix.storage import atomic_write, settings_diff
+from smoothmix.storage.arrays import merge_array_rows, read_arrays, write_arrays
+from smoothmix.storage.merge import same_run
+from smoothmix.storage.shards import Shard, resolve_shard, selected_indices, shard_path, wait_until
 
 FORMAT = "smoothmix-targets"
 FORMAT_VERSION = 1
 REFERENCE_N = 10_000  # the CAT-RS reference's N
 _FLUSH_SECONDS = 2.0
-_POLL_SECONDS = 2.0
 
 
 @dataclass
@@ -135,19 +127,15 @@ def build_targets(
     in the file). Returns the path of the finished file (the merged file
     under torchrun, the shard file with ``shard``).
     """
-    require(isinstance(n, int) and n >= 1, f"--n must be an integer >= 1, got {n!r}")
-    require(isinstance(batch_size, int) and batch_size >= 1,
-            f"--batch must be an integer >= 1, got {batch_size!r}")
+    check_count("n", n)
+    check_count("batch_size", batch_size)
     require(len(dataset) >= 1, "the dataset is empty")
     require(isinstance(max_idx, int) and (max_idx == -1 or max_idx >= 1),
             f"--max must be -1 (all) or >= 1, got {max_idx!r}")
-    classes = int(num_classes if num_classes is not None else dataset.num_classes)  # type: ignore[attr-defined]
-    smooth = Smooth(model, classes, sigma, precision=precision)
+    classes = num_classes_of(dataset, num_classes)
+    smooth = Smooth(model, classes, check_sigma(sigma), precision=precision)
     if augment is None:
         augment = bool(getattr(dataset, "augment", False))
-    out = Path(out_path)
-    part, auto = resolve_shard(shard)
-    main = not auto or part[0] == 0  # rank 0 under torchrun, else the only process
     base = {
         "format": FORMAT, "version": FORMAT_VERSION, "num_examples": len(dataset),
         "num_classes": classes, "dataset_sha256": dataset_fingerprint(dataset), "n": n,
@@ -156,28 +144,32 @@ def build_targets(
         # only when not fp32, so that files of earlier releases keep their settings
         **({"precision": precision} if precision != "fp32" else {}),
     }
-    if auto:
-        finished = _finished_settings(out)
-        if finished is not None:
-            _require_same(out, finished, {**base, "shard": "0/1"})
-            return out
+    return _build(smooth, dataset, Path(out_path), base, shard, batch_size, augment, progress)
+
+
+def _build(smooth: Smooth, dataset: Sequence, out: Path, base: dict[str, Any],
+           shard: Shard | None, batch_size: int, augment: bool, progress: bool) -> Path:
+    """Count this process's part (resuming it), then under torchrun merge on rank 0 and
+    wait for the merged file on the others (training reads it next)."""
+    part, auto = resolve_shard(shard)
+    main = not auto or part[0] == 0  # rank 0 under torchrun, else the only process
+    if auto and out.exists():
+        _require_same(out, _read(out).meta, {**base, "shard": "0/1"})
+        return out
     target = shard_file(out, *part) if part != (0, 1) else out
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
-    finished = _finished_settings(target)
-    if finished is None:
+    if target.exists():
+        _require_same(target, _read(target).meta, settings)
+    else:
         _count_rows(smooth, dataset, target, settings, part, batch_size, augment,
                     progress and main)  # under torchrun one bar (rank 0's share)
-    else:
-        _require_same(target, finished, settings)
     if not auto:
         return target
     if main:
         parts = [shard_file(out, r, part[1]) for r in range(part[1])]
-        while not all(p.exists() for p in parts):  # shard files appear only when complete
-            time.sleep(_POLL_SECONDS)
+        wait_until(lambda: all(p.exists() for p in parts))  # shard files appear complete
         return merge_targets(out, parts)
-    while not out.exists():  # every rank returns the merged file (training reads it next)
-        time.sleep(_POLL_SECONDS)
+    wait_until(out.exists)
     return out
 
 
@@ -215,7 +207,7 @@ def targets_from_checkpoint(
         "normalization": ckpt.get("normalization"), "checkpoint_sigma": ckpt.get("sigma"),
         "checkpoint_method": ckpt.get("method"),
     }
-    return build_targets(model, dataset, sigma, out_path, n=n, identity=identity,
+    return build_targets(model, dataset, sigma, out_path, n=n, identity=identity,  # type: ignore[arg-type]
                          num_classes=dataset.num_classes, **kwargs)
 
 
@@ -308,19 +300,7 @@ def _part_paths(target: Path) -> tuple[Path, Path]:
 
 
 def _write_final(path: Path, counts: np.ndarray, settings: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    with open(tmp, "wb") as fh:
-        # Compressed: most votes of a confident teacher are 0 (ImageNet: 1.28M x 1000 counts).
-        np.savez_compressed(fh, counts=counts, meta=np.array(json.dumps(dict(settings))))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _finished_settings(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    return _read(path).meta
+    write_arrays(path, counts, settings)
 
 
 def _require_same(path: Path, saved: Mapping[str, Any], now: Mapping[str, Any],
@@ -337,17 +317,13 @@ def merge_targets(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
     """Merge the shard files ``OUT.rankIofK.npz`` of one run into ``out_path``."""
     require(len(shards) >= 1, "merge needs at least one shard file")
     loaded = [_read(Path(p)) for p in shards]
-    first = loaded[0]
-    common = {k: v for k, v in first.meta.items() if k != "shard"}
-    for t in loaded:
-        other = {k: v for k, v in t.meta.items() if k != "shard"}
-        _require_same(t.path, common, other, what=f"{t.path} (against {first.path})")
-    parts = [parse_shard(str(t.meta["shard"])) for t in loaded]
-    k = check_shard_set(parts)
-    counts = np.zeros_like(first.counts)
-    for t, (i, _) in zip(loaded, parts, strict=True):
-        rows = list(selected_indices(common["num_examples"], 1, common["max_idx"], (i, k)))
-        counts[rows] = t.counts[rows]
+    common, k = same_run([(t.path, t.meta) for t in loaded],
+                         "{path} (against {first}) was built by another run ({diff}); rerun "
+                         "with the same settings to resume, or choose another --out")
+    counts = merge_array_rows([
+        (t.counts, selected_indices(common["num_examples"], 1, common["max_idx"],
+                                    (int(str(t.meta["shard"]).split("/")[0]), k)))
+        for t in loaded])
     merged = {**common, "shard": "0/1"}
     _check_complete(Path(out_path), counts, merged)
     _write_final(Path(out_path), counts, merged)
@@ -358,14 +334,7 @@ def _read(path: Path) -> Targets:
     """Parse a targets file; any damage is a one-line SmoothmixError."""
     require(path.is_file(), f"targets file {path} does not exist (build it with "
             "`smoothmix targets CHECKPOINT --dataset D --out FILE`)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            counts = np.asarray(data["counts"])
-            meta = json.loads(str(data["meta"][()]))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error,
-            TypeError) as exc:
-        raise SmoothmixError(f"{path} is not a readable smoothmix targets file (corrupt or "
-                             f"truncated? {first_line(exc)})") from None
+    counts, meta = read_arrays(path, "smoothmix targets file")
     require(isinstance(meta, dict) and meta.get("format") == FORMAT,
             f"{path} is not a smoothmix targets file (no {FORMAT!r} header)")
     try:
@@ -397,7 +366,7 @@ def load_targets(path: str | os.PathLike) -> Targets:
     targets = _read(Path(path))
     require(targets.meta.get("shard") == "0/1",
             f"{path} holds only shard {targets.meta.get('shard')}; merge the shards first "
-            "(`smoothmix targets-merge`)")
+            "(`smoothmix merge`)")
     _check_complete(targets.path, targets.counts, targets.meta)
     return targets
 

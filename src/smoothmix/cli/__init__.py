@@ -41,6 +41,15 @@ _RESUME_HINTS = {
 _RENAMED = {"--quiet": "--no-progress", "--max": "--max-images"}
 
 
+def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--device``, the same in every command: default ``auto``, which
+    :func:`smoothmix.device.resolve_device` turns into CUDA when available (under torchrun
+    ``cuda:LOCAL_RANK``), else the CPU. Commands pass ``args.device`` to resolve_device."""
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N or auto (default auto: CUDA if available, "
+                        "under torchrun cuda:LOCAL_RANK; else the CPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smoothmix",

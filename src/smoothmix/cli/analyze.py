@@ -19,6 +19,7 @@ from smoothmix.analysis import (
     read_results,
     result_kind,
 )
+from smoothmix.checks import check_radii
 from smoothmix.errors import SmoothmixError, require
 
 
@@ -91,7 +92,7 @@ def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> in
     decisions = [read_decisions(path) for path, kind in files if kind == "decide"]
     attacks = [read_attack(path) for path, kind in files if kind == "attack"]
     certified = [read_results(path) for path, kind in files if kind == "certify"]
-    require(attacks or not certified, "certify files go with attack files here (certified "
+    require(bool(attacks) or not certified, "certify files go with attack files here (certified "
             "accuracy at epsilon); analyze them on their own otherwise")
     if decisions:
         print(format_decisions(decisions, args.format), end="")
@@ -111,10 +112,4 @@ def _parse_figsize(text: str) -> tuple[float, float]:
 
 
 def _parse_radii(text: str) -> list[float]:
-    try:
-        radii = [float(r) for r in text.split(",") if r.strip()]
-    except ValueError:
-        raise SmoothmixError(f"--radii must be comma-separated numbers, got {text!r}") from None
-    require(bool(radii) and all(r >= 0 for r in radii),
-            f"--radii must be non-negative numbers, got {text!r}")
-    return radii
+    return check_radii([r for r in text.split(",") if r.strip()], "--radii")

@@ -6,17 +6,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from smoothmix.certification import (
     certify_dataset,
     decide_dataset,
-    merge_results,
     parse_shard,
     predict_dataset,
 )
+from smoothmix.checks import check_radii, check_sigma
 from smoothmix.core import check_bound, check_certify_args, check_predict_args
 from smoothmix.distributed import distributed_env
-from smoothmix.errors import require
+from smoothmix.errors import SmoothmixError, require
 
 DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
 
@@ -37,12 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="evaluation shortcut: when the n0 selection is not the label, "
                          "skip the estimation (row status 'skipped', predict -1); certified "
                          "accuracy and ACR are exactly those of the full run (default off)")
-    certify.add_argument("--radius", type=_radii, default=None, metavar="R[,R2,...]",
+    certify.add_argument("--radii", "--radius", type=_radii, default=None, dest="radius",
+                         action=DeprecatedAlias, metavar="R[,R2,...]",
                          help="instead of CERTIFY's radius, decide 'robust at R' for each "
                          "given radius with an anytime-valid confidence sequence "
                          "(docs/MATH.md §2.1): "
                          "usually far fewer samples; --n is then the sample cap (undecided = "
-                         "not certified); the file has one row per example and radius")
+                         "not certified); the file has one row per example and radius "
+                         "(--radius: the deprecated spelling)")
     certify.add_argument("--sequence", choices=("kt", "union", "staged"), default="kt",
                          help="with --radius: betting (Krichevsky-Trofimov) confidence "
                          "sequence, union-bound sequence, or Horvath et al.'s staged "
@@ -168,20 +171,28 @@ def run_certify(args: argparse.Namespace) -> int:
     else:
         require(not args.skip_wrong, "--skip-wrong applies to CERTIFY, not to --radius "
                 "(which tests the label's class already)")
-        require(args.shard is None, "--radius runs do not take --shard yet")
         require(args.bound == "cohen", "--bound applies to CERTIFY's radius, not to --radius "
                 "(which decides at given radii)")
     return _run(args, "certify")
 
 
+class DeprecatedAlias(argparse.Action):
+    """An option whose first spelling is the current one: any other spelling still works
+    and prints a one-line notice naming the current one."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        if option_string is not None and option_string != self.option_strings[0]:
+            print(f"note: {option_string} is deprecated; spell it {self.option_strings[0]}",
+                  file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def _radii(text: str) -> list[float]:
     try:
-        radii = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected R[,R2,...], got {text!r}") from None
-    if not all(r >= 0 and r < float("inf") for r in radii) or len(set(radii)) != len(radii):
-        raise argparse.ArgumentTypeError(f"radii must be distinct numbers >= 0, got {text!r}")
-    return radii
+        return check_radii(text.split(","), "radii")
+    except SmoothmixError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -190,14 +201,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    for path in args.shards:
-        require(Path(path).is_file(), f"shard file {path} does not exist")
-    if all(str(p).endswith(".npz") for p in args.shards):  # CAT-RS targets shards
-        from smoothmix.targets import merge_targets
+    from smoothmix.storage.merge import merge
 
-        out = merge_targets(args.out, args.shards)
-    else:
-        out = merge_results(args.out, args.shards)
+    out = merge(args.out, args.shards)
     print(f"merged {len(args.shards)} shards into {out}")
     return 0
 
@@ -205,7 +211,6 @@ def run_merge(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, kind: str) -> int:
     model, dataset, common = prepare_run(args)
     if kind == "certify" and args.radius is not None:
-        common.pop("shard")
         out = decide_dataset(model, dataset, args.sigma, args.out, radii=args.radius,
                              sequence=args.sequence, n0=args.n0, use_label=not args.no_label,
                              **common)
@@ -226,11 +231,12 @@ def report(kind: str, out: Path) -> None:
 
 
 def check_sigma_option(sigma: float) -> None:
-    """--sigma > 0, checked before the (slow) model and data loading."""
-    require(sigma > 0, f"--sigma must be positive (pixel units in [0, 1]), got {sigma}")
+    """--sigma (finite, > 0, in [0, 1] pixel units), checked before the (slow) model and data
+    loading."""
+    check_sigma(sigma)
 
 
-def prepare_run(args: argparse.Namespace) -> tuple[object, object, dict]:
+def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, dict]:
     """Check the options of :func:`add_run_options`, load the model and the dataset, and
     return (model, dataset, the keyword arguments the dataset runners share)."""
     # Cheap checks before the (slow) model and data loading.

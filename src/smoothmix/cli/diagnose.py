@@ -8,6 +8,7 @@ import dataclasses
 
 import torch
 
+from smoothmix.cli import add_device_argument
 from smoothmix.device import resolve_device
 from smoothmix.errors import require
 
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(default 1000)")
     p.add_argument("--batch", type=int, default=50, help="images per search batch (default 50)")
     p.add_argument("--normalization", help="override the checkpoint's normalisation layer")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA if available)")
+    add_device_argument(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="also write the rows to this CSV file")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from smoothmix.errors import require
+from smoothmix.checks import check_count
 
 DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
 
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "`smoothmix train --method catrs --targets FILE`). CAT-RS uses a Gaussian model "
         "trained at sigma 0.25 and N = 10,000; smaller N is allowed (pi becomes coarser, in "
         "steps of 1/N). Rerunning the same command resumes; --shard I/K splits the work "
-        "between jobs (merge with `smoothmix targets-merge`); under torchrun the ranks split "
+        "between jobs (merge with `smoothmix merge`); under torchrun the ranks split "
         "it and rank 0 merges.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="the (Gaussian) model checkpoint")
@@ -60,9 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     merge = subparsers.add_parser(
         "targets-merge",
-        help="merge the shard files of one `smoothmix targets --shard` run",
-        description="Merge OUT.rank0ofK.npz ... OUT.rank{K-1}ofK.npz into OUT; refuses shards "
-        "of different runs, missing or repeated shards and incomplete rows.",
+        help="deprecated: `smoothmix merge` merges targets shards too",
+        description="Deprecated spelling of `smoothmix merge OUT SHARD...` for targets shards "
+        "(OUT.rank0ofK.npz ... OUT.rank{K-1}ofK.npz).",
     )
     merge.add_argument("out", metavar="OUT", help="merged targets file to write")
     merge.add_argument("shards", nargs="+", metavar="SHARD", help="the shard files")
@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from smoothmix.cli.certify import check_sigma_option
 
     check_sigma_option(args.sigma)
-    require(args.n >= 1, f"--n must be >= 1, got {args.n}")
-    require(args.batch >= 1, f"--batch must be >= 1, got {args.batch}")
+    check_count("--n", args.n)
+    check_count("--batch", args.batch)
     from smoothmix.certification import parse_shard
     from smoothmix.checkpoint import load_checkpoint
     from smoothmix.distributed import distributed_env
@@ -104,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from smoothmix.targets import merge_targets
+    from smoothmix.storage.merge import merge
 
-    out = merge_targets(args.out, args.shards)
+    print("note: `smoothmix targets-merge` is deprecated; use `smoothmix merge`",
+          file=sys.stderr)
+    out = merge(args.out, args.shards)
     print(f"merged {len(args.shards)} shards into {out}")
     return 0

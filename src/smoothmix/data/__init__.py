@@ -140,8 +140,8 @@ def _load_cifar10(split: str, data_dir) -> TensorImageDataset:
         files = cifar10_files(directory, split)
         if all(p.is_file() for p in files):
             return _in_memory(read_cifar10, directory, split, files)
-    files = "data_batch_1..5" if split == "train" else "test_batch"
-    raise _not_found(f"CIFAR-10 {split} batches ({files} of cifar-10-batches-py)", looked,
+    names = "data_batch_1..5" if split == "train" else "test_batch"
+    raise _not_found(f"CIFAR-10 {split} batches ({names} of cifar-10-batches-py)", looked,
                      how + " (download cifar-10-python.tar.gz and extract it there)")
 
 
@@ -177,7 +177,7 @@ def _load_imagefolder(split: str, data_dir) -> FolderImageDataset:
     roots, how = _roots(data_dir)
     root = roots[0] if roots else None
     directory = _split_dir(root, split) if root is not None else None
-    if directory is None:
+    if root is None or directory is None:
         raise _split_folder_missing("image-folder", split, roots, how)
     # Size and colour mode come from the training split's first image so that both splits
     # (and every image in them) reach the model with one shape.

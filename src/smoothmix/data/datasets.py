@@ -25,6 +25,12 @@ class ImageDataset(Dataset):
     num_classes: int
     input_shape: tuple[int, int, int]
 
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
     def subset(self, n: int) -> ImageDataset:
         raise NotImplementedError
 
@@ -59,7 +65,8 @@ class TensorImageDataset(ImageDataset):
         self.num_classes = num_classes
         self.name = name
         self.augment = augment
-        self.input_shape = tuple(images.shape[1:])
+        channels, height, width = images.shape[1:]
+        self.input_shape = (channels, height, width)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -163,7 +170,8 @@ def _unpickle(path: Path) -> dict:
 
 def read_cifar10(directory: Path, split: str) -> TensorImageDataset:
     """Read the python-pickle batches of ``cifar-10-batches-py``."""
-    images, labels = [], []
+    images: list[np.ndarray] = []
+    labels: list[int] = []
     for path in cifar10_files(directory, split):
         try:
             batch = _unpickle(path)

@@ -220,7 +220,7 @@ class DeviceDataLoader:
         self.side = _side_tables(dataset, side, torch.device("cpu"))
         if self.side:
             dataset = _WithIndex(dataset)  # type: ignore[assignment]
-        self.sampler = (
+        self.sampler: DistributedSampler | None = (
             DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
                                seed=seed, drop_last=drop_last)
             if world_size > 1 else None

@@ -17,7 +17,6 @@ and (with ``smoothmix --import MODULE``) the CLI build it like the built-in ones
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from smoothmix.checks import check_num_classes
 from smoothmix.errors import SmoothmixError, first_line
 from smoothmix.models.cifar_resnet import CifarResNet
 from smoothmix.models.lenet import LeNet
@@ -59,6 +59,9 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel; the first layer of every smoothmix model."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -161,7 +164,7 @@ def register_model(
     if normalization not in NORMALIZATIONS:
         raise SmoothmixError(f"register_model({name!r}): unknown normalization "
                              f"{normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
-    _check_num_classes(num_classes)
+    check_num_classes(num_classes)
     shape = tuple(input_shape) if isinstance(input_shape, Sequence) else ()
     if not shape or not all(isinstance(d, int) and d >= 1 for d in shape):
         raise SmoothmixError(f"register_model({name!r}): input_shape must be positive integers "
@@ -197,13 +200,6 @@ def model_defaults(arch: str) -> ModelInfo:
     return _MODELS[arch]
 
 
-def _check_num_classes(num_classes: Any) -> None:
-    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool) \
-            or num_classes < 2:
-        raise SmoothmixError(f"num_classes must be an integer >= 2 (create_model(arch, "
-                             f"num_classes, normalization)), got {num_classes!r}")
-
-
 def create_model(
     arch: str, num_classes: int | None = None, normalization: str | None = None,
     **kwargs: Any,
@@ -216,7 +212,7 @@ def create_model(
     """
     info = model_defaults(arch)
     num_classes = info.num_classes if num_classes is None else num_classes
-    _check_num_classes(num_classes)
+    check_num_classes(num_classes)
     try:
         inspect.signature(info.build).bind(int(num_classes), **kwargs)
     except TypeError as exc:
