@@ -10,7 +10,7 @@ interleaved so that load from other processes hits both alike.
   (``code/train.py`` of jh-jeong/smoothmix): a Python loop over the m noise draws with one
   forward of 64 images each in every search step, the two loss forwards on the
   concatenated copies, and ``loss.item()`` after every step.
-* ``smoothmix``: :class:`smoothmix.methods.SmoothMixLoss` -- all m*64 noisy copies in one
+* ``smoothmix``: :class:`smoothmix.methods.smoothmix.SmoothMix` -- all m*64 noisy copies in one
   forward per search step, the x0 and x_mix copies in one joint forward, no host sync.
 * ``smoothmix --cuda-graphs`` (CUDA only): the same step captured as a CUDA graph and
   replayed per batch (:mod:`smoothmix.training.graphs`; its warm-up steps are untimed).

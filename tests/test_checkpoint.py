@@ -351,3 +351,24 @@ def test_checkpoints_without_arch_kwargs_load_as_before(tmp_path):
     save_checkpoint(tmp_path / "wrong.pth", {**base, "arch_kwargs": {"width": 3}})
     with pytest.raises(SmoothmixError, match="'lenet' cannot be built with .*width=3"):
         load_model(tmp_path / "wrong.pth")
+
+
+def test_checkpoint_record_reads_every_layout_and_writes_the_same_keys(tmp_path):
+    from smoothmix.checkpoint import CHECKPOINT_VERSION, Checkpoint, save_checkpoint
+
+    reference = {"arch": "lenet", "state_dict": {}, "optimizer": {}, "epoch": 90}
+    rec = Checkpoint.from_dict(reference)
+    assert rec.version == 0 and rec.arch_kwargs == {} and rec.settings() == {}
+    old = {**reference, "config": {"amp": True, "lr": 0.01}, "method": "gaussian",
+           "sigma": 0.5, "custom": 1}
+    rec = Checkpoint.from_dict(old)
+    assert rec.version == 1 and rec.extra == {"custom": 1}
+    assert rec.settings()["precision"] == "bf16"  # 0.2 recorded only amp
+    rec.arch_kwargs = {"width": 3}
+    save_checkpoint(tmp_path / "c.pth", rec)
+    data = torch.load(tmp_path / "c.pth", weights_only=True)
+    assert Checkpoint.from_dict(data).version == CHECKPOINT_VERSION
+    assert set(data) == {"arch", "state_dict", "arch_kwargs", "num_classes", "normalization",
+                         "epoch", "optimizer", "scheduler", "rng", "method", "method_options",
+                         "method_config", "sigma", "config", "metrics", "smoothmix",
+                         "git_commit", "custom"}

@@ -10,8 +10,8 @@ from smoothmix.cli import main
 
 
 def test_demo_runs_end_to_end_and_reruns_from_its_files(tmp_path: Path, capsys) -> None:
-    args = ["demo", "--outdir", str(tmp_path / "demo"), "--train-images", "64", "--epochs", "1",
-            "--certify-skip", "2500", "--n", "200", "--no-progress"]
+    args = ["demo", "--outdir", str(tmp_path / "demo"), "--train-subset", "64", "--epochs", "1",
+            "--skip", "2500", "--n", "200", "--no-progress"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| gaussian | 4 |" in out and "| smoothmix | 4 |" in out

@@ -97,8 +97,8 @@ def one_line_error(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize("extra, message", [
     (["--method", "smoothmixx", "--sigma", "0.5"], "valid methods"),
     (["--method", "gaussian", "--sigma", "0.5", "--arch", "resnet18"], "unknown architecture"),
-    (["--method", "gaussian", "--sigma", "0"], "sigma must be > 0"),
-    (["--method", "gaussian", "--sigma", "-0.5"], "sigma must be > 0"),
+    (["--method", "gaussian", "--sigma", "0"], "sigma must be a positive number"),
+    (["--method", "gaussian", "--sigma", "-0.5"], "sigma must be a positive number"),
     (["--method", "smoothmix", "--sigma", "0.5", "--num-noise", "0"], "m (--num-noise)"),
     (["--method", "smoothmix", "--sigma", "0.5", "--num-steps", "0"], "T (--num-steps)"),
     (["--method", "gaussian", "--sigma", "0.5", "--num-steps", "3"], "--num-steps is not"),
@@ -333,3 +333,17 @@ def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
     torch.manual_seed(0)
     init = torch.nn.Linear(36, 3).weight
     assert (a["1.1.weight"] - init).abs().max() > 1e-2
+
+
+def test_renamed_demo_flags_keep_their_old_spelling(capsys):
+    """demo --train-images / --certify-skip are deprecated spellings of --train-subset /
+    --skip (the names train and reproduce use): they still work, with a one-line notice."""
+    from smoothmix.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--train-images", "64", "--certify-skip", "7"])
+    assert (args.train_images, args.certify_skip) == (64, 7)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["smoothmix: --train-images is deprecated (until 0.5); use --train-subset",
+                   "smoothmix: --certify-skip is deprecated (until 0.5); use --skip"]
+    args = build_parser().parse_args(["demo", "--train-subset", "32", "--skip", "5"])
+    assert (args.train_images, args.certify_skip) == (32, 5)

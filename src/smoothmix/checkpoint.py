@@ -11,12 +11,13 @@ assumed, and they are built with no extra arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from smoothmix.errors import SmoothmixError, first_line, require
 from smoothmix.models import NORMALIZATIONS, create_model, list_models, model_defaults
+from smoothmix.storage import atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +39,82 @@ CHECKPOINT_NAME = "checkpoint.pth.tar"
 _WRAPPER_SEGMENTS = frozenset({"module", "_orig_mod"})
 
 
-def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a killed process leaves the old file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: The checkpoint layouts this code reads (``Checkpoint.version``; inferred from the keys, not
+#: stored, so that files keep the keys older readers and the reference scripts know):
+#: 0 the reference repositories' (``arch``, ``state_dict``, ``optimizer``, ``epoch``),
+#: 1 smoothmix 0.2 (run identity and ``config``; ``amp`` but no ``precision``), 2 smoothmix
+#: 0.3 on (``arch_kwargs``, ``precision`` and the provenance keys). This code writes 2.
+CHECKPOINT_VERSION = 2
+
+
+@dataclass
+class Checkpoint:
+    """One checkpoint file as a typed record (see the module docstring for the keys).
+
+    :meth:`from_dict` accepts every layout of :data:`CHECKPOINT_VERSION`'s list (missing
+    keys are None, ``arch_kwargs`` ``{}``); :meth:`to_dict` writes the keys smoothmix has
+    always written, in the same order, plus any unknown keys the file held (``extra``).
+    """
+
+    arch: str | None
+    state_dict: dict[str, Any]
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    normalization: str | None = None
+    epoch: int | None = None  # completed epochs
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    rng: list[Any] | None = None  # capture_rng_state() of every rank
+    method: str | None = None
+    method_options: dict[str, Any] | None = None  # the options the run was given
+    method_config: dict[str, Any] | None = None  # every option value of the method
+    sigma: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # TrainConfig + run metadata
+    metrics: dict[str, float] | None = None  # the epoch's log row
+    smoothmix: str | None = None  # release that wrote it
+    git_commit: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: int = CHECKPOINT_VERSION
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Checkpoint:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "version"}
+        values = {k: data[k] for k in names if data.get(k) is not None}
+        values.setdefault("arch", None)
+        values.setdefault("state_dict", {})
+        if "config" not in data and "method" not in data:
+            version = 0
+        else:
+            version = 2 if "arch_kwargs" in data else 1
+        return cls(**values, extra={k: v for k, v in data.items() if k not in names},
+                   version=version)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("extra", "version")}
+        return {**data, **self.extra}
+
+    def settings(self) -> dict[str, Any]:
+        """The run's settings as one flat record: ``config`` (schedule, execution, dataset,
+        subsets, preset) with the run identity (arch, its kwargs, method, options, sigma,
+        normalisation, classes). ``precision`` is derived from ``amp`` for 0.2's files.
+        Empty for a reference checkpoint (it records no recipe)."""
+        if self.version == 0:
+            return {}
+        saved = dict(self.config)
+        saved.update(arch=self.arch, arch_kwargs=dict(self.arch_kwargs), method=self.method,
+                     sigma=self.sigma, normalization=self.normalization,
+                     num_classes=self.num_classes,
+                     method_options=dict(self.method_options or {}))
+        saved["precision"] = saved.get("precision") or ("bf16" if saved.get("amp") else "fp32")
+        return {k: v for k, v in saved.items() if v is not None}
+
+
+def save_checkpoint(path: str | os.PathLike, state: Checkpoint | Mapping[str, Any]) -> None:
+    """Write ``state`` (a :class:`Checkpoint` or a plain dict) to ``path`` atomically: a
+    killed process leaves the old file intact."""
+    data = state.to_dict() if isinstance(state, Checkpoint) else dict(state)
+    atomic_write_with(path, lambda fh: torch.save(data, fh))
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
@@ -103,7 +167,9 @@ def capture_rng_state() -> dict[str, Any]:
     ``weights_only`` loading accepts (numpy's own state tuple holds an ndarray, which safe
     loading refuses). Only the current CUDA device is read: querying all of them would open
     a context on every GPU from every DDP rank."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy=True: (kind, keys, pos, has_gauss, cached)
+    kind, keys, pos, has_gauss, cached = state
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     return {
         "torch": torch.get_rng_state(),
@@ -183,6 +249,11 @@ def load_state_into(
     model.load_state_dict(sd, strict=False)  # strictness checked above, with better messages
 
 
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Checkpoint:
+    """:func:`load_checkpoint` as a typed :class:`Checkpoint` record."""
+    return Checkpoint.from_dict(load_checkpoint(path, map_location))
+
+
 def load_model(
     path: str | os.PathLike,
     device: torch.device | str | None = None,
@@ -200,41 +271,14 @@ def load_model(
     in ``ckpt["normalization"]`` and its origin in ``ckpt["normalization_source"]``.
     """
     ckpt = load_checkpoint(path)
-    arch = ckpt["arch"]
-    if arch is None:
-        raise SmoothmixError(
-            f"checkpoint {path} holds a custom network (no architecture name): build it "
-            "yourself and load load_checkpoint(path)['state_dict'] into it, or register it "
-            "with smoothmix.models.register_model and train it by name"
-        )
-    if not isinstance(arch, str):
-        raise SmoothmixError(f"checkpoint {path} has a non-string 'arch' entry: {arch!r}")
-    if arch not in list_models():
-        raise SmoothmixError(
-            f"checkpoint {path} is of unknown architecture {arch!r} (registered: "
-            f"{', '.join(list_models())}); if it is your own network, import the module that "
-            f"calls smoothmix.models.register_model({arch!r}, ...) first (CLI: smoothmix "
-            "--import MODULE ..., or SMOOTHMIX_IMPORT=MODULE)"
-        )
+    arch = _named_arch(ckpt.get("arch"), path)
     arch_kwargs = ckpt.get("arch_kwargs") or {}
     if not isinstance(arch_kwargs, dict) or not all(isinstance(k, str) for k in arch_kwargs):
         raise SmoothmixError(f"checkpoint {path} has a malformed 'arch_kwargs' entry "
                              f"{arch_kwargs!r} (expected a dict of keyword arguments)")
     info = model_defaults(arch)
-    if normalization is not None:
-        source = "requested"
-        if ckpt.get("normalization") not in (None, normalization):
-            log.warning("overriding the checkpoint's normalization %r with %r",
-                        ckpt["normalization"], normalization)
-    elif ckpt.get("normalization") is not None:
-        normalization, source = ckpt["normalization"], "checkpoint"
-    else:
-        normalization, source = info.normalization, "assumed (not recorded in checkpoint)"
-        log.warning(
-            "checkpoint %s does not record its normalization; assuming %r (the %s default) — "
-            "pass a different one if it was trained otherwise", path, normalization,
-            info.dataset or f"registered {arch!r}"
-        )
+    normalization, source = _normalization(ckpt.get("normalization"), normalization, info,
+                                           arch, path)
     num_classes = ckpt.get("num_classes") or _infer_num_classes(
         strip_wrapper_prefixes(ckpt["state_dict"])
     )
@@ -251,6 +295,45 @@ def load_model(
         normalization_source=source,
     )
     return model, ckpt
+
+
+def _named_arch(arch: Any, path: str | os.PathLike) -> str:
+    """The checkpoint's architecture name, registered; one line otherwise."""
+    if arch is None:
+        raise SmoothmixError(
+            f"checkpoint {path} holds a custom network (no architecture name): build it "
+            "yourself and load load_checkpoint(path)['state_dict'] into it, or register it "
+            "with smoothmix.models.register_model and train it by name"
+        )
+    if not isinstance(arch, str):
+        raise SmoothmixError(f"checkpoint {path} has a non-string 'arch' entry: {arch!r}")
+    if arch not in list_models():
+        raise SmoothmixError(
+            f"checkpoint {path} is of unknown architecture {arch!r} (registered: "
+            f"{', '.join(list_models())}); if it is your own network, import the module that "
+            f"calls smoothmix.models.register_model({arch!r}, ...) first (CLI: smoothmix "
+            "--import MODULE ..., or SMOOTHMIX_IMPORT=MODULE)"
+        )
+    return arch
+
+
+def _normalization(stored: str | None, requested: str | None, info: Any, arch: str,
+                   path: str | os.PathLike) -> tuple[str, str]:
+    """The normalisation to build with and where it came from (requested, checkpoint, or
+    assumed from the architecture's dataset, with a warning)."""
+    if requested is not None:
+        if stored not in (None, requested):
+            log.warning("overriding the checkpoint's normalization %r with %r", stored,
+                        requested)
+        return requested, "requested"
+    if stored is not None:
+        return stored, "checkpoint"
+    log.warning(
+        "checkpoint %s does not record its normalization; assuming %r (the %s default) — "
+        "pass a different one if it was trained otherwise", path, info.normalization,
+        info.dataset or f"registered {arch!r}"
+    )
+    return info.normalization, "assumed (not recorded in checkpoint)"
 
 
 def file_sha256(path: str | os.PathLike) -> str:

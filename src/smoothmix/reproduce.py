@@ -317,8 +317,6 @@ def reproduce(
     Every check that can fail on user input (experiment, methods, budget, an outdir of
     another budget, the dataset on disk) runs before anything is written.
     """
-    from smoothmix.certification import atomic_write, certify_dataset
-    from smoothmix.data import load_dataset
     from smoothmix.distributed import distributed_env
 
     exp = get_experiment(experiment)
@@ -328,75 +326,15 @@ def reproduce(
     budget = budget.normalised(exp)
     cert_device = _certify_device(device)
     out = Path(outdir)
-    # As JSON has it (tuples become lists), so that a rerun's check compares like with like.
-    state = {"experiment": exp.name,
-             "budget": json.loads(json.dumps(dataclasses.asdict(budget)))}
-    rank = distributed_env()[0]
-    main = rank == 0
-    if main:  # rank 0 alone checks and writes the folder (torchrun stops the others on error)
-        _check_outdir(out, state)
-    # Loading both splits here fails with the dataset's own one-line error (which says
-    # where it looked) before anything is written.
-    train_split = load_dataset(exp.dataset, "train", data_dir)
-    test_set = load_dataset(exp.dataset, "test", data_dir)
-    del train_split
-    for m in chosen:
-        _train_kwargs(exp, m, budget)  # a preset without the overridden option fails here
-        if _needs_soft_targets(exp, m):
-            _train_kwargs(dataclasses.replace(exp, sigma=TEACHER_SIGMA), "gaussian", budget)
+    main = distributed_env()[0] == 0
+    test_set = _checked_before_writing(exp, chosen, budget, out, data_dir, main)
     teacher_stages = 2 if any(_needs_soft_targets(exp, m) for m in chosen) else 0
-
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        from smoothmix.provenance import provenance
-
-        atomic_write(out / STATE_NAME, json.dumps({**state, **provenance()}, indent=2) + "\n")
     say = _Say(main, len(chosen) * 2 + 1 + teacher_stages, exp.name)
     say(f"{budget.describe(exp)}")
     say(f"writing to {out.resolve()}")
-
-    from smoothmix.certification import decide_dataset
-    from smoothmix.checkpoint import CHECKPOINT_NAME, file_sha256, load_model
-    from smoothmix.training import train
-
-    timings: dict[str, dict[str, float]] = {}
-    for m in chosen:
-        run_dir = out / m
-        extra: dict[str, Any] = {}
-        if _needs_soft_targets(exp, m):
-            extra["targets"] = _soft_targets(exp, out, budget, data_dir, device, progress, say)
-        say.stage(f"train {m} (preset {exp.preset_name(m)}) -> {run_dir}")
-        start = time.time()
-        # resume=True continues an interrupted run and returns at once for a finished one.
-        train(run_dir, data_dir=data_dir, device=device, progress=progress,
-              resume=run_dir.exists(), **_train_kwargs(exp, m, budget), **extra)
-        t_train = time.time() - start
-        ckpt = run_dir / CHECKPOINT_NAME
-        tsv = out / f"certify_{m}.tsv"
-        say.stage(f"certify {m} -> {tsv}")
-        start = time.time()
-        model, _ = load_model(ckpt, device=cert_device)
-        # A retrained model must never reuse another model's rows.
-        identity = {"experiment": exp.name, "method": m, "checkpoint_sha256": file_sha256(ckpt)}
-        execution = {"precision": budget.precision} if budget.precision else None
-        max_idx = budget.max_idx if budget.max_idx is not None else -1
-        certify_dataset(model, test_set, exp.sigma, tsv, n0=N0, n=budget.n or FULL_N,
-                        alpha=ALPHA, skip=budget.skip or exp.skip, max_idx=max_idx,
-                        progress=progress, identity=identity, execution=execution,
-                        bound=budget.bound or "cohen")
-        timings[m] = {"train_seconds": round(t_train, 1),
-                      "certify_seconds": round(time.time() - start, 1)}
-        if budget.decide_radii is not None and main:  # --radius runs on one process
-            decide_tsv = out / f"decide_{m}.tsv"
-            say(f"decide {m} at r = {', '.join(f'{r:g}' for r in budget.decide_radii)} -> "
-                f"{decide_tsv}")
-            start = time.time()
-            decide_dataset(model, test_set, exp.sigma, decide_tsv,
-                           radii=list(budget.decide_radii), sequence="kt",
-                           n=budget.n or FULL_N, alpha=ALPHA, use_label=True,
-                           skip=budget.decide_skip or 1, max_idx=max_idx, progress=progress,
-                           identity=identity, execution=execution)
-            timings[m]["decide_seconds"] = round(time.time() - start, 1)
+    run = _Reproduction(exp, budget, out, data_dir, device, cert_device, progress, say,
+                        test_set, main)
+    timings = {m: _reproduce_method(run, m) for m in chosen}
     if not main:
         return {}
     say.stage("table")
@@ -404,6 +342,121 @@ def reproduce(
     print(summary["table"], flush=True)
     say(f"table {out / TABLE_NAME}, curves {out / PLOT_NAME}, summary {out / SUMMARY_NAME}")
     return summary
+
+
+def _checked_before_writing(exp: Experiment, chosen: list[str], budget: Budget, out: Path,
+                            data_dir: str | os.PathLike | None, main: bool) -> Any:
+    """Every check that can fail on user input, then (rank 0) the folder and its state
+    file; returns the test set."""
+    from smoothmix.data import load_dataset
+    from smoothmix.storage import atomic_write
+
+    # As JSON has it (tuples become lists), so that a rerun's check compares like with like.
+    state = {"experiment": exp.name,
+             "budget": json.loads(json.dumps(dataclasses.asdict(budget)))}
+    if main:  # rank 0 alone checks and writes the folder (torchrun stops the others on error)
+        _check_outdir(out, state)
+    # Loading both splits here fails with the dataset's own one-line error (which says
+    # where it looked) before anything is written.
+    load_dataset(exp.dataset, "train", data_dir)
+    test_set = load_dataset(exp.dataset, "test", data_dir)
+    for m in chosen:
+        _train_kwargs(exp, m, budget)  # a preset without the overridden option fails here
+        if _needs_soft_targets(exp, m):
+            _train_kwargs(dataclasses.replace(exp, sigma=TEACHER_SIGMA), "gaussian", budget)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        from smoothmix.provenance import provenance
+
+        atomic_write(out / STATE_NAME, json.dumps({**state, **provenance()}, indent=2) + "\n")
+    return test_set
+
+
+@dataclass
+class _Reproduction:
+    """What every method's stages of one ``reproduce`` share."""
+
+    exp: Experiment
+    budget: Budget
+    out: Path
+    data_dir: str | os.PathLike | None
+    device: str | None
+    cert_device: Any
+    progress: bool
+    say: _Say
+    test_set: Any
+    main: bool
+
+
+def _reproduce_method(run: _Reproduction, m: str) -> dict[str, float]:
+    """Train method ``m`` (resuming a run there), certify it, decide at the budget's radii;
+    returns the stages' timings."""
+    from smoothmix.checkpoint import CHECKPOINT_NAME
+    from smoothmix.training import train
+
+    exp, budget, out, say = run.exp, run.budget, run.out, run.say
+    run_dir = out / m
+    extra: dict[str, Any] = {}
+    if _needs_soft_targets(exp, m):
+        extra["targets"] = _soft_targets(exp, out, budget, run.data_dir, run.device,
+                                         run.progress, say)
+    say.stage(f"train {m} (preset {exp.preset_name(m)}) -> {run_dir}")
+    start = time.time()
+    # resume=True continues an interrupted run and returns at once for a finished one.
+    train(run_dir, data_dir=run.data_dir, device=run.device, progress=run.progress,
+          resume=run_dir.exists(), **_train_kwargs(exp, m, budget), **extra)
+    timings = {"train_seconds": round(time.time() - start, 1)}
+    start = time.time()
+    model, identity = _certify_method(run, m, run_dir / CHECKPOINT_NAME)
+    timings["certify_seconds"] = round(time.time() - start, 1)
+    if budget.decide_radii is not None and run.main:  # --radius runs on one process
+        start = time.time()
+        _decide_method(run, m, model, identity)
+        timings["decide_seconds"] = round(time.time() - start, 1)
+    return timings
+
+
+def _certify_method(run: _Reproduction, m: str, ckpt: Path) -> tuple[Any, dict[str, Any]]:
+    """CERTIFY the test set into ``certify_M.tsv``; returns the model and the rows'
+    identity."""
+    from smoothmix.certification import certify_dataset
+    from smoothmix.checkpoint import file_sha256, load_model
+
+    budget = run.budget
+    tsv = run.out / f"certify_{m}.tsv"
+    run.say.stage(f"certify {m} -> {tsv}")
+    model, _ = load_model(ckpt, device=run.cert_device)
+    # A retrained model must never reuse another model's rows.
+    identity = {"experiment": run.exp.name, "method": m, "checkpoint_sha256": file_sha256(ckpt)}
+    certify_dataset(model, run.test_set, run.exp.sigma, tsv, n0=N0, n=budget.n or FULL_N,
+                    alpha=ALPHA, skip=budget.skip or run.exp.skip, max_idx=_max_idx(budget),
+                    progress=run.progress, identity=identity, execution=_execution(budget),
+                    bound=budget.bound or "cohen")
+    return model, identity
+
+
+def _decide_method(run: _Reproduction, m: str, model: Any, identity: dict[str, Any]) -> None:
+    """The decisions "robust at r" at the budget's radii into ``decide_M.tsv``."""
+    from smoothmix.certification import decide_dataset
+
+    budget = run.budget
+    assert budget.decide_radii is not None
+    decide_tsv = run.out / f"decide_{m}.tsv"
+    run.say(f"decide {m} at r = {', '.join(f'{r:g}' for r in budget.decide_radii)} -> "
+            f"{decide_tsv}")
+    decide_dataset(model, run.test_set, run.exp.sigma, decide_tsv,
+                   radii=list(budget.decide_radii), sequence="kt", n=budget.n or FULL_N,
+                   alpha=ALPHA, use_label=True, skip=budget.decide_skip or 1,
+                   max_idx=_max_idx(budget), progress=run.progress, identity=identity,
+                   execution=_execution(budget))
+
+
+def _max_idx(budget: Budget) -> int:
+    return budget.max_idx if budget.max_idx is not None else -1
+
+
+def _execution(budget: Budget) -> dict[str, Any] | None:
+    return {"precision": budget.precision} if budget.precision else None
 
 
 def _certify_device(name: str | None) -> Any:
@@ -550,6 +603,23 @@ def _format(exp: Experiment, rows: list[dict[str, Any]], budget: Budget, cap: fl
     A second table gives the KT decisions' certified accuracy, when they were run."""
     from smoothmix.analysis import BEYOND_CAP
 
+    lines, starred = _certify_table(exp, rows, budget, cap)
+    if starred:
+        lines += ["", "* published value of the full test set (10,000 images); subsets "
+                  "starting at idx 0 are harder than the whole set, so expect ours lower."]
+    if any(r > cap for r in exp.radii):
+        lines += ["", f"{BEYOND_CAP} beyond the radius cap = {cap:.3f} of N = "
+                  f"{budget.n or FULL_N:,}: no radius there can be certified with this N, so "
+                  "our 0 is an artefact of N, not of the model."]
+    lines += _decisions_table(exp, rows, budget)
+    return "\n".join(lines) + "\n"
+
+
+def _certify_table(exp: Experiment, rows: list[dict[str, Any]], budget: Budget,
+                   cap: float) -> tuple[list[str], bool]:
+    """The heading and the CERTIFY table; whether a cell is marked * (full test set)."""
+    from smoothmix.analysis import BEYOND_CAP
+
     skip = budget.skip or exp.skip
     images = rows[0]["examples"] if rows else 0
     which = ("the full test set" if skip == 1 and budget.max_idx is None
@@ -567,51 +637,57 @@ def _format(exp: Experiment, rows: list[dict[str, Any]], budget: Budget, cap: fl
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     starred = False
     for row in rows:
-        same = row["published_same_images"]
-        pub_acr = row["published_same_images_acr"] if same else row["published_acr"]
-        pub_acc = (row["published_same_images_certified_accuracy"] if same
-                   else row["published_certified_accuracy"]) or [None] * len(exp.radii)
-        mark = "" if same else "*"
-        starred |= not same and (pub_acr is not None)
-        cells = [row["method"], str(row["examples"]), _cell(row["acr"], pub_acr, 3, mark)]
-        cells += [_cell(a, p, 2, mark if same or p is None else "*")
-                  for a, p in zip(row["certified_accuracy"], pub_acc, strict=True)]
-        if same and row["published_same_images_certified_accuracy"] is None:
-            full = row["published_certified_accuracy"] or [None] * len(exp.radii)
-            cells[3:] = [_cell(a, p, 2, "*") for a, p in
-                         zip(row["certified_accuracy"], full, strict=True)]
-            starred |= any(p is not None for p in full)
+        cells, marked = _certify_cells(exp, row)
+        starred |= marked
         lines.append("| " + " | ".join(cells) + " |")
-    if starred:
-        lines += ["", "* published value of the full test set (10,000 images); subsets "
-                  "starting at idx 0 are harder than the whole set, so expect ours lower."]
-    if any(r > cap for r in exp.radii):
-        lines += ["", f"{BEYOND_CAP} beyond the radius cap = {cap:.3f} of N = "
-                  f"{budget.n or FULL_N:,}: no radius there can be certified with this N, so "
-                  "our 0 is an artefact of N, not of the model."]
+    return lines, starred
+
+
+def _certify_cells(exp: Experiment, row: dict[str, Any]) -> tuple[list[str], bool]:
+    """One method's CERTIFY row; whether it shows a full-test-set (*) published value."""
+    same = row["published_same_images"]
+    pub_acr = row["published_same_images_acr"] if same else row["published_acr"]
+    pub_acc = (row["published_same_images_certified_accuracy"] if same
+               else row["published_certified_accuracy"]) or [None] * len(exp.radii)
+    mark = "" if same else "*"
+    starred = not same and (pub_acr is not None)
+    cells = [row["method"], str(row["examples"]), _cell(row["acr"], pub_acr, 3, mark)]
+    cells += [_cell(a, p, 2, mark if same or p is None else "*")
+              for a, p in zip(row["certified_accuracy"], pub_acc, strict=True)]
+    if same and row["published_same_images_certified_accuracy"] is None:
+        full = row["published_certified_accuracy"] or [None] * len(exp.radii)
+        cells[3:] = [_cell(a, p, 2, "*") for a, p in
+                     zip(row["certified_accuracy"], full, strict=True)]
+        starred |= any(p is not None for p in full)
+    return cells, starred
+
+
+def _decisions_table(exp: Experiment, rows: list[dict[str, Any]], budget: Budget) -> list[str]:
+    """The KT decisions' table (with its blank line before), or nothing."""
     decided = [row for row in rows if "decisions" in row]
-    if decided:
-        d0 = decided[0]["decisions"]
-        dskip = budget.decide_skip or 1
-        dwhich = "the full test set" if dskip == 1 else f"every {_ordinal(dskip)} test image"
-        dhead = ["method", "examples", *(f"r = {r:g}" for r in d0["radii"]),
-                 "mean samples per decision"]
-        lines += ["", f"KT confidence-sequence decisions (certify --radius, label mode, alpha "
-                  f"= {ALPHA}, cap {budget.n or FULL_N:,} samples) on {dwhich} "
-                  f"({d0['examples']} images): certified accuracy (%), ours then (published "
-                  "CERTIFY value on the same images, ours - published) where known. A "
-                  "decision is not a radius: no ACR.", "",
-                  "| " + " | ".join(dhead) + " |", "|" + "---|" * len(dhead)]
-        for row in decided:
-            d = row["decisions"]
-            pub = row["published_certified_accuracy"] if dskip == 1 else None
-            pub_at = {r: p for r, p in zip(exp.radii, pub or [], strict=False)}
-            cells = [row["method"], str(d["examples"])]
-            cells += [_cell(a, pub_at.get(r), 2) for r, a in
-                      zip(d["radii"], d["certified_accuracy"], strict=True)]
-            cells.append(f"{sum(d['mean_samples']) / len(d['mean_samples']):,.0f}")
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    if not decided:
+        return []
+    d0 = decided[0]["decisions"]
+    dskip = budget.decide_skip or 1
+    dwhich = "the full test set" if dskip == 1 else f"every {_ordinal(dskip)} test image"
+    dhead = ["method", "examples", *(f"r = {r:g}" for r in d0["radii"]),
+             "mean samples per decision"]
+    lines = ["", f"KT confidence-sequence decisions (certify --radius, label mode, alpha "
+             f"= {ALPHA}, cap {budget.n or FULL_N:,} samples) on {dwhich} "
+             f"({d0['examples']} images): certified accuracy (%), ours then (published "
+             "CERTIFY value on the same images, ours - published) where known. A "
+             "decision is not a radius: no ACR.", "",
+             "| " + " | ".join(dhead) + " |", "|" + "---|" * len(dhead)]
+    for row in decided:
+        d = row["decisions"]
+        pub = row["published_certified_accuracy"] if dskip == 1 else None
+        pub_at = {r: p for r, p in zip(exp.radii, pub or [], strict=False)}
+        cells = [row["method"], str(d["examples"])]
+        cells += [_cell(a, pub_at.get(r), 2) for r, a in
+                  zip(d["radii"], d["certified_accuracy"], strict=True)]
+        cells.append(f"{sum(d['mean_samples']) / len(d['mean_samples']):,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _cell(ours: float, published: float | None, digits: int, mark: str = "") -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from smoothmix.cli import add_device_argument
+from smoothmix.cli.train import add_deprecated_alias
 from smoothmix.demo import DemoBudget, run_demo
 
 
@@ -25,17 +27,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=float, default=defaults.sigma,
                    help="noise level in [0,1] pixel units: 0.25, 0.5 or 1.0, the published "
                    f"MNIST tables (default {defaults.sigma})")
-    p.add_argument("--train-images", type=int, default=defaults.train_images,
+    p.add_argument("--train-subset", type=int, dest="train_images", metavar="N",
+                   default=defaults.train_images,
                    help=f"train on the first N MNIST images (default {defaults.train_images})")
+    add_deprecated_alias(p, "--train-images", "--train-subset", "train_images")
     p.add_argument("--epochs", type=int, default=defaults.epochs,
                    help=f"training epochs of each model (default {defaults.epochs})")
-    p.add_argument("--certify-skip", type=int, default=defaults.certify_skip,
+    p.add_argument("--skip", type=int, dest="certify_skip", metavar="K",
+                   default=defaults.certify_skip,
                    help="certify every k-th test image (default "
                    f"{defaults.certify_skip}: 100 images)")
+    add_deprecated_alias(p, "--certify-skip", "--skip", "certify_skip")
     p.add_argument("--n", type=int, default=defaults.n,
                    help=f"CERTIFY's N, samples for the bound (default {defaults.n})")
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda or cuda:N (default: CUDA if available, else CPU)")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from smoothmix import distributed
+from smoothmix.cli import add_device_argument
 from smoothmix.cli.train import add_deferred_flags
 from smoothmix.errors import require
 
@@ -34,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--train-subset", type=int, metavar="N",
                    help="train on the first N training images")
     b.add_argument("--batch", type=int, dest="batch_size", metavar="B",
-                   help="images per optimiser step for every method (presets: 256/m)")
+                   help="images per optimiser step over all processes, for every method "
+                   "(as train --batch; presets: 256/m)")
     b.add_argument("--warmup", type=int, metavar="EPOCHS",
                    help="warm-up of SmoothAdv's epsilon and SmoothMix's mix weight (presets: "
                    "10 epochs; short budgets want 1)")
@@ -63,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = p.add_argument_group("execution")
     e.add_argument("--data-dir", help="dataset root (default: $SMOOTHMIX_DATA; MNIST falls "
                    "back to the copy embedded in the package)")
-    e.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA if available)")
+    add_device_argument(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

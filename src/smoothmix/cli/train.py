@@ -8,43 +8,53 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from smoothmix import distributed
+from smoothmix.cli import add_device_argument
 from smoothmix.errors import require
+from smoothmix.training.recipe import option_flag
 
-# (flag, python option name, type, help) of every method option; all default to None so
-# that only the options the user typed reach the method (and override a preset).
-METHOD_OPTION_FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--num-noise", "num_noise", int,
-     "m: noise draws per image (SmoothMix, SmoothAdv, MACER, Consistency)"),
-    ("--num-steps", "num_steps", int,
-     "T: steps of the SmoothMix search / SmoothAdv attack"),
-    ("--step-size", "step_size", float,
-     "length of one SmoothMix search step in [0,1]-pixel L2 units (the reference's alpha; "
-     "not the certificate's alpha)"),
-    ("--eta", "eta", float, "weight of the SmoothMix mix loss / Consistency entropy term"),
-    ("--mix-step", "mix_step", int,
-     "SmoothMix anchor: 0 = clean image, 1 = one-step adversary (\"+ one-step adversary\")"),
-    ("--epsilon", "epsilon", float,
-     "SmoothAdv attack / CAT-RS noise-search radius, L2 in [0,1] pixel units (255/256 ~ 0.996 "
-     "for the SmoothAdv MNIST recipe; CAT-RS 1.0)"),
-    ("--attack", "attack", str, "SmoothAdv attack: pgd or ddn"),
-    ("--warmup", "warmup", int, "epochs of linear warm-up of SmoothAdv's epsilon / SmoothMix's "
-     "mix weight"),
-    ("--lbd", "lbd", float, "lambda: weight of the Stability / MACER / Consistency term"),
-    ("--beta", "beta", float, "MACER inverse temperature beta"),
-    ("--gamma", "gamma", float, "MACER hinge threshold gamma"),
-    ("--max-norm", "max_norm", float,
-     "SmoothMix: project the search onto an L2 ball of this radius (default: off)"),
-    ("--confidence-mask", "confidence_mask", int,
-     "CAT-RS: 1 = draw K from the soft target's true-class probability (ImageNet recipe)"),
-    ("--epsilon-double-epoch", "epsilon_double_epoch", int,
-     "CAT-RS: double the noise-search radius from this epoch on (ImageNet recipe: 80)"),
-)
+_METAVARS = {"num_noise": "M", "num_steps": "T", "step_size": "STEP", "epsilon": "EPS",
+             "warmup": "EPOCHS", "lbd": "LAMBDA", "max_norm": "R",
+             "epsilon_double_epoch": "EPOCH"}
 
-_METAVARS = {"num_noise": "M", "num_steps": "T", "step_size": "STEP", "mix_step": "{0,1}",
-             "epsilon": "EPS", "attack": "{pgd,ddn}", "warmup": "EPOCHS", "lbd": "LAMBDA",
-             "max_norm": "R", "confidence_mask": "{0,1}", "epsilon_double_epoch": "EPOCH"}
+def method_option_flags() -> list[tuple[str, str, type, str, tuple[Any, ...] | None]]:
+    """``(flag, option, type, help, choices)`` of every option of the registered methods,
+    from their :class:`~smoothmix.methods.base.Option` tables (MACER's ``deferred_epochs``
+    is set by ``--deferred``). An option several methods take is one flag whose help names
+    each method's meaning."""
+    from smoothmix.methods import METHODS
+
+    found: dict[str, tuple[type, list[str], tuple[Any, ...] | None]] = {}
+    for name, cls in METHODS.items():
+        for key, opt in cls.options.items():
+            if key == "deferred_epochs":
+                continue
+            typ, helps, choices = found.setdefault(key, (opt.type, [], opt.choices))
+            helps.append(f"{name}: {opt.help}")
+    return [(option_flag(k), k, typ, "; ".join(helps), choices)
+            for k, (typ, helps, choices) in found.items()]
+
+
+class DeprecatedAlias(argparse.Action):
+    """A renamed flag's old spelling: stores like the new one, with a one-line notice."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"smoothmix: {option_string} is deprecated (until 0.5); use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(group: argparse._ActionsContainer, old: str, new: str,
+                         dest: str, type: type = int) -> None:
+    group.add_argument(old, dest=dest, type=type, action=DeprecatedAlias, new=new,
+                       help=argparse.SUPPRESS)
 
 
 def add_deferred_flags(group: argparse._ActionsContainer) -> None:
@@ -108,9 +118,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "with the same seed are reproducible on CPU")
 
     m_g = p.add_argument_group("method options (default: the method's published value)")
-    for flag, dest, typ, text in METHOD_OPTION_FLAGS:
+    for flag, dest, typ, text, choices in method_option_flags():
+        metavar = ("{" + ",".join(map(str, choices)) + "}" if choices
+                   else _METAVARS.get(dest, dest.upper()))
         m_g.add_argument(flag, dest=f"opt_{dest}", type=typ, default=None, help=text,
-                         metavar=_METAVARS.get(dest, dest.upper()))
+                         metavar=metavar)
     add_deferred_flags(m_g)
 
     d_g = p.add_argument_group("data and execution")
@@ -121,8 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d_g.add_argument("--test-subset", type=int, metavar="N",
                      help="measure the per-epoch noisy test accuracy on the first N test "
                      "images")
-    d_g.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA if available; "
-                     "under torchrun, cuda:LOCAL_RANK)")
+    add_device_argument(d_g)
     d_g.add_argument("--workers", type=int, default=None,
                      help="DataLoader worker processes for image-folder datasets (default: 4, "
                      "at most the machine's CPU cores; MNIST and "
@@ -165,7 +176,7 @@ def _resolve_precision(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from smoothmix.training import train
 
-    options = {dest: getattr(args, f"opt_{dest}") for _, dest, _, _ in METHOD_OPTION_FLAGS}
+    options = {dest: getattr(args, f"opt_{dest}") for _, dest, *_ in method_option_flags()}
     try:
         path = train(
             args.outdir,

@@ -59,10 +59,10 @@ def _register_builtin() -> None:
     from smoothmix.methods.gaussian import Gaussian
     from smoothmix.methods.macer import Macer
     from smoothmix.methods.smoothadv import SmoothAdv
-    from smoothmix.methods.smoothmix import SmoothMixLoss
+    from smoothmix.methods.smoothmix import SmoothMix
     from smoothmix.methods.stability import Stability
 
-    for cls in (SmoothMixLoss, Gaussian, Stability, SmoothAdv, Macer, Consistency, CatRS):
+    for cls in (SmoothMix, Gaussian, Stability, SmoothAdv, Macer, Consistency, CatRS):
         register_method(cls)
 
 

@@ -100,6 +100,13 @@ class CatRS(TrainingMethod):
     """
 
     name = "catrs"
+    # Option values, set by TrainingMethod.__init__ from the table below.
+    num_noise: int
+    num_steps: int
+    epsilon: float
+    lbd: float
+    confidence_mask: int
+    epsilon_double_epoch: int | None
     side_data = ("soft_target",)
     options = {
         "num_noise": Option(4, "M: noise draws per image (published: 4; ImageNet 2)", int,
@@ -129,7 +136,7 @@ class CatRS(TrainingMethod):
         return self.epsilon * (2.0 if double else 1.0)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int,
-                 soft_target: Tensor | None = None) -> StepOutput:
+                 soft_target: Tensor | None = None, **side: Tensor) -> StepOutput:
         check_batch(x, y)
         if soft_target is None:
             raise SmoothmixError("method catrs needs the per-example soft targets (pass "

@@ -29,6 +29,10 @@ class Consistency(TrainingMethod):
     """
 
     name = "consistency"
+    # Option values, set by TrainingMethod.__init__ from the table below.
+    num_noise: int
+    lbd: float
+    eta: float
     options = {
         "num_noise": Option(2, "m: noise draws per image (published: 2)", int, at_least(2)),
         "lbd": Option(10.0, "weight lambda of the KL consistency term (published: MNIST "
@@ -37,7 +41,8 @@ class Consistency(TrainingMethod):
                       non_negative),
     }
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int,
+                 **side: Tensor) -> StepOutput:
         check_batch(x, y)
         m = self.num_noise
         logits = full_precision(model(noisy_copies(x, self._noise(x, m))))

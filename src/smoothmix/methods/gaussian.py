@@ -20,7 +20,8 @@ class Gaussian(TrainingMethod):
     name = "gaussian"
     options = {}
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int,
+                 **side: Tensor) -> StepOutput:
         check_batch(x, y)
         logits = full_precision(model(x + self._noise(x, 1)[0]))
         loss = F.cross_entropy(logits, y)

@@ -31,6 +31,12 @@ class Macer(TrainingMethod):
     """
 
     name = "macer"
+    # Option values, set by TrainingMethod.__init__ from the table below.
+    num_noise: int
+    lbd: float
+    beta: float
+    gamma: float
+    deferred_epochs: int
     options = {
         "num_noise": Option(16, "k: noise draws per image (published: 16)", int, at_least(1)),
         "lbd": Option(12.0, "weight lambda of the robustness term (published: MNIST 16/16/6, "
@@ -44,7 +50,8 @@ class Macer(TrainingMethod):
                                   non_negative),
     }
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int,
+                 **side: Tensor) -> StepOutput:
         check_batch(x, y)
         k = self.num_noise
         logits = full_precision(model(noisy_copies(x, self._noise(x, k))))

@@ -30,6 +30,12 @@ class SmoothAdv(TrainingMethod):
     """
 
     name = "smoothadv"
+    # Option values, set by TrainingMethod.__init__ from the table below.
+    num_noise: int
+    attack: str
+    num_steps: int
+    epsilon: float
+    warmup: int
     options = {
         "num_noise": Option(4, "m: noise draws per image, shared by attack and loss "
                             "(published: MNIST 4; CIFAR-10 8/8/2 for sigma 0.25/0.5/1.0)",
@@ -47,7 +53,8 @@ class SmoothAdv(TrainingMethod):
     def current_epsilon(self, epoch: int) -> float:
         return self.epsilon * warmup_factor(epoch, self.warmup)
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int,
+                 **side: Tensor) -> StepOutput:
         check_batch(x, y)
         m = self.num_noise
         noise = self._noise(x, m)

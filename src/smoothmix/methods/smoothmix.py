@@ -51,7 +51,7 @@ def is_mode_free(model: nn.Module) -> bool:
     return all(type(mod) in _MODE_FREE_LAYERS for mod in model.modules())
 
 
-class SmoothMixLoss(TrainingMethod):
+class SmoothMix(TrainingMethod):
     """``L = L_nat + eta * w * L_mix`` (docs/MATH.md §3.6).
 
     Per batch: ``m`` noise draws, reused everywhere; the unrestricted search gives the path
@@ -81,6 +81,14 @@ class SmoothMixLoss(TrainingMethod):
     """
 
     name = "smoothmix"
+    # Option values, set by TrainingMethod.__init__ from the table below.
+    num_noise: int
+    num_steps: int
+    step_size: float
+    eta: float
+    mix_step: int
+    warmup: int
+    max_norm: float | None
     options = {
         "num_noise": Option(4, "m: noise draws per image, shared by search and losses "
                             "(published: MNIST 4, CIFAR-10 2)", int, at_least(1)),
@@ -109,7 +117,8 @@ class SmoothMixLoss(TrainingMethod):
         plain = unwrap_ddp(model) is model and not hasattr(model, "_orig_mod")
         return self.mix_step == 0 and plain and is_mode_free(model)
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int,
+                 **side: Tensor) -> StepOutput:
         check_batch(x, y)
         m, batch, num_classes = self.num_noise, x.shape[0], self.num_classes
         noise = self._noise(x, m)
@@ -153,3 +162,7 @@ class SmoothMixLoss(TrainingMethod):
             "mix_fraction": correct.float().mean(),
             "acc": accuracy(logits0, y_copies),
         })
+
+
+#: The class's earlier name (before 0.4), kept as an alias; the others never had the suffix.
+SmoothMixLoss = SmoothMix

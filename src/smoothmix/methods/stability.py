@@ -27,12 +27,15 @@ class Stability(TrainingMethod):
     """
 
     name = "stability"
+    # Option values, set by TrainingMethod.__init__ from the table below.
+    lbd: float
     options = {
         "lbd": Option(2.0, "weight lambda of the stability term (published: 2)", float,
                       non_negative),
     }
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> StepOutput:
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int,
+                 **side: Tensor) -> StepOutput:
         check_batch(x, y)
         clean, noisy = forward_groups(model, [x, x + self._noise(x, 1)[0]])
         clean, noisy = full_precision(clean), full_precision(noisy)

@@ -24,20 +24,31 @@ written.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 from smoothmix import distributed
-from smoothmix.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from smoothmix.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from smoothmix.checks import check_count, check_sigma
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.training.loop import TrainConfig, check_outdir, fit, seed_everything
-from smoothmix.training.presets import get_preset
+from smoothmix.training.presets import Preset, get_preset
+from smoothmix.training.recipe import (
+    OPTION_PREFIX,
+    RECIPE_FIELDS,
+    SCHEDULE_FIELDS,
+    Recipe,
+    comparable,
+    merge,
+    option_flag,
+    recipe_differences,
+    show,
+)
 
 # Per-dataset schedule defaults (docs/MATH.md §3.6 table; ImageNet: Cohen et al.'s 90/0.1/30).
 SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -47,18 +58,8 @@ SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _FALLBACK_SCHEDULE = {"epochs": 90, "lr": 0.1, "lr_step": 30}
 
-# TrainConfig fields that define a run's trajectory: on --resume they must match the stored run
-# (except a larger --epochs, which extends it).
-_RESUME_RECIPE = ("epochs", "batch_size", "lr", "lr_step", "lr_gamma", "lr_milestones",
-                  "momentum", "weight_decay", "seed", "precision")
-
 # Options that count things and must be at least 1 (m and T of docs/MATH.md §3).
 _COUNT_OPTIONS = {"num_noise": "m (--num-noise)", "num_steps": "T (--num-steps)"}
-
-
-def option_flag(name: str) -> str:
-    """The CLI flag of a method option (``deferred_epochs`` is set by ``--deferred``)."""
-    return "--deferred" if name == "deferred_epochs" else "--" + name.replace("_", "-")
 
 
 def default_batch_size(method: str, num_noise: int | None, dataset: str | None = None) -> int:
@@ -87,6 +88,15 @@ class TrainSpec:
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def recipe(self) -> dict[str, Any]:
+        """The resolved recipe as a flat settings record (what a resume compares)."""
+        c = self.config
+        return {"method": self.method, "sigma": self.sigma, "dataset": self.dataset,
+                "arch": self.arch, "arch_kwargs": dict(self.arch_kwargs),
+                "train_subset": self.train_subset, "test_subset": self.test_subset,
+                "method_options": dict(self.method_options),
+                **{k: getattr(c, k) for k in SCHEDULE_FIELDS}}
+
     def metadata(self, num_classes: int | None) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "arch": self.arch, "normalization": self.normalization, "num_classes": num_classes,
@@ -105,14 +115,7 @@ def _saved_settings(outdir: Path) -> dict[str, Any] | None:
     """The settings of the run in ``outdir``, when resuming it (None for a fresh run)."""
     if not (outdir / CHECKPOINT_NAME).is_file():
         return None
-    ckpt = load_checkpoint(outdir / CHECKPOINT_NAME)
-    saved = dict(ckpt.get("config") or {})
-    for key in ("arch", "arch_kwargs", "method", "sigma", "method_options", "normalization"):
-        if ckpt.get(key) is not None:
-            saved[key] = ckpt[key]
-    if saved:  # runs before 0.3 stored only amp
-        saved["precision"] = saved.get("precision") or ("bf16" if saved.get("amp") else "fp32")
-    return saved
+    return read_checkpoint(outdir / CHECKPOINT_NAME).settings()
 
 
 def _validate_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,57 +135,6 @@ def _validate_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]
     return dict(options)
 
 
-def _resume_conflicts(spec: TrainSpec, saved: Mapping[str, Any], sources: Mapping[str, str],
-                      explicit_epochs: int | None) -> tuple[list[str], int | None]:
-    """Settings of ``spec`` that contradict the stored run ``saved``, as ``"name S (stored
-    V)"`` strings, and the stored epoch count when ``--epochs`` deliberately extends it.
-
-    Settings nobody asked for were taken from the stored run, so a difference here always
-    comes from a flag or preset value (``sources`` names which: ``{"lr": "--lr"}``).
-    Execution settings (device, amp, workers, ...) are free to change.
-    """
-    from smoothmix.methods import method_options
-
-    current: dict[str, Any] = {
-        "method": spec.method, "sigma": spec.sigma, "dataset": spec.dataset,
-        "arch": spec.arch, "train_subset": spec.train_subset, "test_subset": spec.test_subset,
-        "arch_kwargs": spec.arch_kwargs,
-        **{k: getattr(spec.config, k) for k in _RESUME_RECIPE},
-    }
-    conflicts: list[str] = []
-    extends: int | None = None
-
-    def differs(old: Any, new: Any) -> bool:
-        if isinstance(old, (list, tuple)) or isinstance(new, (list, tuple)):
-            return list(old or []) != list(new or [])
-        if isinstance(old, float) or isinstance(new, float):
-            return old is None or new is None or not math.isclose(old, new)
-        return old != new
-
-    def note(name: str, new: Any, old: Any) -> None:
-        conflicts.append(f"{name} {_show(new)} from {sources.get(name, 'the defaults')} "
-                         f"(stored {_show(old)})")
-
-    for name, new in current.items():
-        if name not in saved:  # not recorded by the run (e.g. a custom model's dataset)
-            continue
-        old = saved[name]
-        if name == "epochs" and explicit_epochs is not None and old is not None \
-                and explicit_epochs > old:
-            extends = int(old)  # a deliberate extension, announced by train()
-        elif differs(old, new):
-            note(name, new, old)
-    if saved.get("method") == spec.method:
-        defaults = {k: info.default for k, info in method_options(spec.method).items()}
-        old_opts, new_opts = dict(saved.get("method_options") or {}), spec.method_options
-        for key in sorted(set(old_opts) | set(new_opts)):
-            old, new = old_opts.get(key, defaults.get(key)), new_opts.get(key, defaults.get(key))
-            if differs(old, new):
-                conflicts.append(f"{option_flag(key)} {_show(new)} from "
-                                 f"{sources.get(key, 'the defaults')} (stored {_show(old)})")
-    return conflicts, extends
-
-
 def _plain_kwargs(kwargs: Any) -> dict[str, Any]:
     """``arch_kwargs`` as a dict of plain values: a checkpoint must hold them, and it is read
     back with ``weights_only`` loading (numbers, strings, lists, tuples, dicts, None)."""
@@ -199,198 +151,198 @@ def _plain_kwargs(kwargs: Any) -> dict[str, Any]:
     return dict(kwargs)
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value) or "none"
-    return "none" if value is None else str(value)
+def _split_settings(settings: Mapping[str, Any]) -> tuple[Recipe, dict[str, Any]]:
+    """``train``/``resolve`` keyword arguments: the recipe fields (a :class:`Recipe` of the
+    given ones) and the execution settings (the other :class:`TrainConfig` fields)."""
+    recipe = Recipe(**{k: v for k, v in settings.items() if k in RECIPE_FIELDS})
+    execution = {k: v for k, v in settings.items() if k not in RECIPE_FIELDS}
+    if execution.pop("amp", False):  # the older spelling of precision="bf16"
+        require(recipe.precision in (None, "bf16"),
+                f"amp=True means precision bf16, not {recipe.precision!r}")
+        recipe.precision = "bf16"
+    if recipe.precision is not None:
+        from smoothmix.execution import check_precision
+
+        check_precision(recipe.precision)
+    known = set(TrainConfig.__dataclass_fields__) - set(RECIPE_FIELDS)
+    unknown = sorted(set(execution) - known)
+    require(not unknown, f"unknown training setting(s) {', '.join(unknown)}; valid: "
+            f"{', '.join(sorted(known | set(RECIPE_FIELDS)))}")
+    return recipe, execution
+
+
+def _checked_preset(name: str | None, flags: Recipe) -> Preset | None:
+    if not name:
+        return None
+    p = get_preset(name)
+    require(flags.method is None or flags.method == p.method,
+            f"--method {flags.method} conflicts with preset {p.name} (method {p.method}); "
+            "drop --preset or choose a preset of that method")
+    require(flags.dataset is None or flags.dataset == p.dataset,
+            f"--dataset {flags.dataset} conflicts with preset {p.name} (dataset {p.dataset}); "
+            "drop --preset or choose a preset for that dataset")
+    return p
+
+
+def _merged_recipe(flags: Recipe, p: Preset | None, saved: Mapping[str, Any] | None,
+                   explicit_opts: Mapping[str, Any]) -> tuple[Recipe, dict[str, str]]:
+    """Flags > preset > the stored run, field by field; method options: the stored run's
+    (same method) < the preset's < the given ones. Returns the recipe and, for each value a
+    flag or the preset set, where it came from (for the resume-conflict message)."""
+    layers: list[tuple[str, Recipe]] = [("flags", flags)]
+    if p is not None:
+        layers.append((f"preset {p.name}", p.recipe()))
+    if saved is not None:
+        layers.append(("stored", Recipe.from_settings(saved)))
+    recipe, sources = merge(layers, [])
+    sources = {k: v for k, v in sources.items() if v != "stored"}
+    if flags.arch_kwargs is not None:
+        sources["arch_kwargs"] = "arch_kwargs="
+    if flags.lr_step is not None and flags.lr_milestones is None:
+        recipe.lr_milestones = None  # an explicit --lr-step replaces a preset's milestones
+        sources["lr_milestones"] = "--lr-step"
+    require(recipe.method is not None, "no training method given: pass --method (or "
+            "--preset; `smoothmix presets` lists them)")
+    if saved is not None and saved.get("method") == recipe.method:
+        recipe.method_options.update(saved.get("method_options") or {})
+    if p is not None:
+        recipe.method_options.update(p.options)
+        sources.update(dict.fromkeys(p.options, f"preset {p.name}"))
+    recipe.method_options.update(explicit_opts)
+    sources.update({k: option_flag(k) for k in explicit_opts})
+    recipe.method_options.pop("deferred_epochs", None)  # set by _deferred_epochs
+    return recipe, sources
+
+
+def _model_settings(recipe: Recipe, saved: Mapping[str, Any] | None,
+                    custom_model: bool) -> tuple[str | None, dict[str, Any]]:
+    """Fill in the dataset's architecture; return the normalisation and the schedule
+    defaults of the dataset."""
+    if custom_model:
+        require(recipe.arch_kwargs is None, "arch_kwargs= builds a named architecture "
+                "(arch=); with model= construct the network yourself")
+        recipe.train_subset = None
+        return None, _FALLBACK_SCHEDULE
+    from smoothmix.data import dataset_defaults
+    from smoothmix.models import model_defaults
+
+    dataset = _given(recipe.dataset, "no dataset given: pass --dataset (or --preset)")
+    info = dataset_defaults(dataset)
+    recipe.arch = _given(recipe.arch or info.arch, f"dataset {dataset!r} has no default "
+                         "architecture: pass --arch")
+    arch_info = model_defaults(recipe.arch)  # validates the name
+    # A registered architecture (dataset None) brings its own normalisation.
+    normalization = (saved or {}).get("normalization") or (
+        info.normalization if info.normalization != "none" and arch_info.dataset
+        else arch_info.normalization)
+    recipe.arch_kwargs = _plain_kwargs(recipe.arch_kwargs or {})
+    return normalization, SCHEDULE_DEFAULTS.get(dataset, _FALLBACK_SCHEDULE)
+
+
+_T = TypeVar("_T")
+
+
+def _given(value: _T | None, message: str) -> _T:
+    """``value``, or the one-line error ``message`` when it is missing."""
+    if value is None:
+        raise SmoothmixError(message)
+    return value
+
+
+def _config(recipe: Recipe, schedule: Mapping[str, Any], execution: Mapping[str, Any]
+            ) -> TrainConfig:
+    """The TrainConfig of a merged recipe, the defaults filled in (batch size later)."""
+    defaults = {"momentum": 0.9, "weight_decay": 1e-4, "seed": 0, "lr_gamma": 0.1,
+                "precision": "fp32", **schedule}
+    for name, value in defaults.items():
+        if getattr(recipe, name) is None:
+            setattr(recipe, name, value)
+    if recipe.lr_milestones is not None:
+        recipe.lr_milestones = tuple(int(m) for m in recipe.lr_milestones)
+    return TrainConfig(
+        epochs=int(recipe.epochs), lr=float(recipe.lr), lr_step=int(recipe.lr_step),  # type: ignore[arg-type]
+        lr_milestones=recipe.lr_milestones, lr_gamma=float(recipe.lr_gamma),  # type: ignore[arg-type]
+        momentum=float(recipe.momentum), weight_decay=float(recipe.weight_decay),  # type: ignore[arg-type]
+        seed=int(recipe.seed), precision=str(recipe.precision), **execution)  # type: ignore[arg-type]
 
 
 def resolve(
     *,
     outdir: str | os.PathLike,
-    dataset: str | None = None,
-    arch: str | None = None,
-    method: str | None = None,
-    sigma: float | None = None,
     preset: str | None = None,
     method_options: Mapping[str, Any] | None = None,
     deferred: int | bool | None = None,
-    arch_kwargs: Mapping[str, Any] | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    lr_step: int | None = None,
-    lr_milestones: tuple[int, ...] | None = None,
-    momentum: float | None = None,
-    weight_decay: float | None = None,
-    seed: int | None = None,
-    train_subset: int | None = None,
-    test_subset: int | None = None,
     resume: bool = False,
     custom_model: bool = False,
-    **execution: Any,
+    **settings: Any,
 ) -> TrainSpec:
     """Merge explicit settings, a preset and (when resuming) the saved run into a spec.
 
-    ``execution`` holds TrainConfig fields that do not define the recipe (device, amp,
-    compile, channels_last, workers, progress, ...). Raises :class:`SmoothmixError` on any
-    bad or conflicting setting.
+    ``settings`` holds the :class:`~smoothmix.training.recipe.Recipe` fields (``dataset``,
+    ``arch``, ``method``, ``sigma``, ``epochs``, ``batch_size``, ``lr``, ...) and the
+    execution fields of :class:`TrainConfig` (device, amp, compile, channels_last, workers,
+    progress, ...). Raises :class:`SmoothmixError` on any bad or conflicting setting.
     """
     outdir = Path(outdir)
+    flags, execution = _split_settings(settings)
     explicit_opts = {k: v for k, v in (method_options or {}).items() if v is not None}
-    p = get_preset(preset) if preset else None
-    if p is not None:
-        require(method is None or method == p.method,
-                f"--method {method} conflicts with preset {p.name} (method {p.method}); "
-                "drop --preset or choose a preset of that method")
-        require(dataset is None or dataset == p.dataset,
-                f"--dataset {dataset} conflicts with preset {p.name} (dataset {p.dataset}); "
-                "drop --preset or choose a preset for that dataset")
+    p = _checked_preset(preset, flags)
     saved = _saved_settings(outdir) if resume else None
-    # Where each asserted setting comes from, for the resume conflict message.
-    sources: dict[str, str] = {}
-    if p is not None:
-        named = {k for k in p.as_dict() if k not in ("name", "options", "deferred")}
-        named |= set(p.options) | ({"deferred_epochs"} if p.deferred else set())
-        sources.update(dict.fromkeys(named, f"preset {p.name}"))
-    given = {"dataset": dataset, "arch": arch, "method": method, "sigma": sigma,
-             "epochs": epochs, "batch_size": batch_size, "lr": lr, "lr_step": lr_step,
-             "lr_milestones": lr_milestones, "momentum": momentum,
-             "weight_decay": weight_decay, "seed": seed, "train_subset": train_subset,
-             "test_subset": test_subset, "deferred_epochs": deferred, **explicit_opts,
-             **{k: v for k, v in execution.items() if k == "lr_gamma"}}
-    sources.update({k: "--batch" if k == "batch_size" else option_flag(k)
-                    for k, v in given.items() if v is not None})
-    if arch_kwargs is not None:
-        sources["arch_kwargs"] = "arch_kwargs="
-    if lr_step is not None and lr_milestones is None:
-        sources["lr_milestones"] = "--lr-step"
-
-    def pick(name: str, value: Any, preset_value: Any = None, default: Any = None) -> Any:
-        if value is not None:
-            return value
-        if preset_value is not None:
-            return preset_value
-        if saved is not None and saved.get(name) is not None:
-            return saved[name]
-        return default
-
-    method = pick("method", method, p and p.method)
-    require(method is not None, "no training method given: pass --method (or --preset; "
-            "`smoothmix presets` lists them)")
-    sigma = pick("sigma", sigma, p and p.sigma)
-    require(sigma is not None, "no noise level given: pass --sigma (in [0, 1] pixel units)")
-    require(isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0,
-            f"--sigma must be > 0 (noise standard deviation in [0, 1] pixel units), got {sigma}")
-    if sigma > 4:
-        raise SmoothmixError(f"--sigma {sigma} is far above 1; sigma is in [0, 1] pixel units, "
-                             "not 0..255 (docs/MATH.md §1: sigma 0.5 means N(0, 0.25 I) noise)")
-
-    if not custom_model:
-        from smoothmix.data import dataset_defaults
-        from smoothmix.models import model_defaults
-
-        dataset = pick("dataset", dataset, p and p.dataset)
-        require(dataset is not None, "no dataset given: pass --dataset (or --preset)")
-        info = dataset_defaults(dataset)
-        arch = pick("arch", arch, p and p.arch, info.arch)
-        require(arch is not None, f"dataset {dataset!r} has no default architecture: pass "
-                "--arch")
-        arch_info = model_defaults(arch)  # validates the name
-        normalization = saved.get("normalization") if saved else None
-        # A registered architecture (dataset None) brings its own normalisation.
-        normalization = normalization or (
-            info.normalization if info.normalization != "none" and arch_info.dataset
-            else arch_info.normalization)
-        arch_kwargs = _plain_kwargs(pick("arch_kwargs", arch_kwargs, None, {}))
-        schedule = SCHEDULE_DEFAULTS.get(dataset, _FALLBACK_SCHEDULE)
-    else:
-        require(arch_kwargs is None, "arch_kwargs= builds a named architecture (arch=); with "
-                "model= construct the network yourself")
-        normalization = None
-        schedule = _FALLBACK_SCHEDULE
-
-    # Method options: saved run < preset < explicit (mismatches with a saved run are caught
-    # by the resume check, not silently merged away).
-    options: dict[str, Any] = {}
-    if saved is not None and saved.get("method") == method:
-        options.update(saved.get("method_options") or {})
-    if p is not None:
-        options.update(p.options)
-    options.update(explicit_opts)
-    options.pop("deferred_epochs", None)
-
-    execution = dict(execution)
-    execution["precision"] = _precision(execution, saved, sources)
-    fields = set(TrainConfig.__dataclass_fields__)
-    unknown = sorted(set(execution) - fields)
-    require(not unknown, f"unknown training setting(s) {', '.join(unknown)}; valid: "
-            f"{', '.join(sorted(fields))}")
-    config = TrainConfig(
-        epochs=int(pick("epochs", epochs, p and p.epochs, schedule["epochs"])),
-        lr=float(pick("lr", lr, p and p.lr, schedule["lr"])),
-        lr_step=int(pick("lr_step", lr_step, p and p.lr_step, schedule["lr_step"])),
-        lr_milestones=pick("lr_milestones", lr_milestones, p and p.lr_milestones),
-        momentum=float(pick("momentum", momentum, None, 0.9)),
-        weight_decay=float(pick("weight_decay", weight_decay, p and p.weight_decay, 1e-4)),
-        seed=int(pick("seed", seed, None, 0)),
-        **execution,
-    )
-    if lr_step is not None and lr_milestones is None:
-        config.lr_milestones = None  # an explicit --lr-step replaces a preset's milestones
-    if config.lr_milestones is not None:
-        config.lr_milestones = tuple(int(m) for m in config.lr_milestones)
-    defer_epochs = _deferred_epochs(deferred, p, saved, method, config)
+    recipe, sources = _merged_recipe(flags, p, saved, explicit_opts)
+    recipe.sigma = check_sigma(_given(recipe.sigma, "no noise level given: pass --sigma (in "
+                                      "[0, 1] pixel units)"))
+    normalization, schedule = _model_settings(recipe, saved, custom_model)
+    config = _config(recipe, schedule, execution)
+    defer_epochs = _deferred_epochs(deferred, p, saved, recipe.method, config)
+    if deferred is not None or (p is not None and p.deferred):
+        sources["deferred_epochs"] = "--deferred" if deferred is not None else f"preset {p.name}"  # type: ignore[union-attr]
     if defer_epochs is not None:
-        options["deferred_epochs"] = defer_epochs
-    options = _validate_options(method, options)
-    config.batch_size = int(pick("batch_size", batch_size, p and p.batch_size,
-                                 default_batch_size(method, options.get("num_noise"), dataset)))
+        recipe.method_options["deferred_epochs"] = defer_epochs
+    options = _validate_options(recipe.method, recipe.method_options)  # type: ignore[arg-type]
+    if recipe.batch_size is None:
+        recipe.batch_size = default_batch_size(recipe.method, options.get("num_noise"),  # type: ignore[arg-type]
+                                               recipe.dataset)
+    config.batch_size = int(recipe.batch_size)
     config.validate()
-
-    for name, n in (("--train-subset", train_subset), ("--test-subset", test_subset)):
-        require(n is None or n >= 1, f"{name} must be >= 1, got {n}")
+    for name in ("train_subset", "test_subset"):
+        if getattr(recipe, name) is not None:
+            check_count(option_flag(name), getattr(recipe, name))
     spec = TrainSpec(
-        method=method, sigma=float(sigma), method_options=options, config=config,
-        dataset=dataset, arch=arch, normalization=normalization,
-        arch_kwargs=dict(arch_kwargs or {}),
-        train_subset=pick("train_subset", train_subset) if not custom_model else None,
-        test_subset=pick("test_subset", test_subset) if not custom_model else test_subset,
+        method=recipe.method, sigma=recipe.sigma, method_options=options,  # type: ignore[arg-type]
+        config=config, dataset=recipe.dataset, arch=recipe.arch, normalization=normalization,
+        arch_kwargs=dict(recipe.arch_kwargs or {}), train_subset=recipe.train_subset,
+        test_subset=recipe.test_subset,
         preset=p.name if p else (saved or {}).get("preset"),
     )
     if saved is not None:
-        conflicts, extends = _resume_conflicts(spec, saved, sources, epochs)
-        require(not conflicts, f"cannot resume {outdir}: {'; '.join(conflicts)}; on --resume "
-                f"the stored settings are the run's: pass only --outdir {outdir} --resume to "
-                "continue it (a larger --epochs extends it), or choose a new --outdir")
-        if extends is not None:
-            spec.extra["extends_from_epochs"] = extends
+        _check_resume(spec, saved, sources, flags.epochs, outdir)
     return spec
 
 
-def _precision(execution: dict[str, Any], saved: Mapping[str, Any] | None,
-               sources: dict[str, str]) -> str:
-    """The run's precision: the one asked for (``precision``, or ``amp=True``, its older
-    spelling), else a resumed run's (checkpoints before 0.3 stored only ``amp``), else
-    fp32. Popped from ``execution``; an explicit one is a source for the resume check."""
-    from smoothmix.execution import check_precision
-
-    asked = execution.pop("precision", None)
-    if execution.pop("amp", False):
-        require(asked in (None, "bf16"), f"amp=True means precision bf16, not {asked!r}")
-        asked = "bf16"
-    if asked is not None:
-        sources["precision"] = "--precision"
-        return check_precision(asked)
-    if saved is not None:
-        return str(saved.get("precision") or ("bf16" if saved.get("amp") else "fp32"))
-    return "fp32"
-
+def _check_resume(spec: TrainSpec, saved: Mapping[str, Any], sources: Mapping[str, str],
+                  explicit_epochs: int | None, outdir: Path) -> None:
+    """Refuse a resume whose settings contradict the stored run, naming each (settings
+    nobody asked for came from the stored run, so a difference is always a flag's or the
+    preset's); a larger explicit ``epochs`` is an extension, announced by :func:`train`."""
+    stored_epochs = saved.get("epochs")
+    extends = (explicit_epochs is not None and stored_epochs is not None
+               and explicit_epochs > stored_epochs)
+    current = spec.recipe()
+    old, new = comparable(saved), comparable(current)
+    conflicts = []
+    for key in recipe_differences(saved, current, skip=("epochs",) if extends else ()):
+        name = key.removeprefix(OPTION_PREFIX)
+        shown = option_flag(name) if key.startswith(OPTION_PREFIX) else name
+        conflicts.append(f"{shown} {show(new.get(key))} from "
+                         f"{sources.get(name, 'the defaults')} (stored {show(old.get(key))})")
+    require(not conflicts, f"cannot resume {outdir}: {'; '.join(conflicts)}; on --resume "
+            f"the stored settings are the run's: pass only --outdir {outdir} --resume to "
+            "continue it (a larger --epochs extends it), or choose a new --outdir")
+    if extends:
+        spec.extra["extends_from_epochs"] = int(stored_epochs)  # type: ignore[arg-type]
 
 def _deferred_epochs(deferred: int | bool | None, p: Any, saved: Mapping[str, Any] | None,
-                     method: str, config: TrainConfig) -> int | None:
+                     method: str | None, config: TrainConfig) -> int | None:
     """MACER's deferral as an epoch index (None: not deferred).
 
     ``deferred`` is an epoch (``--deferred 30``; 0 or False: off) or True for the first
@@ -413,33 +365,29 @@ def _deferred_epochs(deferred: int | bool | None, p: Any, saved: Mapping[str, An
 def train(
     outdir: str | os.PathLike,
     *,
-    dataset: str | None = None,
-    arch: str | None = None,
-    method: str | None = None,
-    sigma: float | None = None,
     preset: str | None = None,
     method_options: Mapping[str, Any] | None = None,
     deferred: int | bool | None = None,
     resume: bool = False,
     data_dir: str | os.PathLike | None = None,
-    train_subset: int | None = None,
-    test_subset: int | None = None,
     model: nn.Module | None = None,
     train_set: Any | None = None,
     test_set: Any | None = None,
     num_classes: int | None = None,
     targets: str | os.PathLike | None = None,
-    arch_kwargs: Mapping[str, Any] | None = None,
-    **config: Any,
+    **settings: Any,
 ) -> Path:
     """Train a smoothed classifier's base model; return the final checkpoint's path.
 
-    ``config`` takes the :class:`TrainConfig` fields (``epochs``, ``batch_size``, ``lr``,
-    ``lr_step``, ``lr_milestones``, ``momentum``, ``weight_decay``, ``seed``, ``device``,
-    ``amp``, ``compile``, ``channels_last``, ``workers``, ``progress``, ...). Method
-    hyperparameters go in ``method_options`` (e.g. ``{"num_noise": 4, "eta": 5.0}``);
-    ``deferred=EPOCH`` switches MACER's robustness term on at that epoch (0-based index;
-    ``True``: the first learning-rate drop, ``False``/0: from the start).
+    ``settings`` are the recipe fields (:class:`~smoothmix.training.recipe.Recipe`:
+    ``dataset``, ``arch``, ``arch_kwargs``, ``method``, ``sigma``, ``train_subset``,
+    ``test_subset``, ``epochs``, ``batch_size``, ``lr``, ``lr_step``, ``lr_gamma``,
+    ``lr_milestones``, ``momentum``, ``weight_decay``, ``seed``, ``precision``) and the
+    execution fields of :class:`TrainConfig` (``device``, ``amp``, ``compile``,
+    ``channels_last``, ``workers``, ``progress``, ...). Method hyperparameters go in
+    ``method_options`` (e.g. ``{"num_noise": 4, "eta": 5.0}``); ``deferred=EPOCH`` switches
+    MACER's robustness term on at that epoch (0-based index; ``True``: the first
+    learning-rate drop, ``False``/0: from the start).
     ``targets`` is the soft-target file (``smoothmix targets``) of methods that need one
     (CAT-RS); it must have been built on the whole training set of ``dataset``.
     ``arch_kwargs`` go to the architecture's constructor (``create_model(arch, **arch_kwargs)``,
@@ -447,19 +395,47 @@ def train(
     :func:`smoothmix.models.register_model`); they are stored in the checkpoint, so
     ``load_model`` rebuilds the same network.
     """
-    from smoothmix.methods import METHODS, create_method
+    from smoothmix.methods import create_method
 
-    custom = model is not None
-    if custom:
-        require(train_set is not None, "model= needs train_set= (and usually test_set=)")
-    else:
-        require(train_set is None and test_set is None,
-                "train_set=/test_set= need model= (or use dataset= by name)")
-    spec = resolve(outdir=outdir, dataset=dataset, arch=arch, method=method, sigma=sigma,
-                   preset=preset, method_options=method_options, deferred=deferred,
-                   train_subset=train_subset, test_subset=test_subset, resume=resume,
-                   custom_model=custom, arch_kwargs=arch_kwargs, **config)
+    custom = _check_own_model(model, train_set, test_set)
+    spec = resolve(outdir=outdir, preset=preset, method_options=method_options,
+                   deferred=deferred, resume=resume, custom_model=custom, **settings)
     outdir = Path(outdir)
+    _check_targets(spec, targets, custom)
+    resuming = check_outdir(outdir, resume)  # fail before loading data when the outdir is taken
+
+    if not custom:
+        model, train_set, test_set = _named_run(spec, data_dir, targets)
+        num_classes = train_set.num_classes
+    else:
+        num_classes = _given(num_classes or getattr(train_set, "num_classes", None),
+                             "num_classes= is needed: the training set has no num_classes "
+                             "attribute")
+    assert model is not None
+    method_obj = create_method(spec.method, spec.sigma, int(num_classes), **spec.method_options)
+
+    _announce(spec, train_set, outdir, resuming, restart=resume and not resuming)
+    metadata = spec.metadata(int(num_classes))
+    # The targets' hash takes part in the resume check: a resumed CAT-RS run keeps its pi.
+    metadata.update(spec.extra.get("targets", {}))
+    return fit(model, method_obj, train_set, test_set, spec.config, outdir, resume=resume,
+               sigma=spec.sigma, metadata=metadata)
+
+
+def _check_own_model(model: nn.Module | None, train_set: Any, test_set: Any) -> bool:
+    """Whether the run trains the caller's own model (which then needs its data)."""
+    if model is not None:
+        require(train_set is not None, "model= needs train_set= (and usually test_set=)")
+        return True
+    require(train_set is None and test_set is None,
+            "train_set=/test_set= need model= (or use dataset= by name)")
+    return False
+
+
+def _check_targets(spec: TrainSpec, targets: Any, custom: bool) -> None:
+    """Soft targets are given exactly to the methods that train on them (CAT-RS)."""
+    from smoothmix.methods import METHODS
+
     wants_targets = "soft_target" in METHODS[spec.method].side_data
     require(targets is None or wants_targets,
             f"--targets is only used by methods that train on soft targets (catrs), not "
@@ -471,52 +447,46 @@ def train(
             f"--method {spec.method} needs --targets FILE: the soft targets built by "
             "`smoothmix targets CHECKPOINT --dataset D --sigma 0.25 --out FILE` from a Gaussian "
             "model trained at sigma 0.25")
-    resuming = check_outdir(outdir, resume)  # fail before loading data when the outdir is taken
 
-    if not custom:
-        from smoothmix.data import load_dataset
-        from smoothmix.models import create_model
 
-        assert spec.dataset is not None and spec.arch is not None
-        train_set = load_dataset(spec.dataset, "train", data_dir)
-        test_set = load_dataset(spec.dataset, "test", data_dir)
-        soft = None
-        if targets is not None:
-            from smoothmix.checkpoint import file_sha256
-            from smoothmix.data.loaders import attach_side_data
-            from smoothmix.targets import soft_targets_for
+def _named_run(spec: TrainSpec, data_dir: Any, targets: Any) -> tuple[nn.Module, Any, Any]:
+    """The model, training and test sets of a run named by dataset and architecture (the
+    soft targets attached to the training set when given)."""
+    from smoothmix.data import load_dataset
+    from smoothmix.models import create_model
 
-            # Checked against the WHOLE training set; a subset takes its images' rows.
-            soft, built = soft_targets_for(targets, train_set, spec.dataset, spec.train_subset)
-            spec.extra["targets"] = {"targets_sha256": file_sha256(targets),
-                                     "targets_n": built.n}
-            if distributed.distributed_env()[0] == 0:
-                print(f"smoothmix train: soft targets {targets}: N={built.n:,} votes per image"
-                      f"{' (the reference uses 10,000)' if built.n < 10_000 else ''} at sigma "
-                      f"{built.meta['sigma']:g}", flush=True)
-        if spec.train_subset is not None:
-            train_set = train_set.subset(spec.train_subset)
-        if soft is not None:
-            train_set = attach_side_data(train_set, soft_target=soft)
-        if spec.test_subset is not None:
-            test_set = test_set.subset(spec.test_subset)
-        num_classes = train_set.num_classes
-        seed_everything(spec.config.seed)  # the initial weights depend on the seed only
-        model = create_model(spec.arch, num_classes=num_classes,
-                             normalization=spec.normalization, **spec.arch_kwargs)
-    else:
-        num_classes = num_classes or getattr(train_set, "num_classes", None)
-        require(num_classes is not None, "num_classes= is needed: the training set has no "
-                "num_classes attribute")
-    assert model is not None
-    method_obj = create_method(spec.method, spec.sigma, int(num_classes), **spec.method_options)
+    assert spec.dataset is not None and spec.arch is not None
+    train_set = load_dataset(spec.dataset, "train", data_dir)
+    test_set = load_dataset(spec.dataset, "test", data_dir)
+    soft = _soft_targets(spec, train_set, targets) if targets is not None else None
+    if spec.train_subset is not None:
+        train_set = train_set.subset(spec.train_subset)
+    if soft is not None:
+        from smoothmix.data.loaders import attach_side_data
 
-    _announce(spec, train_set, outdir, resuming, restart=resume and not resuming)
-    metadata = spec.metadata(int(num_classes))
-    # The targets' hash takes part in the resume check: a resumed CAT-RS run keeps its pi.
-    metadata.update(spec.extra.get("targets", {}))
-    return fit(model, method_obj, train_set, test_set, spec.config, outdir, resume=resume,
-               sigma=spec.sigma, metadata=metadata)
+        train_set = attach_side_data(train_set, soft_target=soft)
+    if spec.test_subset is not None:
+        test_set = test_set.subset(spec.test_subset)
+    seed_everything(spec.config.seed)  # the initial weights depend on the seed only
+    model = create_model(spec.arch, num_classes=train_set.num_classes,
+                         normalization=spec.normalization, **spec.arch_kwargs)
+    return model, train_set, test_set
+
+
+def _soft_targets(spec: TrainSpec, train_set: Any, targets: Any) -> Any:
+    """The rows of the soft-target file for the images trained on (checked against the
+    WHOLE training set; a subset takes its images' rows); their hash goes into the spec."""
+    from smoothmix.checkpoint import file_sha256
+    from smoothmix.targets import soft_targets_for
+
+    assert spec.dataset is not None  # a named run (checked by _check_targets)
+    soft, built = soft_targets_for(targets, train_set, spec.dataset, spec.train_subset)
+    spec.extra["targets"] = {"targets_sha256": file_sha256(targets), "targets_n": built.n}
+    if distributed.distributed_env()[0] == 0:
+        print(f"smoothmix train: soft targets {targets}: N={built.n:,} votes per image"
+              f"{' (the reference uses 10,000)' if built.n < 10_000 else ''} at sigma "
+              f"{built.meta['sigma']:g}", flush=True)
+    return soft
 
 
 def _announce(spec: TrainSpec, train_set: Any, outdir: Path, resume: bool,

@@ -102,6 +102,7 @@ class StepGraph:
         assert self.static is not None
         sx, sy, sside = self.static
         use_graph = x.device.type == "cuda" and not self.capture_failed
+        values: Tensor | None
         if not use_graph:
             values = self._eager(sx, sy, sside, epoch)
         elif self.eager_steps < WARMUP_STEPS:

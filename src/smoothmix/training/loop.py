@@ -3,10 +3,12 @@
 :func:`fit` knows nothing about any training method: each step it calls
 ``method(model, x, y, epoch, **side)`` and back-propagates the returned loss (``side``: the
 batch's rows of the per-example data the method declares in ``side_data``, which the data
-layer looks up by dataset index; empty for most methods). Around that it owns
-the optimiser (SGD + step schedule), the per-epoch log (CSV + TensorBoard), the noisy test
-accuracy, the progress bar, the atomic per-epoch checkpoint and exact resume, and the
-torchrun/DistributedDataParallel plumbing.
+layer looks up by dataset index; empty for most methods). The loop proper owns the optimiser
+(SGD + step schedule), the training pass, the progress bar and exact resume; how a step
+executes (device, torchrun/DDP, ``torch.compile``, bf16, CUDA graphs) is the
+:class:`~smoothmix.training.strategy.ExecutionStrategy`'s, and what happens around the epochs
+(noisy test accuracy, the atomic per-epoch checkpoint, ``log.csv``, TensorBoard) are
+:mod:`~smoothmix.training.callbacks`.
 
 Exact resume: the checkpoint written after epoch e holds the model, optimiser, scheduler and
 the RNG states of every rank as they were at the end of epoch e; a resumed run restores them
@@ -18,45 +20,54 @@ so that it does not move the training RNG.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from smoothmix import distributed
 from smoothmix.checkpoint import (
     CHECKPOINT_NAME,
-    capture_rng_state,
-    load_checkpoint,
+    Checkpoint,
+    read_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
-from smoothmix.device import resolve_device
+from smoothmix.checks import check_sigma
 from smoothmix.errors import SmoothmixError, first_line, require
-from smoothmix.methods.base import method_side_data
+from smoothmix.methods.base import TrainingMethod, method_side_data
 from smoothmix.progress import Progress
-from smoothmix.provenance import provenance
+from smoothmix.storage import settings_diff
+from smoothmix.training.callbacks import (
+    LOG_NAME,
+    Callback,
+    default_callbacks,
+    evaluate_noisy,
+    rank_seed,
+    set_loader_epoch,
+)
+from smoothmix.training.recipe import (
+    RECIPE_FIELDS,
+    SCHEDULE_FIELDS,
+    comparable,
+    recipe_differences,
+)
+from smoothmix.training.strategy import ExecutionStrategy
 
-LOG_NAME = "log.csv"
+__all__ = ["LOG_NAME", "Run", "TrainConfig", "check_compatible", "check_outdir",
+           "evaluate_noisy", "fit", "seed_everything"]
 
-# Settings that define the optimisation trajectory: changing one on resume would silently
-# train a different recipe, so resume refuses it. (epochs may grow; device, amp, compile,
-# channels_last, workers, progress, test batch size may change.)
-# Metadata that may change between a run and its resume (not part of the recipe).
-_FREE_METADATA = frozenset({"test_subset", "preset"})
-_RECIPE_FIELDS = ("batch_size", "lr", "momentum", "weight_decay", "lr_step", "lr_gamma",
-                  "lr_milestones", "seed", "precision")
+# Metadata that may change between a run and its resume (not part of the recipe, which is
+# smoothmix.training.recipe.RECIPE_FIELDS: epochs may grow; device, amp, compile,
+# channels_last, workers, progress, test batch size may change).
+_FREE_METADATA = frozenset({"preset"})
 
 
 @dataclass
@@ -135,15 +146,14 @@ class TrainConfig:
 # --------------------------------------------------------------------------- RNG state
 
 
+# --------------------------------------------------------------------------- RNG state
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
 
-
-def _rank_seed(seed: int, rank: int) -> int:
-    # Different noise per rank; rank 0 keeps the plain seed so 1-process runs are unchanged.
-    return seed + 1_000_003 * rank
 
 
 # --------------------------------------------------------------------------- helpers
@@ -191,36 +201,24 @@ def _stopped_before_first_checkpoint(outdir: Path) -> bool:
     return True
 
 
-def _describe(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else repr(value)
-
-
-def check_compatible(ckpt: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
-    """One-line error when ``current`` (run identity + recipe) disagrees with the checkpoint."""
-    saved = dict(ckpt.get("config") or {})
-    saved.update({k: ckpt.get(k) for k in ("arch", "method", "sigma", "num_classes")})
-    saved["arch_kwargs"] = dict(ckpt.get("arch_kwargs") or {})  # none recorded: built without
-    if ckpt.get("config"):  # runs before 0.3 stored only amp
-        saved.setdefault("precision", "bf16" if saved.get("amp") else "fp32")
-    saved.setdefault("method_options", ckpt.get("method_options"))
-    diffs = []
-    for key, value in current.items():
-        if key not in saved:
-            continue
-        old = saved[key]
-        if isinstance(old, (list, tuple)) and isinstance(value, (list, tuple)):
-            old, value = list(old), list(value)
-        if isinstance(old, float) or isinstance(value, float):
-            same = old is not None and value is not None and math.isclose(old, value)
-        else:
-            same = old == value
-        if not same:
-            diffs.append(f"{key} {_describe(old)} -> {_describe(value)}")
-    require(not diffs, f"cannot resume {path}: the run there differs ({'; '.join(diffs)}); "
+def check_compatible(ckpt: Checkpoint | Mapping[str, Any], current: Mapping[str, Any],
+                     path: Path) -> None:
+    """One-line error when ``current`` (run identity + recipe) disagrees with the checkpoint
+    (the one recipe comparison, :func:`smoothmix.training.recipe.recipe_differences`; the
+    epoch count is free here: :func:`smoothmix.training.train` decides extensions)."""
+    record = ckpt if isinstance(ckpt, Checkpoint) else Checkpoint.from_dict(ckpt)
+    saved = record.settings()
+    also = [k for k in current if k not in RECIPE_FIELDS]
+    keys = recipe_differences(saved, current, skip=("epochs",), also=also)
+    old, new = comparable(saved, [*RECIPE_FIELDS, *also]), comparable(current,
+                                                                       [*RECIPE_FIELDS, *also])
+    require(not keys, f"cannot resume {path}: the run there differs "
+            f"({settings_diff({k: old[k] for k in keys}, {k: new[k] for k in keys}, 5)}); "
             "use the original settings or a new --outdir")
 
 
-def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+def _make_scheduler(optimizer: torch.optim.Optimizer,
+                    config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
     if config.lr_milestones:
         return torch.optim.lr_scheduler.MultiStepLR(
             optimizer, milestones=list(config.lr_milestones), gamma=config.lr_gamma)
@@ -230,101 +228,19 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
 
 def _make_optimizer(model: nn.Module, config: TrainConfig,
                     device: torch.device) -> torch.optim.Optimizer:
-    kwargs = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    def sgd(**fused: bool) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, **fused)
+
     if device.type == "cuda":
         # One fused kernel for the whole update instead of a launch per parameter.
         try:
-            return torch.optim.SGD(model.parameters(), fused=True, **kwargs)
+            return sgd(fused=True)
         except (RuntimeError, TypeError, ValueError):
             pass
-    return torch.optim.SGD(model.parameters(), **kwargs)
+    return sgd()
 
 
-class _CsvLog:
-    """``log.csv``, one row per epoch; on resume rows after the checkpoint are dropped."""
-
-    def __init__(self, path: Path, resume_epoch: int | None) -> None:
-        self.path = path
-        self.columns: list[str] | None = None
-        if resume_epoch is not None and path.is_file():
-            with path.open(newline="") as f:
-                rows = list(csv.reader(f))
-            if rows:
-                self.columns = rows[0]
-                kept = [r for r in rows[1:] if r and int(r[0]) <= resume_epoch]
-                self._write_all([rows[0], *kept])
-
-    def _write_all(self, rows: list[list[str]]) -> None:
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            csv.writer(f).writerows(rows)
-        tmp.replace(self.path)
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        if self.columns is None:
-            self.columns = list(row)
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([_csv_value(row.get(c, "")) for c in self.columns])
-
-
-def _csv_value(v: Any) -> str:
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
-def _open_tensorboard(outdir: Path, purge_step: int | None):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency, but a broken install must not stop training
-        return None
-    # purge_step drops events logged after the checkpoint by a killed run.
-    return SummaryWriter(log_dir=str(outdir), purge_step=purge_step)
-
-
-@torch.no_grad()
-def evaluate_noisy(model: nn.Module, loader: Iterable, sigma: float, seed: int,
-                   amp: bool = False, channels_last: bool = False) -> torch.Tensor:
-    """Top-1 accuracy and CE loss of the base classifier on one Gaussian draw per image.
-
-    Returns a device tensor ``[correct, loss_sum, count]`` (summed, not averaged, so that
-    ranks can all-reduce it). The noise comes from a private generator seeded by ``seed``.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    totals = torch.zeros(3, device=device, dtype=torch.float64 if device.type == "cpu"
-                         else torch.float32)
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        noisy = x + sigma * torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
-        if channels_last:
-            noisy = noisy.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(noisy)
-        logits = logits.float()
-        totals[0] += (logits.argmax(1) == y).sum()
-        totals[1] += nn.functional.cross_entropy(logits, y, reduction="sum")
-        totals[2] += y.numel()
-    model.train(was_training)
-    return totals
-
-
-def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if distributed.is_distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def _gather_objects(obj: Any) -> list[Any]:
-    if not distributed.is_distributed():
-        return [obj]
-    out: list[Any] = [None] * distributed.world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device,
@@ -362,41 +278,52 @@ def _num_classes(train_set: Any, method: Any, given: int | None) -> int | None:
     return None
 
 
+
 # --------------------------------------------------------------------------- fit
 
 
 @dataclass
-class _Run:
-    """Everything one training run holds between its named steps (see :func:`fit`)."""
+class Run:
+    """Everything one training run holds between its named steps (see :func:`fit`); what
+    callbacks receive."""
 
     config: TrainConfig
     outdir: Path
-    ckpt_path: Path
-    device: torch.device
-    rank: int
-    world: int
-    main: bool
-    sigma: float
+    strategy: ExecutionStrategy
     raw_model: nn.Module  # the model itself: evaluated and saved
     train_model: nn.Module  # what the method calls (DDP / compiled wrapper of raw_model)
-    channels_last: bool
     optimizer: torch.optim.Optimizer
     scheduler: Any
     train_loader: Any
-    test_loader: Any | None
-    steps_per_epoch: int
+    per_rank_batch: int
     start_epoch: int
-    amp_ctx: Any
+    resumed: bool  # continues from a checkpoint in outdir
     identity: dict[str, Any]  # what the checkpoint stores besides the training state
     config_dict: dict[str, Any]
-    csv_log: _CsvLog | None = None
-    tb: Any = None
-    step_graph: Any = None  # StepGraph with --cuda-graphs (created at the first epoch)
+    callbacks: list[Callback] = field(default_factory=list)
+    bar: Progress | None = None
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.outdir / CHECKPOINT_NAME
+
+    @property
+    def main(self) -> bool:
+        return self.strategy.main
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def call(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` on every callback, in order."""
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
 
 
 def fit(
     model: nn.Module,
-    method: Any,
+    method: TrainingMethod,
     train_set: Any,
     test_set: Any | None,
     config: TrainConfig,
@@ -405,19 +332,21 @@ def fit(
     *,
     sigma: float | None = None,
     metadata: Mapping[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Train ``model`` with ``method`` and return the path of the final checkpoint.
 
     ``model`` is any ``nn.Module`` mapping [0, 1] images to logits (normalisation as its first
-    layer, like :func:`smoothmix.models.create_model`); ``method`` is any callable
-    ``method(model, x, y, epoch) -> StepOutput`` (see :mod:`smoothmix.methods`); the datasets
-    yield ``(image, label)``. A method that declares ``side_data`` names also gets those rows
-    as keyword arguments, from the tables attached to ``train_set``
-    (:func:`smoothmix.data.loaders.attach_side_data`). ``sigma`` (default ``method.sigma``)
-    is the noise level of the noisy test accuracy. ``metadata`` is stored in the checkpoint:
-    ``arch``, ``arch_kwargs``, ``normalization``, ``num_classes``, ``method``,
-    ``method_options`` and any other plain values (they also take part in the resume
-    compatibility check).
+    layer, like :func:`smoothmix.models.create_model`); ``method`` a
+    :class:`~smoothmix.methods.base.TrainingMethod` (or any object called the same way,
+    ``method(model, x, y, epoch) -> StepOutput``); the datasets yield ``(image, label)``. A
+    method that declares ``side_data`` names also gets those rows as keyword arguments, from
+    the tables attached to ``train_set`` (:func:`smoothmix.data.loaders.attach_side_data`).
+    ``sigma`` (default ``method.sigma``) is the noise level of the noisy test accuracy and is
+    stored with the run. ``metadata`` is stored in the checkpoint: ``arch``, ``arch_kwargs``,
+    ``normalization``, ``num_classes``, ``method``, ``method_options`` and any other plain
+    values (they also take part in the resume compatibility check). ``callbacks`` run after
+    the default ones (:mod:`smoothmix.training.callbacks`).
 
     Writes ``outdir/checkpoint.pth.tar`` (atomically, every epoch), ``outdir/log.csv`` and
     TensorBoard events. A non-empty ``outdir`` is refused unless ``resume``; with ``resume``
@@ -425,64 +354,66 @@ def fit(
     in DistributedDataParallel, each rank trains on its shard of the data, and rank 0 alone
     writes files.
 
-    The steps: :func:`_set_up` (checks, resume, model, optimiser, loaders, RNG), then per
-    epoch :func:`_train_epoch`, :func:`_evaluate` and :func:`_save_epoch` (checkpoint, log).
+    The steps: :func:`_set_up`, then per epoch :func:`_train_epoch` and the callbacks.
     """
-    run = _set_up(model, method, train_set, test_set, config, Path(outdir), resume, sigma,
-                  metadata)
-    config = run.config
-    if run.main and run.start_epoch >= config.epochs:
-        print(f"{run.outdir} already holds {run.start_epoch} trained "
-              f"epoch{'' if run.start_epoch == 1 else 's'} (>= "
-              f"{config.epochs}); nothing to do (pass a larger --epochs to train further)",
-              flush=True)
-    bar = None
-    if run.main and config.progress and run.start_epoch < config.epochs:
-        # A bar on terminals; in a log file a progress line at least once a minute.
-        bar = Progress(config.epochs * run.steps_per_epoch,
-                       initial=run.start_epoch * run.steps_per_epoch, unit="step",
-                       desc=f"train {run.outdir.name}")
+    config.validate()
+    sigma = check_sigma(sigma if sigma is not None else getattr(method, "sigma", None))
+    run = _set_up(model, method, train_set, config, Path(outdir), resume, sigma, metadata,
+                  [*default_callbacks(test_set, sigma), *callbacks])
     try:
         for epoch in range(run.start_epoch, config.epochs):
             t0 = time.time()
-            row = _train_epoch(run, method, epoch, bar)
-            row.update(_evaluate(run, epoch))
+            run.call("on_epoch_start", epoch)
+            row = _train_epoch(run, method, epoch)
+            run.call("on_train_epoch_end", epoch, row)
             row["time_s"] = time.time() - t0
-            _save_epoch(run, epoch, row, bar)
+            run.call("on_epoch_end", epoch, row)
+            _report_epoch(run, row)
+            run.strategy.barrier()
     finally:
-        if bar is not None:
-            bar.close()
-        if run.tb is not None:
-            run.tb.close()
+        if run.bar is not None:
+            run.bar.close()
+        run.call("on_fit_end")
     return run.ckpt_path
 
 
-def _set_up(model: nn.Module, method: Any, train_set: Any, test_set: Any | None,
-            config: TrainConfig, outdir: Path, resume: bool, sigma: float | None,
-            metadata: Mapping[str, Any] | None) -> _Run:
-    """Check the settings and the outdir (on every rank, before anything is written), build
-    device, model wrappers, optimiser, schedule and loaders, restore a resumed run's state
-    and seed (or restore) the RNG right before the first epoch."""
-    from smoothmix.data import make_loader  # deferred: data imports are heavy (torchvision)
+def _set_up(model: nn.Module, method: TrainingMethod, train_set: Any, config: TrainConfig,
+            outdir: Path, resume: bool, sigma: float, metadata: Mapping[str, Any] | None,
+            callbacks: list[Callback]) -> Run:
+    """The named steps before the first epoch, in this order: checks and the outdir (on
+    every rank, before anything is written), device and processes, model, optimiser and
+    schedule, a resumed run's state, loaders, callbacks, and last the RNG."""
+    strategy = ExecutionStrategy.from_config(config)
+    per_rank_batch = strategy.per_rank_batch(config.batch_size)
+    identity, meta = _identity(method, train_set, sigma, metadata)
+    ckpt = _checkpoint_to_resume(outdir, resume, identity, meta, config)
+    strategy.barrier()  # nobody writes until every rank has checked the outdir
 
-    config.validate()
+    raw_model = _place_model(model, train_set, strategy, config, identity["num_classes"])
+    optimizer = _make_optimizer(raw_model, config, strategy.device)
+    scheduler = _make_scheduler(optimizer, config)
+    start_epoch = _restore_training_state(ckpt, raw_model, optimizer, scheduler,
+                                          outdir / CHECKPOINT_NAME)
+    run = Run(config=config, outdir=outdir, strategy=strategy, raw_model=raw_model,
+              train_model=strategy.wrap(raw_model), optimizer=optimizer, scheduler=scheduler,
+              train_loader=_train_loader(train_set, method, config, strategy, per_rank_batch),
+              per_rank_batch=per_rank_batch, start_epoch=start_epoch,
+              resumed=ckpt is not None, identity=identity,
+              config_dict={**config.to_dict(), **meta, "world_size": strategy.world},
+              callbacks=callbacks)
+    if run.main:
+        outdir.mkdir(parents=True, exist_ok=True)
+    run.call("on_fit_start")
+    _seed_or_restore_rng(run, ckpt.rng if ckpt is not None else None)
+    _announce(run)
+    return run
+
+
+def _identity(method: TrainingMethod, train_set: Any, sigma: float,
+              metadata: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the checkpoint stores about the run (arch, method, options, sigma...), and the
+    rest of ``metadata`` (stored in the checkpoint's ``config``)."""
     meta = dict(metadata or {})
-    sigma = float(sigma if sigma is not None else getattr(method, "sigma", float("nan")))
-    require(math.isfinite(sigma) and sigma > 0,
-            f"sigma must be a positive number of [0, 1] pixel units, got {sigma}")
-
-    device = resolve_device(config.device)
-    _, env_world, local_rank = distributed.distributed_env()
-    if env_world > 1 and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)  # one GPU per torchrun process
-    is_dist = distributed.init_distributed(device)
-    rank, world = distributed.rank(), distributed.world_size()
-    require(config.batch_size % world == 0,
-            f"--batch {config.batch_size} is not divisible by the {world} processes; each "
-            "rank trains on batch/world images per step")
-    per_rank_batch = config.batch_size // world
-    main = rank == 0
-
     method_name = str(meta.pop("method", getattr(method, "name", type(method).__name__)))
     method_config = method.config() if callable(getattr(method, "config", None)) else None
     method_opts = dict(meta.pop("method_options", None) or method_config or {})
@@ -490,216 +421,162 @@ def _set_up(model: nn.Module, method: Any, train_set: Any, test_set: Any | None,
     arch_kwargs = dict(meta.pop("arch_kwargs", None) or {})
     normalization = meta.pop("normalization", None)
     num_classes = _num_classes(train_set, method, meta.pop("num_classes", None))
-
-    # ---- decide fresh vs resume on every rank before anything is written.
-    resuming = check_outdir(outdir, resume)
-    ckpt_path = outdir / CHECKPOINT_NAME
-    ckpt: dict[str, Any] | None = None
-    if resuming:
-        ckpt = load_checkpoint(ckpt_path)
-        current = {"arch": arch, "arch_kwargs": arch_kwargs, "method": method_name,
-                   "sigma": sigma,
-                   "num_classes": num_classes, "method_options": method_opts,
-                   **{k: v for k, v in meta.items() if k not in _FREE_METADATA}}
-        current.update({k: getattr(config, k) for k in _RECIPE_FIELDS})
-        current["lr_milestones"] = config.to_dict()["lr_milestones"]
-        check_compatible(ckpt, current, ckpt_path)
-    distributed.barrier()  # nobody writes until every rank has checked the outdir
-
-    raw_model = model.to(device)
-    input_dims = _check_accepts_input(raw_model, train_set, device, num_classes)
-    # Auto (None): channels_last for image models. Measured on 2 CPU cores it makes the
-    # SmoothMix/LeNet step ~1.6x faster (the input gradient of a 1-channel conv is slow
-    # in NCHW); on GPUs it is the layout tensor cores want.
-    channels_last = config.channels_last if config.channels_last is not None else input_dims == 3
-    if channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(raw_model, config, device)
-    scheduler = _make_scheduler(optimizer, config)
-
-    start_epoch = 0
-    if ckpt is not None:
-        try:
-            raw_model.load_state_dict(ckpt["state_dict"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise SmoothmixError(f"cannot resume from {ckpt_path}: {first_line(exc)}") from exc
-        start_epoch = int(ckpt["epoch"])
-
-    train_model: nn.Module = raw_model
-    if is_dist:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda"
-                          else None)
-    if config.compile:
-        train_model = torch.compile(train_model)
-
-    require(not (config.cuda_graphs and (is_dist or config.compile)),
-            "--cuda-graphs runs on one process without --compile (it captures the eager step)")
-    train_loader = make_loader(train_set, per_rank_batch, device, train=True, seed=config.seed,
-                               rank=rank, world_size=world, workers=config.workers,
-                               side=method_side_data(method),
-                               drop_last=config.cuda_graphs)  # a replayed step has one shape
-    steps_per_epoch = len(train_loader)
-    require(steps_per_epoch > 0, "the training set yields no batch: it is empty or smaller "
-            "than one batch per process")
-    test_loader = None
-    if test_set is not None and len(test_set) > 0:
-        test_loader = make_loader(test_set, config.test_batch_size or max(per_rank_batch, 256),
-                                  device, train=False, seed=config.seed, rank=rank,
-                                  world_size=world, workers=config.workers)
-
-    csv_log = tb = None
-    if main:
-        outdir.mkdir(parents=True, exist_ok=True)
-        csv_log = _CsvLog(outdir / LOG_NAME, start_epoch if ckpt is not None else None)
-        tb = _open_tensorboard(outdir, start_epoch + 1 if ckpt is not None else None)
-
-    # ---- RNG: restore exactly, or seed fresh (per rank) right before the first epoch.
-    saved_rng = (ckpt or {}).get("rng")
-    if isinstance(saved_rng, list) and len(saved_rng) == world:
-        restore_rng_state(saved_rng[rank])
-    else:
-        if ckpt is not None and main:
-            print(f"note: checkpoint RNG state was saved by {len(saved_rng or [])} process(es), "
-                  f"now {world}; reseeding (the run continues, but not bit-for-bit)")
-        seed_everything(_rank_seed(config.seed + start_epoch, rank))
-    del ckpt
-
-    amp_ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if config.amp \
-        else contextlib.nullcontext
     identity = {"arch": arch, "arch_kwargs": arch_kwargs, "num_classes": num_classes,
                 "normalization": normalization,
                 "method": method_name, "method_options": method_opts,
                 "method_config": method_config, "sigma": sigma}
-    return _Run(config=config, outdir=outdir, ckpt_path=ckpt_path, device=device, rank=rank,
-                world=world, main=main, sigma=sigma, raw_model=raw_model,
-                train_model=train_model, channels_last=channels_last, optimizer=optimizer,
-                scheduler=scheduler, train_loader=train_loader, test_loader=test_loader,
-                steps_per_epoch=steps_per_epoch, start_epoch=start_epoch, amp_ctx=amp_ctx,
-                identity=identity, config_dict={**config.to_dict(), **meta, "world_size": world},
-                csv_log=csv_log, tb=tb)
+    return identity, meta
 
 
-def _train_epoch(run: _Run, method: Any, epoch: int, bar: Any) -> dict[str, Any]:
+# The identity entries a resume must agree with, in the order a refusal names them.
+_RESUME_IDENTITY = ("arch", "arch_kwargs", "method", "sigma", "num_classes", "method_options")
+
+
+def _checkpoint_to_resume(outdir: Path, resume: bool, identity: Mapping[str, Any],
+                          meta: Mapping[str, Any], config: TrainConfig) -> Checkpoint | None:
+    """Decide fresh vs resume (on every rank, before anything is written); the stored run
+    when resuming, after checking that it is the same run."""
+    if not check_outdir(outdir, resume):
+        return None
+    ckpt_path = outdir / CHECKPOINT_NAME
+    ckpt = read_checkpoint(ckpt_path)
+    current = {**{k: identity[k] for k in _RESUME_IDENTITY},
+               **{k: v for k, v in meta.items() if k not in _FREE_METADATA}}
+    current.update({k: getattr(config, k) for k in SCHEDULE_FIELDS})
+    check_compatible(ckpt, current, ckpt_path)
+    return ckpt
+
+
+def _place_model(model: nn.Module, train_set: Any, strategy: ExecutionStrategy,
+                 config: TrainConfig, num_classes: int | None) -> nn.Module:
+    """The model on the device, checked against the data, in its memory format."""
+    placed = model.to(strategy.device)
+    input_dims = _check_accepts_input(placed, train_set, strategy.device, num_classes)
+    # Auto (None): channels_last for image models. Measured on 2 CPU cores it makes the
+    # SmoothMix/LeNet step ~1.6x faster (the input gradient of a 1-channel conv is slow
+    # in NCHW); on GPUs it is the layout tensor cores want.
+    channels_last = config.channels_last if config.channels_last is not None else input_dims == 3
+    return strategy.place(placed, channels_last)
+
+
+def _restore_training_state(ckpt: Checkpoint | None, model: nn.Module,
+                            optimizer: torch.optim.Optimizer, scheduler: Any,
+                            path: Path) -> int:
+    """Load a resumed run's weights, optimiser and schedule; the epoch to start at."""
+    if ckpt is None:
+        return 0
+    try:
+        model.load_state_dict(ckpt.state_dict)
+        optimizer.load_state_dict(ckpt.optimizer)  # type: ignore[arg-type]
+        scheduler.load_state_dict(ckpt.scheduler)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise SmoothmixError(f"cannot resume from {path}: {first_line(exc)}") from exc
+    return int(ckpt.epoch or 0)
+
+
+def _train_loader(train_set: Any, method: TrainingMethod, config: TrainConfig,
+                  strategy: ExecutionStrategy, per_rank_batch: int) -> Any:
+    from smoothmix.data import make_loader  # deferred: data imports are heavy (torchvision)
+
+    loader = make_loader(train_set, per_rank_batch, strategy.device, train=True,
+                         seed=config.seed, rank=strategy.rank, world_size=strategy.world,
+                         workers=config.workers, side=method_side_data(method),
+                         drop_last=config.cuda_graphs)  # a replayed step has one shape
+    require(len(loader) > 0, "the training set yields no batch: it is empty or smaller "
+            "than one batch per process")
+    return loader
+
+
+def _seed_or_restore_rng(run: Run, saved_rng: Any) -> None:
+    """Restore every rank's RNG exactly, or seed it fresh (per rank) right before the first
+    epoch."""
+    rank, world = run.strategy.rank, run.strategy.world
+    if isinstance(saved_rng, list) and len(saved_rng) == world:
+        restore_rng_state(saved_rng[rank])
+        return
+    if run.resumed and run.main:
+        print(f"note: checkpoint RNG state was saved by {len(saved_rng or [])} process(es), "
+              f"now {world}; reseeding (the run continues, but not bit-for-bit)")
+    seed_everything(rank_seed(run.config.seed + run.start_epoch, rank))
+
+
+def _announce(run: Run) -> None:
+    """'Nothing to do' for a finished run; else the progress bar (rank 0)."""
+    epochs, start = run.config.epochs, run.start_epoch
+    if not run.main:
+        return
+    if start >= epochs:
+        print(f"{run.outdir} already holds {start} trained epoch{'' if start == 1 else 's'} "
+              f"(>= {epochs}); nothing to do (pass a larger --epochs to train further)",
+              flush=True)
+    elif run.config.progress:
+        # A bar on terminals; in a log file a progress line at least once a minute.
+        run.bar = Progress(epochs * run.steps_per_epoch, initial=start * run.steps_per_epoch,
+                           unit="step", desc=f"train {run.outdir.name}")
+
+
+def _train_epoch(run: Run, method: TrainingMethod, epoch: int) -> dict[str, Any]:
     """One pass over the training data; returns the log row's epoch, lr and train means
     (summed on the device, all-reduced over ranks, read back once)."""
-    config, device = run.config, run.device
-    for loader in (run.train_loader, run.test_loader):
-        set_epoch = getattr(loader, "set_epoch", None)
-        if set_epoch is None:
-            set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(epoch)
+    set_loader_epoch(run.train_loader, epoch)
     lr = run.optimizer.param_groups[0]["lr"]
-    if bar is not None:
-        bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
+    if run.bar is not None:
+        run.bar.set_description(f"epoch {epoch + 1}/{run.config.epochs}")
     run.train_model.train()
+    sums, keys, count = _train_steps(run, method, epoch, lr)
+    acc = sums.double() if run.strategy.device.type == "cpu" else sums
+    totals = run.strategy.all_reduce_sum(torch.cat([acc, acc.new_tensor([count])]))
+    run.scheduler.step()
+    return _epoch_row(epoch, lr, keys, totals.tolist())
+
+
+def _train_steps(run: Run, method: TrainingMethod, epoch: int,
+                 lr: float) -> tuple[torch.Tensor, list[str], int]:
+    """The epoch's steps: example-weighted sums of ``[loss, *metrics]`` on the device, the
+    metric names and the number of examples."""
+    strategy = run.strategy
     keys: list[str] | None = None
     sums: torch.Tensor | None = None
     count = 0
     for step, batch in enumerate(run.train_loader):
-        x = batch[0].to(device, non_blocking=True)
-        y = batch[1].to(device, non_blocking=True)
-        side = batch[2] if len(batch) > 2 else {}  # already on the device
-        if run.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if config.cuda_graphs:
-            if run.step_graph is None:
-                from smoothmix.training.graphs import StepGraph
-
-                run.step_graph = StepGraph(run.train_model, method, run.optimizer, config.amp)
-            values, keys = run.step_graph.step(x, y, side, epoch)
-        else:
-            with run.amp_ctx():
-                out = method(run.train_model, x, y, epoch, **side)
-            run.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            run.optimizer.step()
-            if keys is None:
-                keys = [k for k in out.metrics if k != "loss"]
-            # Accumulate on the device; read back once per log interval / epoch.
-            values = torch.stack([out.loss.detach().float(),
-                                  *(out.metrics[k].detach().float().reshape(()) for k in keys)])
+        x, y, side = strategy.to_device(batch)
+        values, keys = strategy.step(method, run.train_model, run.optimizer, x, y, side, epoch)
         n = int(y.shape[0])
         sums = values * n if sums is None else sums + values * n
         count += n
-        if bar is not None:
-            bar.update(1)
-            if step % config.log_every == 0:
-                bar.set_postfix(loss=f"{float(sums[0]) / count:.4f}", lr=f"{lr:.3g}")
+        if run.bar is not None:
+            run.bar.update(1)
+            if step % run.config.log_every == 0:
+                run.bar.set_postfix(loss=f"{float(sums[0]) / count:.4f}", lr=f"{lr:.3g}")
     assert sums is not None and keys is not None
-    acc = sums.double() if device.type == "cpu" else sums
-    totals = _all_reduce_sum(torch.cat([acc, acc.new_tensor([count])]))
-    run.scheduler.step()
+    return sums, keys, count
 
-    row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-    values_host = totals.tolist()
-    n_total = values_host[-1]
-    row["train_loss"] = values_host[0] / n_total
+
+def _epoch_row(epoch: int, lr: float, keys: list[str], totals: list[float]) -> dict[str, Any]:
+    """The log row's training part from the all-reduced ``[loss, *metrics, count]`` sums."""
+    n_total = totals[-1]
+    row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": totals[0] / n_total}
     # Checked once per epoch (no per-step sync); the last good checkpoint is kept.
     require(math.isfinite(row["train_loss"]),
             f"training diverged in epoch {epoch + 1} (train loss {row['train_loss']}); "
             f"the checkpoint of epoch {epoch} is kept — lower --lr and --resume, or "
             "start again")
-    for k, v in zip(keys, values_host[1:-1], strict=True):
+    for k, v in zip(keys, totals[1:-1], strict=True):
         row[f"train_{k}"] = v / n_total
     return row
 
 
-def _evaluate(run: _Run, epoch: int) -> dict[str, Any]:
-    """Noisy test accuracy and loss (one Gaussian draw per test image), or nothing."""
-    if run.test_loader is None:
-        return {}
-    config = run.config
-    t = _all_reduce_sum(evaluate_noisy(
-        run.raw_model, run.test_loader, run.sigma,
-        seed=_rank_seed(config.seed + epoch, run.rank), amp=config.amp,
-        channels_last=run.channels_last)).tolist()
-    return {"test_noisy_acc": t[0] / max(t[2], 1), "test_noisy_loss": t[1] / max(t[2], 1)}
-
-
-def _save_epoch(run: _Run, epoch: int, row: dict[str, Any], bar: Any) -> None:
-    """The atomic checkpoint (with every rank's RNG state), the log row, TensorBoard and
-    the epoch line, written by rank 0; then every rank waits for it."""
-    rng = _gather_objects(capture_rng_state())
-    if run.main:
-        ident = run.identity
-        save_checkpoint(run.ckpt_path, {
-            "arch": ident["arch"],
-            "arch_kwargs": ident["arch_kwargs"],
-            "state_dict": run.raw_model.state_dict(),
-            "num_classes": ident["num_classes"],
-            "normalization": ident["normalization"],
-            "epoch": epoch + 1,
-            "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(),
-            "rng": rng,
-            "method": ident["method"],
-            "method_options": ident["method_options"],
-            "method_config": ident["method_config"],
-            "sigma": ident["sigma"],
-            "config": run.config_dict,
-            "metrics": {k: v for k, v in row.items() if isinstance(v, float)},
-            **provenance(),  # the release (and commit) that wrote this epoch
-        })
-        assert run.csv_log is not None
-        run.csv_log.append(row)
-        if run.tb is not None:
-            for k, v in row.items():
-                if k != "epoch":
-                    run.tb.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
-            run.tb.flush()
-        summary = f"epoch {epoch + 1}/{run.config.epochs}: loss {row['train_loss']:.4f}"
-        if "train_acc" in row:
-            summary += f" acc {row['train_acc']:.3f}"
-        if "test_noisy_acc" in row:
-            summary += f" noisy test acc {row['test_noisy_acc']:.3f}"
-        summary += f" ({row['time_s']:.1f} s)"
-        if bar is not None:
-            bar.write(summary)
-        else:
-            print(summary, flush=True)
-    distributed.barrier()
+def _report_epoch(run: Run, row: Mapping[str, Any]) -> None:
+    """The epoch line (rank 0), below the progress bar when there is one."""
+    if not run.main:
+        return
+    summary = f"epoch {row['epoch']}/{run.config.epochs}: loss {row['train_loss']:.4f}"
+    if "train_acc" in row:
+        summary += f" acc {row['train_acc']:.3f}"
+    if "test_noisy_acc" in row:
+        summary += f" noisy test acc {row['test_noisy_acc']:.3f}"
+    summary += f" ({row['time_s']:.1f} s)"
+    if run.bar is not None:
+        run.bar.write(summary)
+    else:
+        print(summary, flush=True)

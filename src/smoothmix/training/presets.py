@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smoothmix.errors import SmoothmixError
+from smoothmix.training.recipe import Recipe
 
 SIGMAS = (0.25, 0.50, 1.00)
 
@@ -39,6 +40,14 @@ class Preset:
     weight_decay: float = 1e-4  # SGD weight decay (CIFAR-10 MACER: 5e-4)
     note: str = ""
 
+    def recipe(self) -> Recipe:
+        """The recipe values this preset sets (its ``deferred`` needs the schedule and is
+        turned into an epoch by :func:`smoothmix.training.train`)."""
+        return Recipe(method=self.method, sigma=self.sigma, dataset=self.dataset,
+                      arch=self.arch, epochs=self.epochs, lr=self.lr, lr_step=self.lr_step,
+                      lr_milestones=self.lr_milestones, batch_size=self.batch_size,
+                      weight_decay=self.weight_decay, method_options=dict(self.options))
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -61,98 +70,133 @@ def _name(dataset: str, method: str, sigma: float, suffix: str = "") -> str:
     return f"{dataset}-{method}{suffix}-{sigma:.2f}"
 
 
-def _build() -> dict[str, Preset]:
-    presets: list[Preset] = []
+@dataclass(frozen=True)
+class _Schedule:
+    """Epochs and the step schedule of a group of presets."""
 
-    def add(dataset: str, arch: str, method: str, sigma: float, *, suffix: str = "",
-            epochs: int, lr: float, lr_step: int, batch: int, **kw: Any) -> None:
-        presets.append(Preset(name=_name(dataset, method, sigma, suffix), dataset=dataset,
-                              arch=arch, method=method, sigma=sigma, epochs=epochs, lr=lr,
-                              lr_step=lr_step, batch_size=batch, **kw))
+    epochs: int
+    lr: float
+    lr_step: int
 
-    # ---- MNIST / LeNet: 90 epochs, lr 0.01 dropped ×0.1 every 30 (docs/MATH.md §3.6 table).
-    mnist = {"epochs": 90, "lr": 0.01, "lr_step": 30}
+
+_MNIST = _Schedule(epochs=90, lr=0.01, lr_step=30)  # docs/MATH.md §3.6 table
+_CIFAR10 = _Schedule(epochs=150, lr=0.1, lr_step=50)
+
+
+def _preset(dataset: str, arch: str, method: str, sigma: float, schedule: _Schedule,
+            batch: int, *, suffix: str = "", **kw: Any) -> Preset:
+    return Preset(name=_name(dataset, method, sigma, suffix), dataset=dataset, arch=arch,
+                  method=method, sigma=sigma, epochs=schedule.epochs, lr=schedule.lr,
+                  lr_step=schedule.lr_step, batch_size=batch, **kw)
+
+
+def _mnist() -> list[Preset]:
+    """MNIST / LeNet: 90 epochs, lr 0.01 dropped x0.1 every 30."""
+    def lenet(method: str, sigma: float, batch: int, **kw: Any) -> Preset:
+        return _preset("mnist", "lenet", method, sigma, _MNIST, batch, **kw)
+
     # SmoothMix: m = 4, α = 1.0, T = 3/4/8; η = 1 at σ = 0.25 and η = 5 at 0.5/1.0
     # (the settings of the published MNIST rows, docs/MATH.md §5).
-    for sigma, steps, eta in ((0.25, 3, 1.0), (0.50, 4, 5.0), (1.00, 8, 5.0)):
-        add("mnist", "lenet", "smoothmix", sigma, batch=64, **mnist,
-            options={"num_noise": 4, "num_steps": steps, "step_size": 1.0, "eta": eta,
-                     "mix_step": 0})
-    add("mnist", "lenet", "smoothmix", 1.00, suffix="-onestep", batch=64, **mnist,
-        options={"num_noise": 4, "num_steps": 8, "step_size": 1.0, "eta": 5.0, "mix_step": 1},
-        note="+ one-step adversary")
+    out = [lenet("smoothmix", sigma, 64, options={"num_noise": 4, "num_steps": steps,
+                                                  "step_size": 1.0, "eta": eta, "mix_step": 0})
+           for sigma, steps, eta in ((0.25, 3, 1.0), (0.50, 4, 5.0), (1.00, 8, 5.0))]
+    out.append(lenet("smoothmix", 1.00, 64, suffix="-onestep", note="+ one-step adversary",
+                     options={"num_noise": 4, "num_steps": 8, "step_size": 1.0, "eta": 5.0,
+                              "mix_step": 1}))
     for sigma in SIGMAS:
-        add("mnist", "lenet", "gaussian", sigma, batch=256, **mnist)
-        add("mnist", "lenet", "stability", sigma, batch=256, **mnist, options={"lbd": 2.0})
-        # SmoothAdv MNIST: PGD, T = 10, ε = 255/256, m = 4.
-        add("mnist", "lenet", "smoothadv", sigma, batch=64, **mnist,
-            options={"attack": "pgd", "num_steps": 10, "epsilon": 255 / 256, "num_noise": 4})
-        # MACER MNIST: k = 16, β = 16, γ = 8, λ = 16/16/6, deferred to the first LR drop,
-        # 256 images × 16 copies per step (docs/MATH.md §3.4: the script's default batch).
-        add("mnist", "lenet", "macer", sigma, batch=256, **mnist, deferred=True,
-            options={"num_noise": 16, "beta": 16.0, "gamma": 8.0,
-                     "lbd": {0.25: 16.0, 0.50: 16.0, 1.00: 6.0}[sigma]})
-        # Consistency MNIST: m = 2, η = 0.5, λ = 10/5/5.
-        add("mnist", "lenet", "consistency", sigma, batch=128, **mnist,
-            options={"num_noise": 2, "eta": 0.5,
-                     "lbd": {0.25: 10.0, 0.50: 5.0, 1.00: 5.0}[sigma]})
+        out += [
+            lenet("gaussian", sigma, 256),
+            lenet("stability", sigma, 256, options={"lbd": 2.0}),
+            # SmoothAdv MNIST: PGD, T = 10, ε = 255/256, m = 4.
+            lenet("smoothadv", sigma, 64, options={"attack": "pgd", "num_steps": 10,
+                                                   "epsilon": 255 / 256, "num_noise": 4}),
+            # MACER MNIST: k = 16, β = 16, γ = 8, λ = 16/16/6, deferred to the first LR drop,
+            # 256 images × 16 copies per step (docs/MATH.md §3.4: the script's default batch).
+            lenet("macer", sigma, 256, deferred=True,
+                  options={"num_noise": 16, "beta": 16.0, "gamma": 8.0,
+                           "lbd": {0.25: 16.0, 0.50: 16.0, 1.00: 6.0}[sigma]}),
+            # Consistency MNIST: m = 2, η = 0.5, λ = 10/5/5.
+            lenet("consistency", sigma, 128,
+                  options={"num_noise": 2, "eta": 0.5,
+                           "lbd": {0.25: 10.0, 0.50: 5.0, 1.00: 5.0}[sigma]}),
+        ]
+    return out
 
-    # ---- CIFAR-10 / ResNet-110: 150 epochs, lr 0.1 dropped every 50.
-    cifar = {"epochs": 150, "lr": 0.1, "lr_step": 50}
-    for sigma, step_size in ((0.25, 0.5), (0.50, 1.0), (1.00, 2.0)):
-        add("cifar10", "cifar_resnet110", "smoothmix", sigma, batch=128, **cifar,
-            options={"num_noise": 2, "num_steps": 4, "step_size": step_size, "eta": 5.0,
-                     "mix_step": 0})
+
+def _cifar10() -> list[Preset]:
+    """CIFAR-10 / ResNet-110: 150 epochs, lr 0.1 dropped every 50 (MACER: its own)."""
+    def resnet(method: str, sigma: float, batch: int, schedule: _Schedule = _CIFAR10,
+               **kw: Any) -> Preset:
+        return _preset("cifar10", "cifar_resnet110", method, sigma, schedule, batch, **kw)
+
+    out = [resnet("smoothmix", sigma, 128, options={"num_noise": 2, "num_steps": 4,
+                                                    "step_size": step_size, "eta": 5.0,
+                                                    "mix_step": 0})
+           for sigma, step_size in ((0.25, 0.5), (0.50, 1.0), (1.00, 2.0))]
     # The σ = 0.5 row with the one-step adversary (seed table: ACR 0.737).
-    add("cifar10", "cifar_resnet110", "smoothmix", 0.50, suffix="-onestep", batch=128, **cifar,
-        options={"num_noise": 2, "num_steps": 4, "step_size": 1.0, "eta": 5.0, "mix_step": 1},
-        note="+ one-step adversary")
+    out.append(resnet("smoothmix", 0.50, 128, suffix="-onestep", note="+ one-step adversary",
+                      options={"num_noise": 2, "num_steps": 4, "step_size": 1.0, "eta": 5.0,
+                               "mix_step": 1}))
     # SmoothAdv CIFAR-10 best recipes (docs/MATH.md §3.3).
-    smoothadv_cifar = {0.25: (10, 8, 255 / 256), 0.50: (2, 8, 2.0), 1.00: (10, 2, 2.0)}
+    smoothadv = {0.25: (10, 8, 255 / 256), 0.50: (2, 8, 2.0), 1.00: (10, 2, 2.0)}
     for sigma in SIGMAS:
-        add("cifar10", "cifar_resnet110", "gaussian", sigma, batch=256, **cifar)
-        add("cifar10", "cifar_resnet110", "stability", sigma, batch=256, **cifar,
-            options={"lbd": 2.0})
-        steps, m, eps = smoothadv_cifar[sigma]
-        add("cifar10", "cifar_resnet110", "smoothadv", sigma, batch=256 // m, **cifar,
-            options={"attack": "pgd", "num_steps": steps, "epsilon": eps, "num_noise": m})
-        # MACER keeps its own schedule: lr 0.01, 440 epochs, drops at 200 and 400, weight
-        # decay 5e-4 (the original MACER code).
-        add("cifar10", "cifar_resnet110", "macer", sigma, batch=64, epochs=440, lr=0.01,
-            lr_step=200, lr_milestones=(200, 400), weight_decay=5e-4,
-            options={"num_noise": 16, "beta": 16.0, "gamma": 8.0,
-                     "lbd": {0.25: 12.0, 0.50: 12.0, 1.00: 4.0}[sigma]})
-        add("cifar10", "cifar_resnet110", "consistency", sigma, batch=128, **cifar,
-            options={"num_noise": 2, "eta": 0.5,
-                     "lbd": {0.25: 20.0, 0.50: 10.0, 1.00: 10.0}[sigma]})
+        steps, m, eps = smoothadv[sigma]
+        out += [
+            resnet("gaussian", sigma, 256),
+            resnet("stability", sigma, 256, options={"lbd": 2.0}),
+            resnet("smoothadv", sigma, 256 // m, options={"attack": "pgd", "num_steps": steps,
+                                                          "epsilon": eps, "num_noise": m}),
+            # MACER keeps its own schedule: lr 0.01, 440 epochs, drops at 200 and 400,
+            # weight decay 5e-4 (the original MACER code).
+            resnet("macer", sigma, 64, _Schedule(epochs=440, lr=0.01, lr_step=200),
+                   lr_milestones=(200, 400), weight_decay=5e-4,
+                   options={"num_noise": 16, "beta": 16.0, "gamma": 8.0,
+                            "lbd": {0.25: 12.0, 0.50: 12.0, 1.00: 4.0}[sigma]}),
+            resnet("consistency", sigma, 128,
+                   options={"num_noise": 2, "eta": 0.5,
+                            "lbd": {0.25: 20.0, 0.50: 10.0, 1.00: 10.0}[sigma]}),
+        ]
+    return out
 
-    # ---- ImageNet / ResNet-50. Gaussian: Cohen et al., 90 epochs, lr 0.1 dropped every 30.
-    for sigma in SIGMAS:
-        add("imagenet", "resnet50", "gaussian", sigma, batch=256, epochs=90, lr=0.1, lr_step=30)
+
+def _imagenet() -> list[Preset]:
+    """ImageNet / ResNet-50. Gaussian: Cohen et al., 90 epochs, lr 0.1 dropped every 30."""
+    out = [_preset("imagenet", "resnet50", "gaussian", sigma, _Schedule(90, 0.1, 30), 256)
+           for sigma in SIGMAS]
     # SmoothMix ImageNet: not published in the public code; these are its defaults.
-    for sigma in (0.50, 1.00):
-        add("imagenet", "resnet50", "smoothmix", sigma, batch=256, epochs=150, lr=0.1,
-            lr_step=50, options={"num_noise": 1, "num_steps": 8, "step_size": 1.0, "eta": 1.0,
-                                 "mix_step": 0},
-            note="unpublished; reference code defaults")
+    out += [_preset("imagenet", "resnet50", "smoothmix", sigma, _Schedule(150, 0.1, 50), 256,
+                    options={"num_noise": 1, "num_steps": 8, "step_size": 1.0, "eta": 1.0,
+                             "mix_step": 0},
+                    note="unpublished; reference code defaults")
+            for sigma in (0.50, 1.00)]
+    return out
 
-    # ---- CAT-RS (docs/MATH.md §3.8; the CAT-RS repository's EXPERIMENTS.MD). Every preset needs
-    # --targets: the votes of a Gaussian sigma = 0.25 model (`smoothmix targets`).
-    # 256/M images per step x M copies, SGD 0.9, weight decay 1e-4; M = 4, T = 4, eps = 1.0.
+
+def _catrs() -> list[Preset]:
+    """CAT-RS (docs/MATH.md §3.8; the CAT-RS repository's EXPERIMENTS.MD). Every preset
+    needs --targets: the votes of a Gaussian sigma = 0.25 model (`smoothmix targets`).
+    256/M images per step x M copies, SGD 0.9, weight decay 1e-4; M = 4, T = 4, eps = 1.0."""
     catrs = {"num_noise": 4, "num_steps": 4, "epsilon": 1.0}
-    for sigma, lbd in ((0.25, 0.5), (0.50, 1.0), (1.00, 2.0)):
-        add("cifar10", "cifar_resnet110", "catrs", sigma, batch=64, **cifar,
-            options={**catrs, "lbd": lbd}, note="needs --targets")
+    note = "needs --targets"
+    out = [_preset("cifar10", "cifar_resnet110", "catrs", sigma, _CIFAR10, 64,
+                   options={**catrs, "lbd": lbd}, note=note)
+           for sigma, lbd in ((0.25, 0.5), (0.50, 1.0), (1.00, 2.0))]
     # MNIST: published for sigma = 0.25 only (0.5 / 1.0 recipes unpublished).
-    add("mnist", "lenet", "catrs", 0.25, batch=64, epochs=150, lr=0.01, lr_step=50,
-        options={**catrs, "lbd": 1.0}, note="needs --targets")
+    out.append(_preset("mnist", "lenet", "catrs", 0.25, _Schedule(150, 0.01, 50), 64,
+                       options={**catrs, "lbd": 1.0}, note=note))
     # ImageNet sigma = 1.0: M = 2 (batch 256 = 128 images x 2 copies per step), T = 1,
     # lambda 2, eps doubled from epoch 80, K from pi[y]. The reference's extra --lr_drop 85
     # lasts one epoch under its closed-form scheduler.step(epoch); not reproduced here.
-    add("imagenet", "resnet50", "catrs", 1.00, batch=128, epochs=90, lr=0.1, lr_step=30,
-        options={"num_noise": 2, "num_steps": 1, "epsilon": 1.0, "lbd": 2.0,
-                 "confidence_mask": 1, "epsilon_double_epoch": 80},
-        note="needs --targets")
+    out.append(_preset("imagenet", "resnet50", "catrs", 1.00, _Schedule(90, 0.1, 30), 128,
+                       options={"num_noise": 2, "num_steps": 1, "epsilon": 1.0, "lbd": 2.0,
+                                "confidence_mask": 1, "epsilon_double_epoch": 80},
+                       note=note))
+    return out
+
+
+def _build() -> dict[str, Preset]:
+    """Every preset, sorted by dataset, method, variant and sigma."""
+    presets = [*_mnist(), *_cifar10(), *_imagenet(), *_catrs()]
     order = {"mnist": 0, "cifar10": 1, "imagenet": 2}
     presets.sort(key=lambda p: (order[p.dataset], p.method, p.name.count("-"), p.sigma))
     return {p.name: p for p in presets}

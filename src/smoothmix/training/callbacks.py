@@ -1,0 +1,247 @@
+"""What happens around the training epochs: evaluation, checkpoint, logs (hooks of ``fit``).
+
+:func:`smoothmix.training.fit` calls, for each callback in order, ``on_fit_start(run)`` once
+before the first epoch (after a resume has been restored, before the RNG is seeded or
+restored, so a callback must not draw from the global RNG there), ``on_epoch_start(run,
+epoch)``, ``on_train_epoch_end(run, epoch, metrics)`` after the training pass (a callback may
+add metrics to the log row here: the noisy test accuracy), ``on_epoch_end(run, epoch,
+metrics)`` with the finished row (checkpoint and logs record it), and ``on_fit_end(run)``,
+also after an error. Every rank calls every hook; callbacks that write files do so on rank 0
+(``run.main``). ``epoch`` is 0-based; the log row's ``epoch`` is ``epoch + 1``.
+
+The default set (:func:`default_callbacks`) writes the run folder: ``checkpoint.pth.tar``
+(atomic, every epoch), ``log.csv`` and TensorBoard events; its layout is fixed (old runs
+resume in it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from smoothmix.checkpoint import Checkpoint, capture_rng_state, save_checkpoint
+from smoothmix.provenance import provenance
+from smoothmix.storage import atomic_write
+
+if TYPE_CHECKING:
+    from smoothmix.training.loop import Run
+
+LOG_NAME = "log.csv"
+
+
+class Callback:
+    """Base of the training hooks; every hook does nothing unless overridden."""
+
+    def on_fit_start(self, run: Run) -> None:
+        """Once, before the first epoch (also of a resumed run)."""
+
+    def on_epoch_start(self, run: Run, epoch: int) -> None:
+        """Before the training pass of ``epoch``."""
+
+    def on_train_epoch_end(self, run: Run, epoch: int, metrics: dict[str, Any]) -> None:
+        """After the training pass; may add entries to ``metrics`` (the log row)."""
+
+    def on_epoch_end(self, run: Run, epoch: int, metrics: dict[str, Any]) -> None:
+        """With the epoch's finished log row."""
+
+    def on_fit_end(self, run: Run) -> None:
+        """After the last epoch, or after an error (release resources here)."""
+
+
+def default_callbacks(test_set: Any | None, sigma: float) -> list[Callback]:
+    """The run folder's writers, in the order the loop has always written them: the noisy
+    test evaluation (adds its columns), then checkpoint, ``log.csv`` and TensorBoard."""
+    return [NoisyEvaluation(test_set, sigma), Checkpointing(), CsvLogger(), TensorBoardLogger()]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_noisy(model: nn.Module, loader: Iterable, sigma: float, seed: int,
+                   amp: bool = False, channels_last: bool = False) -> torch.Tensor:
+    """Top-1 accuracy and CE loss of the base classifier on one Gaussian draw per image.
+
+    Returns a device tensor ``[correct, loss_sum, count]`` (summed, not averaged, so that
+    ranks can all-reduce it). The noise comes from a private generator seeded by ``seed``.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    totals = torch.zeros(3, device=device, dtype=torch.float64 if device.type == "cpu"
+                         else torch.float32)
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        noisy = x + sigma * torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
+        if channels_last:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(noisy)
+        logits = logits.float()
+        totals[0] += (logits.argmax(1) == y).sum()
+        totals[1] += nn.functional.cross_entropy(logits, y, reduction="sum")
+        totals[2] += y.numel()
+    model.train(was_training)
+    return totals
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Different noise per rank; rank 0 keeps the plain seed so 1-process runs are
+    unchanged."""
+    return seed + 1_000_003 * rank
+
+
+class NoisyEvaluation(Callback):
+    """``test_noisy_acc`` / ``test_noisy_loss``: the base classifier on one Gaussian draw of
+    noise level ``sigma`` per test image, from a generator of its own (seeded by the run's
+    seed and the epoch), so it never moves the training RNG. Nothing without a test set."""
+
+    def __init__(self, test_set: Any | None, sigma: float) -> None:
+        self.test_set, self.sigma = test_set, sigma
+        self.loader: Any = None
+
+    def on_fit_start(self, run: Run) -> None:
+        from smoothmix.data import make_loader  # deferred: data imports are heavy
+
+        if self.test_set is None or len(self.test_set) == 0:
+            return
+        config, strategy = run.config, run.strategy
+        self.loader = make_loader(self.test_set,
+                                  config.test_batch_size or max(run.per_rank_batch, 256),
+                                  strategy.device, train=False, seed=config.seed,
+                                  rank=strategy.rank, world_size=strategy.world,
+                                  workers=config.workers)
+
+    def on_epoch_start(self, run: Run, epoch: int) -> None:
+        if self.loader is not None:
+            set_loader_epoch(self.loader, epoch)
+
+    def on_train_epoch_end(self, run: Run, epoch: int, metrics: dict[str, Any]) -> None:
+        if self.loader is None:
+            return
+        strategy = run.strategy
+        t = strategy.all_reduce_sum(evaluate_noisy(
+            run.raw_model, self.loader, self.sigma,
+            seed=rank_seed(run.config.seed + epoch, strategy.rank), amp=strategy.amp,
+            channels_last=strategy.channels_last)).tolist()
+        metrics["test_noisy_acc"] = t[0] / max(t[2], 1)
+        metrics["test_noisy_loss"] = t[1] / max(t[2], 1)
+
+
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    """``set_epoch`` of a DeviceBatchLoader, or of a DataLoader's (distributed) sampler."""
+    set_epoch = getattr(loader, "set_epoch", None)
+    if set_epoch is None:
+        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+    if set_epoch is not None:
+        set_epoch(epoch)
+
+
+# --------------------------------------------------------------------------- checkpoint
+
+
+class Checkpointing(Callback):
+    """The atomic ``checkpoint.pth.tar`` after every epoch: model, optimiser, schedule, the
+    RNG states of every rank (gathered from all of them) and the run's identity."""
+
+    def on_epoch_end(self, run: Run, epoch: int, metrics: dict[str, Any]) -> None:
+        rng = run.strategy.gather_objects(capture_rng_state())
+        if not run.main:
+            return
+        save_checkpoint(run.ckpt_path, Checkpoint(
+            **run.identity, state_dict=run.raw_model.state_dict(), epoch=epoch + 1,
+            optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+            rng=rng, config=run.config_dict,
+            metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
+            **provenance(),  # type: ignore[arg-type]  # the release (and commit) of this epoch
+        ))
+
+
+# --------------------------------------------------------------------------- logs
+
+
+class CsvLog:
+    """``log.csv``, one row per epoch; on resume rows after the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_epoch: int | None) -> None:
+        self.path = path
+        self.columns: list[str] | None = None
+        if resume_epoch is not None and path.is_file():
+            with path.open(newline="") as f:
+                rows = list(csv.reader(f))
+            if rows:
+                self.columns = rows[0]
+                kept = [r for r in rows[1:] if r and int(r[0]) <= resume_epoch]
+                self._write_all([rows[0], *kept])
+
+    def _write_all(self, rows: list[list[str]]) -> None:
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(rows)
+        atomic_write(self.path, text.getvalue())
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        if self.columns is None:
+            self.columns = list(row)
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerow(self.columns)
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([_csv_value(row.get(c, "")) for c in self.columns])
+
+
+def _csv_value(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+class CsvLogger(Callback):
+    """``log.csv`` (columns: the first row's keys, in order)."""
+
+    def __init__(self) -> None:
+        self.log: CsvLog | None = None
+
+    def on_fit_start(self, run: Run) -> None:
+        if run.main:
+            self.log = CsvLog(run.outdir / LOG_NAME, run.start_epoch if run.resumed else None)
+
+    def on_epoch_end(self, run: Run, epoch: int, metrics: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.append(metrics)
+
+
+class TensorBoardLogger(Callback):
+    """TensorBoard scalars ``train/loss``, ``test/noisy_acc``... at step ``epoch + 1``."""
+
+    def __init__(self) -> None:
+        self.writer: Any = None
+
+    def on_fit_start(self, run: Run) -> None:
+        if not run.main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # a dependency, but a broken install must not stop training
+            return
+        # purge_step drops events logged after the checkpoint by a killed run.
+        self.writer = SummaryWriter(log_dir=str(run.outdir),
+                                    purge_step=run.start_epoch + 1 if run.resumed else None)
+
+    def on_epoch_end(self, run: Run, epoch: int, metrics: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for k, v in metrics.items():
+            if k != "epoch":
+                self.writer.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
+        self.writer.flush()
+
+    def on_fit_end(self, run: Run) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,79 @@
+"""Training run folders written by older releases (0.2 and 0.3.0) still load and resume.
+
+The folders in tests/fixtures/train/ were written by those releases themselves
+(tests/fixtures/train/make_fixtures.py): a 1-epoch SmoothMix LeNet on the first 256 embedded
+MNIST images, no momentum. ``RELEASE.expected.json`` holds what the release wrote when it
+resumed the folder for a second epoch: the current code must continue the same run (same
+recipe, no refusal, log.csv extended with the same columns) to the same weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from smoothmix.checkpoint import Checkpoint, load_checkpoint, load_model
+from smoothmix.training import train
+
+FIXTURES = Path(__file__).parent / "fixtures" / "train"
+RELEASES = ["v0.2", "v0.3.0"]
+
+
+def _state_sha256(state_dict):
+    h = hashlib.sha256()
+    for k, v in sorted(state_dict.items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _rows(text):
+    return list(csv.reader(io.StringIO(text)))
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_old_run_folder_loads_as_a_model(release):
+    model, ckpt = load_model(FIXTURES / release)
+    assert ckpt["arch"] == "lenet" and ckpt["num_classes"] == 10
+    assert ckpt["normalization_source"] == "checkpoint"
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    record = Checkpoint.from_dict(load_checkpoint(FIXTURES / release))
+    assert record.epoch == 1 and record.method == "smoothmix" and record.sigma == 0.5
+    settings = record.settings()
+    assert settings["precision"] == "fp32" and settings["momentum"] == 0.0
+    assert settings["train_subset"] == 256 and settings["arch_kwargs"] == {}
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_old_run_folder_resumes_as_the_release_would(release, tmp_path):
+    expected = json.loads((FIXTURES / f"{release}.expected.json").read_text())
+    run = tmp_path / release
+    shutil.copytree(FIXTURES / release, run)
+    # One more epoch with the stored recipe: no recipe-change refusal, no flags needed. One
+    # thread, as the release ran, so that even the summation order is the same.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = train(run, resume=True, epochs=2, device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == expected["epoch"] == 2
+    assert ckpt["config"]["momentum"] == 0.0 and ckpt["method_options"] == {
+        "num_noise": 2, "num_steps": 2}
+    # The same random streams and arithmetic as the release: the same weights.
+    assert _state_sha256(ckpt["state_dict"]) == expected["state_sha256"]
+    rows, old = _rows((run / "log.csv").read_text()), _rows(expected["log_csv"])
+    assert rows[0] == old[0]  # the columns continue
+    assert [r[0] for r in rows[1:]] == ["1", "2"]
+    assert rows[1] == old[1]  # the release's own row is kept as written
+    # The new row: the same values as the release's (time_s apart).
+    assert rows[2][:-1] == old[2][:-1]

@@ -1,0 +1,137 @@
+"""The loop's hooks (training.callbacks) and its execution strategy (training.strategy)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+from smoothmix.data import TensorImageDataset
+from smoothmix.errors import SmoothmixError
+from smoothmix.methods import StepOutput, create_method
+from smoothmix.models import wrap_model
+from smoothmix.training import TrainConfig, fit
+from smoothmix.training.callbacks import Callback, default_callbacks
+from smoothmix.training.strategy import ExecutionStrategy
+
+
+class NoisyCE:
+    name = "noisy-ce"
+
+    def __init__(self, sigma: float) -> None:
+        self.sigma = sigma
+
+    def __call__(self, model, x, y, epoch):
+        logits = model(x + self.sigma * torch.randn_like(x))
+        return StepOutput(nn.functional.cross_entropy(logits, y),
+                          {"acc": (logits.argmax(1) == y).float().mean().detach()})
+
+
+def tiny_data(n: int, seed: int) -> TensorImageDataset:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    base = torch.where(labels[:, None, None, None] == 1, 170, 80)
+    images = (base + torch.randint(-60, 60, (n, 1, 6, 6), generator=g)).clamp(0, 255)
+    return TensorImageDataset(images.to(torch.uint8), labels, 2, "tiny")
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 2)))
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(epochs=3, batch_size=16, lr=0.05, lr_step=2, seed=7, device="cpu",
+                progress=False, workers=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_fit_start(self, run):
+        self.calls.append(("fit_start", run.start_epoch))
+
+    def on_epoch_start(self, run, epoch):
+        self.calls.append(("epoch_start", epoch))
+
+    def on_train_epoch_end(self, run, epoch, metrics):
+        self.calls.append(("train_epoch_end", epoch, sorted(metrics)))
+        metrics["train_extra"] = 1.5  # a callback may add a column
+
+    def on_epoch_end(self, run, epoch, metrics):
+        self.calls.append(("epoch_end", epoch, sorted(metrics)))
+
+    def on_fit_end(self, run):
+        self.calls.append(("fit_end",))
+
+
+def test_hooks_are_called_in_order_and_may_add_log_columns(tmp_path):
+    rec = Recorder()
+    fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), tiny_data(16, 2), config(epochs=2),
+        tmp_path / "r", metadata={"arch": None}, callbacks=[rec])
+    kinds = [c[0] for c in rec.calls]
+    assert kinds == ["fit_start", "epoch_start", "train_epoch_end", "epoch_end",
+                     "epoch_start", "train_epoch_end", "epoch_end", "fit_end"]
+    # The noisy evaluation (a default callback) has run before a user's hook.
+    assert "test_noisy_acc" in rec.calls[2][2] and "time_s" not in rec.calls[2][2]
+    assert {"time_s", "train_extra", "test_noisy_loss"} <= set(rec.calls[3][2])
+    with open(tmp_path / "r" / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["train_extra"]) for r in rows] == [1.5, 1.5]
+
+    # A resumed run starts at its checkpoint's epoch.
+    rec2 = Recorder()
+    fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), tiny_data(16, 2), config(epochs=3),
+        tmp_path / "r", resume=True, metadata={"arch": None}, callbacks=[rec2])
+    assert rec2.calls[0] == ("fit_start", 2) and rec2.calls[1] == ("epoch_start", 2)
+
+
+def test_fit_end_runs_after_an_error(tmp_path):
+    class Boom(NoisyCE):
+        def __call__(self, model, x, y, epoch):
+            out = super().__call__(model, x, y, epoch)
+            return StepOutput(out.loss * float("nan"), out.metrics)
+
+    rec = Recorder()
+    with pytest.raises(SmoothmixError, match="diverged"):
+        fit(tiny_model(), Boom(0.25), tiny_data(32, 1), None, config(epochs=2), tmp_path / "b",
+            callbacks=[rec])
+    assert rec.calls[-1] == ("fit_end",)
+
+
+def test_default_callbacks_write_the_run_folder_in_the_old_order():
+    names = [type(c).__name__ for c in default_callbacks(None, 0.25)]
+    assert names == ["NoisyEvaluation", "Checkpointing", "CsvLogger", "TensorBoardLogger"]
+
+
+def test_strategy_runs_one_step_on_cpu():
+    strategy = ExecutionStrategy(torch.device("cpu"))
+    assert strategy.main and strategy.per_rank_batch(16) == 16
+    model = strategy.wrap(strategy.place(tiny_model(), channels_last=False))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = create_method("gaussian", 0.25, 2)
+    x, y, side = strategy.to_device((tiny_data(8, 1).images.float() / 255,
+                                     torch.arange(8) % 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    values, keys = strategy.step(method, model, optimizer, x, y, side, epoch=0)
+    assert keys == ["acc"] and values.shape == (2,) and side == {}
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert strategy.all_reduce_sum(values) is values and strategy.gather_objects(3) == [3]
+
+
+def test_strategy_refuses_a_batch_that_does_not_split_over_processes():
+    strategy = ExecutionStrategy(torch.device("cpu"), rank=0, world=3)
+    with pytest.raises(SmoothmixError, match="not divisible by the 3 processes"):
+        strategy.per_rank_batch(16)
+
+
+def test_fit_accepts_a_typed_training_method(tmp_path):
+    path = fit(tiny_model(), create_method("gaussian", 0.25, 2), tiny_data(32, 1), None,
+               TrainConfig(epochs=1, batch_size=16, device="cpu", progress=False, workers=0),
+               tmp_path / "g", metadata={"arch": None})
+    assert path.is_file()
