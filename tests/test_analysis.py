@@ -338,3 +338,24 @@ def test_malformed_companion_is_a_one_line_error(tmp_path, files):
                          '"alpha": 0.01}}')
     res = read_results(ours)
     assert (res.run.sigma, res.run.n, res.run.selected, res.complete) == (0.5, 100, None, True)
+
+
+def test_an_old_file_recording_sigma_above_the_guard_is_analysed(tmp_path):
+    """The sigma > 4 guard is for new input: a file of 0.2 (which had no guard) that recorded
+    sigma = 12 (0..255 units by mistake) is read, compared and tabled, not refused."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from scipy.stats import norm
+
+    fixture = Path(__file__).parent / "fixtures" / "results" / "v0.2" / "certify.tsv"
+    path = tmp_path / "certify.tsv"
+    shutil.copy(fixture, path)
+    meta = json.loads(Path(f"{fixture}.json").read_text())
+    meta["settings"]["sigma"] = 12.0
+    Path(f"{path}.json").write_text(json.dumps(meta))
+    res = read_results(path)
+    assert res.run is not None and res.run.sigma == 12.0
+    assert res.radius_cap == pytest.approx(12.0 * norm.ppf(0.01 ** (1 / 200)), rel=1e-9)
+    assert "certify" in format_table([res], [0.5], "markdown", labels=["certify"])

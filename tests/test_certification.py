@@ -296,3 +296,27 @@ def test_a_dataset_run_records_its_execution_and_resume_reuses_it(tmp_path, mode
         with pytest.raises(SmoothmixError, match=field) as info:
             certify_dataset(model, ds, 0.25, out, **SETTINGS, execution=bad)
         assert "\n" not in str(info.value) and out.read_bytes() == before
+
+
+def test_arguments_are_checked_once_per_run_not_once_per_image(tmp_path, model, monkeypatch):
+    """The runners check n0/n/alpha/batch where they enter; the per-image path of Smooth
+    (its private _certificate/_predict) does not check them again."""
+    import smoothmix.core as core
+    from smoothmix.certification import attack_dataset, decide_dataset
+
+    calls: list[str] = []
+    for name in ("check_certify_args", "check_predict_args"):
+        real = getattr(core, name)
+        monkeypatch.setattr(core, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    ds = ToyDataset(4)
+    certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", **SETTINGS)
+    predict_dataset(model, ds, 0.25, tmp_path / "p.tsv", n=200, alpha=0.01, batch_size=64,
+                    progress=False)
+    attack_dataset(model, ds, 0.25, tmp_path / "a.tsv", epsilon=0.1, num_steps=2,
+                   num_noise=4, n=200, alpha=0.01, batch_size=64, progress=False)
+    decide_dataset(model, ds, 0.25, tmp_path / "d.tsv", radii=[0.1], **SETTINGS)
+    assert calls == []  # core's own checks never ran: the runners' ran once, by import
+    smooth = Smooth(model, 3, 0.25)
+    smooth.certificate(ds[0][0], 10, 200, 0.01, 64)
+    smooth.predict(ds[0][0], 200, 0.01, 64)
+    assert calls == ["check_certify_args", "check_predict_args"]  # public methods check

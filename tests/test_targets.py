@@ -20,6 +20,7 @@ from smoothmix.data import load_dataset
 from smoothmix.data.datasets import TensorImageDataset
 from smoothmix.errors import SmoothmixError
 from smoothmix.models import create_model
+from smoothmix.storage.arrays import write_arrays
 from smoothmix.targets import (
     build_targets,
     check_targets,
@@ -171,10 +172,10 @@ def test_damaged_or_foreign_files_are_one_line_errors(tmp_path):
     t = load_targets(good)
     counts = t.counts.copy()
     counts[2, 0] += 1
-    targets_module._write_final(tmp_path / "bad.npz", counts, t.meta)
+    write_arrays(tmp_path / "bad.npz", counts, t.meta)
     with pytest.raises(SmoothmixError, match=r"1 of 6 rows do not hold N = 200 votes"):
         load_targets(tmp_path / "bad.npz")
-    targets_module._write_final(tmp_path / "shape.npz", counts[:4], t.meta)
+    write_arrays(tmp_path / "shape.npz", counts[:4], t.meta)
     with pytest.raises(SmoothmixError, match="damaged: counts"):
         load_targets(tmp_path / "shape.npz")
 
@@ -299,7 +300,7 @@ def test_catrs_trains_on_a_subset_and_resumes_exactly(tiny_mnist, tmp_path, caps
     # A resumed CAT-RS run keeps its targets: another file (same dataset) is refused.
     t = load_targets(tiny_mnist["pi"])
     other = tmp_path / "other.npz"
-    targets_module._write_final(other, t.counts, {**t.meta, "seed": 1})
+    write_arrays(other, t.counts, {**t.meta, "seed": 1})
     capsys.readouterr()
     assert main(train_args(tiny_mnist, part, "--targets", str(other), "--train-subset", "16",
                            "--epochs", "3", "--resume")) == 2

@@ -137,6 +137,14 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path):
         [r["train_loss"] for r in read_log(tmp_path / "part")]
 
 
+def test_rerun_of_a_finished_run_changes_nothing(tmp_path):
+    run_fit(tmp_path / "a", epochs=2)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    run_fit(tmp_path / "a", epochs=2, resume=True)  # "nothing to do"
+    # No new TensorBoard event file, no rewritten checkpoint or log.
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == before
+
+
 def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):
     out = tmp_path / "r"
     run_fit(out, epochs=2)

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from smoothmix.certification import attack_outcome, read_meta
-from smoothmix.core import radius_from_counts
+from smoothmix.core import _radius
+from smoothmix.empirical import attack_outcome
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.storage.records import read_meta
 from smoothmix.storage.shards import parse_shard, selected_indices
 from smoothmix.storage.table import ATTACK_OUTCOMES, Table, parse_time, read_rows
 
@@ -57,7 +58,9 @@ class RunInfo:
         largest it can ever certify with this N and α."""
         if self.sigma is None or self.n is None or self.alpha is None:
             return None
-        return radius_from_counts(self.n, 0, self.n, self.alpha, self.sigma, self.bound)
+        # The file's sigma as recorded: the sigma > 4 guard is for new input, and an old
+        # file is analysed whatever it recorded.
+        return _radius(self.n, 0, self.n, self.alpha, self.sigma, self.bound)
 
 
 def read_run_info(path: str | os.PathLike) -> RunInfo | None:

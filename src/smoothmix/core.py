@@ -76,10 +76,17 @@ def radius_from_counts(n_a: int, n_b: int, n: int, alpha: float, sigma: float,
     runner-up is picked from the data, yet its bound holds: the true runner-up's count is at
     most n_b and the upper bound grows with the count. ``n_b`` is ignored by ``cohen``.
     """
+    return _radius(n_a, n_b, n, alpha, check_sigma(sigma), bound)
+
+
+def _radius(n_a: int, n_b: int, n: int, alpha: float, sigma: float, bound: str) -> float | None:
+    """:func:`radius_from_counts` without the sigma check: for a sigma checked where it
+    entered (:class:`Smooth`), or recorded by a file that is only being read (an old file's
+    sigma is what it is; the sigma > 4 guard is for new input)."""
     check_bound(bound)
     if bound == "cohen":
         p_lower = clopper_pearson_lower(n_a, n, alpha)
-        return certified_radius(p_lower, sigma) if p_lower >= 0.5 else None
+        return float(sigma * norm.ppf(p_lower)) if p_lower >= 0.5 else None
     require(n_a + n_b <= n, f"need n_a + n_b <= n, got n_a={n_a}, n_b={n_b}, n={n}")
     p_lower = clopper_pearson_lower(n_a, n, alpha / 2)
     p_upper = clopper_pearson_upper(n_b, n, alpha / 2)
@@ -285,6 +292,14 @@ class Smooth:
         """
         check_certify_args(n0, n, alpha, batch_size)
         check_bound(bound)
+        return self._certificate(x, n0, n, alpha, batch_size, generator, label=label,
+                                 early_abstain=early_abstain, bound=bound)
+
+    def _certificate(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
+                     generator: torch.Generator | None = None, *, label: int | None = None,
+                     early_abstain: bool = True, bound: str = "cohen") -> Certificate:
+        """:meth:`certificate` for arguments already checked where they entered (the
+        dataset runners check them once per run, not once per image)."""
         counts0, _ = self.sample_counts(x, n0, batch_size, generator)
         c_hat = int(counts0.argmax())
         if label is not None and c_hat != int(label):
@@ -300,8 +315,7 @@ class Smooth:
         others = counts[: self.num_classes].clone()
         others[c_hat] = 0
         n_b = int(others.max()) + int(counts[self.num_classes])
-        radius = radius_from_counts(n_a, n_b, n, alpha, self.sigma, bound) \
-            if drawn == n else None
+        radius = _radius(n_a, n_b, n, alpha, self.sigma, bound) if drawn == n else None
         if radius is None:
             return Certificate(ABSTAIN, 0.0, n0 + drawn, "abstain", n_a, n_b)
         return Certificate(c_hat, radius, n0 + n, "certified", n_a, n_b)
@@ -317,6 +331,11 @@ class Smooth:
         """PREDICT: g's class, or -1 to abstain; returns a class other than g(x) with
         probability at most alpha."""
         check_predict_args(n, alpha, batch_size)
+        return self._predict(x, n, alpha, batch_size, generator)
+
+    def _predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int,
+                 generator: torch.Generator | None = None) -> int:
+        """:meth:`predict` for arguments already checked where they entered."""
         counts, _ = self.sample_counts(x, n, batch_size, generator, with_rejected=True)
         top2 = counts[: self.num_classes].topk(2)
         n_a, n_b = (int(v) for v in top2.values.tolist())

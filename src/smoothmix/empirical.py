@@ -4,7 +4,8 @@ The attack is SmoothAdv's PGD on the smoothed soft classifier G(x) = mean_i F(x 
 (:func:`smoothmix.methods.attacks.pgd_attack`, docs/MATH.md §3.3), run with many noise draws; the
 adversarial point is then classified by PREDICT with fresh noise, so the answer is the
 smoothed classifier's own (abstaining) one: the label kept, an abstention, or another class
-(:func:`smoothmix.certification.attack_outcome`).
+(:func:`attack_outcome`). :func:`attack_dataset` does both on every selected example of a
+dataset into a resumable, shardable result file (:mod:`smoothmix.runner`).
 
 What a certificate promises here, and no more: where CERTIFY (level alpha_C) certified
 class c at a radius R >= epsilon, g is c on the ball unless CERTIFY failed, and PREDICT
@@ -21,15 +22,76 @@ attacked points abstaining).
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from smoothmix.checks import check_count, check_sigma, is_real
-from smoothmix.core import Smooth
+from smoothmix.core import Smooth, check_predict_args
 from smoothmix.device import module_device
 from smoothmix.errors import require
 from smoothmix.methods.attacks import pgd_attack
+from smoothmix.runner import Row, per_example, run_dataset, run_settings
+from smoothmix.storage.shards import Shard
+
+
+def attack_dataset(
+    model: nn.Module,
+    dataset: Sequence,
+    sigma: float,
+    out_path: str | os.PathLike,
+    *,
+    epsilon: float,
+    num_steps: int = 20,
+    num_noise: int = 128,
+    n: int = 10_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    skip: int = 1,
+    max_idx: int = -1,
+    shard: Shard | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    identity: Mapping[str, object] | None = None,
+    progress: bool = True,
+    execution: Mapping[str, object] | None = None,
+    grid: int | None = None,
+) -> Path:
+    """Attack the smoothed classifier at every selected example (PGD in the l2 ball of
+    ``epsilon`` on the smoothed soft classifier, ``num_noise`` draws, ``num_steps`` steps)
+    and run PREDICT (``n``, ``alpha``) at x and at the attacked point. File: ``idx label
+    predict correct time adv_predict distance adv_outcome`` with adv_outcome =
+    :func:`attack_outcome`: PREDICT abstains near ties, and an abstention is not a failure of
+    any certificate, so the three are kept apart. A file of smoothmix 0.1.0 (last column
+    ``robust``: the label at both points) resumes in its own format. Other arguments as for
+    :func:`smoothmix.certification.certify_dataset`."""
+    def classify(smooth: Smooth, x: torch.Tensor, label: int,
+                 generator: torch.Generator) -> Row:
+        clean, adv, distance = _attack_and_predict(smooth, x, label, epsilon, num_steps,
+                                                   num_noise, n, alpha, batch_size, generator)
+        return clean, math.nan, (adv, repr(distance), attack_outcome(adv, label))
+
+    check_attack_args(epsilon, num_steps, num_noise)
+    check_predict_args(n, alpha, batch_size)
+    counts = {"epsilon": float(epsilon), "num_steps": num_steps, "num_noise": num_noise,
+              "n": n, "alpha": alpha}
+    settings = run_settings(sigma, counts, skip, max_idx, seed, dataset, identity, grid)
+    compute = per_example("attack", classify, model, dataset, settings, num_classes)
+    return run_dataset("attack", compute, model, dataset, out_path, settings, shard,
+                       batch_size, progress, execution)
+
+
+def attack_outcome(adv_predict: int, label: int) -> str:
+    """What PREDICT did at the attacked point: ``kept`` the label, ``abstained`` (-1), or
+    ``changed`` to another class. Where CERTIFY certified the label at a radius >= epsilon,
+    only ``changed`` is bounded (probability <= CERTIFY's alpha + PREDICT's alpha); an
+    abstention near a tie is allowed by every certificate."""
+    if adv_predict == label:
+        return "kept"
+    return "abstained" if adv_predict == Smooth.ABSTAIN else "changed"
 
 
 def check_attack_args(epsilon: float, num_steps: int, num_noise: int) -> None:
@@ -55,7 +117,14 @@ def smoothed_attack(
     vanishes comes from ``generator`` too, so a seeded generator fixes the attacked point
     whatever the global RNG holds. Returns the adversarial image (C x H x W)."""
     check_attack_args(epsilon, num_steps, num_noise)
-    sigma = check_sigma(sigma)
+    return _smoothed_attack(model, x, label, check_sigma(sigma), epsilon, num_steps, num_noise,
+                            generator)
+
+
+def _smoothed_attack(model: nn.Module, x: torch.Tensor, label: int, sigma: float,
+                     epsilon: float, num_steps: int, num_noise: int,
+                     generator: torch.Generator | None) -> torch.Tensor:
+    """:func:`smoothed_attack` for settings checked where they entered."""
     device = module_device(model, x.device)
     x = x.to(device).unsqueeze(0)
     if epsilon == 0:
@@ -83,11 +152,21 @@ def attack_and_predict(
     so every draw is fresh. In grid mode the attacked point is rounded to the 8-bit grid
     before PREDICT (the sound sampler takes only grid inputs); the distance returned is the
     rounded point's, which may exceed epsilon by the rounding."""
-    clean = smooth.predict(x, n, alpha, batch_size, generator=generator)
-    x_adv = smoothed_attack(smooth.base_classifier, x, label, smooth.sigma, epsilon,
-                            num_steps, num_noise, generator)
+    check_attack_args(epsilon, num_steps, num_noise)
+    check_predict_args(n, alpha, batch_size)
+    return _attack_and_predict(smooth, x, label, epsilon, num_steps, num_noise, n, alpha,
+                               batch_size, generator)
+
+
+def _attack_and_predict(smooth: Smooth, x: torch.Tensor, label: int, epsilon: float,
+                        num_steps: int, num_noise: int, n: int, alpha: float, batch_size: int,
+                        generator: torch.Generator | None) -> tuple[int, int, float]:
+    """:func:`attack_and_predict` for settings checked where they entered (once per run)."""
+    clean = smooth._predict(x, n, alpha, batch_size, generator)
+    x_adv = _smoothed_attack(smooth.base_classifier, x, label, smooth.sigma, epsilon,
+                             num_steps, num_noise, generator)
     if smooth.grid is not None:
         x_adv = smooth.grid.snap(x_adv)
-    adversarial = smooth.predict(x_adv, n, alpha, batch_size, generator=generator)
+    adversarial = smooth._predict(x_adv, n, alpha, batch_size, generator)
     distance = float((x_adv - x.to(x_adv.device)).flatten().norm())
     return clean, adversarial, distance

@@ -12,9 +12,10 @@ on which shard or resumed process computed it.
 The file (``--out FILE``) is a NumPy ``.npz`` with ``counts`` (``num_examples x K``
 unsigned integers; ``counts.sum(1) == N`` on every row) and ``meta`` (JSON: dataset, split,
 size, a fingerprint of the dataset's contents, N, sigma, seed, the checkpoint's SHA-256,
-...). While a run is in progress its rows live in ``FILE.part.npy`` (a memory map, each
-row written as soon as it is counted) and its settings in ``FILE.part.json``; rerunning the
-same command resumes; the final file is written atomically at the end. ``--shard I/K``
+...). While a run is in progress its rows live in ``FILE.part.npy`` beside its settings
+``FILE.part.json`` (:class:`smoothmix.storage.arrays.ResumableRows`: each row written as soon
+as it is counted); rerunning the same command resumes; the final file is written atomically
+at the end. ``--shard I/K``
 covers every K-th example starting at the I-th into ``FILE.rankIofK.npz`` (merge them with
 ``smoothmix merge``); under torchrun the ranks shard automatically and rank 0
 merges.
@@ -22,8 +23,6 @@ merges.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -35,23 +34,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothmix.certification import example_seed, num_classes_of
-from smoothmix.checks import check_count, check_sigma
-from smoothmix.core import Smooth, module_device
-from smoothmix.data.datasets import TensorImageDataset
+from smoothmix.checks import check_count, check_sigma, num_classes_of
+from smoothmix.core import Smooth
+from smoothmix.data.datasets import TensorImageDataset, dataset_fingerprint
 from smoothmix.data.loaders import random_crop_flip
-from smoothmix.errors import SmoothmixError, first_line, require
+from smoothmix.device import module_device
+from smoothmix.errors import require
 from smoothmix.progress import Progress
 from smoothmix.provenance import provenance
-from smoothmix.storage import atomic_write, settings_diff
-from smoothmix.storage.arrays import merge_array_rows, read_arrays, write_arrays
+from smoothmix.runner import example_generator, example_seed  # noqa: F401 - re-exported
+from smoothmix.storage.arrays import (
+    ResumableRows,
+    merge_array_rows,
+    read_arrays,
+    require_same,
+    write_arrays,
+)
 from smoothmix.storage.merge import same_run
 from smoothmix.storage.shards import Shard, resolve_shard, selected_indices, shard_path, wait_until
 
 FORMAT = "smoothmix-targets"
 FORMAT_VERSION = 1
 REFERENCE_N = 10_000  # the CAT-RS reference's N
-_FLUSH_SECONDS = 2.0
 
 
 @dataclass
@@ -70,30 +74,6 @@ class Targets:
         """pi = counts / N as float32, row i = dataset index i (computed in float32: no
         float64 copy of ImageNet's 1.28M x 1000 table)."""
         return torch.from_numpy(self.counts.astype(np.float32)).div_(self.n)
-
-
-# --------------------------------------------------------------------------- identity
-
-
-def dataset_fingerprint(dataset: Any) -> str | None:
-    """SHA-256 of what identifies a dataset's examples and their order: the pixels and
-    labels of an in-memory dataset, the relative file paths and classes of a folder
-    dataset; ``None`` when neither is available (then only the size is checked)."""
-    digest = hashlib.sha256()
-    if isinstance(dataset, TensorImageDataset):
-        digest.update(str(tuple(dataset.images.shape)).encode())
-        digest.update(dataset.images.contiguous().numpy().tobytes())
-        digest.update(dataset.labels.contiguous().numpy().astype(np.int64).tobytes())
-        return digest.hexdigest()
-    folder = getattr(dataset, "folder", None)
-    samples = getattr(folder, "samples", None)
-    if samples is not None:
-        root = str(getattr(folder, "root", ""))
-        for i in getattr(dataset, "indices", range(len(samples))):
-            path, label = samples[i]
-            digest.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())
-        return digest.hexdigest()
-    return None
 
 
 # --------------------------------------------------------------------------- building
@@ -154,12 +134,12 @@ def _build(smooth: Smooth, dataset: Sequence, out: Path, base: dict[str, Any],
     part, auto = resolve_shard(shard)
     main = not auto or part[0] == 0  # rank 0 under torchrun, else the only process
     if auto and out.exists():
-        _require_same(out, _read(out).meta, {**base, "shard": "0/1"})
+        require_same(out, _read(out).meta, {**base, "shard": "0/1"})
         return out
     target = shard_file(out, *part) if part != (0, 1) else out
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
     if target.exists():
-        _require_same(target, _read(target).meta, settings)
+        require_same(target, _read(target).meta, settings)
     else:
         _count_rows(smooth, dataset, target, settings, part, batch_size, augment,
                     progress and main)  # under torchrun one bar (rank 0's share)
@@ -189,6 +169,7 @@ def targets_from_checkpoint(
     targets`` runs): the file records the dataset, the checkpoint's SHA-256, arch,
     normalisation, training sigma and method. ``kwargs`` go to :func:`build_targets`."""
     from smoothmix.checkpoint import (
+        Checkpoint,
         check_model_fits_dataset,
         checkpoint_file,
         file_sha256,
@@ -201,11 +182,12 @@ def targets_from_checkpoint(
     model, ckpt = load_model(checkpoint, resolve_device(device), normalization)
     dataset = load_dataset(dataset_name, "train", data_dir)
     check_model_fits_dataset(model, ckpt, dataset, dataset_name, checkpoint)
+    record = Checkpoint.from_dict(ckpt)  # the normalisation load_model chose
     identity = {
         "dataset": dataset_name, "split": "train",
-        "checkpoint_sha256": file_sha256(checkpoint), "arch": ckpt.get("arch"),
-        "normalization": ckpt.get("normalization"), "checkpoint_sigma": ckpt.get("sigma"),
-        "checkpoint_method": ckpt.get("method"),
+        "checkpoint_sha256": file_sha256(checkpoint), "arch": record.arch,
+        "normalization": record.normalization, "checkpoint_sigma": record.sigma,
+        "checkpoint_method": record.method,
     }
     return build_targets(model, dataset, sigma, out_path, n=n, identity=identity,  # type: ignore[arg-type]
                          num_classes=dataset.num_classes, **kwargs)
@@ -213,59 +195,29 @@ def targets_from_checkpoint(
 
 def _count_rows(smooth: Smooth, dataset: Sequence, target: Path, settings: dict[str, Any],
                 part: Shard, batch_size: int, augment: bool, progress: bool) -> None:
+    """Count this part's rows into ``target``, resuming its unfinished rows if any; a row is
+    done when its votes sum to N (rows start at 0 and are written whole)."""
     num_examples, classes, n = settings["num_examples"], settings["num_classes"], settings["n"]
-    work, work_meta = _part_paths(target)
-    if work.exists() and work_meta.exists():
-        try:
-            saved = json.loads(work_meta.read_text())["settings"]
-        except (ValueError, KeyError, TypeError):
-            raise SmoothmixError(f"{work_meta} is not a smoothmix targets settings file; "
-                                 "remove it and its .part.npy to start again") from None
-        _require_same(target, saved, settings, what=f"{work} (an unfinished run)")
-        try:
-            counts = np.load(work, mmap_mode="r+")
-        except (OSError, ValueError) as exc:
-            raise SmoothmixError(f"{work} is damaged ({first_line(exc)}); remove it to start "
-                                 "again") from exc
-        require(counts.shape == (num_examples, classes),
-                f"{work} has shape {counts.shape}, expected {(num_examples, classes)}")
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        dtype = np.uint16 if n < 2**16 else np.uint32
-        counts = np.lib.format.open_memmap(work, mode="w+", dtype=dtype,
-                                           shape=(num_examples, classes))
-        counts.flush()
-        info = {**provenance(), "batch_size": batch_size,
-                "device": str(module_device(smooth.base_classifier, torch.device("cpu"))),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        atomic_write(work_meta, json.dumps({"settings": settings, "info": info}, indent=2))
-
-    indices = selected_indices(num_examples, 1, settings["max_idx"], part)
-    # A row is done when its votes sum to N (rows start at 0; a row is written whole).
-    done = counts.sum(1, dtype=np.int64) == n
-    todo = [i for i in indices if not done[i]]
     device = module_device(smooth.base_classifier, torch.device("cpu"))
+    info = {**provenance(), "batch_size": batch_size, "device": str(device),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    table = ResumableRows(target, settings, (num_examples, classes),
+                          np.uint16 if n < 2**16 else np.uint32, info, "smoothmix targets")
+    indices = selected_indices(num_examples, 1, settings["max_idx"], part)
+    done = table.rows.sum(1, dtype=np.int64) == n
+    todo = [i for i in indices if not done[i]]
     bar = Progress(len(indices), initial=len(indices) - len(todo), unit="img",
                    desc=f"targets {target.name}", disable=not progress)
-    last_flush = time.monotonic()
     with bar:
         for idx in todo:
-            generator = torch.Generator(device=device).manual_seed(
-                example_seed(settings["seed"], idx))
+            generator = example_generator(smooth.base_classifier, settings["seed"], idx)
             x = _view(dataset, idx, augment, generator, device)
-            counts[idx] = _votes(smooth, x, n, batch_size, generator)
+            table.rows[idx] = _votes(smooth, x, n, batch_size, generator)
+            table.wrote()
             bar.update(1)
-            if time.monotonic() - last_flush > _FLUSH_SECONDS:
-                counts.flush()
-                last_flush = time.monotonic()
-    counts.flush()
-    final = np.asarray(counts)
-    missing = np.flatnonzero(final[list(indices)].sum(1, dtype=np.int64) != n)
-    require(missing.size == 0, f"{len(missing)} rows of {work} were not counted")
-    _write_final(target, final, settings)
-    del counts
-    work.unlink(missing_ok=True)
-    work_meta.unlink(missing_ok=True)
+    missing = np.flatnonzero(table.rows[list(indices)].sum(1, dtype=np.int64) != n)
+    require(missing.size == 0, f"{len(missing)} rows of {table.work} were not counted")
+    table.finish(settings)
 
 
 def _votes(smooth: Smooth, x: torch.Tensor, n: int, batch_size: int,
@@ -295,21 +247,6 @@ def shard_file(out_path: str | os.PathLike, rank: int, world_size: int) -> Path:
     return shard_path(out_path, rank, world_size, default_suffix=".npz")
 
 
-def _part_paths(target: Path) -> tuple[Path, Path]:
-    return target.with_name(target.name + ".part.npy"), target.with_name(target.name + ".part.json")
-
-
-def _write_final(path: Path, counts: np.ndarray, settings: Mapping[str, Any]) -> None:
-    write_arrays(path, counts, settings)
-
-
-def _require_same(path: Path, saved: Mapping[str, Any], now: Mapping[str, Any],
-                  what: str | None = None) -> None:
-    diff = settings_diff(saved, now)
-    require(not diff, f"{what or path} was built by another run ({diff}); rerun with the same "
-            "settings to resume, or choose another --out")
-
-
 # --------------------------------------------------------------------------- merge & load
 
 
@@ -326,7 +263,7 @@ def merge_targets(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
         for t in loaded])
     merged = {**common, "shard": "0/1"}
     _check_complete(Path(out_path), counts, merged)
-    _write_final(Path(out_path), counts, merged)
+    write_arrays(Path(out_path), counts, merged)
     return Path(out_path)
 
 

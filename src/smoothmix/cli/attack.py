@@ -1,14 +1,13 @@
 """`smoothmix attack`: empirical robustness of the smoothed classifier, a thin shell over
-:func:`smoothmix.certification.attack_dataset`."""
+:func:`smoothmix.empirical.attack_dataset`."""
 
 from __future__ import annotations
 
 import argparse
 
-from smoothmix.certification import attack_dataset
 from smoothmix.cli.certify import add_run_options, prepare_run, report
 from smoothmix.core import check_predict_args
-from smoothmix.empirical import check_attack_args
+from smoothmix.empirical import attack_dataset, check_attack_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,16 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from smoothmix.certification import (
-    certify_dataset,
-    decide_dataset,
-    parse_shard,
-    predict_dataset,
-)
+from smoothmix.certification import certify_dataset, predict_dataset
 from smoothmix.checks import check_radii, check_sigma
+from smoothmix.cli import add_device_argument
 from smoothmix.core import check_bound, check_certify_args, check_predict_args
+from smoothmix.decisions import decide_dataset
 from smoothmix.distributed import distributed_env
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.storage.shards import parse_shard
 
 DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
 
@@ -110,8 +108,7 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                         help="dataset split (default test)")
     parser.add_argument("--data-dir", default=None,
                         help="dataset directory (default $SMOOTHMIX_DATA; MNIST is embedded)")
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:N or auto (default auto)")
+    add_device_argument(parser)
     parser.add_argument("--shard", type=str, default=None, metavar="I/K",
                         help="take every K-th selected example starting at the I-th, for "
                         "independent jobs; combine them with `smoothmix merge`")
@@ -230,17 +227,11 @@ def report(kind: str, out: Path) -> None:
         print(f"{kind} results in {out}" + (f" (merged from {world} ranks)" if world > 1 else ""))
 
 
-def check_sigma_option(sigma: float) -> None:
-    """--sigma (finite, > 0, in [0, 1] pixel units), checked before the (slow) model and data
-    loading."""
-    check_sigma(sigma)
-
-
 def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, dict]:
     """Check the options of :func:`add_run_options`, load the model and the dataset, and
     return (model, dataset, the keyword arguments the dataset runners share)."""
     # Cheap checks before the (slow) model and data loading.
-    check_sigma_option(args.sigma)
+    check_sigma(args.sigma)
     # Only the in-memory datasets keep the decoded 8-bit pixels; folder datasets resize and
     # crop in float, which leaves the grid (each image is checked again as it is certified).
     require(getattr(args, "grid", None) is None or args.dataset in ("mnist", "cifar10"),
@@ -253,6 +244,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, dict]:
     require(args.skip >= 1, f"--skip must be >= 1, got {args.skip}")
     shard = parse_shard(args.shard) if args.shard is not None else None
     from smoothmix.checkpoint import (
+        Checkpoint,
         check_model_fits_dataset,
         checkpoint_file,
         file_sha256,
@@ -266,14 +258,15 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, dict]:
     model, ckpt = load_model(args.checkpoint, device, args.normalization)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
     check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
-    trained = ckpt.get("sigma")
-    if trained is not None and float(trained) != args.sigma and distributed_env()[0] == 0:
-        print(f"note: the checkpoint was trained with sigma={trained}, certifying at "
+    record = Checkpoint.from_dict(ckpt)  # with the normalisation load_model chose
+    if record.sigma is not None and float(record.sigma) != args.sigma \
+            and distributed_env()[0] == 0:
+        print(f"note: the checkpoint was trained with sigma={record.sigma}, certifying at "
               f"sigma={args.sigma}", file=sys.stderr)
     identity = {
         "checkpoint_sha256": file_sha256(args.checkpoint),
-        "arch": ckpt.get("arch"),
-        "normalization": ckpt.get("normalization"),
+        "arch": record.arch,
+        "normalization": record.normalization,
         "dataset": args.dataset,
         "split": args.split,
     }

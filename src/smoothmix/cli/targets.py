@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from smoothmix.checks import check_count
+from smoothmix.checks import check_count, check_sigma
+from smoothmix.cli import add_device_argument
 
 DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
 
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--normalization", default=None,
                    help="normalisation layer to assume (default: the checkpoint's or the "
                    "dataset's)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_device_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="fp32 (default) or bf16 autocast for the votes (recorded in the file)")
@@ -70,14 +71,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from smoothmix.cli.certify import check_sigma_option
-
-    check_sigma_option(args.sigma)
+    check_sigma(args.sigma)  # before the (slow) model and data loading
     check_count("--n", args.n)
     check_count("--batch", args.batch)
-    from smoothmix.certification import parse_shard
-    from smoothmix.checkpoint import load_checkpoint
+    from smoothmix.checkpoint import read_checkpoint
     from smoothmix.distributed import distributed_env
+    from smoothmix.storage.shards import parse_shard
     from smoothmix.targets import REFERENCE_N, targets_from_checkpoint
 
     shard = parse_shard(args.shard) if args.shard is not None else None
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: N = {args.n} votes per image (the reference uses {REFERENCE_N}): pi is "
               f"coarser, in steps of 1/{args.n}", file=sys.stderr)
     if main:
-        trained = load_checkpoint(args.checkpoint).get("sigma")
+        trained = read_checkpoint(args.checkpoint).sigma
         if trained is not None and float(trained) != args.sigma:
             print(f"note: the checkpoint was trained with sigma={trained}, voting at "
                   f"sigma={args.sigma}", file=sys.stderr)

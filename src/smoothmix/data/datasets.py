@@ -8,8 +8,11 @@ first layer). Small datasets (MNIST, CIFAR-10) are held in memory as uint8 tenso
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -252,3 +255,26 @@ def first_image(directory: Path) -> Path:
             if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS:
                 return path
     raise SmoothmixError(f"no images found in the class folders of {directory}")
+
+
+def dataset_fingerprint(dataset: Any) -> str | None:
+    """SHA-256 of what identifies a dataset's examples and their order: the pixels and
+    labels of an in-memory dataset, the relative file paths and classes of a folder
+    dataset (or anything holding a torchvision-style ``folder`` with ``samples``); ``None``
+    when neither is available (then only the size can be checked). Files built on a dataset
+    (CAT-RS targets) record it, so that they are never used with other data."""
+    digest = hashlib.sha256()
+    if isinstance(dataset, TensorImageDataset):
+        digest.update(str(tuple(dataset.images.shape)).encode())
+        digest.update(dataset.images.contiguous().numpy().tobytes())
+        digest.update(dataset.labels.contiguous().numpy().astype(np.int64).tobytes())
+        return digest.hexdigest()
+    folder = getattr(dataset, "folder", None)
+    samples = getattr(folder, "samples", None)
+    if samples is not None:
+        root = str(getattr(folder, "root", ""))
+        for i in getattr(dataset, "indices", range(len(samples))):
+            path, label = samples[i]
+            digest.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())
+        return digest.hexdigest()
+    return None

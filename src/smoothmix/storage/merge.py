@@ -16,7 +16,7 @@ __all__ = ["MERGERS", "merge", "same_run"]
 # File suffix -> the merger of its kind ("module:function"; imported when needed, so that
 # storage does not depend on the modules that build those files). Anything else is a table.
 MERGERS = {".npz": "smoothmix.targets:merge_targets"}
-TABLES = "smoothmix.certification:merge_results"
+TABLES = "smoothmix.runner:merge_results"
 
 
 def same_run(named: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]],

@@ -19,7 +19,8 @@ from typing import Any
 
 from smoothmix.errors import SmoothmixError, require
 
-__all__ = ["ResultRecord", "new_record", "read_record", "record_path", "write_record"]
+__all__ = ["ResultRecord", "new_record", "read_meta", "read_record", "record_path",
+           "write_record"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,14 @@ def read_record(path: str | os.PathLike, required: bool) -> ResultRecord | None:
         raise SmoothmixError(f"{meta_path} is not a smoothmix settings file") from None
     rest = {k: v for k, v in data.items() if k not in ("kind", "settings", "info")}
     return ResultRecord(kind, settings, dict(data.get("info") or {}), rest)
+
+
+def read_meta(path: str | os.PathLike, required: bool) -> dict[str, Any] | None:
+    """The sidecar of ``path`` as the plain dict it holds (``kind``, ``settings``, ...):
+    ``None`` when there is none and it is not ``required``; SmoothmixError if malformed
+    (:func:`read_record` gives it typed)."""
+    record = read_record(path, required)
+    return record.to_json() if record is not None else None
 
 
 def write_record(path: str | os.PathLike, record: ResultRecord) -> None:

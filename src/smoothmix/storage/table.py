@@ -23,7 +23,7 @@ from typing import IO, Any
 from smoothmix.errors import require
 from smoothmix.storage.records import ResultRecord, read_record, write_record
 
-__all__ = ["ATTACK_OUTCOMES", "COLUMNS", "LEGACY", "RowWriter", "Table", "has_rows",
+__all__ = ["ATTACK_OUTCOMES", "COLUMNS", "LEGACY", "RowWriter", "Table", "fit_row", "has_rows",
            "header_of", "merge_tables", "parse_fields", "parse_time", "read_rows",
            "require_complete", "resumable_rows", "start_table"]
 
@@ -223,6 +223,18 @@ def _drop_partial_group(table: Table, group: int) -> Table:
     keep = len(table.lines) - counts[partial[0]]
     atomic_write(table.path, "\t".join(table.columns) + "\n" + "".join(table.lines[:keep]))
     return Table(table.path, table.columns, table.lines[:keep], table.idx[:keep])
+
+
+def fit_row(kind: str, fields: Sequence[object], columns: Sequence[str]) -> list[object]:
+    """A row of :data:`COLUMNS` ``[kind]`` as a file of ``columns`` (an older release's header
+    of :data:`LEGACY`) holds it: the columns it lacks cut off; a 0.1.0 attack file's last
+    column is ``robust`` (PREDICT returned the label at x and at the attacked point), not
+    the outcome."""
+    fields = list(fields)
+    if kind == "attack" and tuple(columns) in LEGACY["attack"]:
+        label, prediction, adv = (int(fields[i]) for i in (1, 2, 5))  # type: ignore[call-overload]
+        fields = [*fields[:-1], int(prediction == label and adv == label)]
+    return fields[: len(columns)]
 
 
 class RowWriter:

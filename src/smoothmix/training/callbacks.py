@@ -223,7 +223,8 @@ class TensorBoardLogger(Callback):
         self.writer: Any = None
 
     def on_fit_start(self, run: Run) -> None:
-        if not run.main:
+        # A finished run opens no writer: it would leave an empty event file per rerun.
+        if not run.main or run.start_epoch >= run.config.epochs:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
