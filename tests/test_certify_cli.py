@@ -117,7 +117,7 @@ def test_radius_mode_writes_decisions_and_resumes(tmp_path, ckpts):
 
 @pytest.mark.parametrize("extra, message", [
     (["--radii", "0.5", "--skip-wrong"], "--skip-wrong applies to CERTIFY"),
-    (["--no-label"], "need --radius"),
+    (["--no-label"], "need --radii"),
 ])
 def test_radius_mode_refuses_what_it_does_not_do(tmp_path, ckpts, capsys, extra, message):
     argv = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", *FAST,

@@ -1,4 +1,4 @@
-"""CERTIFY's exact pieces against ground truth that does not share their code (SPEC 2, 2.1).
+"""CERTIFY's exact pieces against ground truth that shares none of their code (MATH.md §2, 2.1).
 
 * The Clopper-Pearson bound against its definition, the binomial tail: at p = the lower
   bound after k successes in n, P_p(X >= k) = alpha. (The comparison with statsmodels in

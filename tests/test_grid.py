@@ -1,4 +1,4 @@
-"""The sound 8-bit-grid sampler (SPEC §2.2, Voráček & Hein 2023): exact integer masses,
+"""The sound 8-bit-grid sampler (docs/MATH.md §2.2, Voráček & Hein 2023): exact integer masses,
 a network input that depends only on the integer sum, an exact fast lookup, and Cohen's
 certificate holding on the grid where float32 noise lets a bit-reading classifier break it.
 
@@ -372,7 +372,7 @@ def _bit_reader(z: torch.Tensor) -> torch.Tensor:
 
 
 def test_bit_reading_classifier_fools_float_noise_but_not_the_grid(noise):
-    """SPEC §2.2's counterexample. Float32 noise: around x0 = 0 the near-zero coordinates
+    """docs/MATH.md §2.2's counterexample. Float32 noise: around x0 = 0 the near-zero coordinates
     are fl(sigma n), finely spaced, so f says 0; around x1 = 3/255 they are fl(x1 + e) with
     x1 and e both multiples of 2^-30, so f says 1 - at distance 0.329 from a point that
     CERTIFY would certify as class 0 with R ~ 0.6.

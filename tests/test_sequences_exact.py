@@ -1,4 +1,4 @@
-"""Exact false-claim probabilities of the ``certify --radius`` procedures (SPEC 2.1).
+"""Exact false-claim probabilities of the ``certify --radii`` procedures (docs/MATH.md §2.1).
 
 Each procedure of :mod:`smoothmix.sequences` claims "robust at r" after looks at fixed
 sample counts, so its probability of claiming for a class with vote probability p is a sum

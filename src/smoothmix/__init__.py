@@ -8,7 +8,7 @@ obviously named submodules (``core``, ``certification``, ``analysis``, ``methods
 from smoothmix.core import Smooth, certified_radius, clopper_pearson_lower
 from smoothmix.errors import SmoothmixError
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "Smooth",

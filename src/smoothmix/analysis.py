@@ -136,7 +136,7 @@ def read_results(path: str | os.PathLike) -> CertificationResults:
     path = Path(path)
     header = _header_of(path)
     require("at_radius" not in header and "decision" not in header,
-            f"{path} is a `certify --radius` decisions file (columns tested, at_radius, "
+            f"{path} is a `certify --radii` decisions file (columns tested, at_radius, "
             "decision), not a certify result file; read it with read_decisions")
     need = ("idx", "label", "predict", "radius")
     missing = [c for c in need if c not in header]
@@ -508,7 +508,7 @@ def _csv_field(text: str) -> str:
 
 
 def result_kind(path: str | os.PathLike) -> str:
-    """"certify", "decide" (``certify --radius``) or "attack" (``smoothmix attack``), from
+    """"certify", "decide" (``certify --radii``) or "attack" (``smoothmix attack``), from
     the header of result file ``path`` (reference files are certify files)."""
     header = _header_of(path)
     if "decision" in header:
@@ -518,7 +518,7 @@ def result_kind(path: str | os.PathLike) -> str:
 
 @dataclass(frozen=True)
 class DecisionResults:
-    """A ``certify --radius`` file: per example and radius, the decision and its cost."""
+    """A ``certify --radii`` file: per example and radius, the decision and its cost."""
 
     path: str
     radii: np.ndarray  # sorted
@@ -558,13 +558,13 @@ def _read_table(path: str | os.PathLike, need: Sequence[str]) -> Table:
     return table
 
 
-# The column names of ``certify --radius`` files before 0.3 (they reused certify's names).
+# The column names of ``certify --radii`` files before 0.3 (they reused certify's names).
 _LEGACY_DECISION_NAMES = {"predict": "tested", "radius": "at_radius",
                           "correct": "certified_correct"}
 
 
 def read_decisions(path: str | os.PathLike) -> DecisionResults:
-    """Read a ``certify --radius`` file (one row per example and radius; files of smoothmix
+    """Read a ``certify --radii`` file (one row per example and radius; files of smoothmix
     0.2, whose columns reused certify's names, too)."""
     if "at_radius" not in _header_of(path):
         rows = [{_LEGACY_DECISION_NAMES.get(k, k): v for k, v in row.items()}

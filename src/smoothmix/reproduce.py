@@ -178,7 +178,7 @@ class Budget:
         if self.decide_radii is not None:
             dskip = self.decide_skip or 1
             dtest = f"every {_ordinal(dskip)} test image" if dskip > 1 else "the full test set"
-            protocol += (f"; plus KT decisions (certify --radius, label mode) at r = "
+            protocol += (f"; plus KT decisions (certify --radii, label mode) at r = "
                          f"{', '.join(f'{r:g}' for r in self.decide_radii)} on {dtest} "
                          f"({_num_certified(experiment, dskip, self.max_idx)} images), cap "
                          f"N={n:,}, alpha={ALPHA}")
@@ -409,7 +409,7 @@ def _reproduce_method(run: _Reproduction, m: str) -> dict[str, float]:
     start = time.time()
     model, identity = _certify_method(run, m, run_dir / CHECKPOINT_NAME)
     timings["certify_seconds"] = round(time.time() - start, 1)
-    if budget.decide_radii is not None and run.main:  # --radius runs on one process
+    if budget.decide_radii is not None and run.main:  # the --radii run on one process
         start = time.time()
         _decide_method(run, m, model, identity)
         timings["decide_seconds"] = round(time.time() - start, 1)
@@ -437,7 +437,7 @@ def _certify_method(run: _Reproduction, m: str, ckpt: Path) -> tuple[Any, dict[s
 
 def _decide_method(run: _Reproduction, m: str, model: Any, identity: dict[str, Any]) -> None:
     """The decisions "robust at r" at the budget's radii into ``decide_M.tsv``."""
-    from smoothmix.certification import decide_dataset
+    from smoothmix.decisions import decide_dataset
 
     budget = run.budget
     assert budget.decide_radii is not None
@@ -539,8 +539,8 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
                  timings: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """``table.md``, ``curves.png`` and ``summary.json`` from the certification files."""
     from smoothmix.analysis import plot_certified_accuracy, read_decisions, read_results
-    from smoothmix.certification import atomic_write
     from smoothmix.core import radius_from_counts
+    from smoothmix.storage import atomic_write
 
     results = [read_results(out / f"certify_{m}.tsv") for m in methods]
     radii = list(exp.radii)
@@ -672,7 +672,7 @@ def _decisions_table(exp: Experiment, rows: list[dict[str, Any]], budget: Budget
     dwhich = "the full test set" if dskip == 1 else f"every {_ordinal(dskip)} test image"
     dhead = ["method", "examples", *(f"r = {r:g}" for r in d0["radii"]),
              "mean samples per decision"]
-    lines = ["", f"KT confidence-sequence decisions (certify --radius, label mode, alpha "
+    lines = ["", f"KT confidence-sequence decisions (certify --radii, label mode, alpha "
              f"= {ALPHA}, cap {budget.n or FULL_N:,} samples) on {dwhich} "
              f"({d0['examples']} images): certified accuracy (%), ours then (published "
              "CERTIFY value on the same images, ours - published) where known. A "

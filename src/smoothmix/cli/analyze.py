@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> int:
-    """``certify --radius`` files: certified accuracy at their radii and mean samples per
+    """``certify --radii`` files: certified accuracy at their radii and mean samples per
     decision (no ACR: decisions give no radius). ``attack`` files: the shares of attacked points
     where PREDICT kept the label, abstained or changed class, beside the certified accuracy
     at epsilon of the certify files given along and the changed share among certified

@@ -45,11 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "not certified); the file has one row per example and radius "
                          "(--radius: the deprecated spelling)")
     certify.add_argument("--sequence", choices=("kt", "union", "staged"), default="kt",
-                         help="with --radius: betting (Krichevsky-Trofimov) confidence "
+                         help="with --radii: betting (Krichevsky-Trofimov) confidence "
                          "sequence, union-bound sequence, or Horvath et al.'s staged "
                          "procedure (default kt)")
     certify.add_argument("--no-label", action="store_true",
-                         help="with --radius: test the class selected on --n0 samples "
+                         help="with --radii: test the class selected on --n0 samples "
                          "(deployment) instead of the label (evaluation)")
     certify.add_argument("--bound", default="cohen", metavar="{cohen,two-sided}",
                          help="radius formula: cohen (CERTIFY, as in the published tables; "
@@ -164,11 +164,11 @@ def run_certify(args: argparse.Namespace) -> int:
     check_bound(args.bound)
     if args.radius is None:
         require(not args.no_label and args.sequence == "kt",
-                "--sequence and --no-label need --radius")
+                "--sequence and --no-label need --radii")
     else:
-        require(not args.skip_wrong, "--skip-wrong applies to CERTIFY, not to --radius "
+        require(not args.skip_wrong, "--skip-wrong applies to CERTIFY, not to --radii "
                 "(which tests the label's class already)")
-        require(args.bound == "cohen", "--bound applies to CERTIFY's radius, not to --radius "
+        require(args.bound == "cohen", "--bound applies to CERTIFY's radius, not to --radii "
                 "(which decides at given radii)")
     return _run(args, "certify")
 

@@ -143,7 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "step: faster on GPUs and on CPUs with AMX or AVX-512-BF16 (a CPU without "
                      "either says so). Part of the recipe: a resume keeps it")
     d_g.add_argument("--amp", action="store_true",
-                     help="deprecated spelling of --precision bf16 (until 0.4)")
+                     help="deprecated spelling of --precision bf16 (until 0.5)")
     d_g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                      help="channels_last memory format for model and inputs (default: on for "
                      "image models; ~1.6x faster SmoothMix steps for LeNet on CPU, the layout "
@@ -169,7 +169,7 @@ def _resolve_precision(args: argparse.Namespace) -> str | None:
         return args.precision
     require(args.precision in (None, "bf16"),
             f"--amp means --precision bf16; it contradicts --precision {args.precision}")
-    print("smoothmix: --amp is deprecated (until 0.4); use --precision bf16", file=sys.stderr)
+    print("smoothmix: --amp is deprecated (until 0.5); use --precision bf16", file=sys.stderr)
     return "bf16"
 
 
