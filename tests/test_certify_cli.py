@@ -203,6 +203,25 @@ def test_torchrun_two_gloo_processes_equal_the_single_process_run(tmp_path, ckpt
     assert (tmp_path / "dist.rank1of2.tsv").exists()
 
 
+def test_torchrun_two_gloo_processes_decide_like_one_process(tmp_path, ckpts):
+    # --radii runs shard under torchrun too: rank 0 merges, an image's rows stay together.
+    common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max-idx", "7",
+              "--device", "cpu", "--radii", "0.1,0.3", "--num-samples", "200", "--alpha",
+              "0.01", "--batch", "100", "--no-progress"]
+    out = tmp_path / "dist.tsv"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           "--nproc_per_node=2", "-m", "smoothmix", "certify", *common, "--out", str(out)]
+    result = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert main(["certify", *common, "--out", str(tmp_path / "single.tsv")]) == 0
+    rows = data_rows(out)
+    assert [(int(r[0]), r[3]) for r in rows] == [(i, r) for i in range(7) for r in ("0.1", "0.3")]
+    # The pool writes images as they finish; the merge sorts by idx. Row for row (time
+    # aside), the ranks computed what the single process did.
+    assert rows == sorted(data_rows(tmp_path / "single.tsv"), key=lambda r: (int(r[0]), r[3]))
+    assert (tmp_path / "dist.rank1of2.tsv").exists()
+
+
 def _error(capsys, argv: list[str]) -> str:
     capsys.readouterr()
     assert main(argv) == 2
