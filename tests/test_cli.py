@@ -1,5 +1,5 @@
-"""The `smoothmix` shell itself: usage of the failing subcommand, flag suggestions, one
-meaning per flag name, interrupted runs, help texts."""
+"""The `smoothmix` shell itself: usage errors on one line naming the failing subcommand, flag
+suggestions, one meaning per flag name, interrupted runs, help texts."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ import pytest
 from smoothmix.cli import build_parser, main
 
 
-def usage_error(capsys, argv: list[str]) -> tuple[str, str]:
-    """(usage block, error line) of an argparse error; it exits with 2."""
+def usage_error(capsys, argv: list[str]) -> str:
+    """The one line of an argparse error (exit 2), without its "(see ... --help)" tail."""
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
-    err = capsys.readouterr().err
-    *usage, last = err.strip().splitlines()
-    return "\n".join(usage), last
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines  # no usage block: like every other bad input
+    line, _, tail = lines[0].rpartition(" (see ")
+    assert tail == f"{line.split(':')[0]} --help)"  # points at the subcommand's help
+    return line
 
 
 @pytest.mark.parametrize("argv, command, wrong, right", [
@@ -29,20 +31,23 @@ def usage_error(capsys, argv: list[str]) -> tuple[str, str]:
     (["diagnose", "c", "--dataset", "mnist", "--sigma", "0.5", "--max", "5"], "diagnose",
      "--max", "--max-images"),
 ])
-def test_unknown_flag_shows_the_subcommands_usage_and_the_nearest_flag(capsys, argv, command,
-                                                                      wrong, right):
-    usage, line = usage_error(capsys, argv)
-    assert usage.startswith(f"usage: smoothmix {command} ")  # not the top-level usage
+def test_unknown_flag_names_the_subcommand_and_the_nearest_flag(capsys, argv, command,
+                                                               wrong, right):
+    line = usage_error(capsys, argv)
     assert line.startswith(f"smoothmix {command}: error: unrecognized arguments: {wrong}")
     assert line.endswith(f"(did you mean: {wrong} -> {right}?)")
 
 
-def test_other_argparse_errors_show_the_subcommands_usage(capsys):
-    usage, line = usage_error(capsys, ["certify", "c", "--dataset", "mnist", "--sigma", "x",
-                                       "--out", "o"])
-    assert usage.startswith("usage: smoothmix certify ")
+def test_other_argparse_errors_are_one_line_naming_the_subcommand(capsys):
+    line = usage_error(capsys, ["certify", "c", "--dataset", "mnist", "--sigma", "x",
+                                "--out", "o"])
     assert line == "smoothmix certify: error: argument --sigma: invalid float value: 'x'"
-    usage, line = usage_error(capsys, ["analyze", "f.tsv", "--nothing-like-it"])
+    line = usage_error(capsys, ["reproduce", "mnist-0.50", "--bound", "one"])
+    assert line.startswith("smoothmix reproduce: error: argument --bound: invalid choice: 'one'")
+    line = usage_error(capsys, ["certify", "c", "--dataset", "mnist", "--sigma", "0.5",
+                                "--out", "o", "--grid", "7"])
+    assert line.startswith("smoothmix certify: error: argument --grid: invalid choice: 7")
+    line = usage_error(capsys, ["analyze", "f.tsv", "--nothing-like-it"])
     assert line == "smoothmix analyze: error: unrecognized arguments: --nothing-like-it"
 
 

@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module with a ``register(subparsers)`` function that adds
 its parser and sets ``func`` (``args -> int`` exit code). User errors are
-:class:`~smoothmix.errors.SmoothmixError`: printed on one line, exit code 2.
+:class:`~smoothmix.errors.SmoothmixError`: printed on one line, exit code 2; so are argparse's usage
+errors (an unknown flag or choice), which name the subcommand and point at its ``--help``.
 
 ``--import MODULE`` (before or after the subcommand, repeatable) and the environment variable
 ``SMOOTHMIX_IMPORT`` (comma-separated) name modules to import before the subcommand runs, e.g.
@@ -20,6 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from smoothmix.errors import SmoothmixError, first_line
 
@@ -50,8 +52,16 @@ def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGrou
                         "under torchrun cuda:LOCAL_RANK; else the CPU)")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's usage errors (an unknown choice, a missing or ill-typed value) on one line,
+    exit 2, like every other bad input; the usage stays one ``--help`` away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="smoothmix",
         description="Train and certify provably robust classifiers by randomized smoothing "
         "(SmoothMix, Gaussian, Stability, SmoothAdv, MACER, Consistency, CAT-RS).",
@@ -119,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _reject_unknown(parser: argparse.ArgumentParser, command: str,
                     unknown: Sequence[str]) -> None:
-    """Report unknown arguments with the subcommand's usage (not the top-level one, which
-    argparse would print) and the nearest valid flag of that subcommand; exits with 2."""
+    """Report unknown arguments in the subcommand's name (not the top-level one, which
+    argparse would use) with the nearest valid flag of that subcommand; exits with 2."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     subparser = sub.choices[command]
     flags = sorted(subparser._option_string_actions)
