@@ -23,7 +23,7 @@ from smoothmix.cli import main
 from smoothmix.errors import SmoothmixError
 from smoothmix.models import create_model
 
-FAST = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--batch", "100", "--no-progress"]
+FAST = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--noise-batch", "100", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_radius_mode_writes_decisions_and_resumes(tmp_path, ckpts):
     out = tmp_path / "r.tsv"
     argv = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25",
             "--max-idx", "4", "--radius", "0.1,0.2", "--sequence", "union", "--no-label",
-            "--n0", "10", "--num-samples", "300", "--alpha", "0.01", "--batch", "100",
+            "--n0", "10", "--num-samples", "300", "--alpha", "0.01", "--noise-batch", "100",
             "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     lines = out.read_text().splitlines()
@@ -144,7 +144,21 @@ def test_radius_shards_merge_to_a_single_run(tmp_path, ckpts, capsys):
     capsys.readouterr()
     assert main(["certify", *common[:-2], "--radius", "0.1,0.2",
                  "--out", str(tmp_path / "all.tsv")]) == 0  # the old spelling still works
-    assert "--radius is deprecated; spell it --radii" in capsys.readouterr().err
+    assert "smoothmix: --radius is deprecated (until 0.5); use --radii" in \
+        capsys.readouterr().err
+
+
+def test_batch_is_the_deprecated_spelling_of_noise_batch(tmp_path, ckpts, capsys):
+    # One meaning per flag name: --batch is images per optimiser step in train.
+    base = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max-idx", "3",
+            "--device", "cpu", "--n0", "10", "--n", "100", "--alpha", "0.01", "--no-progress"]
+    capsys.readouterr()
+    assert main(["certify", *base, "--noise-batch", "50", "--out", str(tmp_path / "a.tsv")]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main(["certify", *base, "--batch", "50", "--out", str(tmp_path / "b.tsv")]) == 0
+    assert "smoothmix: --batch is deprecated (until 0.5); use --noise-batch" in \
+        capsys.readouterr().err
+    assert data_rows(tmp_path / "a.tsv") == data_rows(tmp_path / "b.tsv")
 
 
 def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, ckpts):
@@ -160,7 +174,7 @@ def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, ckpts):
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ckpts):
     args = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25",
-            "--n0", "10", "--N", "1500", "--alpha", "0.001", "--batch", "500", "--max", "12",
+            "--n0", "10", "--N", "1500", "--alpha", "0.001", "--noise-batch", "500", "--max", "12",
             "--no-progress"]
     out = tmp_path / "killed.tsv"
     cmd = [sys.executable, "-m", "smoothmix", *args, "--out", str(out)]
@@ -185,10 +199,10 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ckpts):
 
 
 def test_torchrun_two_gloo_processes_equal_the_single_process_run(tmp_path, ckpts):
-    # The spellings --max-idx and --num-samples need no `--` after `-m smoothmix`.
+    # The spellings --max-idx, --num-samples and --noise-batch need no `--` after `-m smoothmix`.
     common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max-idx", "9",
               "--device", "cpu", "--n0", "10", "--num-samples", "100", "--alpha", "0.01",
-              "--batch", "100", "--no-progress"]
+              "--noise-batch", "100", "--no-progress"]
     out = tmp_path / "dist.tsv"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
            "--nproc_per_node=2", "-m", "smoothmix", "certify", *common, "--out", str(out)]
@@ -207,7 +221,7 @@ def test_torchrun_two_gloo_processes_decide_like_one_process(tmp_path, ckpts):
     # --radii runs shard under torchrun too: rank 0 merges, an image's rows stay together.
     common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max-idx", "7",
               "--device", "cpu", "--radii", "0.1,0.3", "--num-samples", "200", "--alpha",
-              "0.01", "--batch", "100", "--no-progress"]
+              "0.01", "--noise-batch", "100", "--no-progress"]
     out = tmp_path / "dist.tsv"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
            "--nproc_per_node=2", "-m", "smoothmix", "certify", *common, "--out", str(out)]
@@ -243,7 +257,7 @@ def _error(capsys, argv: list[str]) -> str:
         (["--n0", "0"], "n0 must be an integer >= 1"),
         (["--n", "0"], "n=0 can never certify"),
         (["--n", "5", "--alpha", "0.001"], "n=5 can never certify at alpha=0.001: use n >= 10"),
-        (["--batch", "0"], "batch_size must be an integer >= 1"),
+        (["--noise-batch", "0"], "batch_size must be an integer >= 1"),
         (["--shard", "2/2"], "0 <= I < K"),
         (["--skip", "0"], "--skip must be >= 1"),
     ],
@@ -327,7 +341,7 @@ def test_separate_shard_processes_merge_bit_for_bit_on_near_ties(tmp_path, near_
     # Same machine, same CPU device, separate processes: the chunk, layout and precision
     # come from one rule (never a timing), so each row, radius included, is reproduced.
     common = [str(near_tie_lenet), "--dataset", "mnist", "--sigma", "0.5", "--max", "10",
-              "--n0", "20", "--n", "2000", "--alpha", "0.01", "--batch", "1000",
+              "--n0", "20", "--n", "2000", "--alpha", "0.01", "--noise-batch", "1000",
               "--no-progress"]
 
     def run(*extra: str) -> None:

@@ -199,7 +199,7 @@ def test_a_directory_is_its_checkpoint_file(tmp_path, capsys):
     assert checkpoint_file(run / CHECKPOINT_NAME) == run / CHECKPOINT_NAME
     out = tmp_path / "c.tsv"
     assert main(["certify", str(run), "--dataset", "mnist", "--sigma", "0.25", "--max", "1",
-                 "--n0", "10", "--n", "100", "--alpha", "0.01", "--batch", "100",
+                 "--n0", "10", "--n", "100", "--alpha", "0.01", "--noise-batch", "100",
                  "--no-progress", "--out", str(out)]) == 0, capsys.readouterr().err
     settings = read_meta(out, required=True)["settings"]
     assert settings["checkpoint_sha256"] == file_sha256(run / CHECKPOINT_NAME)
@@ -281,7 +281,7 @@ def test_registered_architecture_round_trips_through_train_load_and_certify(
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SMOOTHMIX_IMPORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([src, str(tmp_path)]))
     args = ["certify", str(tmp_path / "run"), "--dataset", "mnist", "--sigma", "0.25",
-            "--max", "2", "--n0", "10", "--n", "50", "--alpha", "0.01", "--batch", "50",
+            "--max", "2", "--n0", "10", "--n", "50", "--alpha", "0.01", "--noise-batch", "50",
             "--no-progress", "--out", str(tmp_path / "cli.tsv")]
     cli = subprocess.run([sys.executable, "-m", "smoothmix", *args, "--import", "tiny_arch"],
                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path.root)

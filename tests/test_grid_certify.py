@@ -406,7 +406,7 @@ def test_cli_grid_end_to_end_and_analyze_warns_about_mixed_noise(tmp_path, mnist
     from smoothmix.checkpoint import load_model
 
     _, test, ckpt = mnist
-    fast = ["--n0", "20", "--n", "300", "--alpha", "0.001", "--batch", "300", "--max", "4",
+    fast = ["--n0", "20", "--n", "300", "--alpha", "0.001", "--noise-batch", "300", "--max", "4",
             "--no-progress"]
     base = ["certify", str(ckpt), "--dataset", "mnist", "--sigma", str(SIGMA), *fast]
     grid, float_ = tmp_path / "grid.tsv", tmp_path / "float.tsv"

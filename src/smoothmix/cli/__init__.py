@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from smoothmix.errors import SmoothmixError, first_line
 
@@ -41,6 +41,30 @@ _RESUME_HINTS = {
 
 # Flags renamed so that one name has one meaning in every command (suggested when used).
 _RENAMED = {"--quiet": "--no-progress", "--max": "--max-images"}
+
+
+class DeprecatedAlias(argparse.Action):
+    """A renamed option: the first spelling (or ``new``) is the current one; any other
+    spelling still works until the next minor version and prints a one-line notice."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str | None = None,
+                 **kwargs: Any) -> None:
+        self.new = new or option_strings[0]
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if option_string is not None and option_string != self.new:
+            print(f"smoothmix: {option_string} is deprecated (until 0.5); use {self.new}",
+                  file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(group: argparse._ActionsContainer, old: str, new: str,
+                         dest: str, type: type = int) -> None:
+    """``old``, a hidden spelling of the option ``new`` (stored in ``dest``)."""
+    group.add_argument(old, dest=dest, type=type, action=DeprecatedAlias, new=new,
+                       help=argparse.SUPPRESS)
 
 
 def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

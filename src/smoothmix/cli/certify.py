@@ -10,7 +10,7 @@ from typing import Any
 
 from smoothmix.certification import certify_dataset, predict_dataset
 from smoothmix.checks import check_radii, check_sigma
-from smoothmix.cli import add_device_argument
+from smoothmix.cli import DeprecatedAlias, add_device_argument
 from smoothmix.core import check_bound, check_certify_args, check_predict_args
 from smoothmix.decisions import decide_dataset
 from smoothmix.distributed import distributed_env
@@ -96,8 +96,10 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                         f"it caps the radius (default {n_default})")
     parser.add_argument("--alpha", type=float, default=0.001,
                         help="failure probability of the certificate (default 0.001)")
-    parser.add_argument("--batch", type=int, default=1000,
-                        help="most noisy images in memory at once (default 1000)")
+    parser.add_argument("--noise-batch", "--batch", type=int, default=1000, dest="batch",
+                        action=DeprecatedAlias, metavar="ROWS",
+                        help="most noisy images in memory at once (default 1000; --batch: "
+                        "the deprecated spelling, which in train means images per step)")
     parser.add_argument("--skip", type=int, default=1,
                         help="evaluate every SKIP-th example (default 1: all)")
     parser.add_argument("--max", "--max-idx", type=int, default=-1, dest="max_idx",
@@ -145,7 +147,7 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
                        "for convolutional models on CPU, 2-3x faster there)")
     group.add_argument("--chunk", type=int, default=None, metavar="ROWS",
                        help="noisy images per forward pass (default: 250 on CPU, the whole "
-                       "--batch on GPU; fixed, never timed, so shards vote identically)")
+                       "--noise-batch on GPU; fixed, never timed, so shards vote identically)")
     group.add_argument("--compile", action="store_true", default=None,
                        help="torch.compile the model (opt-in; see the README's benchmark)")
     group.add_argument("--threads", type=int, default=None, metavar="T",
@@ -171,18 +173,6 @@ def run_certify(args: argparse.Namespace) -> int:
         require(args.bound == "cohen", "--bound applies to CERTIFY's radius, not to --radii "
                 "(which decides at given radii)")
     return _run(args, "certify")
-
-
-class DeprecatedAlias(argparse.Action):
-    """An option whose first spelling is the current one: any other spelling still works
-    and prints a one-line notice naming the current one."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: object, option_string: str | None = None) -> None:
-        if option_string is not None and option_string != self.option_strings[0]:
-            print(f"note: {option_string} is deprecated; spell it {self.option_strings[0]}",
-                  file=sys.stderr)
-        setattr(namespace, self.dest, values)
 
 
 def _radii(text: str) -> list[float]:

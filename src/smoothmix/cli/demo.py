@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from smoothmix.cli import add_device_argument
-from smoothmix.cli.train import add_deprecated_alias
+from smoothmix.cli import add_deprecated_alias, add_device_argument
 from smoothmix.demo import DemoBudget, run_demo
 
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from smoothmix.checks import check_count, check_sigma
-from smoothmix.cli import add_device_argument
+from smoothmix.cli import DeprecatedAlias, add_device_argument
 
 DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
 
@@ -35,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="votes per image (default 10000, as the reference); under torchrun "
                    "spell it --num-samples (torchrun takes --n for one of its own options)")
     p.add_argument("--out", required=True, help="targets file to write or resume (.npz)")
-    p.add_argument("--batch", type=int, default=1000,
-                   help="most noisy images in memory at once (default 1000)")
+    p.add_argument("--noise-batch", "--batch", type=int, default=1000, dest="batch",
+                   action=DeprecatedAlias, metavar="ROWS",
+                   help="most noisy images in memory at once (default 1000; --batch: the "
+                   "deprecated spelling, which in train means images per step)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the views and the noise; image idx uses a stream derived "
                    "from (seed, idx), so the result does not depend on sharding (default 0)")
@@ -73,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     check_sigma(args.sigma)  # before the (slow) model and data loading
     check_count("--n", args.n)
-    check_count("--batch", args.batch)
+    check_count("--noise-batch", args.batch)
     from smoothmix.checkpoint import read_checkpoint
     from smoothmix.distributed import distributed_env
     from smoothmix.storage.shards import parse_shard

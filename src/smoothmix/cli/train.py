@@ -37,26 +37,6 @@ def method_option_flags() -> list[tuple[str, str, type, str, tuple[Any, ...] | N
             for k, (typ, helps, choices) in found.items()]
 
 
-class DeprecatedAlias(argparse.Action):
-    """A renamed flag's old spelling: stores like the new one, with a one-line notice."""
-
-    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any):
-        self.new = new
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        print(f"smoothmix: {option_string} is deprecated (until 0.5); use {self.new}",
-              file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def add_deprecated_alias(group: argparse._ActionsContainer, old: str, new: str,
-                         dest: str, type: type = int) -> None:
-    group.add_argument(old, dest=dest, type=type, action=DeprecatedAlias, new=new,
-                       help=argparse.SUPPRESS)
-
-
 def add_deferred_flags(group: argparse._ActionsContainer) -> None:
     """``--deferred EPOCH`` / ``--no-deferred`` (shared by train and reproduce)."""
     group.add_argument("--deferred", type=int, default=None, metavar="EPOCH",
