@@ -110,7 +110,8 @@ def resolve_execution(
 
     Each argument left at None takes the value ``recorded`` (a resumed file's settings, or
     the settings of the run a shard belongs to) holds, else the rule: precision fp32;
-    layout channels_last for convolutional models on a CPU (2-3x faster there) and on
+    layout channels_last for convolutional models on a CPU (the faster one there:
+    benchmarks/certify_throughput.py) and on
     accelerators under bf16, contiguous otherwise; chunk the whole block on accelerators,
     :data:`CPU_CHUNK` rows on a CPU; threads torch's current intra-op thread count (set to
     the recorded count when there is one). A value given that contradicts ``recorded`` is

@@ -144,7 +144,7 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
                        "classifier as run in bf16")
     group.add_argument("--layout", default=None, choices=("channels_last", "contiguous"),
                        help="memory layout of model and noisy batch (default: channels_last "
-                       "for convolutional models on CPU, 2-3x faster there)")
+                       "for convolutional models on CPU, the faster one there)")
     group.add_argument("--chunk", type=int, default=None, metavar="ROWS",
                        help="noisy images per forward pass (default: 250 on CPU, the whole "
                        "--noise-batch on GPU; fixed, never timed, so shards vote identically)")

@@ -126,8 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="deprecated spelling of --precision bf16 (until 0.5)")
     d_g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                      help="channels_last memory format for model and inputs (default: on for "
-                     "image models; ~1.6x faster SmoothMix steps for LeNet on CPU, the layout "
-                     "GPU tensor cores want)")
+                     "image models: the faster one for convnets on CPU, and the layout GPU "
+                     "tensor cores want)")
     d_g.add_argument("--compile", action="store_true",
                      help="torch.compile the model (slow first epoch, faster afterwards)")
     d_g.add_argument("--cuda-graphs", action="store_true",

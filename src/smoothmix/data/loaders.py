@@ -106,7 +106,7 @@ def random_crop_flip(
     columns = torch.arange(w, device=device)
     cols = left + torch.where(flip, w - 1 - columns, columns)  # a flip reverses the columns read
     rows = top + torch.arange(h, device=device).view(1, h, 1)
-    # One flat gather per channel plane: ~4x faster than 3-D advanced indexing on CPU.
+    # One flat gather per channel plane: far cheaper than 3-D advanced indexing on a CPU.
     index = (rows * (w + 2 * padding) + cols).view(n, 1, h * w).expand(n, c, h * w)
     return padded.flatten(2).gather(2, index).view(n, c, h, w)
 

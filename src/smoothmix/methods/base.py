@@ -259,8 +259,8 @@ def forward_groups(
 
     On a GPU one forward of the concatenated rows launches each kernel once instead of
     once per group and keeps the device busy. On the CPU the cost per row is flat from
-    64 to 512 rows and the joint activations fall out of cache: separate forwards measured
-    3-5% faster (LeNet, 2 x 256 rows), so there each group gets its own. Batch-norm layers
+    64 to 512 rows and the joint activations fall out of cache, so separate forwards are
+    the faster choice there and each group gets its own. Batch-norm layers
     in train mode normalise with the batch's own statistics, so for them a joint forward
     would change the loss: they always get separate forwards, as in the reference code.
     One backward serves all groups either way. ``joint`` overrides the device rule.

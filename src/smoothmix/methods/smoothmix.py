@@ -76,8 +76,8 @@ class SmoothMix(TrainingMethod):
     both against each other); it saves one of the ``T + 2`` forwards per step. The price:
     the final backward also computes the input gradient of the first layer (the input is a
     leaf that requires grad). For LeNet on a CPU that input gradient of its 1-channel conv
-    costs about the saved forward (measured: equal CPU time per step, 529 vs 525 ms); on
-    GPUs, where the step is launch-bound, one forward fewer is the gain (not yet measured).
+    costs about the saved forward; on GPUs, where the step is launch-bound, one forward
+    fewer is the gain (benchmarks/train_throughput.py measures the step).
     """
 
     name = "smoothmix"

@@ -81,7 +81,8 @@ class TrainConfig:
     path on GPUs and on CPUs with AMX or AVX-512-BF16; see benchmarks/train_throughput.py);
     it changes the trajectory, so a resume keeps it. ``amp=True`` is its older spelling
     (deprecated). ``channels_last`` (None:
-    on for image models, measured faster on CPU and GPU convnets) sets the memory format of
+    on for image models: the faster format for convnets on CPUs and GPUs, see the README's
+    Speed section) sets the memory format of
     model and inputs; ``compile`` (``torch.compile``) is opt-in; on CUDA the SGD step is fused.
     """
 
@@ -452,9 +453,9 @@ def _place_model(model: nn.Module, train_set: Any, strategy: ExecutionStrategy,
     """The model on the device, checked against the data, in its memory format."""
     placed = model.to(strategy.device)
     input_dims = _check_accepts_input(placed, train_set, strategy.device, num_classes)
-    # Auto (None): channels_last for image models. Measured on 2 CPU cores it makes the
-    # SmoothMix/LeNet step ~1.6x faster (the input gradient of a 1-channel conv is slow
-    # in NCHW); on GPUs it is the layout tensor cores want.
+    # Auto (None): channels_last for image models: on a CPU the input gradient of a
+    # 1-channel conv is slow in NCHW (benchmarks/train_throughput.py); on GPUs it is the
+    # layout tensor cores want.
     channels_last = config.channels_last if config.channels_last is not None else input_dims == 3
     return strategy.place(placed, channels_last)
 
