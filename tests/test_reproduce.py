@@ -109,7 +109,11 @@ def test_rerun_continues(finished, tmp_path: Path) -> None:
     table = (out / "table.md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "certify_gaussian.tsv",
                                                   out / "gaussian" / "checkpoint.pth.tar")}
+    # The state file keeps the provenance of the run that started the folder.
+    state = json.loads((out / "reproduce.json").read_text())
+    (out / "reproduce.json").write_text(json.dumps({**state, "git_commit": "started-by"}))
     assert run(out) == 0
+    assert json.loads((out / "reproduce.json").read_text())["git_commit"] == "started-by"
     assert (out / "table.md").read_text() == table
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 

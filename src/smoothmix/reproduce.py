@@ -364,7 +364,9 @@ def _checked_before_writing(exp: Experiment, chosen: list[str], budget: Budget, 
         _train_kwargs(exp, m, budget)  # a preset without the overridden option fails here
         if _needs_soft_targets(exp, m):
             _train_kwargs(dataclasses.replace(exp, sigma=TEACHER_SIGMA), "gaussian", budget)
-    if main:
+    if main and not (out / STATE_NAME).exists():
+        # Written once: a rerun continues the folder (_check_outdir refused another budget)
+        # and keeps the record of the release and commit that started it.
         out.mkdir(parents=True, exist_ok=True)
         from smoothmix.provenance import provenance
 
