@@ -3,8 +3,9 @@
 - :func:`atomic_write` / :func:`atomic_write_with`: a file is replaced whole or not at all
   (temporary file in the same folder, fsync, rename), so a killed process never leaves a
   half-written checkpoint, settings record or table behind.
-- :func:`settings_diff`: the one comparison of two settings records, used by every resume,
-  shard merge and refusal, so that all of them name the differing fields the same way.
+- :func:`differing_keys` / :func:`settings_diff`: the one comparison of two settings records,
+  used by every resume, shard merge and refusal, so that all of them name the differing
+  fields the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_with", "settings_diff", "settings_differences"]
+__all__ = ["atomic_write", "atomic_write_with", "differing_keys", "settings_diff",
+           "settings_differences"]
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
@@ -42,13 +44,18 @@ def atomic_write(path: str | os.PathLike, text: str) -> None:
     atomic_write_with(path, lambda fh: fh.write(data))
 
 
+def differing_keys(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
+    """The fields whose value differs between ``old`` and ``new``, sorted by name. A field
+    missing on one side counts as None there."""
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def settings_differences(old: Mapping[str, object],
                          new: Mapping[str, object]) -> list[str]:
-    """Each field whose value differs between ``old`` (what a file recorded) and ``new``
-    (what this run would record), as ``"name: old in the file vs new now"``, sorted by
-    name. A field missing on one side counts as None there."""
-    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    return [f"{k}: {old.get(k)!r} in the file vs {new.get(k)!r} now" for k in keys]
+    """Each field of :func:`differing_keys` between ``old`` (what a file recorded) and
+    ``new`` (what this run would record), as ``"name: old in the file vs new now"``."""
+    return [f"{k}: {old.get(k)!r} in the file vs {new.get(k)!r} now"
+            for k in differing_keys(old, new)]
 
 
 def settings_diff(old: Mapping[str, object], new: Mapping[str, object], limit: int = 3) -> str:

@@ -36,6 +36,7 @@ from smoothmix import distributed
 from smoothmix.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from smoothmix.checks import check_count, check_sigma
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.storage import differing_keys
 from smoothmix.training.loop import TrainConfig, check_outdir, fit, seed_everything
 from smoothmix.training.presets import Preset, get_preset
 from smoothmix.training.recipe import (
@@ -43,10 +44,9 @@ from smoothmix.training.recipe import (
     RECIPE_FIELDS,
     SCHEDULE_FIELDS,
     Recipe,
-    comparable,
+    compared,
     merge,
     option_flag,
-    recipe_differences,
     show,
 )
 
@@ -328,9 +328,9 @@ def _check_resume(spec: TrainSpec, saved: Mapping[str, Any], sources: Mapping[st
     extends = (explicit_epochs is not None and stored_epochs is not None
                and explicit_epochs > stored_epochs)
     current = spec.recipe()
-    old, new = comparable(saved), comparable(current)
+    old, new = compared(saved, current, skip=("epochs",) if extends else ())
     conflicts = []
-    for key in recipe_differences(saved, current, skip=("epochs",) if extends else ()):
+    for key in differing_keys(old, new):
         name = key.removeprefix(OPTION_PREFIX)
         shown = option_flag(name) if key.startswith(OPTION_PREFIX) else name
         conflicts.append(f"{shown} {show(new.get(key))} from "

@@ -56,8 +56,7 @@ from smoothmix.training.callbacks import (
 from smoothmix.training.recipe import (
     RECIPE_FIELDS,
     SCHEDULE_FIELDS,
-    comparable,
-    recipe_differences,
+    compared,
 )
 from smoothmix.training.strategy import ExecutionStrategy
 
@@ -205,16 +204,13 @@ def _stopped_before_first_checkpoint(outdir: Path) -> bool:
 def check_compatible(ckpt: Checkpoint | Mapping[str, Any], current: Mapping[str, Any],
                      path: Path) -> None:
     """One-line error when ``current`` (run identity + recipe) disagrees with the checkpoint
-    (the one recipe comparison, :func:`smoothmix.training.recipe.recipe_differences`; the
+    (the one recipe comparison, :func:`smoothmix.training.recipe.compared`; the
     epoch count is free here: :func:`smoothmix.training.train` decides extensions)."""
     record = ckpt if isinstance(ckpt, Checkpoint) else Checkpoint.from_dict(ckpt)
     saved = record.settings()
     also = [k for k in current if k not in RECIPE_FIELDS]
-    keys = recipe_differences(saved, current, skip=("epochs",), also=also)
-    old, new = comparable(saved, [*RECIPE_FIELDS, *also]), comparable(current,
-                                                                       [*RECIPE_FIELDS, *also])
-    require(not keys, f"cannot resume {path}: the run there differs "
-            f"({settings_diff({k: old[k] for k in keys}, {k: new[k] for k in keys}, 5)}); "
+    diff = settings_diff(*compared(saved, current, skip=("epochs",), also=also), limit=5)
+    require(not diff, f"cannot resume {path}: the run there differs ({diff}); "
             "use the original settings or a new --outdir")
 
 

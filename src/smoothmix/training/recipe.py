@@ -10,8 +10,8 @@ options. Every layer that can set a recipe value speaks this record: the presets
 that sets it.
 
 :data:`RECIPE_FIELDS` is the one list of settings a resume must agree with, and
-:func:`recipe_differences` the one comparison of two of them (on values normalised by
-:func:`comparable`, then :func:`smoothmix.storage.settings_differences`).
+:func:`compared` what is compared of two of them (values normalised by
+:func:`comparable`; the differing keys then come from :func:`smoothmix.storage.differing_keys`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from smoothmix.storage import settings_differences
 
 #: Prefix of a method option in the flat comparison record (``method_options.eta``).
 OPTION_PREFIX = "method_options."
@@ -133,20 +131,20 @@ def _option_defaults(method: Any) -> dict[str, Any]:
     return {k: opt.default for k, opt in cls.options.items()} if cls is not None else {}
 
 
-def recipe_differences(stored: Mapping[str, Any], current: Mapping[str, Any],
-                       skip: Iterable[str] = (), also: Iterable[str] = ()) -> list[str]:
-    """The recipe keys (``lr``, ``method_options.eta``, ...) whose values differ between a
-    stored run and this one (and the keys ``also`` names, e.g. a soft-target file's hash).
-    Only keys both record are compared (an older run that did not record a setting cannot
-    contradict it); method options only when the methods agree."""
+def compared(stored: Mapping[str, Any], current: Mapping[str, Any],
+             skip: Iterable[str] = (), also: Iterable[str] = ()
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The normalised recipe values (:func:`comparable`) of a stored run and of this one
+    that are compared: keys both record (an older run that did not record a setting cannot
+    contradict it), minus ``skip``, plus the keys ``also`` names (e.g. a soft-target file's
+    hash); method options only when the methods agree."""
     keys = (*RECIPE_FIELDS, *also)
     old, new = comparable(stored, keys), comparable(current, keys)
     if old.get("method") != new.get("method"):
         old = {k: v for k, v in old.items() if not k.startswith(OPTION_PREFIX)}
         new = {k: v for k, v in new.items() if not k.startswith(OPTION_PREFIX)}
     shared = (set(old) & set(new)) - set(skip)
-    lines = settings_differences({k: old[k] for k in shared}, {k: new[k] for k in shared})
-    return [line.split(": ", 1)[0] for line in lines]
+    return {k: old[k] for k in shared}, {k: new[k] for k in shared}
 
 
 def show(value: Any) -> str:
@@ -156,8 +154,3 @@ def show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(str(v) for v in value) or "none"
     return "none" if value is None else str(value)
-
-
-def lookup(settings: Mapping[str, Any], key: str) -> Any:
-    """The value of a flat comparison key in a settings record (options with defaults)."""
-    return comparable(settings).get(key)
