@@ -12,7 +12,7 @@ import operator
 from collections.abc import Iterable, Sequence
 from typing import SupportsIndex, cast
 
-from smoothmix.errors import SmoothmixError, require
+from smoothmix.errors import SmoothmixError, is_integer, require
 
 #: Above this a sigma is almost surely given in 0..255 units: the toolkit's images are in [0, 1].
 SIGMA_LIMIT = 4.0
@@ -50,13 +50,9 @@ def check_alpha(alpha: object, name: str = "alpha") -> float:
 
 def check_count(name: str, value: object, minimum: int = 1) -> int:
     """An integer >= ``minimum`` (numpy integers accepted, bools and floats not)."""
-    try:
-        number = None if isinstance(value, bool) else operator.index(cast(SupportsIndex, value))
-    except TypeError:
-        number = None
-    if number is None or number < minimum:
+    if not is_integer(value) or operator.index(cast(SupportsIndex, value)) < minimum:
         raise SmoothmixError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return number
+    return operator.index(cast(SupportsIndex, value))
 
 
 def check_num_classes(num_classes: object) -> int:

@@ -209,7 +209,5 @@ def _finished(path: Path, kind: str, settings: Mapping[str, object] | None, grou
     record = read_record(path, required=False)
     if table is None or record is None:
         return False
-    counts: dict[int, int] = {}
-    for i in table.idx:
-        counts[i] = counts.get(i, 0) + 1
+    counts = table.rows_per_example()
     return all(counts.get(i) == group for i in _expected(record.settings)[part[0]::part[1]])

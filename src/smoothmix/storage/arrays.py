@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from smoothmix.errors import SmoothmixError, first_line, require
+from smoothmix.storage import atomic_write, atomic_write_with, settings_diff
 
 __all__ = ["ResumableRows", "merge_array_rows", "part_paths", "read_arrays", "require_same",
            "write_arrays"]
@@ -29,7 +30,6 @@ __all__ = ["ResumableRows", "merge_array_rows", "part_paths", "read_arrays", "re
 def write_arrays(path: str | os.PathLike, counts: np.ndarray, meta: Mapping[str, Any]) -> None:
     """``counts`` and ``meta`` into ``path`` whole or not at all (compressed: most votes of a
     confident teacher are 0, and ImageNet's table is 1.28M x 1000)."""
-    from smoothmix.storage import atomic_write_with
 
     header = np.array(json.dumps(dict(meta)))
     atomic_write_with(path, lambda fh: np.savez_compressed(fh, counts=counts, meta=header))
@@ -59,7 +59,6 @@ def merge_array_rows(parts: Sequence[tuple[np.ndarray, Sequence[int]]]) -> np.nd
 def require_same(what: object, saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
     """Refuse to resume or reuse ``what`` (a file, named in the message) when the settings
     it was built with differ from this run's."""
-    from smoothmix.storage import settings_diff
 
     diff = settings_diff(saved, now)
     require(not diff, f"{what} was built by another run ({diff}); rerun with the same "
@@ -93,7 +92,6 @@ class ResumableRows:
             self.rows = np.lib.format.open_memmap(self.work, mode="w+", dtype=dtype,
                                                   shape=shape)
             self.rows.flush()
-            from smoothmix.storage import atomic_write
 
             atomic_write(self.work_meta, json.dumps({"settings": self.settings,
                                                      "info": dict(info)}, indent=2))

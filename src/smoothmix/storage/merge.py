@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothmix.errors import require
+from smoothmix.storage import settings_diff
 from smoothmix.storage.shards import check_shard_set, parse_shard
 
 __all__ = ["MERGERS", "merge", "same_run"]
@@ -25,7 +26,6 @@ def same_run(named: Sequence[tuple[str | os.PathLike, Mapping[str, Any]]],
     """The settings shared by the shards ``(path, settings)`` of one run (``shard``
     removed) and their number of shards; refuses shards of different runs (``refusal``
     formatted with path, first and diff) and a shard set that is not 0/k ... k-1/k."""
-    from smoothmix.storage import settings_diff
 
     require(len(named) >= 1, "merge needs at least one shard file")
     first, settings = named[0]

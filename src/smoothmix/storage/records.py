@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.storage import atomic_write
 
 __all__ = ["ResultRecord", "new_record", "read_meta", "read_record", "record_path",
            "write_record"]
@@ -84,7 +85,8 @@ def read_record(path: str | os.PathLike, required: bool) -> ResultRecord | None:
     try:
         data = json.loads(meta_path.read_text())
         kind, settings = data["kind"], data["settings"]
-        require(isinstance(settings, dict) and isinstance(kind, str), "")
+        if not (isinstance(settings, dict) and isinstance(kind, str)):
+            raise TypeError("not a settings record")
     except (ValueError, KeyError, TypeError):
         raise SmoothmixError(f"{meta_path} is not a smoothmix settings file") from None
     rest = {k: v for k, v in data.items() if k not in ("kind", "settings", "info")}
@@ -101,6 +103,5 @@ def read_meta(path: str | os.PathLike, required: bool) -> dict[str, Any] | None:
 
 def write_record(path: str | os.PathLike, record: ResultRecord) -> None:
     """Write ``FILE.json`` for result file ``path`` atomically."""
-    from smoothmix.storage import atomic_write
 
     atomic_write(record_path(path), json.dumps(record.to_json(), indent=2) + "\n")

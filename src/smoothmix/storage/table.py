@@ -15,12 +15,15 @@ example moves across a ``>= r`` threshold; times are seconds (the reference code
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from smoothmix.errors import require
+from smoothmix.storage import atomic_write, settings_diff
+from smoothmix.storage.merge import same_run
 from smoothmix.storage.records import ResultRecord, read_record, write_record
 
 __all__ = ["ATTACK_OUTCOMES", "COLUMNS", "LEGACY", "RowWriter", "Table", "fit_row", "has_rows",
@@ -113,6 +116,10 @@ class Table:
     lines: list[str]
     idx: list[int]
 
+    def rows_per_example(self) -> Counter[int]:
+        """How many rows each idx has (decide files: one per radius)."""
+        return Counter(self.idx)
+
     def records(self) -> list[dict[str, str]]:
         """Each row as {column: text}."""
         return [dict(zip(self.columns, line.rstrip("\n").split("\t"), strict=True))
@@ -177,7 +184,6 @@ def read_rows(path: str | os.PathLike, kind: str | None = None, *, repair: bool 
 
 def start_table(path: Path, record: ResultRecord) -> None:
     """A new run's file: its record, then the header of its kind (each written atomically)."""
-    from smoothmix.storage import atomic_write
 
     write_record(path, record)
     atomic_write(path, "\t".join(COLUMNS[record.kind]) + "\n")
@@ -189,7 +195,6 @@ def resumable_rows(path: Path, kind: str, settings: Mapping[str, Any], *, repair
     rows of an example a crash cut short when an example has ``group`` rows, repaired
     when ``repair``); None if there is nothing to resume; SmoothmixError if it is another
     run's file (the differing settings named by :func:`smoothmix.storage.settings_diff`)."""
-    from smoothmix.storage import settings_diff
 
     if not has_rows(path):
         return None
@@ -208,11 +213,8 @@ def resumable_rows(path: Path, kind: str, settings: Mapping[str, Any], *, repair
 
 def _drop_partial_group(table: Table, group: int) -> Table:
     """Remove the rows of an example cut short by a crash (only ever the last written)."""
-    from smoothmix.storage import atomic_write
 
-    counts: dict[int, int] = {}
-    for i in table.idx:
-        counts[i] = counts.get(i, 0) + 1
+    counts = table.rows_per_example()
     partial = [i for i, c in counts.items() if c != group]
     require(not partial or (len(partial) == 1 and partial[0] == table.idx[-1]
                             and counts[partial[0]] < group),
@@ -276,8 +278,6 @@ def merge_tables(out_path: str | os.PathLike, shards: Sequence[str | os.PathLike
     in their order). Refuses shards of different runs, a shard given twice or missing,
     rows that overlap, an example without all its ``group(settings)`` rows, and gaps
     relative to ``expected(settings)``, the examples the run covers."""
-    from smoothmix.storage import atomic_write, settings_diff
-    from smoothmix.storage.merge import same_run
 
     require(len(shards) >= 1, "merge needs at least one shard file")
     records = [read_record(p, required=True) for p in shards]
