@@ -7,59 +7,22 @@ import math
 
 import pytest
 import torch
+from conftest import NoisyCE, tiny_config, tiny_data, tiny_model
 from torch import nn
 
 from smoothmix.checkpoint import load_checkpoint
-from smoothmix.data import TensorImageDataset
 from smoothmix.errors import SmoothmixError
 from smoothmix.methods import METHODS, StepOutput, create_method, method_options
 from smoothmix.models import wrap_model
-from smoothmix.training import PRESETS, TrainConfig, evaluate_noisy, fit, get_preset, resolve
+from smoothmix.training import PRESETS, evaluate_noisy, fit, get_preset, resolve
 from smoothmix.training.loop import check_outdir
 from smoothmix.training.presets import format_presets_table
 
 # ---------------------------------------------------------------- tiny stand-ins
 
-
-class NoisyCE:
-    """A minimal method: CE on one Gaussian draw from the global RNG (so that resuming has
-    to restore the RNG to reproduce the run)."""
-
-    name = "noisy-ce"
-
-    def __init__(self, sigma: float) -> None:
-        self.sigma = sigma
-
-    def __call__(self, model, x, y, epoch):
-        logits = model(x + self.sigma * torch.randn_like(x))
-        acc = (logits.argmax(1) == y).float().mean().detach()
-        return StepOutput(nn.functional.cross_entropy(logits, y), {"acc": acc})
-
-
-def tiny_data(n: int, seed: int) -> TensorImageDataset:
-    """Two classes told apart by mean brightness: learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 2
-    base = torch.where(labels[:, None, None, None] == 1, 170, 80)
-    images = (base + torch.randint(-60, 60, (n, 1, 6, 6), generator=g)).clamp(0, 255)
-    return TensorImageDataset(images.to(torch.uint8), labels, 2, "tiny")
-
-
-def tiny_model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 2)))
-
-
-def config(**kw) -> TrainConfig:
-    base = dict(epochs=3, batch_size=16, lr=0.05, lr_step=2, seed=7, device="cpu",
-                progress=False, workers=0)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 def run_fit(outdir, epochs, resume=False, sigma=0.25, seed=7, **kw):
     return fit(tiny_model(), NoisyCE(sigma), tiny_data(80, 1), tiny_data(40, 2),
-               config(epochs=epochs, seed=seed, **kw), outdir, resume=resume,
+               tiny_config(epochs=epochs, seed=seed, **kw), outdir, resume=resume,
                metadata={"arch": None, "method": "noisy-ce"})
 
 
@@ -116,7 +79,7 @@ def test_train_metrics_are_example_weighted_epoch_means(tmp_path):
             return StepOutput(loss, {"ones": torch.ones(())})
 
     train_set = tiny_data(50, 1)  # 16 + 16 + 16 + 2: the last batch is short
-    fit(tiny_model(), Constant(), train_set, None, config(epochs=1), tmp_path / "c")
+    fit(tiny_model(), Constant(), train_set, None, tiny_config(epochs=1), tmp_path / "c")
     row = read_log(tmp_path / "c")[0]
     assert float(row["train_loss"]) == pytest.approx(train_set.labels.float().mean().item())
     assert float(row["train_ones"]) == pytest.approx(1.0)
@@ -188,7 +151,7 @@ def test_incompatible_resume_is_refused(tmp_path):
     with pytest.raises(SmoothmixError, match=r"batch_size: 16 in the file vs 32 now"):
         run_fit(out, epochs=2, resume=True, batch_size=32)
     with pytest.raises(SmoothmixError, match="method: 'noisy-ce' in the file vs 'other' now"):
-        fit(tiny_model(), NoisyCE(0.25), tiny_data(80, 1), None, config(epochs=2), out,
+        fit(tiny_model(), NoisyCE(0.25), tiny_data(80, 1), None, tiny_config(epochs=2), out,
             resume=True, metadata={"method": "other"})
     assert (out / "checkpoint.pth.tar").read_bytes() == before
 
@@ -196,11 +159,11 @@ def test_incompatible_resume_is_refused(tmp_path):
 def test_model_that_rejects_the_data_is_a_one_line_error(tmp_path):
     model = wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(100, 2)))  # wants 100 pixels
     with pytest.raises(SmoothmixError, match=r"does not accept .* shape \(1, 6, 6\)"):
-        fit(model, NoisyCE(0.25), tiny_data(20, 1), None, config(epochs=1), tmp_path / "x")
+        fit(model, NoisyCE(0.25), tiny_data(20, 1), None, tiny_config(epochs=1), tmp_path / "x")
     assert not (tmp_path / "x").exists()
     model = wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)))  # 3 logits, 2 classes
     with pytest.raises(SmoothmixError, match=r"one logit per class, shape \(batch, 2\)"):
-        fit(model, NoisyCE(0.25), tiny_data(20, 1), None, config(epochs=1), tmp_path / "x")
+        fit(model, NoisyCE(0.25), tiny_data(20, 1), None, tiny_config(epochs=1), tmp_path / "x")
 
 
 def test_evaluate_noisy_counts_against_hand_computation():
@@ -393,7 +356,7 @@ def test_method_options_table_covers_cli_flags():
 
 
 def test_sigma_is_stored_from_method_when_not_given(tmp_path):
-    path = fit(tiny_model(), NoisyCE(0.75), tiny_data(20, 1), None, config(epochs=1),
+    path = fit(tiny_model(), NoisyCE(0.75), tiny_data(20, 1), None, tiny_config(epochs=1),
                tmp_path / "s")
     assert math.isclose(load_checkpoint(path)["sigma"], 0.75)
 
@@ -432,7 +395,7 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_p
 
     out = tmp_path / "nan"
     with pytest.raises(SmoothmixError, match="diverged in epoch 2"):
-        fit(tiny_model(), BlowsUp(0.25), tiny_data(32, 1), None, config(epochs=3), out)
+        fit(tiny_model(), BlowsUp(0.25), tiny_data(32, 1), None, tiny_config(epochs=3), out)
     ckpt = load_checkpoint(out / "checkpoint.pth.tar")
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())

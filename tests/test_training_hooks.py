@@ -6,47 +6,13 @@ import csv
 
 import pytest
 import torch
-from torch import nn
+from conftest import NoisyCE, tiny_config, tiny_data, tiny_model
 
-from smoothmix.data import TensorImageDataset
 from smoothmix.errors import SmoothmixError
 from smoothmix.methods import StepOutput, create_method
-from smoothmix.models import wrap_model
 from smoothmix.training import TrainConfig, fit
 from smoothmix.training.callbacks import Callback, default_callbacks
 from smoothmix.training.strategy import ExecutionStrategy
-
-
-class NoisyCE:
-    name = "noisy-ce"
-
-    def __init__(self, sigma: float) -> None:
-        self.sigma = sigma
-
-    def __call__(self, model, x, y, epoch):
-        logits = model(x + self.sigma * torch.randn_like(x))
-        return StepOutput(nn.functional.cross_entropy(logits, y),
-                          {"acc": (logits.argmax(1) == y).float().mean().detach()})
-
-
-def tiny_data(n: int, seed: int) -> TensorImageDataset:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 2
-    base = torch.where(labels[:, None, None, None] == 1, 170, 80)
-    images = (base + torch.randint(-60, 60, (n, 1, 6, 6), generator=g)).clamp(0, 255)
-    return TensorImageDataset(images.to(torch.uint8), labels, 2, "tiny")
-
-
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(36, 16), nn.ReLU(), nn.Linear(16, 2)))
-
-
-def config(**kw) -> TrainConfig:
-    base = dict(epochs=3, batch_size=16, lr=0.05, lr_step=2, seed=7, device="cpu",
-                progress=False, workers=0)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 class Recorder(Callback):
@@ -72,7 +38,7 @@ class Recorder(Callback):
 
 def test_hooks_are_called_in_order_and_may_add_log_columns(tmp_path):
     rec = Recorder()
-    fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), tiny_data(16, 2), config(epochs=2),
+    fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), tiny_data(16, 2), tiny_config(epochs=2),
         tmp_path / "r", metadata={"arch": None}, callbacks=[rec])
     kinds = [c[0] for c in rec.calls]
     assert kinds == ["fit_start", "epoch_start", "train_epoch_end", "epoch_end",
@@ -86,7 +52,7 @@ def test_hooks_are_called_in_order_and_may_add_log_columns(tmp_path):
 
     # A resumed run starts at its checkpoint's epoch.
     rec2 = Recorder()
-    fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), tiny_data(16, 2), config(epochs=3),
+    fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), tiny_data(16, 2), tiny_config(epochs=3),
         tmp_path / "r", resume=True, metadata={"arch": None}, callbacks=[rec2])
     assert rec2.calls[0] == ("fit_start", 2) and rec2.calls[1] == ("epoch_start", 2)
 
@@ -99,7 +65,7 @@ def test_fit_end_runs_after_an_error(tmp_path):
 
     rec = Recorder()
     with pytest.raises(SmoothmixError, match="diverged"):
-        fit(tiny_model(), Boom(0.25), tiny_data(32, 1), None, config(epochs=2), tmp_path / "b",
+        fit(tiny_model(), Boom(0.25), tiny_data(32, 1), None, tiny_config(epochs=2), tmp_path / "b",
             callbacks=[rec])
     assert rec.calls[-1] == ("fit_end",)
 
