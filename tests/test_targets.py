@@ -81,7 +81,7 @@ def test_vote_frequencies_match_the_closed_form(tmp_path):
     assert t.n == n and t.counts.dtype == np.uint16 and t.counts.sum(1).tolist() == [n] * 8
 
 
-def test_shards_merged_equal_one_run_and_rerun_is_idempotent(tmp_path):
+def test_shards_merged_equal_one_run_and_rerun_is_idempotent(tmp_path, capsys):
     data = halfspace_data(11)
     whole = load_targets(build(data, tmp_path / "pi.npz")).counts
     shards = [build(data, tmp_path / "s.npz", shard=(i, 3)) for i in range(3)]
@@ -94,6 +94,11 @@ def test_shards_merged_equal_one_run_and_rerun_is_idempotent(tmp_path):
 
     assert main(["merge", str(tmp_path / "cli.npz"), *map(str, shards)]) == 0
     assert np.array_equal(load_targets(tmp_path / "cli.npz").counts, whole)
+    assert main(["targets-merge", str(tmp_path / "old.npz"), *map(str, shards)]) == 0
+    # The old command still works, with a notice.
+    assert "smoothmix: targets-merge is deprecated (until 0.5); use merge" in \
+        capsys.readouterr().err
+    assert np.array_equal(load_targets(tmp_path / "old.npz").counts, whole)
     with pytest.raises(SmoothmixError, match=r"shards \[0, 2\] given"):
         merge_targets(tmp_path / "bad.npz", [shards[0], shards[2]])
     # A finished file is not recounted; other settings are refused.

@@ -43,6 +43,11 @@ _RESUME_HINTS = {
 _RENAMED = {"--quiet": "--no-progress", "--max": "--max-images"}
 
 
+def warn_deprecated(old: str, new: str) -> None:
+    """The one-line notice of a renamed flag or command, kept until the next minor version."""
+    print(f"smoothmix: {old} is deprecated (until 0.5); use {new}", file=sys.stderr)
+
+
 class DeprecatedAlias(argparse.Action):
     """A renamed option: the first spelling (or ``new``) is the current one; any other
     spelling still works until the next minor version and prints a one-line notice."""
@@ -55,8 +60,7 @@ class DeprecatedAlias(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         if option_string is not None and option_string != self.new:
-            print(f"smoothmix: {option_string} is deprecated (until 0.5); use {self.new}",
-                  file=sys.stderr)
+            warn_deprecated(option_string, self.new)
         setattr(namespace, self.dest, values)
 
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from smoothmix.checks import check_count, check_sigma
-from smoothmix.cli import DeprecatedAlias, add_device_argument
+from smoothmix.cli import DeprecatedAlias, add_device_argument, warn_deprecated
 
 DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
 
@@ -107,8 +107,7 @@ def run(args: argparse.Namespace) -> int:
 def run_merge(args: argparse.Namespace) -> int:
     from smoothmix.storage.merge import merge
 
-    print("note: `smoothmix targets-merge` is deprecated; use `smoothmix merge`",
-          file=sys.stderr)
+    warn_deprecated("targets-merge", "merge")
     out = merge(args.out, args.shards)
     print(f"merged {len(args.shards)} shards into {out}")
     return 0

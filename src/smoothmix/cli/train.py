@@ -7,11 +7,10 @@ A thin shell over :func:`smoothmix.training.train`. Runs unchanged under
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from smoothmix import distributed
-from smoothmix.cli import add_device_argument
+from smoothmix.cli import add_device_argument, warn_deprecated
 from smoothmix.errors import require
 from smoothmix.training.recipe import option_flag
 
@@ -149,7 +148,7 @@ def _resolve_precision(args: argparse.Namespace) -> str | None:
         return args.precision
     require(args.precision in (None, "bf16"),
             f"--amp means --precision bf16; it contradicts --precision {args.precision}")
-    print("smoothmix: --amp is deprecated (until 0.5); use --precision bf16", file=sys.stderr)
+    warn_deprecated("--amp", "--precision bf16")
     return "bf16"
 
 
