@@ -86,6 +86,12 @@ def test_same_subset_published_values_and_the_decisions_table(tmp_path: Path) ->
 
     exp: Experiment = get_experiment("mnist-0.50")
     budget = Budget(skip=20, decide_radii=(0.0, 0.5), n=1000).normalised(exp)
+    # Only the certification is reduced: the line says so, and not that training was.
+    line = budget.describe(exp)
+    assert line.startswith("Budget: reduced, not the published one. Training: the published "
+                           "budget (the presets). Certification: CERTIFY on every 20th")
+    assert "Training: 3 epochs (everything else as the presets)." in \
+        Budget(epochs=3, skip=20).normalised(exp).describe(exp)
     row = {"method": "gaussian", "examples": 500, "acr": 1.5,
            "certified_accuracy": [98.0] * len(exp.radii), "published_acr": 1.558,
            "published_certified_accuracy": exp.published["gaussian"]["certified"],
@@ -125,6 +131,43 @@ def test_rerun_continues(finished, tmp_path: Path) -> None:
     assert run(out) == 0
     assert [r.split("\t")[:4] for r in tsv.read_text().splitlines()] == \
         [r.split("\t")[:4] for r in full.splitlines()]
+
+
+def test_torchrun_two_gloo_processes_shard_certify_and_decisions(tmp_path: Path) -> None:
+    # Under torchrun both stages shard the images across the ranks and rank 0 merges them;
+    # a single process then recomputes both files from the same checkpoint, row for row.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    dist = tmp_path / "dist"
+    # --num-samples: torchrun would read --n as an abbreviation of its own options.
+    tiny = [a if a != "--n" else "--num-samples" for a in TINY[2:]]
+    tiny += ["--methods", "gaussian", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           "--nproc_per_node=2", "-m", "smoothmix", "reproduce", "mnist-0.50", "--outdir",
+           str(dist), *tiny]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("certify", "decide"):
+        assert (dist / f"{stage}_gaussian.rank1of2.tsv").is_file()  # rank 1 did its part
+    single = tmp_path / "single"
+    shutil.copytree(dist, single)
+    for f in single.glob("*_gaussian*.tsv*"):
+        f.unlink()
+    assert main(["reproduce", "mnist-0.50", "--outdir", str(single), *tiny]) == 0
+
+    def rows(path: Path) -> list[list[str]]:  # the time column aside
+        table = [line.split("\t") for line in path.read_text().splitlines()]
+        t = table[0].index("time")
+        return [row[:t] + row[t + 1:] for row in table]
+
+    for name, count in (("certify_gaussian.tsv", 4), ("decide_gaussian.tsv", 8 * 2)):
+        assert len(rows(dist / name)) == count + 1
+        assert rows(dist / name) == rows(single / name)
 
 
 def test_interrupted_training_resumes(tmp_path: Path, capsys) -> None:

@@ -201,9 +201,10 @@ class Budget:
         if self.targets_n is not None:
             train.append(f"CAT-RS soft targets from N={self.targets_n:,} votes per image "
                          f"(reference {FULL_TARGETS_N:,})")
-        text = "; ".join(train) if train else "as the presets"
-        return (f"Budget: reduced, not the published one. Training: {text} (everything else "
-                f"as the presets). Certification: {protocol}"
+        text = (f"{'; '.join(train)} (everything else as the presets)" if train
+                else "the published budget (the presets)")
+        return (f"Budget: reduced, not the published one. Training: {text}. "
+                f"Certification: {protocol}"
                 + (" (the radius is capped by N; the published tables use N=100,000)"
                    if n < FULL_N else "") + ".")
 
@@ -333,7 +334,7 @@ def reproduce(
     say(f"{budget.describe(exp)}")
     say(f"writing to {out.resolve()}")
     run = _Reproduction(exp, budget, out, data_dir, device, cert_device, progress, say,
-                        test_set, main)
+                        test_set)
     timings = {m: _reproduce_method(run, m) for m in chosen}
     if not main:
         return {}
@@ -387,7 +388,6 @@ class _Reproduction:
     progress: bool
     say: _Say
     test_set: Any
-    main: bool
 
 
 def _reproduce_method(run: _Reproduction, m: str) -> dict[str, float]:
@@ -411,7 +411,9 @@ def _reproduce_method(run: _Reproduction, m: str) -> dict[str, float]:
     start = time.time()
     model, identity = _certify_method(run, m, run_dir / CHECKPOINT_NAME)
     timings["certify_seconds"] = round(time.time() - start, 1)
-    if budget.decide_radii is not None and run.main:  # the --radii run on one process
+    # Under torchrun every rank decides its shard of the images and rank 0 merges them,
+    # as for CERTIFY above (run_dataset shards both).
+    if budget.decide_radii is not None:
         start = time.time()
         _decide_method(run, m, model, identity)
         timings["decide_seconds"] = round(time.time() - start, 1)
