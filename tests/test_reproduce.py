@@ -64,6 +64,12 @@ def test_tiny_budget_end_to_end(finished) -> None:
     assert rows["gaussian"]["published_acr"] == 1.558
     res = read_results(out / "certify_gaussian.tsv")
     assert rows["gaussian"]["acr"] == pytest.approx(res.acr())
+    # Time: this invocation's per stage, and the whole run's as its files record it.
+    log = (out / "gaussian" / "log.csv").read_text().splitlines()
+    epoch_seconds = sum(float(line.split(",")[-1]) for line in log[1:])
+    assert rows["gaussian"]["train_epochs_seconds_total"] == pytest.approx(epoch_seconds, abs=0.1)
+    assert rows["gaussian"]["certify_rows_seconds_total"] == pytest.approx(res.time.sum(), abs=0.1)
+    assert rows["gaussian"]["train_seconds"] >= epoch_seconds - 0.1  # started here
     table = (out / "table.md").read_text()
     assert "Budget: reduced" in table and "N=100" in table and "4 images" in table
     # The KT decisions, on every 1250th image (8), in their own table.

@@ -28,6 +28,7 @@ resumes, certification resumes.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -563,7 +564,10 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
             "published_same_images_acr": (same or {}).get("acr"),
             "published_same_images_acr_range": (same or {}).get("acr_range"),
             "published_same_images_certified_accuracy": (same or {}).get("certified"),
+            # This invocation's wall time per stage (a resumed run counts only its part)...
             **(timings or {}).get(m, {}),
+            # ...and the whole run's, as its files record it across every resume.
+            **_recorded_seconds(out / m / "log.csv", res),
         }
         decide = out / f"decide_{m}.tsv"
         if budget.decide_radii is not None and decide.exists():
@@ -584,6 +588,21 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
                "alpha": ALPHA, "radius_cap": cap, "radii": radii, "rows": rows, "table": table}
     atomic_write(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _recorded_seconds(log_csv: Path, res: Any) -> dict[str, float]:
+    """Training time summed over every epoch of ``log.csv`` and CERTIFY time summed over the
+    rows (CERTIFY runs one image at a time, so the rows' times add up to its wall time;
+    decisions share a pool, so their rows' times do not and are left out)."""
+    recorded: dict[str, float] = {}
+    if log_csv.is_file():
+        with open(log_csv, newline="") as f:
+            epochs = [float(r["time_s"]) for r in csv.DictReader(f) if r.get("time_s")]
+        recorded["train_epochs_seconds_total"] = round(sum(epochs), 1)
+    times = [float(t) for t in res.time if not math.isnan(t)]
+    if times:
+        recorded["certify_rows_seconds_total"] = round(sum(times), 1)
+    return recorded
 
 
 def _published_subset(pub: dict[str, Any], skip: int, max_idx: int | None,
