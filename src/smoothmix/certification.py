@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 
 from smoothmix.checks import num_classes_of  # noqa: F401 - re-exported
 from smoothmix.core import Smooth, check_bound, check_certify_args, check_predict_args
+from smoothmix.data.datasets import Examples
 from smoothmix.decisions import decide_dataset  # noqa: F401 - re-exported
 from smoothmix.empirical import attack_dataset, attack_outcome  # noqa: F401 - re-exported
 from smoothmix.runner import (  # noqa: F401 - re-exported
@@ -58,7 +59,7 @@ from smoothmix.storage.table import ATTACK_OUTCOMES, COLUMNS  # noqa: F401 - re-
 
 def certify_dataset(
     model: nn.Module,
-    dataset: Sequence,
+    dataset: Examples,
     sigma: float,
     out_path: str | os.PathLike,
     *,
@@ -117,7 +118,7 @@ def certify_dataset(
 
 def predict_dataset(
     model: nn.Module,
-    dataset: Sequence,
+    dataset: Examples,
     sigma: float,
     out_path: str | os.PathLike,
     *,

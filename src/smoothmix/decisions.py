@@ -21,6 +21,7 @@ from torch import nn
 
 from smoothmix.checks import check_choice, check_radii, num_classes_of
 from smoothmix.core import check_certify_args
+from smoothmix.data.datasets import Examples
 from smoothmix.execution import Execution
 from smoothmix.grid import GridNoise
 from smoothmix.runner import Compute, Emit, example_generator, run_dataset, run_settings
@@ -30,7 +31,7 @@ from smoothmix.storage.shards import Shard
 
 def decide_dataset(
     model: nn.Module,
-    dataset: Sequence,
+    dataset: Examples,
     sigma: float,
     out_path: str | os.PathLike,
     *,
@@ -82,7 +83,7 @@ def decide_dataset(
                        batch_size, progress, execution, group=len(radii))
 
 
-def _decisions(model: nn.Module, dataset: Sequence, settings: Mapping[str, Any],
+def _decisions(model: nn.Module, dataset: Examples, settings: Mapping[str, Any],
                classes: int, batch_size: int, n0: int, use_label: bool) -> Compute:
     """The rows of decide: every example's confidence-sequence procedure, run in a pool
     that shares forward batches; an example's rows are emitted together when it is done."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 
 from smoothmix.checks import check_count, check_sigma, is_real
 from smoothmix.core import Smooth, check_predict_args
+from smoothmix.data.datasets import Examples
 from smoothmix.device import module_device
 from smoothmix.errors import require
 from smoothmix.methods.attacks import pgd_attack
@@ -40,7 +41,7 @@ from smoothmix.storage.shards import Shard
 
 def attack_dataset(
     model: nn.Module,
-    dataset: Sequence,
+    dataset: Examples,
     sigma: float,
     out_path: str | os.PathLike,
     *,

@@ -32,6 +32,7 @@ from torch import nn
 
 from smoothmix.checks import check_sigma, num_classes_of
 from smoothmix.core import Smooth
+from smoothmix.data.datasets import Examples
 from smoothmix.device import module_device
 from smoothmix.errors import require
 from smoothmix.execution import EXECUTION_KEYS, Execution, resolve_execution
@@ -75,7 +76,7 @@ def example_generator(model: nn.Module, seed: int, idx: int) -> torch.Generator:
 
 
 def run_settings(sigma: float, counts: Mapping[str, object], skip: int, max_idx: int,
-                 seed: int, dataset: Sequence, identity: Mapping[str, object] | None,
+                 seed: int, dataset: Examples, identity: Mapping[str, object] | None,
                  grid: int | None = None) -> dict[str, object]:
     """Everything that decides a row's value: a resumed or merged file must agree on it.
     ``grid`` (the sound 8-bit mode) only when on, so that older files keep their settings."""
@@ -87,7 +88,7 @@ def run_settings(sigma: float, counts: Mapping[str, object], skip: int, max_idx:
             **({"grid": grid} if grid is not None else {})}
 
 
-def per_example(kind: str, classify: Classify, model: nn.Module, dataset: Sequence,
+def per_example(kind: str, classify: Classify, model: nn.Module, dataset: Examples,
                 settings: Mapping[str, object], num_classes: int | None) -> Compute:
     """The rows of certify, predict and attack: one ``classify`` call per example, on its
     own (seed, idx) noise stream; the ``radius`` column only for certify."""
@@ -121,7 +122,7 @@ def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
     return merge_tables(out_path, shards, _expected, _group)
 
 
-def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Sequence,
+def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples,
                 out_path: str | os.PathLike, base: dict[str, object], shard: Shard | None,
                 batch_size: int, progress: bool, execution: Mapping[str, object] | None,
                 group: int = 1) -> Path:

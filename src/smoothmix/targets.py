@@ -36,7 +36,7 @@ from torch import nn
 
 from smoothmix.checks import check_count, check_sigma, num_classes_of
 from smoothmix.core import Smooth
-from smoothmix.data.datasets import TensorImageDataset, dataset_fingerprint
+from smoothmix.data.datasets import Examples, TensorImageDataset, dataset_fingerprint
 from smoothmix.data.loaders import random_crop_flip
 from smoothmix.device import module_device
 from smoothmix.errors import require
@@ -81,7 +81,7 @@ class Targets:
 
 def build_targets(
     model: nn.Module,
-    dataset: Sequence,
+    dataset: Examples,
     sigma: float,
     out_path: str | os.PathLike,
     *,
@@ -127,7 +127,7 @@ def build_targets(
     return _build(smooth, dataset, Path(out_path), base, shard, batch_size, augment, progress)
 
 
-def _build(smooth: Smooth, dataset: Sequence, out: Path, base: dict[str, Any],
+def _build(smooth: Smooth, dataset: Examples, out: Path, base: dict[str, Any],
            shard: Shard | None, batch_size: int, augment: bool, progress: bool) -> Path:
     """Count this process's part (resuming it), then under torchrun merge on rank 0 and
     wait for the merged file on the others (training reads it next)."""
@@ -193,7 +193,7 @@ def targets_from_checkpoint(
                          num_classes=dataset.num_classes, **kwargs)
 
 
-def _count_rows(smooth: Smooth, dataset: Sequence, target: Path, settings: dict[str, Any],
+def _count_rows(smooth: Smooth, dataset: Examples, target: Path, settings: dict[str, Any],
                 part: Shard, batch_size: int, augment: bool, progress: bool) -> None:
     """Count this part's rows into ``target``, resuming its unfinished rows if any; a row is
     done when its votes sum to N (rows start at 0 and are written whole)."""
@@ -227,7 +227,7 @@ def _votes(smooth: Smooth, x: torch.Tensor, n: int, batch_size: int,
     return counts.cpu().numpy()
 
 
-def _view(dataset: Sequence, idx: int, augment: bool, generator: torch.Generator,
+def _view(dataset: Examples, idx: int, augment: bool, generator: torch.Generator,
           device: torch.device) -> torch.Tensor:
     """One view of example ``idx``: its random crop/flip from ``generator`` for in-memory
     data; for other datasets their own transform, run under the example's seed."""

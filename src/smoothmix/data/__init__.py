@@ -16,6 +16,7 @@ from pathlib import Path
 
 from smoothmix.data.datasets import (
     MNIST_FILES,
+    Examples,
     FolderImageDataset,
     ImageDataset,
     TensorImageDataset,
@@ -33,6 +34,7 @@ from smoothmix.errors import SmoothmixError
 __all__ = [
     "DatasetInfo",
     "DeviceBatchLoader",
+    "Examples",
     "FolderImageDataset",
     "ImageDataset",
     "TensorImageDataset",

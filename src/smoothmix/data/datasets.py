@@ -12,13 +12,22 @@ import hashlib
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from smoothmix.errors import SmoothmixError
+
+
+class Examples(Protocol):
+    """What certification reads: indexable ``(image, label)`` pairs with a length. Every
+    :class:`ImageDataset` is one, and so is any map-style torch dataset or a plain list."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> Any: ...
 
 
 class ImageDataset(Dataset):
