@@ -25,7 +25,7 @@ SIGMAS = {0.25: "mnist-0.25", 0.5: "mnist-0.50", 1.0: "mnist-1.00"}
 
 @dataclass(frozen=True)
 class DemoBudget:
-    """What the demo spends. The defaults finish in about 10 minutes on 2 CPU cores."""
+    """What the demo spends. The defaults take a few minutes on 2 CPU cores (README)."""
 
     sigma: float = 0.5
     train_images: int = 20_000

@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="train Gaussian and SmoothMix LeNets on MNIST, certify both, print the table "
-        "(about 10 minutes on 2 CPU cores)",
+        "(about 6 minutes on 2 idle CPU cores)",
         description="Train LeNet on the embedded MNIST with Gaussian augmentation and with "
         "SmoothMix on a small budget, certify both on the same test subset, print certified "
         "accuracy and ACR beside the published values and write a plot. One budget of "
