@@ -104,9 +104,30 @@ def test_same_subset_published_values_and_the_decisions_table(tmp_path: Path) ->
            "published_same_images": True, "published_same_images_acr": 1.537,
            "published_same_images_certified_accuracy":
            exp.published["gaussian"]["subsets"]["20"]["certified"],
+           "published_same_images_acr_range": [1.53, 1.542],
+           "published_same_images_certified_range": [[97.5, 98.5]] * 4 + [[98.5, 99.0]]
+           + [[97.5, 98.5]] * 3,
+           "published_certified_range": [[99.11, 99.18], [98.3, 98.38], [96.85, 97.01]] * 3,
            "decisions": {"examples": 10000, "radii": [0.0, 0.5],
                          "certified_accuracy": [99.0, 97.0], "mean_samples": [120.0, 300.0]}}
     table = _format(exp, [row], budget, 3.0)
+    # Each value outside the authors' 5-seed range on the same images is named, once.
+    assert ("CERTIFY, outside the authors' 5-seed range on the same images: gaussian ACR "
+            "1.500 (seeds 1.530-1.542); gaussian r = 1: 98.00 (seeds 98.50-99.00).") in table
+    # r = 0.5 (97.00) lies inside its range, r = 0 (99.00) does not:
+    assert ("KT decisions (an image undecided at the cap counts as not certified), outside "
+            "the authors' 5-seed range on the same images: gaussian "
+            "r = 0: 99.00 (seeds 99.11-99.18). (A sixth seed") in table
+    inside = {**row, "acr": 1.535, "certified_accuracy": [98.0] * 4 + [98.5] + [98.0] * 3,
+              "decisions": {**row["decisions"], "certified_accuracy": [99.12, 97.0]}}
+    table_inside = _format(exp, [inside], budget, 3.0)
+    assert "CERTIFY: every value lies inside the authors' 5-seed range" in table_inside
+    assert "not certified): every value lies inside the authors' 5-seed range" in table_inside
+    # Without the ranges (other subsets, older published.json), no such line.
+    bare = {k: v for k, v in row.items() if not k.endswith("_range")}
+    bare |= {"published_same_images_acr_range": None,
+             "published_same_images_certified_range": None, "published_certified_range": None}
+    assert "5-seed range" not in _format(exp, [bare], budget, 3.0)
     assert "| gaussian | 500 | 1.500 (1.537, -0.037) | 98.00 (98.44, -0.44) |" in table
     assert "every 20th test image from idx 0 (500 images)" in table
     assert "KT confidence-sequence decisions" in table and "on the full test set" in table

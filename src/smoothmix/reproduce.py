@@ -34,6 +34,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -564,6 +565,8 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
             "published_same_images_acr": (same or {}).get("acr"),
             "published_same_images_acr_range": (same or {}).get("acr_range"),
             "published_same_images_certified_accuracy": (same or {}).get("certified"),
+            "published_same_images_certified_range": (same or {}).get("certified_range"),
+            "published_certified_range": pub.get("certified_range"),
             # This invocation's wall time per stage (a resumed run counts only its part)...
             **(timings or {}).get(m, {}),
             # ...and the whole run's, as its files record it across every resume.
@@ -613,8 +616,10 @@ def _published_subset(pub: dict[str, Any], skip: int, max_idx: int | None,
     if max_idx is not None:
         return None
     if skip == exp.skip:
-        return {"acr": pub.get("acr"), "acr_range": pub.get("acr_range"),
-                "certified": pub.get("certified")} if pub.get("acr") is not None else None
+        if pub.get("acr") is None:
+            return None
+        return {key: pub.get(key) for key in ("acr", "acr_range", "certified",
+                                              "certified_range")}
     return (pub.get("subsets") or {}).get(str(skip))
 
 
@@ -634,8 +639,70 @@ def _format(exp: Experiment, rows: list[dict[str, Any]], budget: Budget, cap: fl
         lines += ["", f"{BEYOND_CAP} beyond the radius cap = {cap:.3f} of N = "
                   f"{budget.n or FULL_N:,}: no radius there can be certified with this N, so "
                   "our 0 is an artefact of N, not of the model."]
+    lines += _outside_seeds([
+        _Spread(row["method"], row["acr"], row["published_same_images_acr_range"],
+                list(exp.radii), row["certified_accuracy"],
+                row["published_same_images_certified_range"])
+        for row in rows if row["published_same_images"]], "CERTIFY")
     lines += _decisions_table(exp, rows, budget)
+    if (budget.decide_skip or 1) == 1:  # the decisions ran on the full test set
+        lines += _outside_seeds([
+            _Spread(row["method"], None, None, row["decisions"]["radii"],
+                    row["decisions"]["certified_accuracy"],
+                    _ranges_at(exp.radii, row["decisions"]["radii"],
+                               row["published_certified_range"]))
+            for row in rows if "decisions" in row],
+            "KT decisions (an image undecided at the cap counts as not certified)")
     return "\n".join(lines) + "\n"
+
+
+@dataclass
+class _Spread:
+    """One method's values beside the authors' 5-seed [min, max] on the same images."""
+
+    method: str
+    acr: float | None
+    acr_range: list[float] | None
+    radii: list[float]
+    certified: list[float]
+    certified_range: list[list[float]] | None
+
+
+def _ranges_at(radii: Sequence[float], asked: Sequence[float],
+               ranges: list[list[float]] | None) -> list[list[float]] | None:
+    """The published [min, max] at each radius in ``asked`` (from those at ``radii``)."""
+    if ranges is None:
+        return None
+    at = dict(zip(radii, ranges, strict=False))
+    return [at[r] for r in asked] if all(r in at for r in asked) else None
+
+
+def _outside_seeds(spreads: list[_Spread], what: str) -> list[str]:
+    """One line naming every value outside the authors' 5-seed [min, max] on the same
+    images (where their logs give it): a difference inside the seeds' spread is what another
+    training seed does; one outside it asks for a reason."""
+    notes, checked = [], False
+    for sp in spreads:
+        if sp.acr is not None and sp.acr_range is not None:
+            checked = True
+            if not sp.acr_range[0] <= round(sp.acr, 3) <= sp.acr_range[1]:
+                notes.append(f"{sp.method} ACR {sp.acr:.3f} (seeds {sp.acr_range[0]:.3f}-"
+                             f"{sp.acr_range[1]:.3f})")
+        for r, a, span in zip(sp.radii, sp.certified, sp.certified_range or [], strict=False):
+            checked = True
+            if not span[0] <= round(a, 2) <= span[1]:
+                notes.append(f"{sp.method} r = {r:g}: {a:.2f} (seeds {span[0]:.2f}-"
+                             f"{span[1]:.2f})")
+    if not checked:
+        return []
+    if not notes:
+        return ["", f"{what}: every value lies inside the authors' 5-seed range on the same "
+                "images."]
+    # One more seed of the same recipe lands outside the range of five with probability 2/6
+    # at each value (exchangeable seeds), so a few such notes are expected, not a verdict.
+    return ["", f"{what}, outside the authors' 5-seed range on the same images: "
+            + "; ".join(notes) + ". (A sixth seed of the same recipe lands outside the range "
+            "of five with probability 1/3 at each value.)"]
 
 
 def _certify_table(exp: Experiment, rows: list[dict[str, Any]], budget: Budget,
