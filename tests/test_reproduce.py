@@ -123,6 +123,12 @@ def test_same_subset_published_values_and_the_decisions_table(tmp_path: Path) ->
     table_inside = _format(exp, [inside], budget, 3.0)
     assert "CERTIFY: every value lies inside the authors' 5-seed range" in table_inside
     assert "not certified): every value lies inside the authors' 5-seed range" in table_inside
+    # Decisions on part of the test set (--max) are not compared with full-set values.
+    part = Budget(skip=20, decide_radii=(0.0, 0.5), n=1000, max_idx=100).normalised(exp)
+    table_part = _format(exp, [{**row, "published_same_images": False}], part, 3.0)
+    assert "on every test image below index 100 (10000 images)" in table_part
+    assert "| gaussian | 10000 | 99.00 | 97.00 | 210 |" in table_part
+    assert "KT decisions (an image" not in table_part
     # Without the ranges (other subsets, older published.json), no such line.
     bare = {k: v for k, v in row.items() if not k.endswith("_range")}
     bare |= {"published_same_images_acr_range": None,

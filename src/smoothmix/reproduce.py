@@ -645,7 +645,7 @@ def _format(exp: Experiment, rows: list[dict[str, Any]], budget: Budget, cap: fl
                 row["published_same_images_certified_range"])
         for row in rows if row["published_same_images"]], "CERTIFY")
     lines += _decisions_table(exp, rows, budget)
-    if (budget.decide_skip or 1) == 1:  # the decisions ran on the full test set
+    if _decided_all(budget):  # the published full-set ranges are on the same images
         lines += _outside_seeds([
             _Spread(row["method"], None, None, row["decisions"]["radii"],
                     row["decisions"]["certified_accuracy"],
@@ -759,7 +759,11 @@ def _decisions_table(exp: Experiment, rows: list[dict[str, Any]], budget: Budget
         return []
     d0 = decided[0]["decisions"]
     dskip = budget.decide_skip or 1
-    dwhich = "the full test set" if dskip == 1 else f"every {_ordinal(dskip)} test image"
+    if _decided_all(budget):
+        dwhich = "the full test set"
+    else:
+        dwhich = (f"every {_ordinal(dskip)} test image" if dskip > 1 else "every test image"
+                  ) + (f" below index {budget.max_idx}" if budget.max_idx is not None else "")
     dhead = ["method", "examples", *(f"r = {r:g}" for r in d0["radii"]),
              "mean samples per decision"]
     lines = ["", f"KT confidence-sequence decisions (certify --radii, label mode, alpha "
@@ -770,7 +774,7 @@ def _decisions_table(exp: Experiment, rows: list[dict[str, Any]], budget: Budget
              "| " + " | ".join(dhead) + " |", "|" + "---|" * len(dhead)]
     for row in decided:
         d = row["decisions"]
-        pub = row["published_certified_accuracy"] if dskip == 1 else None
+        pub = row["published_certified_accuracy"] if _decided_all(budget) else None
         pub_at = {r: p for r, p in zip(exp.radii, pub or [], strict=False)}
         cells = [row["method"], str(d["examples"])]
         cells += [_cell(a, pub_at.get(r), 2) for r, a in
@@ -778,6 +782,12 @@ def _decisions_table(exp: Experiment, rows: list[dict[str, Any]], budget: Budget
         cells.append(f"{sum(d['mean_samples']) / len(d['mean_samples']):,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _decided_all(budget: Budget) -> bool:
+    """Whether the KT decisions ran on every test image (the published full-set values are
+    then on the same images)."""
+    return (budget.decide_skip or 1) == 1 and budget.max_idx is None
 
 
 def _cell(ours: float, published: float | None, digits: int, mark: str = "") -> str:
