@@ -127,6 +127,8 @@ def test_same_subset_published_values_and_the_decisions_table(tmp_path: Path) ->
     part = Budget(skip=20, decide_radii=(0.0, 0.5), n=1000, max_idx=100).normalised(exp)
     table_part = _format(exp, [{**row, "published_same_images": False}], part, 3.0)
     assert "on every test image below index 100 (10000 images)" in table_part
+    assert "CERTIFY on every 20th test image below index 100 (5 images)" in part.describe(exp)
+    assert "on every test image below index 100 (100 images), cap" in part.describe(exp)
     assert "| gaussian | 10000 | 99.00 | 97.00 | 210 |" in table_part
     assert "KT decisions (an image" not in table_part
     # Without the ranges (other subsets, older published.json), no such line.

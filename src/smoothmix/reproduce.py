@@ -172,14 +172,13 @@ class Budget:
         n = self.n or FULL_N
         skip = self.skip or experiment.skip
         count = _num_certified(experiment, skip, self.max_idx)
-        test = (f"every {_ordinal(skip)} test image" if skip > 1 else "the full test set") + (
-            f" below index {self.max_idx}" if self.max_idx is not None else "")
+        test = _which_images(skip, self.max_idx, origin=False)
         protocol = f"CERTIFY on {test} ({count} images), n0={N0}, N={n:,}, alpha={ALPHA}"
         if self.bound is not None:
             protocol += f", {self.bound} radius (published: cohen)"
         if self.decide_radii is not None:
             dskip = self.decide_skip or 1
-            dtest = f"every {_ordinal(dskip)} test image" if dskip > 1 else "the full test set"
+            dtest = _which_images(dskip, self.max_idx, origin=False)
             protocol += (f"; plus KT decisions (certify --radii, label mode) at r = "
                          f"{', '.join(f'{r:g}' for r in self.decide_radii)} on {dtest} "
                          f"({_num_certified(experiment, dskip, self.max_idx)} images), cap "
@@ -209,6 +208,17 @@ class Budget:
                 f"Certification: {protocol}"
                 + (" (the radius is capped by N; the published tables use N=100,000)"
                    if n < FULL_N else "") + ".")
+
+
+def _which_images(skip: int, max_idx: int | None, *, origin: bool = True) -> str:
+    """The images a run covers, in words: the full test set, or every skip-th (from idx 0,
+    said when ``origin``: the tables compare them with the authors' same images) below
+    index max_idx."""
+    if skip == 1 and max_idx is None:
+        return "the full test set"
+    which = (f"every {_ordinal(skip)} test image" + (" from idx 0" if origin else "")
+             if skip > 1 else "every test image")
+    return which + (f" below index {max_idx}" if max_idx is not None else "")
 
 
 def _ordinal(k: int) -> str:
@@ -547,6 +557,7 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
     from smoothmix.analysis import plot_certified_accuracy, read_decisions, read_results
     from smoothmix.core import radius_from_counts
     from smoothmix.storage import atomic_write
+    from smoothmix.training.callbacks import LOG_NAME
 
     results = [read_results(out / f"certify_{m}.tsv") for m in methods]
     radii = list(exp.radii)
@@ -570,7 +581,7 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
             # This invocation's wall time per stage (a resumed run counts only its part)...
             **(timings or {}).get(m, {}),
             # ...and the whole run's, as its files record it across every resume.
-            **_recorded_seconds(out / m / "log.csv", res),
+            **_recorded_seconds(out / m / LOG_NAME, res),
         }
         decide = out / f"decide_{m}.tsv"
         if budget.decide_radii is not None and decide.exists():
@@ -712,9 +723,7 @@ def _certify_table(exp: Experiment, rows: list[dict[str, Any]], budget: Budget,
 
     skip = budget.skip or exp.skip
     images = rows[0]["examples"] if rows else 0
-    which = ("the full test set" if skip == 1 and budget.max_idx is None
-             else f"every {_ordinal(skip)} test image from idx 0"
-             + (f" below {budget.max_idx}" if budget.max_idx is not None else ""))
+    which = _which_images(skip, budget.max_idx)
     head = ["method", "examples", "ACR",
             *(f"r = {r:g}{BEYOND_CAP if r > cap else ''}" for r in exp.radii)]
     lines = [f"{exp.name}: {exp.dataset}, sigma = {exp.sigma:g}.", "", budget.describe(exp), "",
@@ -758,12 +767,7 @@ def _decisions_table(exp: Experiment, rows: list[dict[str, Any]], budget: Budget
     if not decided:
         return []
     d0 = decided[0]["decisions"]
-    dskip = budget.decide_skip or 1
-    if _decided_all(budget):
-        dwhich = "the full test set"
-    else:
-        dwhich = (f"every {_ordinal(dskip)} test image" if dskip > 1 else "every test image"
-                  ) + (f" below index {budget.max_idx}" if budget.max_idx is not None else "")
+    dwhich = _which_images(budget.decide_skip or 1, budget.max_idx)
     dhead = ["method", "examples", *(f"r = {r:g}" for r in d0["radii"]),
              "mean samples per decision"]
     lines = ["", f"KT confidence-sequence decisions (certify --radii, label mode, alpha "
