@@ -58,6 +58,21 @@ def without_time(path: Path) -> list[list[str]]:
                        for line in lines[1:]]
 
 
+def assert_same_rows(actual: list[list[str]], expected: list[list[str]]) -> None:
+    """The same rows, cell for cell. A cell written as a non-integer number may differ in its
+    last float32 bits (a few ulps, rel. 1e-6): the attack's distance is a float32 norm, and
+    another CPU's kernels sum the convolution's gradient in another order. Every other cell
+    (labels, predictions, counts, radii from counts, outcomes) must be identical."""
+    assert len(actual) == len(expected) and actual[0] == expected[0]
+    for got, want in zip(actual[1:], expected[1:], strict=True):
+        assert len(got) == len(want), (got, want)
+        for a, b in zip(got, want, strict=True):
+            if a != b and "." in b:
+                assert float(a) == pytest.approx(float(b), rel=1e-6), (got, want)
+            else:
+                assert a == b, (got, want)
+
+
 @pytest.fixture(params=VERSIONS)
 def old(request, tmp_path) -> Path:
     """A writable copy of one release's fixture folder."""
@@ -112,7 +127,7 @@ def test_a_truncated_copy_resumes_to_the_rows_the_old_code_wrote(old, name):
     torch.set_num_threads(1)  # the fixtures ran on one thread (recorded in 0.3.0's files)
     getattr(certification, call["function"])(model(), test_set, m["sigma"], old / name,
                                              identity=m["identity"], **call["kwargs"])
-    assert without_time(old / name) == original
+    assert_same_rows(without_time(old / name), original)
     assert (old / name).read_text().splitlines()[:keep] == [
         line.rstrip("\n") for line in lines[:keep]]  # the old rows are kept as they were
 
