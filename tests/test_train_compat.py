@@ -12,7 +12,6 @@ float rounding on any other (another CPU's kernels sum in another order).
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import io
 import json
@@ -30,19 +29,11 @@ RELEASES = ["v0.2", "v0.3.0"]
 
 
 def _make_fixtures():
-    """tests/fixtures/train/make_fixtures.py, for its fingerprint and machine key."""
+    """tests/fixtures/train/make_fixtures.py, for its digest, fingerprint and machine key."""
     spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _state_sha256(state_dict):
-    h = hashlib.sha256()
-    for k, v in sorted(state_dict.items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _rows(text):
@@ -87,7 +78,7 @@ def test_old_run_folder_resumes_as_the_release_would(release, tmp_path):
     fixtures = _make_fixtures()
     digest = expected["state_sha256_by_machine"].get(fixtures.machine_key())
     if digest is not None:
-        assert _state_sha256(ckpt["state_dict"]) == digest
+        assert fixtures.state_sha256(ckpt["state_dict"]) == digest
     got = fixtures.state_fingerprint(ckpt["state_dict"])
     assert got.keys() == expected["state_fingerprint"].keys()
     for name, values in expected["state_fingerprint"].items():
