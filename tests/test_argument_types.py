@@ -65,3 +65,13 @@ def test_create_model_takes_numpy_integers():
 def test_is_integer():
     assert all(is_integer(v) for v in (3, np.int32(3), torch.tensor(3)))
     assert not any(is_integer(v) for v in (3.0, "3", True, None, np.float64(3), [3]))
+
+
+def test_sigma_message_states_the_valid_range_not_the_pixel_range():
+    """A newcomer read "a positive number in [0, 1]" as allowing 0 and forbidding 2."""
+    from smoothmix.checks import check_sigma
+
+    with pytest.raises(SmoothmixError) as info:
+        check_sigma(0)
+    assert "(0, 4]" in str(info.value) and "[0, 1] pixel units" not in str(info.value)
+    assert check_sigma(2.0) == 2.0

@@ -4,6 +4,7 @@ header, and the resumable row array behind CAT-RS targets."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -66,3 +67,19 @@ def test_require_same_names_the_difference():
     require_same("f", {"a": 1}, {"a": 1})
     with pytest.raises(SmoothmixError, match=r"f was built by another run \(a: 1 in the file"):
         require_same("f", {"a": 1}, {"a": 2})
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
+    """Files written whole (results, sidecars, checkpoints, reports) get the mode any file
+    the user creates gets, not mkstemp's 0600, so colleagues on a cluster can read them."""
+    from smoothmix.storage import atomic_write, atomic_write_with
+
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.json", "{}")
+        atomic_write_with(tmp_path / "b.bin", lambda fh: fh.write(b"x"))
+    finally:
+        os.umask(old)
+    for name in ("a.json", "b.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode

@@ -33,7 +33,8 @@ def check_sigma(sigma: object) -> float:
     """sigma, the noise standard deviation in [0, 1] pixel units: finite, > 0 and at most
     :data:`SIGMA_LIMIT` (a larger value is a 0..255-units mistake). Returns it as a float."""
     require(is_real(sigma) and math.isfinite(float(sigma)) and float(sigma) > 0,  # type: ignore[arg-type]
-            f"sigma must be a positive number in [0, 1] pixel units, got {sigma!r}")
+            f"sigma must be a positive number in (0, {SIGMA_LIMIT:g}] (the noise's standard "
+            f"deviation, for images scaled to [0, 1]), got {sigma!r}")
     value = float(sigma)  # type: ignore[arg-type]
     require(value <= SIGMA_LIMIT,
             f"sigma {value} is far above 1; sigma is in [0, 1] pixel units, not 0..255 "
