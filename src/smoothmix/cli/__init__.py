@@ -25,6 +25,12 @@ from typing import Any, NoReturn
 
 from smoothmix.errors import SmoothmixError, first_line
 
+__all__ = [
+    "DeprecatedAlias", "add_deprecated_alias", "add_device_argument", "build_parser",
+    "dataset_choices", "import_modules", "main", "method_names", "model_names", "one_of",
+    "warn_deprecated",
+]
+
 # Order here is the order in `smoothmix --help`.
 _COMMAND_MODULES = ("demo", "reproduce", "train", "targets", "presets", "certify", "attack",
                     "analyze", "diagnose")

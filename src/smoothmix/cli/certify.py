@@ -17,6 +17,11 @@ from smoothmix.distributed import distributed_env
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.storage.shards import parse_shard
 
+__all__ = [
+    "add_execution_options", "add_run_options", "execution_options", "prepare_run", "register",
+    "report", "run_certify", "run_merge", "run_predict",
+]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     certify = subparsers.add_parser(

@@ -12,6 +12,8 @@ from smoothmix.cli import add_device_argument, dataset_choices
 from smoothmix.device import resolve_device
 from smoothmix.errors import require
 
+__all__ = ["register", "run"]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(

@@ -14,6 +14,8 @@ from smoothmix.cli import (
     warn_deprecated,
 )
 
+__all__ = ["register", "run", "run_merge"]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(

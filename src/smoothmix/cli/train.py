@@ -21,6 +21,8 @@ from smoothmix.cli import (
 from smoothmix.errors import require
 from smoothmix.training.recipe import option_flag
 
+__all__ = ["add_deferred_flags", "method_option_flags", "register", "run"]
+
 _METAVARS = {"num_noise": "M", "num_steps": "T", "step_size": "STEP", "epsilon": "EPS",
              "warmup": "EPOCHS", "lbd": "LAMBDA", "max_norm": "R",
              "epsilon_double_epoch": "EPOCH"}

@@ -27,6 +27,14 @@ from torch.nn.parallel import DistributedDataParallel
 from smoothmix.checks import check_num_classes, check_sigma
 from smoothmix.errors import SmoothmixError
 
+__all__ = [
+    "LOG_CLAMP", "Option", "OptionInfo", "StepOutput", "TrainingMethod", "accuracy", "at_least",
+    "check_batch", "cross_entropy_copies", "forward_groups", "full_precision",
+    "has_batch_statistics", "kl_divergence", "mean_over_copies", "method_side_data",
+    "noisy_copies", "non_negative", "positive", "soft_cross_entropy", "unwrap_ddp",
+    "warmup_factor",
+]
+
 # Anything below this is treated as 0 inside a log (docs/MATH.md §3.3/3.5/3.6 clamp at 1e-20).
 LOG_CLAMP = 1e-20
 
