@@ -40,7 +40,7 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     if auto and not torch.cuda.is_available():
         return torch.device("cpu")
     try:
-        device = torch.device("cuda" if auto else name)  # type: ignore[arg-type]
+        device = torch.device("cuda" if name is None or auto else name)
     except (RuntimeError, TypeError) as exc:
         raise SmoothmixError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from exc
     if device.type != "cuda":

@@ -55,8 +55,8 @@ class Registry(Generic[T]):
         that does so. A name already registered is an error unless ``overwrite=True``."""
         self.check_new(name, overwrite=overwrite)
 
-        def add(value: _O) -> _O:
-            self._entries[name] = value  # type: ignore[assignment]
+        def add(value: Any) -> Any:
+            self._entries[name] = value
             self._metadata[name] = dict(metadata)
             return value
 

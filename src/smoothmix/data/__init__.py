@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from smoothmix.checks import check_choice, check_num_classes
 from smoothmix.data.datasets import (
@@ -109,7 +109,7 @@ def register_dataset(
     check_choice(f"normalization of dataset {name!r}", normalization, list(NORMALIZATIONS))
     if num_classes is not None:
         check_num_classes(num_classes)
-    shape = None if input_shape is None else tuple(input_shape)
+    shape = None if input_shape is None else cast("tuple[int, int, int]", tuple(input_shape))
     require(shape is None or (len(shape) == 3 and all(is_integer(d) and d >= 1 for d in shape)),
             f"register_dataset({name!r}): input_shape must be three positive integers "
             f"(C, H, W), got {input_shape!r}")
@@ -117,8 +117,7 @@ def register_dataset(
     def add(fn: _L) -> _L:
         require(callable(fn), f"register_dataset({name!r}): the loader must be a function "
                 f"(split, data_dir) -> dataset, got {fn!r}")
-        info = DatasetInfo(name, num_classes, arch, normalization, shape,  # type: ignore[arg-type]
-                           description, fn)
+        info = DatasetInfo(name, num_classes, arch, normalization, shape, description, fn)
         _DATASETS.register(name, info, overwrite=overwrite)
         return fn
 

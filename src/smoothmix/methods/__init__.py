@@ -39,10 +39,10 @@ def register_method(cls: _Method | None = None, *, overwrite: bool = False) -> A
         if not (isinstance(method, type) and issubclass(method, TrainingMethod)):
             raise SmoothmixError(f"register_method: {method!r} is not a TrainingMethod "
                                  "subclass")
-        name = getattr(method, "name", None)
-        if METHODS.get(name) is method:  # type: ignore[arg-type]
+        name: str = getattr(method, "name", "")
+        if METHODS.get(name) is method:
             return method
-        return _METHODS.register(name, method, overwrite=overwrite)  # type: ignore[arg-type]
+        return _METHODS.register(name, method, overwrite=overwrite)
 
     return add if cls is None else add(cls)
 
