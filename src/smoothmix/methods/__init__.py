@@ -40,7 +40,7 @@ def register_method(cls: _Method | None = None, *, overwrite: bool = False) -> A
             raise SmoothmixError(f"register_method: {method!r} is not a TrainingMethod "
                                  "subclass")
         name: str = getattr(method, "name", "")
-        if METHODS.get(name) is method:
+        if name in _METHODS and _METHODS.get(name) is method:
             return method
         return _METHODS.register(name, method, overwrite=overwrite)
 
