@@ -240,7 +240,7 @@ class TinyCNN(nn.Module):
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the model registry, so registrations do not outlive the test."""
-    monkeypatch.setattr(smoothmix.models, "_MODELS", dict(smoothmix.models._MODELS))
+    monkeypatch.setattr(smoothmix.models, "_MODELS", smoothmix.models._MODELS.copy())
 
 
 def test_registered_architecture_round_trips_through_train_load_and_certify(

@@ -476,9 +476,10 @@ def test_published_defaults_and_option_table():
 
 
 @pytest.mark.parametrize("name, kwargs, message", [
-    ("smoothmix", {"sigma": 0.0}, "sigma must be positive"),
-    ("smoothmix", {"sigma": -0.5}, "sigma must be positive"),
-    ("gaussian", {"sigma": float("nan")}, "sigma must be positive"),
+    ("smoothmix", {"sigma": 0.0}, "sigma must be a positive number"),
+    ("smoothmix", {"sigma": -0.5}, "sigma must be a positive number"),
+    ("gaussian", {"sigma": float("nan")}, "sigma must be a positive number"),
+    ("gaussian", {"sigma": 10}, "sigma 10.0 is far above 1"),  # Smooth's check (checks.py)
     ("smoothmix", {"num_noise": 0}, "num_noise must be at least 1"),
     ("macer", {"num_noise": 0}, "num_noise must be at least 1"),
     ("consistency", {"num_noise": 1}, "num_noise must be at least 2"),

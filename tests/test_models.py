@@ -139,7 +139,7 @@ def test_buffers_follow_device_and_dtype():
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the registry, so registrations do not outlive the test."""
-    monkeypatch.setattr(smoothmix.models, "_MODELS", dict(smoothmix.models._MODELS))
+    monkeypatch.setattr(smoothmix.models, "_MODELS", smoothmix.models._MODELS.copy())
 
 
 class Tiny(torch.nn.Module):

@@ -31,6 +31,14 @@ from smoothmix.storage.records import read_meta
 from smoothmix.storage.shards import parse_shard, selected_indices
 from smoothmix.storage.table import ATTACK_OUTCOMES, Table, parse_time, read_rows
 
+__all__ = [
+    "BEYOND_CAP", "FORMATS", "AttackResults", "CertificationResults", "Comparison",
+    "DecisionResults", "RunInfo", "compare_results", "default_labels", "default_radii",
+    "describe_settings", "format_attacks", "format_decisions", "format_table",
+    "plot_certified_accuracy", "read_attack", "read_decisions", "read_results", "read_run_info",
+    "result_kind",
+]
+
 FORMATS = ("markdown", "latex", "csv")
 BEYOND_CAP = "\u2020"  # † marks accuracies at radii no run with that N can certify
 

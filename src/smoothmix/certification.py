@@ -56,6 +56,8 @@ from smoothmix.storage.shards import (  # noqa: F401 - re-exported
 )
 from smoothmix.storage.table import ATTACK_OUTCOMES, COLUMNS  # noqa: F401 - re-exported
 
+__all__ = ["certify_dataset", "predict_dataset"]
+
 
 def certify_dataset(
     model: nn.Module,

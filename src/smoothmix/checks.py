@@ -14,6 +14,11 @@ from typing import SupportsIndex, cast
 
 from smoothmix.errors import SmoothmixError, is_integer, require
 
+__all__ = [
+    "SIGMA_LIMIT", "check_alpha", "check_choice", "check_count", "check_num_classes",
+    "check_radii", "check_sigma", "is_real", "num_classes_of",
+]
+
 #: Above this a sigma is almost surely given in 0..255 units: the toolkit's images are in [0, 1].
 SIGMA_LIMIT = 4.0
 

@@ -28,6 +28,8 @@ from smoothmix.runner import Compute, Emit, example_generator, run_dataset, run_
 from smoothmix.sequences import SEQUENCES, PoolItem, make_procedure, run_pool
 from smoothmix.storage.shards import Shard
 
+__all__ = ["decide_dataset"]
+
 
 def decide_dataset(
     model: nn.Module,

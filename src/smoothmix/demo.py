@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from smoothmix.errors import require
 from smoothmix.reproduce import Budget, reproduce
 
+__all__ = ["METHODS", "SIGMAS", "DemoBudget", "run_demo"]
+
 METHODS = ["gaussian", "smoothmix"]
 SIGMAS = {0.25: "mnist-0.25", 0.5: "mnist-0.50", 1.0: "mnist-1.00"}
 

@@ -21,6 +21,8 @@ from smoothmix.errors import require
 from smoothmix.methods.attacks import smoothmix_search
 from smoothmix.progress import Progress
 
+__all__ = ["ConfidenceRow", "format_rows", "overconfidence", "vote_fractions"]
+
 
 @dataclass(frozen=True)
 class ConfidenceRow:

@@ -12,6 +12,11 @@ import os
 import torch
 import torch.distributed as dist
 
+__all__ = [
+    "barrier", "cleanup", "distributed_env", "init_distributed", "is_distributed",
+    "is_main_process", "rank", "world_size",
+]
+
 
 def distributed_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from the torchrun environment; (0, 1, 0) otherwise."""

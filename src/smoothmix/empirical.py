@@ -38,6 +38,11 @@ from smoothmix.methods.attacks import pgd_attack
 from smoothmix.runner import Row, per_example, run_dataset, run_settings
 from smoothmix.storage.shards import Shard
 
+__all__ = [
+    "attack_and_predict", "attack_dataset", "attack_outcome", "check_attack_args",
+    "smoothed_attack",
+]
+
 
 def attack_dataset(
     model: nn.Module,

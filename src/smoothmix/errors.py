@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import operator
 
+__all__ = ["SmoothmixError", "first_line", "is_integer", "require"]
+
 
 class SmoothmixError(ValueError):
     """A user-facing error with a one-line, self-explanatory message."""

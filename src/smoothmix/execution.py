@@ -25,6 +25,12 @@ from torch import nn
 
 from smoothmix.errors import require
 
+__all__ = [
+    "CPU_CHUNK", "EXECUTION_KEYS", "LAYOUTS", "LEGACY_EXECUTION", "PRECISIONS", "Execution",
+    "check_precision", "cpu_bf16_support", "describe_cpu", "is_convolutional", "prepare_model",
+    "resolve_execution", "warn_if_bf16_emulated",
+]
+
 PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("channels_last", "contiguous")
 # Rows per forward on a CPU (see the module docstring); accelerators take the whole block.

@@ -38,6 +38,8 @@ import torch
 from smoothmix.checks import check_count, check_sigma
 from smoothmix.errors import SmoothmixError, require
 
+__all__ = ["UNIT_BITS", "GridNoise"]
+
 UNIT_BITS = 60  # probabilities are integers in units of 2^-60
 _UNITS = 1 << UNIT_BITS
 _HI_BITS = 31  # the bits one int32 random_() draw gives, [0, 2^31)

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+__all__ = ["INTERVAL_S", "Progress", "format_duration"]
+
 INTERVAL_S = 60.0
 
 

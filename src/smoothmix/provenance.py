@@ -15,6 +15,8 @@ import functools
 import subprocess
 from pathlib import Path
 
+__all__ = ["BUILD_COMMIT", "checkout_commit", "git_commit", "provenance"]
+
 BUILD_COMMIT = "BUILD_COMMIT"
 
 

@@ -56,6 +56,12 @@ from smoothmix.errors import require
 from smoothmix.execution import Execution, resolve_execution
 from smoothmix.grid import GridNoise
 
+__all__ = [
+    "DECISIONS", "PROCEDURES", "SEQUENCES", "KTProcedure", "PoolItem", "Procedure",
+    "StagedProcedure", "UnionProcedure", "kt_log_evidence", "make_procedure", "null_probabilities",
+    "run_pool", "stage_sizes", "union_alpha", "union_checkpoints",
+]
+
 SEQUENCES = ("kt", "union", "staged")
 CERTIFIED, NOT_CERTIFIED, UNDECIDED = "certified", "not-certified", "undecided"
 DECISIONS = (CERTIFIED, NOT_CERTIFIED, UNDECIDED)

@@ -53,6 +53,12 @@ from smoothmix.storage.arrays import (
 from smoothmix.storage.merge import same_run
 from smoothmix.storage.shards import Shard, resolve_shard, selected_indices, shard_path, wait_until
 
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "REFERENCE_N", "Targets", "build_targets", "check_targets",
+    "covered_rows", "load_targets", "merge_targets", "shard_file", "soft_targets_for",
+    "targets_from_checkpoint",
+]
+
 FORMAT = "smoothmix-targets"
 FORMAT_VERSION = 1
 REFERENCE_N = 10_000  # the CAT-RS reference's N

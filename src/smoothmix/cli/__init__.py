@@ -25,6 +25,12 @@ from typing import Any, NoReturn
 
 from smoothmix.errors import SmoothmixError, first_line
 
+__all__ = [
+    "DeprecatedAlias", "add_deprecated_alias", "add_device_argument", "build_parser",
+    "dataset_choices", "import_modules", "main", "method_names", "model_names", "one_of",
+    "warn_deprecated",
+]
+
 # Order here is the order in `smoothmix --help`.
 _COMMAND_MODULES = ("demo", "reproduce", "train", "targets", "presets", "certify", "attack",
                     "analyze", "diagnose")
@@ -80,6 +86,34 @@ def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGrou
                         "under torchrun cuda:LOCAL_RANK; else the CPU)")
 
 
+def one_of(names: Sequence[str]) -> str:
+    """``a, b or c``: a list of names for help text."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def dataset_choices() -> list[str]:
+    """Every registered dataset (those of ``--import`` modules included): the choices of
+    ``--dataset``."""
+    from smoothmix.data import list_datasets
+
+    return list_datasets()
+
+
+def model_names() -> list[str]:
+    """Every registered architecture, for help text."""
+    from smoothmix.models import list_models
+
+    return list_models()
+
+
+def method_names() -> list[str]:
+    """Every registered training method, for help text."""
+    from smoothmix.methods import list_methods
+
+    return list_methods()
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse's usage errors (an unknown choice, a missing or ill-typed value) on one line,
     exit 2, like every other bad input; the usage stays one ``--help`` away."""
@@ -132,14 +166,31 @@ def import_modules(names: Sequence[str]) -> None:
                                  f"{first_line(exc)}") from None
 
 
+def _requested_imports(argv: Sequence[str]) -> tuple[list[str], str]:
+    """The modules named by $SMOOTHMIX_IMPORT and ``--import`` anywhere in ``argv``, and the
+    subcommand (for messages). They are imported before the parser is built, so that the
+    architectures, methods and datasets they register are among its choices."""
+    prescan = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    prescan.add_argument("--import", dest="imports", action="append", default=[])
+    known, rest = prescan.parse_known_args(list(argv))
+    command = next((token for token in rest if not token.startswith("-")), "")
+    env = [m.strip() for m in os.environ.get("SMOOTHMIX_IMPORT", "").split(",") if m.strip()]
+    return [*env, *known.imports], command
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    imports, command = _requested_imports(argv)
+    try:
+        import_modules(imports)
+    except SmoothmixError as exc:
+        print(f"{' '.join(filter(None, ('smoothmix', command)))}: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         _reject_unknown(parser, args.command, unknown)
     try:
-        env = [m.strip() for m in os.environ.get("SMOOTHMIX_IMPORT", "").split(",") if m.strip()]
-        import_modules([*env, *args.imports, *args.sub_imports])
         return int(args.func(args) or 0)
     except SmoothmixError as exc:
         print(f"smoothmix {args.command}: error: {exc}", file=sys.stderr)

@@ -22,6 +22,8 @@ from smoothmix.analysis import (
 from smoothmix.checks import check_radii
 from smoothmix.errors import SmoothmixError, require
 
+__all__ = ["register", "run"]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(

@@ -9,6 +9,8 @@ from smoothmix.cli.certify import add_run_options, prepare_run, report
 from smoothmix.core import check_predict_args
 from smoothmix.empirical import attack_dataset, check_attack_args
 
+__all__ = ["register", "run_attack"]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     attack = subparsers.add_parser(

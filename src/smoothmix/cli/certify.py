@@ -10,14 +10,17 @@ from typing import Any
 
 from smoothmix.certification import certify_dataset, predict_dataset
 from smoothmix.checks import check_radii, check_sigma
-from smoothmix.cli import DeprecatedAlias, add_device_argument
+from smoothmix.cli import DeprecatedAlias, add_device_argument, dataset_choices
 from smoothmix.core import check_bound, check_certify_args, check_predict_args
 from smoothmix.decisions import decide_dataset
 from smoothmix.distributed import distributed_env
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.storage.shards import parse_shard
 
-DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
+__all__ = [
+    "add_execution_options", "add_run_options", "execution_options", "prepare_run", "register",
+    "report", "run_certify", "run_merge", "run_predict",
+]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -84,7 +87,7 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                     n_default: int = 100_000) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="model checkpoint (smoothmix's or the reference code's)")
-    parser.add_argument("--dataset", required=True, choices=DATASETS,
+    parser.add_argument("--dataset", required=True, choices=dataset_choices(),
                         help="dataset to evaluate on")
     parser.add_argument("--sigma", type=float, required=True,
                         help="noise level sigma in [0, 1] pixel units")

@@ -8,6 +8,8 @@ import dataclasses
 from smoothmix.cli import add_deprecated_alias, add_device_argument
 from smoothmix.demo import DemoBudget, run_demo
 
+__all__ = ["register", "run"]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = DemoBudget()

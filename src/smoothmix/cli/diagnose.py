@@ -8,9 +8,11 @@ import dataclasses
 
 import torch
 
-from smoothmix.cli import add_device_argument
+from smoothmix.cli import add_device_argument, dataset_choices
 from smoothmix.device import resolve_device
 from smoothmix.errors import require
+
+__all__ = ["register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         allow_abbrev=False,
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="model checkpoint")
-    p.add_argument("--dataset", required=True,
-                   choices=("mnist", "cifar10", "imagenet", "imagefolder"),
+    p.add_argument("--dataset", required=True, choices=dataset_choices(),
                    help="dataset of the test images")
     p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
     p.add_argument("--split", default="test", help="train or test (default test)")

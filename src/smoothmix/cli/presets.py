@@ -7,6 +7,8 @@ import argparse
 from smoothmix.errors import require
 from smoothmix.training.presets import PRESETS, format_presets_table
 
+__all__ = ["register", "run"]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(

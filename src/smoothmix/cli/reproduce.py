@@ -9,6 +9,8 @@ from smoothmix.cli import add_device_argument
 from smoothmix.cli.train import add_deferred_flags
 from smoothmix.errors import require
 
+__all__ = ["register", "run"]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(

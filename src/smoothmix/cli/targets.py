@@ -7,9 +7,14 @@ import argparse
 import sys
 
 from smoothmix.checks import check_count, check_sigma
-from smoothmix.cli import DeprecatedAlias, add_device_argument, warn_deprecated
+from smoothmix.cli import (
+    DeprecatedAlias,
+    add_device_argument,
+    dataset_choices,
+    warn_deprecated,
+)
 
-DATASETS = ("mnist", "cifar10", "imagenet", "imagefolder")
+__all__ = ["register", "run", "run_merge"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "it and rank 0 merges.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="the (Gaussian) model checkpoint")
-    p.add_argument("--dataset", required=True, choices=DATASETS, help="training set to label")
+    p.add_argument("--dataset", required=True, choices=dataset_choices(),
+                   help="training set to label")
     p.add_argument("--sigma", type=float, default=0.25,
                    help="noise level in [0,1] pixel units (CAT-RS: 0.25 for every training "
                    "sigma; default 0.25)")

@@ -10,9 +10,18 @@ import argparse
 from typing import Any
 
 from smoothmix import distributed
-from smoothmix.cli import add_device_argument, warn_deprecated
+from smoothmix.cli import (
+    add_device_argument,
+    dataset_choices,
+    method_names,
+    model_names,
+    one_of,
+    warn_deprecated,
+)
 from smoothmix.errors import require
 from smoothmix.training.recipe import option_flag
+
+__all__ = ["add_deferred_flags", "method_option_flags", "register", "run"]
 
 _METAVARS = {"num_noise": "M", "num_steps": "T", "step_size": "STEP", "epsilon": "EPS",
              "warmup": "EPOCHS", "lbd": "LAMBDA", "max_norm": "R",
@@ -60,11 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_g = p.add_argument_group("what to train")
     run_g.add_argument("--preset", help="a published recipe (`smoothmix presets` lists them); "
                        "sets dataset, arch, method, sigma, schedule, batch and method options")
-    run_g.add_argument("--dataset", help="mnist, cifar10, imagenet or imagefolder")
-    run_g.add_argument("--arch", help="lenet, cifar_resnet20, cifar_resnet110 or resnet50 "
-                       "(default: the dataset's published model)")
-    run_g.add_argument("--method", help="gaussian, stability, smoothadv, macer, consistency, "
-                       "smoothmix or catrs (needs --targets)")
+    run_g.add_argument("--dataset", help=one_of(dataset_choices()))
+    run_g.add_argument("--arch", help=f"{one_of(model_names())} (default: the dataset's "
+                       "published model)")
+    run_g.add_argument("--method", help=f"{one_of(method_names())} (catrs needs --targets)")
     run_g.add_argument("--sigma", type=float,
                        help="noise level sigma in [0,1] pixel units (e.g. 0.25, 0.5, 1.0)")
     run_g.add_argument("--targets", metavar="FILE",

@@ -11,9 +11,12 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
+from smoothmix.checks import check_choice, check_num_classes
 from smoothmix.data.datasets import (
     MNIST_FILES,
     Examples,
@@ -29,7 +32,8 @@ from smoothmix.data.datasets import (
     read_mnist,
 )
 from smoothmix.data.loaders import DeviceBatchLoader, make_loader
-from smoothmix.errors import SmoothmixError
+from smoothmix.errors import SmoothmixError, is_integer, require
+from smoothmix.registry import Registry
 
 __all__ = [
     "DatasetInfo",
@@ -41,17 +45,25 @@ __all__ = [
     "dataset_defaults",
     "dataset_fingerprint",
     "embedded_mnist_dir",
+    "Loader",
     "list_datasets",
     "load_dataset",
     "make_loader",
+    "register_dataset",
 ]
 
 DATA_ENV = "SMOOTHMIX_DATA"
 
 
+#: How a dataset is read: ``loader(split, data_dir)`` with ``split`` "train" or "test" and
+#: ``data_dir`` the directory the user gave (``None``: their default, e.g. $SMOOTHMIX_DATA).
+Loader = Callable[[str, "str | os.PathLike | None"], ImageDataset]
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What the CLI needs before loading: defaults of the published experiments."""
+    """What the CLI needs before loading: defaults of the published experiments, and the
+    dataset's ``loader`` (see :data:`Loader`)."""
 
     name: str
     num_classes: int | None  # None: read from the class folders
@@ -59,31 +71,67 @@ class DatasetInfo:
     normalization: str
     input_shape: tuple[int, int, int] | None
     description: str
+    loader: Loader | None = field(default=None, repr=False, compare=False)
 
 
-_DATASETS: dict[str, DatasetInfo] = {
-    d.name: d
-    for d in (
-        DatasetInfo("mnist", 10, "lenet", "mnist", (1, 28, 28),
-                    "MNIST idx files (embedded copy used when no data dir is given)"),
-        DatasetInfo("cifar10", 10, "cifar_resnet110", "cifar10", (3, 32, 32),
-                    "CIFAR-10 python batches (cifar-10-batches-py)"),
-        DatasetInfo("imagenet", 1000, "resnet50", "imagenet", (3, 224, 224),
-                    "ImageNet train/ and val/ class folders"),
-        DatasetInfo("imagefolder", None, None, "none", None,
-                    "any class-folder dataset: DIR/train and DIR/test (or DIR/val)"),
-    )
-}
+_DATASETS: Registry[DatasetInfo] = Registry(
+    "dataset", hint="add your own with smoothmix.data.register_dataset")
+
+_L = TypeVar("_L", bound=Loader)
+
+
+def register_dataset(
+    name: str,
+    loader: _L | None = None,
+    *,
+    num_classes: int | None = None,
+    arch: str | None = None,
+    normalization: str = "none",
+    input_shape: Sequence[int] | None = None,
+    description: str = "",
+    overwrite: bool = False,
+) -> Any:
+    """Add a dataset under ``name``, after which :func:`load_dataset`, ``train(dataset=name)``
+    and (with ``smoothmix --import MODULE``) the CLI's ``--dataset`` read it like the built-ins.
+
+    ``loader(split, data_dir)`` returns ``split`` ("train" or "test") as an
+    :class:`ImageDataset` (``(image, label)`` pairs, images float C×H×W in [0, 1], with
+    ``name``, ``num_classes`` and ``input_shape``; :class:`TensorImageDataset` wraps uint8
+    tensors). ``data_dir`` is ``--data-dir`` (or ``None``). ``num_classes``, ``arch`` (the
+    default architecture), ``normalization`` and ``input_shape`` (C, H, W) are the
+    dataset's defaults, ``None`` when unknown. Use it
+    as a call or as a decorator; either returns ``loader`` unchanged. A name already
+    registered is an error unless ``overwrite=True``.
+    """
+    from smoothmix.models import NORMALIZATIONS
+
+    _DATASETS.check_new(name, overwrite=overwrite)
+    check_choice(f"normalization of dataset {name!r}", normalization, list(NORMALIZATIONS))
+    if num_classes is not None:
+        check_num_classes(num_classes)
+    shape = None if input_shape is None else cast("tuple[int, int, int]", tuple(input_shape))
+    require(shape is None or (len(shape) == 3 and all(is_integer(d) and d >= 1 for d in shape)),
+            f"register_dataset({name!r}): input_shape must be three positive integers "
+            f"(C, H, W), got {input_shape!r}")
+
+    def add(fn: _L) -> _L:
+        require(callable(fn), f"register_dataset({name!r}): the loader must be a function "
+                f"(split, data_dir) -> dataset, got {fn!r}")
+        info = DatasetInfo(name, num_classes, arch, normalization, shape, description, fn)
+        _DATASETS.register(name, info, overwrite=overwrite)
+        return fn
+
+    return add if loader is None else add(loader)
 
 
 def list_datasets() -> list[str]:
-    return list(_DATASETS)
+    """Names of every registered dataset, built-ins first."""
+    return _DATASETS.names()
 
 
 def dataset_defaults(name: str) -> DatasetInfo:
-    if name not in _DATASETS:
-        raise SmoothmixError(f"unknown dataset {name!r}; valid: {', '.join(_DATASETS)}")
-    return _DATASETS[name]
+    """Defaults of dataset ``name``; unknown names raise :class:`SmoothmixError`."""
+    return _DATASETS.get(name)
 
 
 def embedded_mnist_dir() -> Path:
@@ -201,22 +249,33 @@ def _load_imagefolder(split: str, data_dir) -> FolderImageDataset:
     return dataset
 
 
-_LOADERS = {
-    "mnist": _load_mnist,
-    "cifar10": _load_cifar10,
-    "imagenet": _load_imagenet,
-    "imagefolder": _load_imagefolder,
-}
+# The built-ins, through the same door as users' datasets.
+register_dataset("mnist", _load_mnist, num_classes=10, arch="lenet", normalization="mnist",
+                 input_shape=(1, 28, 28),
+                 description="MNIST idx files (embedded copy used when no data dir is given)")
+register_dataset("cifar10", _load_cifar10, num_classes=10, arch="cifar_resnet110",
+                 normalization="cifar10", input_shape=(3, 32, 32),
+                 description="CIFAR-10 python batches (cifar-10-batches-py)")
+register_dataset("imagenet", _load_imagenet, num_classes=1000, arch="resnet50",
+                 normalization="imagenet", input_shape=(3, 224, 224),
+                 description="ImageNet train/ and val/ class folders")
+register_dataset("imagefolder", _load_imagefolder,
+                 description="any class-folder dataset: DIR/train and DIR/test (or DIR/val)")
 
 
 def load_dataset(
     name: str, split: str = "test", data_dir: str | os.PathLike | None = None
 ) -> ImageDataset:
     """Load ``split`` ("train" or "test"; "val" means "test") of dataset ``name``."""
-    dataset_defaults(name)  # validates the name
+    info = dataset_defaults(name)  # validates the name
     split = {"val": "test"}.get(split, split)
     if split not in ("train", "test"):
         raise SmoothmixError(f"unknown split {split!r}; valid: train, test")
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise SmoothmixError(f"data directory {data_dir} does not exist")
-    return _LOADERS[name](split, data_dir)
+    assert info.loader is not None, "register_dataset always sets the loader"
+    dataset = info.loader(split, data_dir)
+    if not isinstance(dataset, ImageDataset):
+        raise SmoothmixError(f"the loader of dataset {name!r} returned a "
+                             f"{type(dataset).__name__}, not a smoothmix.data.ImageDataset")
+    return dataset

@@ -20,6 +20,12 @@ from torch.utils.data import Dataset
 
 from smoothmix.errors import SmoothmixError
 
+__all__ = [
+    "MNIST_FILES", "Examples", "FolderImageDataset", "ImageDataset", "TensorImageDataset",
+    "cifar10_files", "dataset_fingerprint", "find_mnist_files", "first_image", "read_cifar10",
+    "read_idx", "read_image_folder", "read_mnist",
+]
+
 
 class Examples(Protocol):
     """What certification reads: indexable ``(image, label)`` pairs with a length. Every

@@ -28,6 +28,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from smoothmix.data.datasets import TensorImageDataset
 from smoothmix.errors import SmoothmixError
 
+__all__ = [
+    "SIDE_ATTR", "Batch", "DeviceBatchLoader", "DeviceDataLoader", "SideBatch", "attach_side_data",
+    "default_workers", "make_loader", "random_crop_flip", "side_tables",
+]
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 

@@ -10,33 +10,46 @@ choices) for the CLI and the presets.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from smoothmix.errors import SmoothmixError
 from smoothmix.methods.base import OptionInfo, StepOutput, TrainingMethod
+from smoothmix.registry import Registry
 
-METHODS: dict[str, type[TrainingMethod]] = {}
+_METHODS: Registry[type[TrainingMethod]] = Registry(
+    "method", hint="add your own with smoothmix.methods.register_method")
+
+#: name -> method class, a live read-only view of the registry (built-ins first).
+METHODS: Mapping[str, type[TrainingMethod]] = _METHODS.view()
+
+_Method = TypeVar("_Method", bound=type[TrainingMethod])
 
 
-def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
-    """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ValueError(f"training method {cls.name!r} registered twice")
-    METHODS[cls.name] = cls
-    return cls
+def register_method(cls: _Method | None = None, *, overwrite: bool = False) -> Any:
+    """Class decorator adding a :class:`TrainingMethod` subclass under ``cls.name``.
 
+    ``@register_method`` or ``register_method(cls)`` returns the class unchanged;
+    ``@register_method(overwrite=True)`` replaces a method of the same name. Registering the
+    same class again is a no-op; another class under a taken name is a
+    :class:`SmoothmixError` unless ``overwrite=True``.
+    """
 
-def _lookup(name: str) -> type[TrainingMethod]:
-    try:
-        return METHODS[name]
-    except (KeyError, TypeError):
-        raise SmoothmixError(
-            f"unknown method {name!r}; valid methods: {', '.join(list_methods())}"
-        ) from None
+    def add(method: _Method) -> _Method:
+        if not (isinstance(method, type) and issubclass(method, TrainingMethod)):
+            raise SmoothmixError(f"register_method: {method!r} is not a TrainingMethod "
+                                 "subclass")
+        name: str = getattr(method, "name", "")
+        if name in _METHODS and _METHODS.get(name) is method:
+            return method
+        return _METHODS.register(name, method, overwrite=overwrite)
+
+    return add if cls is None else add(cls)
 
 
 def list_methods() -> list[str]:
-    return list(METHODS)
+    """Names of every registered method, built-ins first."""
+    return _METHODS.names()
 
 
 def create_method(name: str, sigma: float, num_classes: int, **options: Any) -> TrainingMethod:
@@ -44,12 +57,12 @@ def create_method(name: str, sigma: float, num_classes: int, **options: Any) -> 
 
     An option given as ``None`` takes its default (convenient for CLI flags left unset).
     """
-    return _lookup(name)(sigma, num_classes, **options)
+    return _METHODS.get(name)(sigma, num_classes, **options)
 
 
 def method_options(name: str) -> dict[str, OptionInfo]:
     """Option name -> :class:`OptionInfo` (``default``, ``help``, ``type``, ``choices``)."""
-    return {key: opt.info() for key, opt in _lookup(name).options.items()}
+    return {key: opt.info() for key, opt in _METHODS.get(name).options.items()}
 
 
 def _register_builtin() -> None:

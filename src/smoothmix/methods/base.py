@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import abc
 import math
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -25,7 +24,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from smoothmix.checks import check_num_classes, check_sigma
 from smoothmix.errors import SmoothmixError
+
+__all__ = [
+    "LOG_CLAMP", "Option", "OptionInfo", "StepOutput", "TrainingMethod", "accuracy", "at_least",
+    "check_batch", "cross_entropy_copies", "forward_groups", "full_precision",
+    "has_batch_statistics", "kl_divergence", "mean_over_copies", "method_side_data",
+    "noisy_copies", "non_negative", "positive", "soft_cross_entropy", "unwrap_ddp",
+    "warmup_factor",
+]
 
 # Anything below this is treated as 0 inside a log (docs/MATH.md §3.3/3.5/3.6 clamp at 1e-20).
 LOG_CLAMP = 1e-20
@@ -137,22 +145,8 @@ class TrainingMethod(abc.ABC):
     side_data: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, sigma: float, num_classes: int, **options: Any) -> None:
-        try:
-            sigma = float(sigma)
-        except (TypeError, ValueError):
-            raise SmoothmixError(f"sigma must be a number, got {sigma!r}") from None
-        if not (math.isfinite(sigma) and sigma > 0):
-            raise SmoothmixError(
-                f"sigma must be positive (noise level in [0, 1] pixel units), got {sigma!r}"
-            )
-        try:
-            if isinstance(num_classes, bool):
-                raise TypeError
-            classes = operator.index(num_classes)  # int, numpy or torch integer
-        except TypeError:
-            classes = -1
-        if classes < 2:
-            raise SmoothmixError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        sigma = check_sigma(sigma)  # the same rule (and message) as Smooth and the CLI
+        classes = check_num_classes(num_classes)
         unknown = sorted(set(options) - set(self.options))
         if unknown:
             valid = ", ".join(sorted(self.options)) or "(none)"

@@ -40,6 +40,8 @@ from smoothmix.methods.base import (
     unwrap_ddp,
 )
 
+__all__ = ["CatRS", "catrs_noise_search"]
+
 # Added to the gradient norm before dividing (the reference's 1e-8).
 _GRAD_EPS = 1e-8
 

@@ -20,6 +20,8 @@ from smoothmix.methods.base import (
     non_negative,
 )
 
+__all__ = ["Consistency"]
+
 
 class Consistency(TrainingMethod):
     """``L = mean_i CE(f(x + delta_i), y) + lbd * mean_i KL(p_bar || p_i) + eta * H(p_bar)``.

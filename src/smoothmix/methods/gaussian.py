@@ -13,6 +13,8 @@ from smoothmix.methods.base import (
     full_precision,
 )
 
+__all__ = ["Gaussian"]
+
 
 class Gaussian(TrainingMethod):
     """``L = CE(f(x + delta), y)`` with one fresh noise draw per image per step."""

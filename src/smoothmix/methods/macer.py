@@ -20,6 +20,8 @@ from smoothmix.methods.base import (
     positive,
 )
 
+__all__ = ["Macer"]
+
 
 class Macer(TrainingMethod):
     """``L = (sum_b CL_b + lbd * sum_b RL_b) / B`` over ``k = num_noise`` noisy copies.

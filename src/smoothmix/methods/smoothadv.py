@@ -21,6 +21,8 @@ from smoothmix.methods.base import (
     warmup_factor,
 )
 
+__all__ = ["SmoothAdv"]
+
 
 class SmoothAdv(TrainingMethod):
     """Attack ``G(x) = mean_i F(x + delta_i)`` inside the epsilon-ball, then train on all

@@ -29,6 +29,8 @@ from smoothmix.methods.base import (
 from smoothmix.models import Normalize
 from smoothmix.models.lenet import LeNet
 
+__all__ = ["SmoothMix", "SmoothMixLoss", "is_mode_free"]
+
 # Layers whose forward is the same function in train and eval mode and reads no batch
 # statistics. Exact types only: a subclass may override forward (and read self.training).
 _MODE_FREE_LAYERS: frozenset[type[nn.Module]] = frozenset({

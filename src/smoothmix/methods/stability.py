@@ -17,6 +17,8 @@ from smoothmix.methods.base import (
     soft_cross_entropy,
 )
 
+__all__ = ["Stability"]
+
 
 class Stability(TrainingMethod):
     """``L = CE(f(x), y) + lbd * mean_b[-sum_c F_c(x) log F_c(x + delta)]``.

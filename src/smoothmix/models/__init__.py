@@ -28,6 +28,7 @@ from smoothmix.checks import check_num_classes
 from smoothmix.errors import SmoothmixError, first_line
 from smoothmix.models.cifar_resnet import CifarResNet
 from smoothmix.models.lenet import LeNet
+from smoothmix.registry import Registry
 
 __all__ = [
     "NORMALIZATIONS",
@@ -99,8 +100,8 @@ def wrap_model(net: nn.Module, normalization: str = "none") -> nn.Sequential:
 class ModelInfo:
     """Defaults of a named architecture (the dataset it was published with).
 
-    ``build(num_classes, **kwargs)`` makes the bare network. ``dataset`` is ``None`` for
-    architectures added by :func:`register_model`.
+    ``build(num_classes, **kwargs)`` makes the bare network. ``dataset`` is the dataset it
+    was published with (``None`` unless given to :func:`register_model`).
     """
 
     name: str
@@ -111,24 +112,9 @@ class ModelInfo:
     build: Callable[..., nn.Module]
 
 
-def _resnet50(num_classes: int) -> nn.Module:
-    from torchvision.models import resnet50
-
-    return resnet50(weights=None, num_classes=num_classes)
-
-
-_MODELS: dict[str, ModelInfo] = {
-    info.name: info
-    for info in (
-        ModelInfo("lenet", 10, "mnist", (1, 28, 28), "mnist", LeNet),
-        ModelInfo("cifar_resnet20", 10, "cifar10", (3, 32, 32), "cifar10",
-                  lambda k: CifarResNet(20, k)),
-        ModelInfo("cifar_resnet110", 10, "cifar10", (3, 32, 32), "cifar10",
-                  lambda k: CifarResNet(110, k)),
-        ModelInfo("resnet50", 1000, "imagenet", (3, 224, 224), "imagenet", _resnet50),
-    )
-}
-
+#: Every architecture by name, the built-ins (registered below) first.
+_MODELS: Registry[ModelInfo] = Registry(
+    "architecture", hint="add your own with smoothmix.models.register_model")
 
 _Factory = TypeVar("_Factory", bound=Callable[..., nn.Module])
 
@@ -141,6 +127,7 @@ def register_model(
     normalization: str,
     input_shape: Sequence[int],
     overwrite: bool = False,
+    dataset: str | None = None,
 ) -> Any:
     """Add your own architecture to the registry under ``name``.
 
@@ -148,7 +135,8 @@ def register_model(
     mapping normalised images to logits; :func:`create_model` wraps it in
     ``Sequential(Normalize, net)`` like the built-ins. ``num_classes``, ``normalization``
     (a key of :data:`NORMALIZATIONS`) and ``input_shape`` (C, H, W) are its defaults; the
-    input shape is what ``certify`` checks a dataset against. Use it as a call,
+    input shape is what ``certify`` checks a dataset against. ``dataset`` names the dataset
+    it was published with, if any. Use it as a call,
     ``register_model("mynet", MyNet, num_classes=10, ...)``, or as a decorator,
     ``@register_model("mynet", num_classes=10, ...)``; either returns ``factory`` unchanged.
     A name already registered is an error unless ``overwrite=True``.
@@ -158,9 +146,7 @@ def register_model(
     """
     if not isinstance(name, str) or not name.strip():
         raise SmoothmixError(f"register_model: the name must be a non-empty string, got {name!r}")
-    if name in _MODELS and not overwrite:
-        raise SmoothmixError(f"register_model: architecture {name!r} is already registered; "
-                             "choose another name or pass overwrite=True to replace it")
+    _MODELS.check_new(name, overwrite=overwrite)  # before the factory: decorator form too
     if normalization not in NORMALIZATIONS:
         raise SmoothmixError(f"register_model({name!r}): unknown normalization "
                              f"{normalization!r}; valid: {', '.join(NORMALIZATIONS)}")
@@ -181,23 +167,46 @@ def register_model(
                                  "of classes as its first argument") from None
         except ValueError:  # no inspectable signature (some builtins): trust it
             pass
-        _MODELS[name] = ModelInfo(name, num_classes, normalization, shape, None, fn)
+        info = ModelInfo(name, num_classes, normalization, shape, dataset, fn)
+        _MODELS.register(name, info, overwrite=overwrite)
         return fn
 
     return add if factory is None else add(factory)
 
 
+def _resnet50(num_classes: int) -> nn.Module:
+    from torchvision.models import resnet50
+
+    return resnet50(weights=None, num_classes=num_classes)
+
+
+def _cifar_resnet20(num_classes: int) -> nn.Module:
+    return CifarResNet(20, num_classes)
+
+
+def _cifar_resnet110(num_classes: int) -> nn.Module:
+    return CifarResNet(110, num_classes)
+
+
+# The built-ins, through the same door as users' architectures.
+register_model("lenet", LeNet, num_classes=10, normalization="mnist",
+               input_shape=(1, 28, 28), dataset="mnist")
+register_model("cifar_resnet20", _cifar_resnet20, num_classes=10, normalization="cifar10",
+               input_shape=(3, 32, 32), dataset="cifar10")
+register_model("cifar_resnet110", _cifar_resnet110, num_classes=10, normalization="cifar10",
+               input_shape=(3, 32, 32), dataset="cifar10")
+register_model("resnet50", _resnet50, num_classes=1000, normalization="imagenet",
+               input_shape=(3, 224, 224), dataset="imagenet")
+
+
 def list_models() -> list[str]:
     """Names of every registered architecture, built-ins first."""
-    return list(_MODELS)
+    return _MODELS.names()
 
 
 def model_defaults(arch: str) -> ModelInfo:
     """Defaults for ``arch``; unknown names raise :class:`SmoothmixError` listing valid ones."""
-    if not isinstance(arch, str) or arch not in _MODELS:
-        raise SmoothmixError(f"unknown architecture {arch!r}; valid: {', '.join(_MODELS)} "
-                             "(add your own with smoothmix.models.register_model)")
-    return _MODELS[arch]
+    return _MODELS.get(arch)
 
 
 def create_model(

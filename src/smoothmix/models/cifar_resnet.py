@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+__all__ = ["BasicBlock", "CifarResNet"]
+
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)

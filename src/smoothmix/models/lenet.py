@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = ["LeNet"]
+
 
 class LeNet(nn.Module):
     """conv 1→20 5×5, pool; conv 20→50 5×5, pool; fc 800→500; fc 500→classes (~431k params).

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from smoothmix.methods.base import TrainingMethod
     from smoothmix.training.loop import TrainConfig
 
+__all__ = ["ExecutionStrategy"]
+
 
 class ExecutionStrategy:
     """One process's part of a run: its device, rank and world, and how a step runs.
@@ -45,10 +47,7 @@ class ExecutionStrategy:
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> ExecutionStrategy:
-        device = resolve_device(config.device)
-        _, env_world, local_rank = distributed.distributed_env()
-        if env_world > 1 and device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", local_rank)  # one GPU per torchrun process
+        device = resolve_device(config.device)  # under torchrun: this rank's GPU
         is_dist = distributed.init_distributed(device)
         return cls(device, distributed.rank(), distributed.world_size(), is_dist,
                    precision=config.precision, compile=config.compile,
