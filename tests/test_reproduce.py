@@ -350,3 +350,19 @@ def test_a_longer_row_list_adds_rows_and_a_shorter_one_is_refused(finished, tmp_
     rows = [r["method"] for r in json.loads((out / "summary.json").read_text())["rows"]]
     assert rows == ["stability", "gaussian", "consistency"]
     assert rep.held_rows(out, "mnist-0.50") == ["consistency", "gaussian", "stability"]
+
+
+def test_a_row_folder_of_another_preset_is_refused_before_anything_runs(finished,
+                                                                        tmp_path: Path,
+                                                                        capsys) -> None:
+    # OUTDIR/consistency holds a Gaussian run (say, trained for another row): the rows
+    # before it (stability, new) must not run first and leave the folder half-changed.
+    out = copy_of(finished, tmp_path)
+    shutil.copy(out / "gaussian" / "checkpoint.pth.tar", out / "consistency")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert run(out, "--methods", "stability,gaussian,consistency") == 2
+    err = one_line_error(capsys)
+    assert (f"the training folder of row consistency ({out / 'consistency'}) holds a run of "
+            "preset mnist-gaussian-0.50, not mnist-consistency-0.50") in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert not (out / "stability").exists()

@@ -98,6 +98,7 @@ def _checked_before_writing(exp: Experiment, chosen: list[str], budget: Budget, 
              "budget": json.loads(json.dumps(dataclasses.asdict(budget)))}
     if main:  # rank 0 alone checks and writes the folder (torchrun stops the others on error)
         _check_outdir(out, state, chosen)
+        _check_row_folders(out, exp, chosen)
     # Loading both splits here fails with the dataset's own one-line error (which says
     # where it looked) before anything is written.
     load_dataset(exp.dataset, "train", data_dir)
@@ -299,6 +300,23 @@ def _check_outdir(out: Path, state: dict[str, Any], chosen: list[str]) -> None:
             f"for ({','.join(chosen)}) leave out {', '.join(left_out)}: name every row it "
             f"holds (--methods {','.join(held + [m for m in chosen if m not in held])}) or "
             "choose a new --outdir (nothing was overwritten)")
+
+
+def _check_row_folders(out: Path, exp: Experiment, chosen: list[str]) -> None:
+    """A row's training folder holding a run of another preset (trained for another σ or
+    row) contradicts the row list: one line before anything is written, rather than a
+    refused resume after the rows before it ran."""
+    from smoothmix.checkpoint import CHECKPOINT_NAME, read_checkpoint
+
+    for m in chosen:
+        ckpt = out / m / CHECKPOINT_NAME
+        if not ckpt.is_file():
+            continue
+        stored = read_checkpoint(ckpt).settings().get("preset")
+        require(stored in (None, exp.preset_name(m)),
+                f"--outdir {out}: the training folder of row {m} ({ckpt.parent}) holds a run "
+                f"of preset {stored}, not {exp.preset_name(m)}; move it away or choose a new "
+                "--outdir (nothing was overwritten)")
 
 
 def held_rows(out: Path, experiment: str) -> list[str]:
