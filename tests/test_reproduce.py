@@ -338,7 +338,7 @@ def test_a_longer_row_list_adds_rows_and_a_shorter_one_is_refused(finished, tmp_
     assert run(out, "--methods", "gaussian") == 2
     err = one_line_error(capsys)
     assert f"--outdir {out} holds the rows consistency, gaussian" in err
-    assert "leave out consistency" in err and "--methods consistency,gaussian)" in err
+    assert "leave out consistency" in err and "--methods gaussian,consistency)" in err
     assert "nothing was overwritten" in err
     assert run(out, "--methods", "consistency,stability") == 2
     assert "leave out gaussian" in one_line_error(capsys)

@@ -298,7 +298,7 @@ def _check_outdir(out: Path, state: dict[str, Any], chosen: list[str]) -> None:
     # Its table would lose them: adding rows is a rerun with a longer list.
     require(not left_out, f"--outdir {out} holds the rows {', '.join(held)}; the rows asked "
             f"for ({','.join(chosen)}) leave out {', '.join(left_out)}: name every row it "
-            f"holds (--methods {','.join(held + [m for m in chosen if m not in held])}) or "
+            f"holds (--methods {','.join(chosen + left_out)}) or "
             "choose a new --outdir (nothing was overwritten)")
 
 
