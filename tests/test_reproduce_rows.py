@@ -112,3 +112,14 @@ def test_a_row_at_a_sigma_without_its_preset_is_one_line_exit_2(tmp_path: Path, 
 def test_a_published_row_without_a_preset_says_where_it_has_one():
     with pytest.raises(SmoothmixError, match="catrs has a preset at σ = 0.25 \\(mnist-0.25\\)"):
         rep.select_methods(rep.get_experiment("mnist-0.50"), ["catrs"])
+
+
+def test_certify_device_is_resolve_devices_alone(monkeypatch):
+    # One device rule: reproduce asks smoothmix.device.resolve_device (which maps ranks
+    # under torchrun) and patches nothing itself.
+    import smoothmix.device
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(smoothmix.device, "resolve_device", lambda name: ("resolved", name))
+    assert rep.pipeline._certify_device("cuda") == ("resolved", "cuda")
