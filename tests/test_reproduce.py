@@ -261,7 +261,7 @@ def test_published_only_row_and_missing_dataset(tmp_path: Path, capsys, monkeypa
     # A row with published values but no preset cannot be run (CAT-RS before its presets).
     published = json.loads(json.dumps(rep._published()))
     published["experiments"]["mnist-0.50"]["methods"]["newmethod"] = {"acr": 1.0}
-    monkeypatch.setattr(rep, "_published", lambda: published)
+    monkeypatch.setattr(rep.experiments, "_published", lambda: published)
     with pytest.raises(SmoothmixError, match="'newmethod' has no training preset for "
                        "mnist-0.50 .*no preset mnist-newmethod-0.50"):
         rep.select_methods(rep.get_experiment("mnist-0.50"), ["newmethod"])
@@ -325,3 +325,44 @@ def test_budget_overrides_reach_train_only_where_they_apply() -> None:
     assert "deferred" not in rep._train_kwargs(e, "smoothmix", b)
     assert rep._train_kwargs(e, "gaussian", rep.Budget()) == {
         "preset": "mnist-gaussian-0.50", "seed": 0, "test_subset": rep.EVAL_IMAGES}
+
+
+def test_a_longer_row_list_adds_rows_and_a_shorter_one_is_refused(finished, tmp_path: Path,
+                                                                  capsys) -> None:
+    # The folder holds the rows it certified (gaussian, consistency). Leaving one out would
+    # drop it from the table: refused, one line naming the folder and the rows, nothing
+    # touched. A certification file reproduce did not write (no record) is not a row.
+    out = copy_of(finished, tmp_path)
+    (out / "certify_undecided.tsv").write_text("idx\tlabel\n")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert run(out, "--methods", "gaussian") == 2
+    err = one_line_error(capsys)
+    assert f"--outdir {out} holds the rows consistency, gaussian" in err
+    assert "leave out consistency" in err and "--methods gaussian,consistency)" in err
+    assert "nothing was overwritten" in err
+    assert run(out, "--methods", "consistency,stability") == 2
+    assert "leave out gaussian" in one_line_error(capsys)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    # A superset (in any order) adds the new row and keeps the others as they were.
+    assert run(out, "--methods", "stability,gaussian,consistency") == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items()
+               if p.suffix == ".tsv" or p.name == "checkpoint.pth.tar")
+    rows = [r["method"] for r in json.loads((out / "summary.json").read_text())["rows"]]
+    assert rows == ["stability", "gaussian", "consistency"]
+    assert rep.held_rows(out, "mnist-0.50") == ["consistency", "gaussian", "stability"]
+
+
+def test_a_row_folder_of_another_preset_is_refused_before_anything_runs(finished,
+                                                                        tmp_path: Path,
+                                                                        capsys) -> None:
+    # OUTDIR/consistency holds a Gaussian run (say, trained for another row): the rows
+    # before it (stability, new) must not run first and leave the folder half-changed.
+    out = copy_of(finished, tmp_path)
+    shutil.copy(out / "gaussian" / "checkpoint.pth.tar", out / "consistency")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert run(out, "--methods", "stability,gaussian,consistency") == 2
+    err = one_line_error(capsys)
+    assert (f"the training folder of row consistency ({out / 'consistency'}) holds a run of "
+            "preset mnist-gaussian-0.50, not mnist-consistency-0.50") in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert not (out / "stability").exists()

@@ -345,7 +345,7 @@ def test_reproduce_runs_the_catrs_prerequisites_first(tmp_path, monkeypatch, cap
     monkeypatch.setattr(smoothmix.checkpoint, "load_model", lambda *a, **k: (None, {}))
     monkeypatch.setattr(smoothmix.checkpoint, "file_sha256", lambda path: "0" * 64)
     monkeypatch.setattr(smoothmix.certification, "certify_dataset", lambda *a, **k: None)
-    monkeypatch.setattr(rep, "write_report", lambda *a, **k: {"table": ""})
+    monkeypatch.setattr(rep.pipeline, "write_report", lambda *a, **k: {"table": ""})
     budget = rep.Budget(epochs=1, train_subset=64, n=100, skip=5000, targets_n=100)
     rep.reproduce("mnist-0.25", tmp_path / "r", methods=["catrs"], budget=budget,
                   progress=False)

@@ -336,9 +336,14 @@ def _table_body(results: Sequence[CertificationResults], radii: Sequence[float],
     return head, body
 
 
+def markdown_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A Markdown table of string cells: the header, its rule and the rows, without a final
+    newline (the certification tables here and ``reproduce``'s report)."""
+    return "\n".join([_md_row(head), "|" + "---|" * len(head), *(_md_row(row) for row in body)])
+
+
 def _markdown_table(head: list[str], body: list[list[str]], notes: list[str]) -> str:
-    lines = [_md_row(head), "|" + "---|" * len(head), *(_md_row(row) for row in body)]
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+    return "\n".join([markdown_table(head, body)] + ([""] + notes if notes else [])) + "\n"
 
 
 def _latex_table(head: list[str], body: list[list[str]], notes: list[str]) -> str:

@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true",
                    help="list the experiments with their methods, presets and published values")
     p.add_argument("--methods", metavar="A,B",
-                   help="comma-separated rows to run (default: every method with a preset)")
+                   help="comma-separated rows to run (default: every method with a preset; "
+                   "a figure's rows, such as the eta rows, run when named). A longer list "
+                   "adds rows to an OUTDIR; one leaving out a row it holds is refused")
     p.add_argument("--outdir", help="output folder (default: runs/reproduce-EXPERIMENT)")
     b = p.add_argument_group("budget (default: the full published budget)")
     b.add_argument("--epochs", type=int, help="epochs of every training (presets: 90-440)")

@@ -12,7 +12,7 @@ Consistency; 256 images for Gaussian and Stability; MACER 256 images × 16 copie
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from smoothmix.errors import SmoothmixError
@@ -103,6 +103,12 @@ def _mnist() -> list[Preset]:
     out.append(lenet("smoothmix", 1.00, 64, suffix="-onestep", note="+ one-step adversary",
                      options={"num_noise": 4, "num_steps": 8, "step_size": 1.0, "eta": 5.0,
                               "mix_step": 1}))
+    # The η figure at σ = 1.0: mnist-smoothmix-1.00 (T = 8, η = 5) with only η changed;
+    # `smoothmix reproduce mnist-1.00 --methods smoothmix-eta1,...` runs them as rows.
+    base = next(p for p in out if p.sigma == 1.00)
+    out += [replace(base, name=_name("mnist", "smoothmix", 1.00, f"-eta{eta}"),
+                    options={**base.options, "eta": float(eta)}, note=f"η figure: η = {eta}")
+            for eta in (1, 2, 4, 8, 16)]
     for sigma in SIGMAS:
         out += [
             lenet("gaussian", sigma, 256),
