@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from smoothmix.methods.base import TrainingMethod
     from smoothmix.training.loop import TrainConfig
 
+__all__ = ["ExecutionStrategy"]
+
 
 class ExecutionStrategy:
     """One process's part of a run: its device, rank and world, and how a step runs.
