@@ -366,6 +366,12 @@ def test_schedule_notes_show_the_effective_warmup_and_deferral(tmp_path):
                                   sigma=0.5, epochs=1).recipe) == ([], [])
 
 
+def test_a_preset_is_the_recipe_train_resolves(tmp_path):
+    # One shape: what train(preset=NAME) trains is the preset's own Recipe.
+    for name, preset in PRESETS.items():
+        assert resolve(outdir=tmp_path, preset=name).recipe == preset.recipe(), name
+
+
 def test_resolve_and_train_take_explicit_keywords(tmp_path):
     # No **settings bag: a mistyped keyword is Python's own TypeError naming it.
     with pytest.raises(TypeError, match="bogus"):
