@@ -48,6 +48,7 @@ from smoothmix.training.recipe import (
     Recipe,
     Runtime,
     compared,
+    fold_amp,
     merge,
     option_flag,
     recipe_values,
@@ -189,11 +190,7 @@ def _plain_kwargs(kwargs: Any) -> dict[str, Any]:
 
 def _flags(given: Mapping[str, Any], amp: bool) -> dict[str, Any]:
     """The recipe values the caller set (``amp=True``: the older spelling of bf16)."""
-    flags = recipe_values(given)
-    if amp:
-        require(flags.get("precision") in (None, "bf16"),
-                f"amp=True means precision bf16, not {flags.get('precision')!r}")
-        flags["precision"] = "bf16"
+    flags = fold_amp(recipe_values(given), amp)
     if flags.get("precision") is not None:
         from smoothmix.execution import check_precision
 
@@ -215,8 +212,8 @@ def _checked_preset(name: str | None, flags: Mapping[str, Any]) -> Preset | None
             f"--method {flags.get('method')} conflicts with preset {p.name} (method {p.method}); "
             "drop --preset or choose a preset of that method")
     require(flags.get("dataset") in (None, p.dataset),
-            f"--dataset {flags.get('dataset')} conflicts with preset {p.name} (dataset {p.dataset}); "
-            "drop --preset or choose a preset for that dataset")
+            f"--dataset {flags.get('dataset')} conflicts with preset {p.name} (dataset "
+            f"{p.dataset}); drop --preset or choose a preset for that dataset")
     return p
 
 

@@ -3,8 +3,11 @@
 :func:`fit` knows nothing about any training method: each step it calls
 ``method(model, x, y, epoch, **side)`` and back-propagates the returned loss (``side``: the
 batch's rows of the per-example data the method declares in ``side_data``, which the data
-layer looks up by dataset index; empty for most methods). The loop proper owns the optimiser
-(SGD + step schedule), the training pass, the progress bar and exact resume; how a step
+layer looks up by dataset index; empty for most methods). It trains one
+:class:`~smoothmix.training.recipe.Recipe` under one :class:`~smoothmix.training.recipe.Runtime`.
+The loop proper owns the optimiser (SGD + step schedule), the training pass and the progress
+bar; the run folder and its checkpoint, read on resume and written every epoch, are
+:class:`~smoothmix.training.rundir.CheckpointIO`'s; how a step
 executes (device, torchrun/DDP, ``torch.compile``, bf16, CUDA graphs) is the
 :class:`~smoothmix.training.strategy.ExecutionStrategy`'s, and what happens around the epochs
 (noisy test accuracy, the atomic per-epoch checkpoint, ``log.csv``, TensorBoard) are
@@ -116,19 +119,19 @@ def _recipe_and_runtime(config: Recipe | TrainConfig, runtime: Runtime | None
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer,
-                    config: Recipe) -> torch.optim.lr_scheduler.LRScheduler:
-    if config.lr_milestones:
+                    recipe: Recipe) -> torch.optim.lr_scheduler.LRScheduler:
+    if recipe.lr_milestones:
         return torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=list(config.lr_milestones), gamma=config.lr_gamma)
-    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step,
-                                           gamma=config.lr_gamma)
+            optimizer, milestones=list(recipe.lr_milestones), gamma=recipe.lr_gamma)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=recipe.lr_step,
+                                           gamma=recipe.lr_gamma)
 
 
-def _make_optimizer(model: nn.Module, config: Recipe,
+def _make_optimizer(model: nn.Module, recipe: Recipe,
                     device: torch.device) -> torch.optim.Optimizer:
     def sgd(**fused: bool) -> torch.optim.Optimizer:
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay, **fused)
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay, **fused)
 
     if device.type == "cuda":
         # One fused kernel for the whole update instead of a launch per parameter.

@@ -31,8 +31,8 @@ from typing import Any
 from smoothmix.errors import require
 
 __all__ = ["OPTION_PREFIX", "RECIPE_FIELDS", "RUNTIME_FIELDS", "Recipe", "Runtime",
-           "comparable", "compared", "merge", "option_flag", "recipe_values", "schedule_notes",
-           "show", "split_settings"]
+           "comparable", "compared", "fold_amp", "merge", "option_flag", "recipe_values",
+           "schedule_notes", "show", "split_settings"]
 
 #: Prefix of a method option in the flat comparison record (``method_options.eta``).
 OPTION_PREFIX = "method_options."
@@ -161,15 +161,23 @@ def recipe_values(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {k: settings[k] for k in RECIPE_FIELDS if settings.get(k) is not None}
 
 
+def fold_amp(values: Mapping[str, Any], amp: bool) -> dict[str, Any]:
+    """``values`` with ``amp=True``, the deprecated spelling of ``precision="bf16"``, folded
+    into ``precision`` (a contradicting precision is an error)."""
+    out = dict(values)
+    if amp:
+        require(out.get("precision") in (None, "bf16"),
+                f"amp=True means precision bf16, not {out.get('precision')!r}")
+        out["precision"] = "bf16"
+    return out
+
+
 def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], Runtime]:
     """Flat settings (the keywords of the old ``TrainConfig``): the recipe values they set
     and the :class:`Runtime`. ``amp=True`` is the deprecated spelling of
     ``precision="bf16"``; an unknown name is a ``TypeError``, as for any keyword."""
-    values = dict(settings)
-    if values.pop("amp", False):
-        require(values.get("precision") in (None, "bf16"),
-                f"amp=True means precision bf16, not {values.get('precision')!r}")
-        values["precision"] = "bf16"
+    values = fold_amp(settings, bool(settings.get("amp", False)))
+    values.pop("amp", None)
     unknown = sorted(set(values) - set(RECIPE_FIELDS) - set(RUNTIME_FIELDS)
                      - {"method_options"})
     if unknown:

@@ -132,9 +132,12 @@ class CheckpointIO:
         """Load a resumed run's weights, optimiser and schedule; the epoch to start at."""
         if ckpt is None:
             return 0
+        if ckpt.optimizer is None:
+            raise SmoothmixError(f"cannot resume from {self.path}: it holds no optimiser state "
+                                 "(a weights-only or reference checkpoint)")
         try:
             model.load_state_dict(ckpt.state_dict)
-            optimizer.load_state_dict(ckpt.optimizer)  # type: ignore[arg-type]
+            optimizer.load_state_dict(ckpt.optimizer)
             scheduler.load_state_dict(ckpt.scheduler)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise SmoothmixError(f"cannot resume from {self.path}: {first_line(exc)}") from exc
