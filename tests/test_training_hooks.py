@@ -132,3 +132,18 @@ def test_fit_takes_a_recipe_and_runtime_as_train_config_does(tmp_path):
     assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"])
     with pytest.raises(AttributeError):
         recipe.epochs = 3  # type: ignore[misc]  # frozen
+
+
+def test_a_run_of_your_own_model_resumes(tmp_path):
+    # train(model=...) stores arch_kwargs {}; its resume used to be refused as if the caller
+    # had passed arch_kwargs= (which needs a named architecture).
+    from smoothmix.checkpoint import load_checkpoint
+    from smoothmix.training import train
+
+    kw = dict(train_set=tiny_data(32, 1), num_classes=2, method="gaussian", sigma=0.25,
+              batch_size=16, device="cpu", progress=False, workers=0)
+    train(tmp_path / "own", model=tiny_model(), epochs=1, **kw)
+    train(tmp_path / "own", model=tiny_model(), epochs=2, resume=True, **kw)
+    assert load_checkpoint(tmp_path / "own")["epoch"] == 2
+    with pytest.raises(SmoothmixError, match="arch_kwargs= builds a named architecture"):
+        train(tmp_path / "other", model=tiny_model(), arch_kwargs={"width": 2}, **kw)

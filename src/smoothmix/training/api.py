@@ -254,8 +254,6 @@ def _model_settings(values: dict[str, Any], saved: Mapping[str, Any] | None,
     """Fill in the dataset's architecture; return the normalisation and the schedule
     defaults of the dataset."""
     if custom_model:
-        require(values.get("arch_kwargs") is None, "arch_kwargs= builds a named architecture "
-                "(arch=); with model= construct the network yourself")
         values.pop("train_subset", None)
         return None, _FALLBACK_SCHEDULE
     from smoothmix.data import dataset_defaults
@@ -321,6 +319,9 @@ def resolve(
                              "channels_last": channels_last, "cuda_graphs": cuda_graphs,
                              "workers": workers, "test_batch_size": test_batch_size,
                              "log_every": log_every, "progress": progress})
+    # The caller's arch_kwargs only: a resumed run of the caller's model stores an empty one.
+    require(not custom_model or arch_kwargs is None, "arch_kwargs= builds a named architecture "
+            "(arch=); with model= construct the network yourself")
     explicit_opts = {k: v for k, v in (method_options or {}).items() if v is not None}
     p = _checked_preset(preset, flags)
     saved = _saved_settings(outdir) if resume else None

@@ -39,7 +39,7 @@ from smoothmix.methods.base import TrainingMethod, method_side_data
 from smoothmix.progress import Progress
 from smoothmix.training.callbacks import Callback, default_callbacks
 from smoothmix.training.evaluation import evaluate_noisy
-from smoothmix.training.recipe import Recipe, Runtime, split_settings
+from smoothmix.training.recipe import SCHEDULE_FIELDS, Recipe, Runtime, split_settings
 from smoothmix.training.rundir import (
     LOG_NAME,
     CheckpointIO,
@@ -350,17 +350,10 @@ _RESUME_IDENTITY = ("arch", "arch_kwargs", "method", "sigma", "num_classes", "me
 def _resume_record(identity: Mapping[str, Any], meta: Mapping[str, Any],
                    recipe: Recipe) -> dict[str, Any]:
     """What a resume compares with the stored run: the run's identity (from the method and
-    ``metadata``), its other metadata, and the recipe's schedule, batch, seed and precision
-    (its identity fields are the method's, already in ``identity``)."""
-    current = {**{k: identity[k] for k in _RESUME_IDENTITY},
-               **{k: v for k, v in meta.items() if k not in _FREE_METADATA}}
-    schedule = {k: v for k, v in recipe.settings().items() if k not in _IDENTITY_FIELDS}
-    return {**current, **schedule}
-
-
-# Recipe fields the loop takes from the method and ``metadata`` rather than the recipe.
-_IDENTITY_FIELDS = frozenset({"method", "sigma", "dataset", "arch", "arch_kwargs",
-                              "train_subset", "test_subset", "method_options"})
+    ``metadata``), its other metadata, and the recipe's schedule fields."""
+    return {**{k: identity[k] for k in _RESUME_IDENTITY},
+            **{k: v for k, v in meta.items() if k not in _FREE_METADATA},
+            **{k: getattr(recipe, k) for k in SCHEDULE_FIELDS}}
 
 
 def _place_model(model: nn.Module, train_set: Any, strategy: ExecutionStrategy,

@@ -30,12 +30,20 @@ from typing import Any
 
 from smoothmix.errors import require
 
-__all__ = ["OPTION_PREFIX", "RECIPE_FIELDS", "RUNTIME_FIELDS", "Recipe", "Runtime",
+__all__ = ["OPTION_PREFIX", "RECIPE_FIELDS", "RUNTIME_FIELDS", "SCHEDULE_FIELDS", "Recipe",
+           "Runtime",
            "comparable", "compared", "fold_amp", "merge", "option_flag", "recipe_values",
            "schedule_notes", "show", "split_settings"]
 
 #: Prefix of a method option in the flat comparison record (``method_options.eta``).
 OPTION_PREFIX = "method_options."
+
+
+def _schedule(default: Any) -> Any:
+    """A schedule field of :class:`Recipe`: what :func:`~smoothmix.training.fit` takes from
+    the recipe (the other fields are the run's identity, which it takes from the method
+    object and its ``metadata``)."""
+    return field(default=default, metadata={"schedule": True})
 
 
 @dataclass(frozen=True)
@@ -58,16 +66,16 @@ class Recipe:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     train_subset: int | None = None
     test_subset: int | None = None
-    epochs: int = 90
-    batch_size: int = 256
-    lr: float = 0.01
-    lr_step: int = 30
-    lr_gamma: float = 0.1
-    lr_milestones: tuple[int, ...] | None = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    seed: int = 0
-    precision: str = "fp32"
+    epochs: int = _schedule(90)
+    batch_size: int = _schedule(256)
+    lr: float = _schedule(0.01)
+    lr_step: int = _schedule(30)
+    lr_gamma: float = _schedule(0.1)
+    lr_milestones: tuple[int, ...] | None = _schedule(None)
+    momentum: float = _schedule(0.9)
+    weight_decay: float = _schedule(1e-4)
+    seed: int = _schedule(0)
+    precision: str = _schedule("fp32")
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -149,6 +157,10 @@ class Runtime:
 #: The settings that define a run: on resume a stored value and a given one must agree.
 RECIPE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Recipe)
                                        if f.name != "method_options")
+#: The recipe fields the training loop takes from the recipe (optimiser, schedule, batch,
+#: seed, precision), marked in :class:`Recipe`'s declaration.
+SCHEDULE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Recipe)
+                                         if f.metadata.get("schedule"))
 #: The execution settings (:class:`Runtime`).
 RUNTIME_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Runtime))
 _INT_FIELDS = frozenset({"train_subset", "test_subset", "epochs", "batch_size", "lr_step",
