@@ -249,6 +249,25 @@ def test_preset_with_overrides_trains(tmp_path, capsys):
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_epochs_shorter_than_the_warmup_is_said(tmp_path, capsys):
+    # A newcomer's `--preset mnist-smoothmix-0.50 --epochs 1` kept the preset's 10-epoch
+    # warm-up in silence: the mix weight stayed at 0.1, almost plain Gaussian training. The
+    # header shows the effective warm-up, and one warning line says it is not reached.
+    out = tmp_path / "w"
+    code = main(["train", "--preset", "mnist-smoothmix-0.50", "--epochs", "1", "--num-steps",
+                 "1", "--train-subset", "64", "--test-subset", "16", "--no-progress",
+                 "--device", "cpu", "--outdir", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    header = [line for line in captured.out.splitlines()
+              if line.startswith("smoothmix train: lenet on mnist")]
+    assert len(header) == 1 and "1 epoch, warm-up 10 epochs," in header[0], captured.out
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, captured.err
+    assert "--epochs 1 is shorter than smoothmix's 10-epoch warm-up" in warnings[0]
+    assert "only 0.1 of its weight" in warnings[0] and "--warmup 1" in warnings[0]
+
+
 # ---------------------------------------------------------------- torchrun
 
 

@@ -339,12 +339,48 @@ def test_resume_keeps_the_stored_deferral(tmp_path):
     (dict(preset="mnist-macer-0.50", method="gaussian"), "conflicts with preset"),
     (dict(dataset="mnist", method="gaussian", sigma=0.5, epochs=0), "epochs must be >= 1"),
     (dict(dataset="mnist", method="gaussian", sigma=0.5, batch_size=0), "batch size"),
-    (dict(dataset="mnist", method="gaussian", sigma=0.5, bogus=1), "unknown training setting"),
 ])
 def test_resolve_bad_input(tmp_path, kwargs, message):
     with pytest.raises(SmoothmixError, match=message) as info:
         resolve(outdir=tmp_path, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_schedule_notes_show_the_effective_warmup_and_deferral(tmp_path):
+    from smoothmix.training.recipe import schedule_notes
+
+    parts, warnings = schedule_notes(resolve(outdir=tmp_path, preset="mnist-smoothmix-0.50",
+                                             epochs=1).recipe)
+    assert parts == ["warm-up 10 epochs"] and len(warnings) == 1
+    assert schedule_notes(resolve(outdir=tmp_path, preset="mnist-smoothmix-0.50").recipe)[1] == []
+    assert schedule_notes(resolve(outdir=tmp_path, preset="mnist-smoothmix-0.50", epochs=1,
+                                  method_options={"warmup": 1}).recipe) == ([], [])
+    # MACER's deferral to the first LR drop (epoch 30) never comes in a 2-epoch run.
+    parts, warnings = schedule_notes(resolve(outdir=tmp_path, preset="mnist-macer-0.50",
+                                             epochs=2).recipe)
+    assert parts == ["robustness term from epoch 31"]
+    assert len(warnings) == 1 and "never on" in warnings[0] and "--no-deferred" in warnings[0]
+    assert schedule_notes(resolve(outdir=tmp_path, preset="mnist-macer-0.50", epochs=2,
+                                  deferred=1).recipe) == (["robustness term from epoch 2"], [])
+    assert schedule_notes(resolve(outdir=tmp_path, dataset="mnist", method="gaussian",
+                                  sigma=0.5, epochs=1).recipe) == ([], [])
+
+
+def test_a_preset_is_the_recipe_train_resolves(tmp_path):
+    # One shape: what train(preset=NAME) trains is the preset's own Recipe.
+    for name, preset in PRESETS.items():
+        assert resolve(outdir=tmp_path, preset=name).recipe == preset.recipe(), name
+
+
+def test_resolve_and_train_take_explicit_keywords(tmp_path):
+    # No **settings bag: a mistyped keyword is Python's own TypeError naming it.
+    with pytest.raises(TypeError, match="bogus"):
+        resolve(outdir=tmp_path, dataset="mnist", method="gaussian", sigma=0.5, bogus=1)
+    from smoothmix.training import train
+
+    with pytest.raises(TypeError, match="bogus"):
+        train(tmp_path, dataset="mnist", method="gaussian", sigma=0.5, bogus=1)
+    assert not any(tmp_path.iterdir())
 
 
 def test_method_options_table_covers_cli_flags():

@@ -101,3 +101,49 @@ def test_fit_accepts_a_typed_training_method(tmp_path):
                TrainConfig(epochs=1, batch_size=16, device="cpu", progress=False, workers=0),
                tmp_path / "g", metadata={"arch": None})
     assert path.is_file()
+
+
+def test_train_passes_callbacks_to_the_loop(tmp_path):
+    from smoothmix.training import train
+
+    rec = Recorder()
+    train(tmp_path / "t", model=tiny_model(), train_set=tiny_data(32, 1), num_classes=2,
+          method="gaussian", sigma=0.25, epochs=2, batch_size=16, device="cpu",
+          progress=False, workers=0, callbacks=[rec])
+    assert [c[0] for c in rec.calls] == ["fit_start", "epoch_start", "train_epoch_end",
+                                         "epoch_end", "epoch_start", "train_epoch_end",
+                                         "epoch_end", "fit_end"]
+
+
+def test_fit_takes_a_recipe_and_runtime_as_train_config_does(tmp_path):
+    # TrainConfig is the flat spelling of the two records: same run, same checkpoint.
+    from smoothmix.checkpoint import load_checkpoint
+    from smoothmix.training import Recipe, Runtime
+
+    recipe = Recipe(epochs=2, batch_size=16, lr=0.05, lr_step=2, seed=7)
+    runtime = Runtime(device="cpu", progress=False, workers=0)
+    assert tiny_config(epochs=2).recipe == recipe and tiny_config(epochs=2).runtime == runtime
+    a = fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), None, recipe, tmp_path / "a",
+            runtime=runtime, metadata={"arch": None})
+    b = fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), None, tiny_config(epochs=2),
+            tmp_path / "b", metadata={"arch": None})
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert list(ca["config"]) == list(cb["config"]) and ca["config"] == cb["config"]
+    assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"])
+    with pytest.raises(AttributeError):
+        recipe.epochs = 3  # type: ignore[misc]  # frozen
+
+
+def test_a_run_of_your_own_model_resumes(tmp_path):
+    # train(model=...) stores arch_kwargs {}; its resume used to be refused as if the caller
+    # had passed arch_kwargs= (which needs a named architecture).
+    from smoothmix.checkpoint import load_checkpoint
+    from smoothmix.training import train
+
+    kw = dict(train_set=tiny_data(32, 1), num_classes=2, method="gaussian", sigma=0.25,
+              batch_size=16, device="cpu", progress=False, workers=0)
+    train(tmp_path / "own", model=tiny_model(), epochs=1, **kw)
+    train(tmp_path / "own", model=tiny_model(), epochs=2, resume=True, **kw)
+    assert load_checkpoint(tmp_path / "own")["epoch"] == 2
+    with pytest.raises(SmoothmixError, match="arch_kwargs= builds a named architecture"):
+        train(tmp_path / "other", model=tiny_model(), arch_kwargs={"width": 2}, **kw)

@@ -29,12 +29,10 @@ from smoothmix.errors import SmoothmixError, first_line, require
 from smoothmix.models import NORMALIZATIONS, create_model, list_models, model_defaults
 from smoothmix.storage import atomic_write_with
 
-__all__ = [
-    "CHECKPOINT_NAME", "CHECKPOINT_VERSION", "Checkpoint", "capture_rng_state",
-    "check_model_fits_dataset", "checkpoint_file", "file_sha256", "load_checkpoint", "load_model",
-    "load_state_into", "read_checkpoint", "restore_rng_state", "save_checkpoint",
-    "strip_wrapper_prefixes",
-]
+__all__ = ["CHECKPOINT_NAME", "CHECKPOINT_VERSION", "Checkpoint", "capture_rng_state",
+           "check_model_fits_dataset", "checkpoint_file", "file_sha256", "load_checkpoint",
+           "load_model", "load_state_into", "read_checkpoint", "restore_rng_state",
+           "save_checkpoint", "strip_wrapper_prefixes"]
 
 log = logging.getLogger(__name__)
 

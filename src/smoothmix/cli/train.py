@@ -89,7 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "run stopped before its first checkpoint, starts from the beginning")
 
     opt_g = p.add_argument_group("optimisation (defaults: preset, else the dataset's recipe)")
-    opt_g.add_argument("--epochs", type=int, help="number of epochs (mnist 90, cifar10 150)")
+    opt_g.add_argument("--epochs", type=int, help="number of epochs (mnist 90, cifar10 150); "
+                       "fewer than the method's warm-up (--warmup) or MACER's deferral "
+                       "(--deferred) leaves that term short, with a warning")
     opt_g.add_argument("--batch", type=int, dest="batch_size", metavar="B",
                        help="images per optimiser step over all processes (default 256/m; "
                        "64 for MACER); under torchrun it must be divisible by the process "

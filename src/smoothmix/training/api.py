@@ -15,18 +15,21 @@ Two ways in:
                    num_classes=10, method="consistency", sigma=0.25, epochs=30, lr=0.05)
 
   or, with everything explicit, ``fit(model, create_method(...), train_set, test_set,
-  TrainConfig(...), outdir)``.
+  Recipe(...), outdir, runtime=Runtime(...))``.
 
-Precedence: explicit arguments > preset > the checkpoint's settings (when resuming) >
-per-dataset defaults. Every check that can fail on user input runs before anything is
+What decides the weights resolves into one :class:`~smoothmix.training.recipe.Recipe`, how the
+run executes into one :class:`~smoothmix.training.recipe.Runtime`. Precedence: explicit
+arguments > preset > the checkpoint's settings (when resuming) > per-dataset defaults > the
+records' own defaults. Every check that can fail on user input runs before anything is
 written.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,18 +40,25 @@ from smoothmix.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from smoothmix.checks import check_count, check_sigma
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.storage import differing_keys
-from smoothmix.training.loop import TrainConfig, check_outdir, fit, seed_everything
+from smoothmix.training.callbacks import Callback
+from smoothmix.training.loop import TrainConfig, fit
 from smoothmix.training.presets import Preset, get_preset
 from smoothmix.training.recipe import (
     OPTION_PREFIX,
-    RECIPE_FIELDS,
-    SCHEDULE_FIELDS,
     Recipe,
+    Runtime,
     compared,
+    fold_amp,
     merge,
     option_flag,
+    recipe_values,
+    schedule_notes,
     show,
 )
+from smoothmix.training.rundir import check_outdir
+from smoothmix.training.seeding import seed_everything
+
+__all__ = ["SCHEDULE_DEFAULTS", "TrainSpec", "default_batch_size", "resolve", "train"]
 
 # Per-dataset schedule defaults (docs/MATH.md §3.6 table; ImageNet: Cohen et al.'s 90/0.1/30).
 SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -71,33 +81,60 @@ def default_batch_size(method: str, num_noise: int | None, dataset: str | None =
     return max(1, 256 // max(1, num_noise or 1))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSpec:
-    """A fully resolved training run (what gets stored in the checkpoint's config)."""
+    """A fully resolved training run: its :class:`~smoothmix.training.recipe.Recipe` and
+    :class:`~smoothmix.training.recipe.Runtime`, plus what the run folder records beside
+    them (the normalisation, the preset's name, a soft-target file's hash, an extension)."""
 
-    method: str
-    sigma: float
-    method_options: dict[str, Any]
-    config: TrainConfig
-    dataset: str | None = None
-    arch: str | None = None
+    recipe: Recipe
+    runtime: Runtime
     normalization: str | None = None
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    train_subset: int | None = None
-    test_subset: int | None = None
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def recipe(self) -> dict[str, Any]:
-        """The resolved recipe as a flat settings record (what a resume compares)."""
-        c = self.config
-        return {"method": self.method, "sigma": self.sigma, "dataset": self.dataset,
-                "arch": self.arch, "arch_kwargs": dict(self.arch_kwargs),
-                "train_subset": self.train_subset, "test_subset": self.test_subset,
-                "method_options": dict(self.method_options),
-                **{k: getattr(c, k) for k in SCHEDULE_FIELDS}}
+    # The recipe's identity, read through (the names of the older flat record).
+    @property
+    def method(self) -> str:
+        assert self.recipe.method is not None  # resolve() requires one
+        return self.recipe.method
+
+    @property
+    def sigma(self) -> float:
+        assert self.recipe.sigma is not None  # resolve() requires one
+        return self.recipe.sigma
+
+    @property
+    def method_options(self) -> dict[str, Any]:
+        return self.recipe.method_options
+
+    @property
+    def dataset(self) -> str | None:
+        return self.recipe.dataset
+
+    @property
+    def arch(self) -> str | None:
+        return self.recipe.arch
+
+    @property
+    def arch_kwargs(self) -> dict[str, Any]:
+        return self.recipe.arch_kwargs
+
+    @property
+    def train_subset(self) -> int | None:
+        return self.recipe.train_subset
+
+    @property
+    def test_subset(self) -> int | None:
+        return self.recipe.test_subset
+
+    @property
+    def config(self) -> TrainConfig:
+        """The recipe and runtime as one flat record (the older spelling)."""
+        return TrainConfig.of(self.recipe, self.runtime)
 
     def metadata(self, num_classes: int | None) -> dict[str, Any]:
+        """What :func:`fit` stores in the checkpoint beside the training state."""
         meta: dict[str, Any] = {
             "arch": self.arch, "normalization": self.normalization, "num_classes": num_classes,
             "method": self.method, "method_options": dict(self.method_options),
@@ -151,91 +188,87 @@ def _plain_kwargs(kwargs: Any) -> dict[str, Any]:
     return dict(kwargs)
 
 
-def _split_settings(settings: Mapping[str, Any]) -> tuple[Recipe, dict[str, Any]]:
-    """``train``/``resolve`` keyword arguments: the recipe fields (a :class:`Recipe` of the
-    given ones) and the execution settings (the other :class:`TrainConfig` fields)."""
-    recipe = Recipe(**{k: v for k, v in settings.items() if k in RECIPE_FIELDS})
-    execution = {k: v for k, v in settings.items() if k not in RECIPE_FIELDS}
-    if execution.pop("amp", False):  # the older spelling of precision="bf16"
-        require(recipe.precision in (None, "bf16"),
-                f"amp=True means precision bf16, not {recipe.precision!r}")
-        recipe.precision = "bf16"
-    if recipe.precision is not None:
+def _flags(given: Mapping[str, Any], amp: bool) -> dict[str, Any]:
+    """The recipe values the caller set (``amp=True``: the older spelling of bf16)."""
+    flags = fold_amp(recipe_values(given), amp)
+    if flags.get("precision") is not None:
         from smoothmix.execution import check_precision
 
-        check_precision(recipe.precision)
-    known = set(TrainConfig.__dataclass_fields__) - set(RECIPE_FIELDS)
-    unknown = sorted(set(execution) - known)
-    require(not unknown, f"unknown training setting(s) {', '.join(unknown)}; valid: "
-            f"{', '.join(sorted(known | set(RECIPE_FIELDS)))}")
-    return recipe, execution
+        check_precision(flags["precision"])
+    return flags
 
 
-def _checked_preset(name: str | None, flags: Recipe) -> Preset | None:
+def _runtime(runtime: Runtime | None, given: Mapping[str, Any]) -> Runtime:
+    """``runtime`` (default :class:`Runtime`) with the execution keywords that were set."""
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return replace(runtime or Runtime(), **chosen)
+
+
+def _checked_preset(name: str | None, flags: Mapping[str, Any]) -> Preset | None:
     if not name:
         return None
     p = get_preset(name)
-    require(flags.method is None or flags.method == p.method,
-            f"--method {flags.method} conflicts with preset {p.name} (method {p.method}); "
+    require(flags.get("method") in (None, p.method),
+            f"--method {flags.get('method')} conflicts with preset {p.name} (method {p.method}); "
             "drop --preset or choose a preset of that method")
-    require(flags.dataset is None or flags.dataset == p.dataset,
-            f"--dataset {flags.dataset} conflicts with preset {p.name} (dataset {p.dataset}); "
-            "drop --preset or choose a preset for that dataset")
+    require(flags.get("dataset") in (None, p.dataset),
+            f"--dataset {flags.get('dataset')} conflicts with preset {p.name} (dataset "
+            f"{p.dataset}); drop --preset or choose a preset for that dataset")
     return p
 
 
-def _merged_recipe(flags: Recipe, p: Preset | None, saved: Mapping[str, Any] | None,
-                   explicit_opts: Mapping[str, Any]) -> tuple[Recipe, dict[str, str]]:
+def _merged_values(flags: Mapping[str, Any], p: Preset | None, saved: Mapping[str, Any] | None,
+                   explicit_opts: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """Flags > preset > the stored run, field by field; method options: the stored run's
-    (same method) < the preset's < the given ones. Returns the recipe and, for each value a
-    flag or the preset set, where it came from (for the resume-conflict message)."""
-    layers: list[tuple[str, Recipe]] = [("flags", flags)]
+    (same method) < the preset's < the given ones. Returns the recipe values and, for each
+    value a flag or the preset set, where it came from (for the resume-conflict message)."""
+    layers: list[tuple[str, Mapping[str, Any]]] = [("flags", flags)]
     if p is not None:
-        layers.append((f"preset {p.name}", p.recipe()))
+        layers.append((f"preset {p.name}", p.values()))
     if saved is not None:
-        layers.append(("stored", Recipe.from_settings(saved)))
-    recipe, sources = merge(layers, [])
+        layers.append(("stored", saved))
+    values, sources = merge(layers)
     sources = {k: v for k, v in sources.items() if v != "stored"}
-    if flags.arch_kwargs is not None:
+    if flags.get("arch_kwargs") is not None:
         sources["arch_kwargs"] = "arch_kwargs="
-    if flags.lr_step is not None and flags.lr_milestones is None:
-        recipe.lr_milestones = None  # an explicit --lr-step replaces a preset's milestones
+    if flags.get("lr_step") is not None and flags.get("lr_milestones") is None:
+        values.pop("lr_milestones", None)  # an explicit --lr-step replaces the milestones
         sources["lr_milestones"] = "--lr-step"
-    require(recipe.method is not None, "no training method given: pass --method (or "
+    require(values.get("method") is not None, "no training method given: pass --method (or "
             "--preset; `smoothmix presets` lists them)")
-    if saved is not None and saved.get("method") == recipe.method:
-        recipe.method_options.update(saved.get("method_options") or {})
+    options: dict[str, Any] = {}
+    if saved is not None and saved.get("method") == values["method"]:
+        options.update(saved.get("method_options") or {})
     if p is not None:
-        recipe.method_options.update(p.options)
+        options.update(p.options)
         sources.update(dict.fromkeys(p.options, f"preset {p.name}"))
-    recipe.method_options.update(explicit_opts)
+    options.update(explicit_opts)
     sources.update({k: option_flag(k) for k in explicit_opts})
-    recipe.method_options.pop("deferred_epochs", None)  # set by _deferred_epochs
-    return recipe, sources
+    options.pop("deferred_epochs", None)  # set by _deferred_epochs
+    values["method_options"] = options
+    return values, sources
 
 
-def _model_settings(recipe: Recipe, saved: Mapping[str, Any] | None,
+def _model_settings(values: dict[str, Any], saved: Mapping[str, Any] | None,
                     custom_model: bool) -> tuple[str | None, dict[str, Any]]:
     """Fill in the dataset's architecture; return the normalisation and the schedule
     defaults of the dataset."""
     if custom_model:
-        require(recipe.arch_kwargs is None, "arch_kwargs= builds a named architecture "
-                "(arch=); with model= construct the network yourself")
-        recipe.train_subset = None
+        values.pop("train_subset", None)
         return None, _FALLBACK_SCHEDULE
     from smoothmix.data import dataset_defaults
     from smoothmix.models import model_defaults
 
-    dataset = _given(recipe.dataset, "no dataset given: pass --dataset (or --preset)")
+    dataset = _given(values.get("dataset"), "no dataset given: pass --dataset (or --preset)")
     info = dataset_defaults(dataset)
-    recipe.arch = _given(recipe.arch or info.arch, f"dataset {dataset!r} has no default "
-                         "architecture: pass --arch")
-    arch_info = model_defaults(recipe.arch)  # validates the name
+    values["arch"] = _given(values.get("arch") or info.arch, f"dataset {dataset!r} has no "
+                            "default architecture: pass --arch")
+    arch_info = model_defaults(values["arch"])  # validates the name
     # A registered architecture (dataset None) brings its own normalisation.
     normalization = (saved or {}).get("normalization") or (
         info.normalization if info.normalization != "none" and arch_info.dataset
         else arch_info.normalization)
-    recipe.arch_kwargs = _plain_kwargs(recipe.arch_kwargs or {})
+    values["arch_kwargs"] = _plain_kwargs(values.get("arch_kwargs") or {})
     return normalization, SCHEDULE_DEFAULTS.get(dataset, _FALLBACK_SCHEDULE)
 
 
@@ -249,74 +282,86 @@ def _given(value: _T | None, message: str) -> _T:
     return value
 
 
-def _config(recipe: Recipe, schedule: Mapping[str, Any], execution: Mapping[str, Any]
-            ) -> TrainConfig:
-    """The TrainConfig of a merged recipe, the defaults filled in (batch size later)."""
-    defaults = {"momentum": 0.9, "weight_decay": 1e-4, "seed": 0, "lr_gamma": 0.1,
-                "precision": "fp32", **schedule}
-    for name, value in defaults.items():
-        if getattr(recipe, name) is None:
-            setattr(recipe, name, value)
-    if recipe.lr_milestones is not None:
-        recipe.lr_milestones = tuple(int(m) for m in recipe.lr_milestones)
-    return TrainConfig(
-        epochs=int(recipe.epochs), lr=float(recipe.lr), lr_step=int(recipe.lr_step),  # type: ignore[arg-type]
-        lr_milestones=recipe.lr_milestones, lr_gamma=float(recipe.lr_gamma),  # type: ignore[arg-type]
-        momentum=float(recipe.momentum), weight_decay=float(recipe.weight_decay),  # type: ignore[arg-type]
-        seed=int(recipe.seed), precision=str(recipe.precision), **execution)  # type: ignore[arg-type]
-
-
 def resolve(
     *,
     outdir: str | os.PathLike,
     preset: str | None = None,
-    method_options: Mapping[str, Any] | None = None,
-    deferred: int | bool | None = None,
+    dataset: str | None = None, arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    method: str | None = None, sigma: float | None = None,
+    method_options: Mapping[str, Any] | None = None, deferred: int | bool | None = None,
+    train_subset: int | None = None, test_subset: int | None = None,
+    epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+    lr_step: int | None = None, lr_gamma: float | None = None,
+    lr_milestones: Sequence[int] | None = None, momentum: float | None = None,
+    weight_decay: float | None = None, seed: int | None = None,
+    precision: str | None = None, amp: bool = False,
+    runtime: Runtime | None = None, device: str | None = None, compile: bool | None = None,
+    channels_last: bool | None = None, cuda_graphs: bool | None = None,
+    workers: int | None = None, test_batch_size: int | None = None,
+    log_every: int | None = None, progress: bool | None = None,
     resume: bool = False,
     custom_model: bool = False,
-    **settings: Any,
 ) -> TrainSpec:
     """Merge explicit settings, a preset and (when resuming) the saved run into a spec.
 
-    ``settings`` holds the :class:`~smoothmix.training.recipe.Recipe` fields (``dataset``,
-    ``arch``, ``method``, ``sigma``, ``epochs``, ``batch_size``, ``lr``, ...) and the
-    execution fields of :class:`TrainConfig` (device, amp, compile, channels_last, workers,
-    progress, ...). Raises :class:`SmoothmixError` on any bad or conflicting setting.
+    The keywords are those of :func:`train` (``None``: not set here). Raises
+    :class:`SmoothmixError` on any bad or conflicting setting.
     """
     outdir = Path(outdir)
-    flags, execution = _split_settings(settings)
+    flags = _flags({"dataset": dataset, "arch": arch, "arch_kwargs": arch_kwargs,
+                    "method": method, "sigma": sigma, "train_subset": train_subset,
+                    "test_subset": test_subset, "epochs": epochs, "batch_size": batch_size,
+                    "lr": lr, "lr_step": lr_step, "lr_gamma": lr_gamma,
+                    "lr_milestones": lr_milestones, "momentum": momentum,
+                    "weight_decay": weight_decay, "seed": seed, "precision": precision}, amp)
+    run = _runtime(runtime, {"device": device, "compile": compile,
+                             "channels_last": channels_last, "cuda_graphs": cuda_graphs,
+                             "workers": workers, "test_batch_size": test_batch_size,
+                             "log_every": log_every, "progress": progress})
+    # The caller's arch_kwargs only: a resumed run of the caller's model stores an empty one.
+    require(not custom_model or arch_kwargs is None, "arch_kwargs= builds a named architecture "
+            "(arch=); with model= construct the network yourself")
     explicit_opts = {k: v for k, v in (method_options or {}).items() if v is not None}
     p = _checked_preset(preset, flags)
     saved = _saved_settings(outdir) if resume else None
-    recipe, sources = _merged_recipe(flags, p, saved, explicit_opts)
-    recipe.sigma = check_sigma(_given(recipe.sigma, "no noise level given: pass --sigma (in "
-                                      "[0, 1] pixel units)"))
-    normalization, schedule = _model_settings(recipe, saved, custom_model)
-    config = _config(recipe, schedule, execution)
-    defer_epochs = _deferred_epochs(deferred, p, saved, recipe.method, config)
-    if deferred is not None or (p is not None and p.deferred):
-        sources["deferred_epochs"] = "--deferred" if deferred is not None else f"preset {p.name}"  # type: ignore[union-attr]
-    if defer_epochs is not None:
-        recipe.method_options["deferred_epochs"] = defer_epochs
-    options = _validate_options(recipe.method, recipe.method_options)  # type: ignore[arg-type]
-    if recipe.batch_size is None:
-        recipe.batch_size = default_batch_size(recipe.method, options.get("num_noise"),  # type: ignore[arg-type]
-                                               recipe.dataset)
-    config.batch_size = int(recipe.batch_size)
-    config.validate()
+    values, sources = _merged_values(flags, p, saved, explicit_opts)
+    values["sigma"] = check_sigma(_given(values.get("sigma"), "no noise level given: pass "
+                                         "--sigma (in [0, 1] pixel units)"))
+    normalization, schedule = _model_settings(values, saved, custom_model)
+    recipe = _recipe(values, schedule, deferred, p, saved, sources)
     for name in ("train_subset", "test_subset"):
         if getattr(recipe, name) is not None:
             check_count(option_flag(name), getattr(recipe, name))
-    spec = TrainSpec(
-        method=recipe.method, sigma=recipe.sigma, method_options=options,  # type: ignore[arg-type]
-        config=config, dataset=recipe.dataset, arch=recipe.arch, normalization=normalization,
-        arch_kwargs=dict(recipe.arch_kwargs or {}), train_subset=recipe.train_subset,
-        test_subset=recipe.test_subset,
-        preset=p.name if p else (saved or {}).get("preset"),
-    )
+    spec = TrainSpec(recipe=recipe, runtime=run, normalization=normalization,
+                     preset=p.name if p else (saved or {}).get("preset"))
     if saved is not None:
-        _check_resume(spec, saved, sources, flags.epochs, outdir)
+        _check_resume(spec, saved, sources, flags.get("epochs"), outdir)
     return spec
+
+
+def _recipe(values: Mapping[str, Any], schedule: Mapping[str, Any],
+            deferred: int | bool | None, p: Preset | None, saved: Mapping[str, Any] | None,
+            sources: dict[str, str]) -> Recipe:
+    """The recipe of the merged values over the dataset's schedule, with the deferral as an
+    epoch, the method options checked and the method's default batch; validated."""
+    recipe = Recipe.from_values({**schedule, **values})
+    method = values["method"]
+    defer_epochs = _deferred_epochs(deferred, p, saved, method, recipe.first_lr_drop())
+    if deferred is not None:
+        sources["deferred_epochs"] = "--deferred"
+    elif p is not None and p.deferred:
+        sources["deferred_epochs"] = f"preset {p.name}"
+    options = dict(recipe.method_options)
+    if defer_epochs is not None:
+        options["deferred_epochs"] = defer_epochs
+    options = _validate_options(method, options)
+    batch = values.get("batch_size")
+    if batch is None:
+        batch = default_batch_size(method, options.get("num_noise"), recipe.dataset)
+    recipe = replace(recipe, method_options=options, batch_size=int(batch))
+    recipe.validate()
+    return recipe
 
 
 def _check_resume(spec: TrainSpec, saved: Mapping[str, Any], sources: Mapping[str, str],
@@ -327,8 +372,7 @@ def _check_resume(spec: TrainSpec, saved: Mapping[str, Any], sources: Mapping[st
     stored_epochs = saved.get("epochs")
     extends = (explicit_epochs is not None and stored_epochs is not None
                and explicit_epochs > stored_epochs)
-    current = spec.recipe()
-    old, new = compared(saved, current, skip=("epochs",) if extends else ())
+    old, new = compared(saved, spec.recipe.settings(), skip=("epochs",) if extends else ())
     conflicts = []
     for key in differing_keys(old, new):
         name = key.removeprefix(OPTION_PREFIX)
@@ -339,10 +383,12 @@ def _check_resume(spec: TrainSpec, saved: Mapping[str, Any], sources: Mapping[st
             f"the stored settings are the run's: pass only --outdir {outdir} --resume to "
             "continue it (a larger --epochs extends it), or choose a new --outdir")
     if extends:
-        spec.extra["extends_from_epochs"] = int(stored_epochs)  # type: ignore[arg-type]
+        spec.extra["extends_from_epochs"] = int(saved["epochs"])
 
-def _deferred_epochs(deferred: int | bool | None, p: Any, saved: Mapping[str, Any] | None,
-                     method: str | None, config: TrainConfig) -> int | None:
+
+def _deferred_epochs(deferred: int | bool | None, p: Preset | None,
+                     saved: Mapping[str, Any] | None, method: str | None,
+                     first_lr_drop: int) -> int | None:
     """MACER's deferral as an epoch index (None: not deferred).
 
     ``deferred`` is an epoch (``--deferred 30``; 0 or False: off) or True for the first
@@ -356,7 +402,7 @@ def _deferred_epochs(deferred: int | bool | None, p: Any, saved: Mapping[str, An
             return (saved.get("method_options") or {}).get("deferred_epochs")
         return None
     if isinstance(deferred, bool):
-        return config.first_lr_drop() if deferred else None
+        return first_lr_drop if deferred else None
     require(isinstance(deferred, int) and deferred >= 0,
             f"--deferred takes an epoch >= 0 (e.g. 30, the first LR drop), got {deferred!r}")
     return deferred or None
@@ -366,60 +412,85 @@ def train(
     outdir: str | os.PathLike,
     *,
     preset: str | None = None,
-    method_options: Mapping[str, Any] | None = None,
-    deferred: int | bool | None = None,
+    dataset: str | None = None, arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    method: str | None = None, sigma: float | None = None,
+    method_options: Mapping[str, Any] | None = None, deferred: int | bool | None = None,
+    train_subset: int | None = None, test_subset: int | None = None,
+    epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+    lr_step: int | None = None, lr_gamma: float | None = None,
+    lr_milestones: Sequence[int] | None = None, momentum: float | None = None,
+    weight_decay: float | None = None, seed: int | None = None,
+    precision: str | None = None, amp: bool = False,
+    runtime: Runtime | None = None, device: str | None = None, compile: bool | None = None,
+    channels_last: bool | None = None, cuda_graphs: bool | None = None,
+    workers: int | None = None, test_batch_size: int | None = None,
+    log_every: int | None = None, progress: bool | None = None,
     resume: bool = False,
     data_dir: str | os.PathLike | None = None,
-    model: nn.Module | None = None,
-    train_set: Any | None = None,
-    test_set: Any | None = None,
-    num_classes: int | None = None,
+    model: nn.Module | None = None, train_set: Any | None = None,
+    test_set: Any | None = None, num_classes: int | None = None,
     targets: str | os.PathLike | None = None,
-    **settings: Any,
+    callbacks: Sequence[Callback] = (),
 ) -> Path:
     """Train a smoothed classifier's base model; return the final checkpoint's path.
 
-    ``settings`` are the recipe fields (:class:`~smoothmix.training.recipe.Recipe`:
-    ``dataset``, ``arch``, ``arch_kwargs``, ``method``, ``sigma``, ``train_subset``,
-    ``test_subset``, ``epochs``, ``batch_size``, ``lr``, ``lr_step``, ``lr_gamma``,
-    ``lr_milestones``, ``momentum``, ``weight_decay``, ``seed``, ``precision``) and the
-    execution fields of :class:`TrainConfig` (``device``, ``amp``, ``compile``,
-    ``channels_last``, ``workers``, ``progress``, ...). Method hyperparameters go in
-    ``method_options`` (e.g. ``{"num_noise": 4, "eta": 5.0}``); ``deferred=EPOCH`` switches
-    MACER's robustness term on at that epoch (0-based index; ``True``: the first
-    learning-rate drop, ``False``/0: from the start).
+    The recipe (:class:`~smoothmix.training.recipe.Recipe`; ``None``: the preset's, a resumed
+    run's, else the default): ``dataset``, ``arch``, ``arch_kwargs`` (to the architecture's
+    constructor, stored in the checkpoint so that ``load_model`` rebuilds the same network),
+    ``method``, ``sigma``, ``method_options`` (e.g. ``{"num_noise": 4, "eta": 5.0}``),
+    ``deferred`` (MACER's robustness term from this 0-based epoch; ``True``: the first
+    learning-rate drop, ``False``/0: from the start), ``train_subset``, ``test_subset``,
+    ``epochs``, ``batch_size``, ``lr``, ``lr_step``, ``lr_gamma``, ``lr_milestones``,
+    ``momentum``, ``weight_decay``, ``seed`` and ``precision`` (``amp=True``: deprecated
+    spelling of ``"bf16"``). The execution (:class:`~smoothmix.training.recipe.Runtime`):
+    ``runtime``, or any of its fields as keywords (``device``, ``compile``, ``channels_last``,
+    ``cuda_graphs``, ``workers``, ``test_batch_size``, ``log_every``, ``progress``).
     ``targets`` is the soft-target file (``smoothmix targets``) of methods that need one
-    (CAT-RS); it must have been built on the whole training set of ``dataset``.
-    ``arch_kwargs`` go to the architecture's constructor (``create_model(arch, **arch_kwargs)``,
-    e.g. ``{"width": 32}`` for an architecture added by
-    :func:`smoothmix.models.register_model`); they are stored in the checkpoint, so
-    ``load_model`` rebuilds the same network.
+    (CAT-RS), built on the whole training set of ``dataset``. ``callbacks`` run after the
+    default ones (:class:`~smoothmix.training.callbacks.Callback`). An epoch count shorter
+    than the method's warm-up or deferral is announced in one warning line.
     """
+    custom = _check_own_model(model, train_set, test_set)
+    spec = resolve(
+        outdir=outdir, preset=preset, dataset=dataset, arch=arch, arch_kwargs=arch_kwargs,
+        method=method, sigma=sigma, method_options=method_options, deferred=deferred,
+        train_subset=train_subset, test_subset=test_subset, epochs=epochs,
+        batch_size=batch_size, lr=lr, lr_step=lr_step, lr_gamma=lr_gamma,
+        lr_milestones=lr_milestones, momentum=momentum, weight_decay=weight_decay, seed=seed,
+        precision=precision, amp=amp, runtime=runtime, device=device, compile=compile,
+        channels_last=channels_last, cuda_graphs=cuda_graphs, workers=workers,
+        test_batch_size=test_batch_size, log_every=log_every, progress=progress,
+        resume=resume, custom_model=custom)
+    return _train_spec(spec, Path(outdir), resume, data_dir=data_dir, model=model,
+                       train_set=train_set, test_set=test_set, num_classes=num_classes,
+                       targets=targets, callbacks=callbacks)
+
+
+def _train_spec(spec: TrainSpec, outdir: Path, resume: bool, *, data_dir: Any,
+                model: nn.Module | None, train_set: Any, test_set: Any,
+                num_classes: int | None, targets: Any, callbacks: Sequence[Callback]) -> Path:
+    """Load what the spec names (or take the caller's model and data), then :func:`fit`."""
     from smoothmix.methods import create_method
 
-    custom = _check_own_model(model, train_set, test_set)
-    spec = resolve(outdir=outdir, preset=preset, method_options=method_options,
-                   deferred=deferred, resume=resume, custom_model=custom, **settings)
-    outdir = Path(outdir)
+    custom = model is not None
     _check_targets(spec, targets, custom)
     resuming = check_outdir(outdir, resume)  # fail before loading data when the outdir is taken
-
-    if not custom:
+    if model is None:
         model, train_set, test_set = _named_run(spec, data_dir, targets)
         num_classes = train_set.num_classes
     else:
         num_classes = _given(num_classes or getattr(train_set, "num_classes", None),
                              "num_classes= is needed: the training set has no num_classes "
                              "attribute")
-    assert model is not None
     method_obj = create_method(spec.method, spec.sigma, int(num_classes), **spec.method_options)
 
     _announce(spec, train_set, outdir, resuming, restart=resume and not resuming)
     metadata = spec.metadata(int(num_classes))
     # The targets' hash takes part in the resume check: a resumed CAT-RS run keeps its pi.
     metadata.update(spec.extra.get("targets", {}))
-    return fit(model, method_obj, train_set, test_set, spec.config, outdir, resume=resume,
-               sigma=spec.sigma, metadata=metadata)
+    return fit(model, method_obj, train_set, test_set, spec.recipe, outdir, resume=resume,
+               runtime=spec.runtime, sigma=spec.sigma, metadata=metadata, callbacks=callbacks)
 
 
 def _check_own_model(model: nn.Module | None, train_set: Any, test_set: Any) -> bool:
@@ -467,9 +538,9 @@ def _named_run(spec: TrainSpec, data_dir: Any, targets: Any) -> tuple[nn.Module,
         train_set = attach_side_data(train_set, soft_target=soft)
     if spec.test_subset is not None:
         test_set = test_set.subset(spec.test_subset)
-    seed_everything(spec.config.seed)  # the initial weights depend on the seed only
+    seed_everything(spec.recipe.seed)  # the initial weights depend on the seed only
     model = create_model(spec.arch, num_classes=train_set.num_classes,
-                         normalization=spec.normalization, **spec.arch_kwargs)
+                         normalization=spec.normalization, **spec.recipe.arch_kwargs)
     return model, train_set, test_set
 
 
@@ -491,28 +562,34 @@ def _soft_targets(spec: TrainSpec, train_set: Any, targets: Any) -> Any:
 
 def _announce(spec: TrainSpec, train_set: Any, outdir: Path, resume: bool,
               restart: bool = False) -> None:
+    """The header line (with the effective warm-up and deferral), and a warning line for
+    each the run's epochs do not reach (rank 0)."""
     rank, world, _ = distributed.distributed_env()  # the process group is not up yet
     if rank != 0:
         return
-    c = spec.config
+    r = spec.recipe
     opts = " ".join(f"{k}={v}" for k, v in spec.method_options.items())
     what = f"{spec.arch} on {spec.dataset}" if spec.dataset else "custom model"
     extends = spec.extra.get("extends_from_epochs")
     if extends is not None:
         print(f"smoothmix train: extending the run in {outdir} from {_count(extends, 'epoch')} "
-              f"to {c.epochs} (--epochs)", flush=True)
+              f"to {r.epochs} (--epochs)", flush=True)
     if restart:
         print(f"smoothmix train: --resume: {outdir} holds no checkpoint yet (the run stopped "
               "before its first epoch ended); starting it from the beginning", flush=True)
+    schedule, warnings = schedule_notes(r)
     print(f"smoothmix train: {what} ({len(train_set)} images), {spec.method} sigma={spec.sigma}"
-          f"{' ' + opts if opts else ''}; {_count(c.epochs, 'epoch')}, batch {c.batch_size}, "
-          f"lr {c.lr:g}, {c.precision}{' (resume)' if resume else ''}"
+          f"{' ' + opts if opts else ''}; {_count(r.epochs, 'epoch')}"
+          f"{''.join(', ' + part for part in schedule)}, batch {r.batch_size}, "
+          f"lr {r.lr:g}, {r.precision}{' (resume)' if resume else ''}"
           f"{f', {world} processes' if world > 1 else ''} -> {outdir}", flush=True)
-    if c.precision == "bf16":
+    for warning in warnings:
+        print(f"smoothmix train: warning: {warning}", file=sys.stderr, flush=True)
+    if r.precision == "bf16":
         from smoothmix.device import resolve_device
         from smoothmix.execution import warn_if_bf16_emulated
 
-        warn_if_bf16_emulated(resolve_device(c.device or "auto"))
+        warn_if_bf16_emulated(resolve_device(spec.runtime.device or "auto"))
 
 
 def _count(n: int, noun: str) -> str:

@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from smoothmix.checkpoint import Checkpoint, capture_rng_state, save_checkpoint
-from smoothmix.provenance import provenance
 from smoothmix.storage import atomic_write
+from smoothmix.training.evaluation import evaluate_noisy
+from smoothmix.training.rundir import LOG_NAME, CheckpointIO
+from smoothmix.training.seeding import rank_seed, set_loader_epoch
 
 if TYPE_CHECKING:
     from smoothmix.training.loop import Run
 
-LOG_NAME = "log.csv"
+__all__ = ["LOG_NAME", "Callback", "Checkpointing", "CsvLog", "CsvLogger", "NoisyEvaluation",
+           "TensorBoardLogger", "default_callbacks"]
 
 
 class Callback:
@@ -63,43 +62,6 @@ def default_callbacks(test_set: Any | None, sigma: float) -> list[Callback]:
 # --------------------------------------------------------------------------- evaluation
 
 
-@torch.no_grad()
-def evaluate_noisy(model: nn.Module, loader: Iterable, sigma: float, seed: int,
-                   amp: bool = False, channels_last: bool = False) -> torch.Tensor:
-    """Top-1 accuracy and CE loss of the base classifier on one Gaussian draw per image.
-
-    Returns a device tensor ``[correct, loss_sum, count]`` (summed, not averaged, so that
-    ranks can all-reduce it). The noise comes from a private generator seeded by ``seed``.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    totals = torch.zeros(3, device=device, dtype=torch.float64 if device.type == "cpu"
-                         else torch.float32)
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        noisy = x + sigma * torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
-        if channels_last:
-            noisy = noisy.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(noisy)
-        logits = logits.float()
-        totals[0] += (logits.argmax(1) == y).sum()
-        totals[1] += nn.functional.cross_entropy(logits, y, reduction="sum")
-        totals[2] += y.numel()
-    model.train(was_training)
-    return totals
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """Different noise per rank; rank 0 keeps the plain seed so 1-process runs are
-    unchanged."""
-    return seed + 1_000_003 * rank
-
-
 class NoisyEvaluation(Callback):
     """``test_noisy_acc`` / ``test_noisy_loss``: the base classifier on one Gaussian draw of
     noise level ``sigma`` per test image, from a generator of its own (seeded by the run's
@@ -114,12 +76,12 @@ class NoisyEvaluation(Callback):
 
         if self.test_set is None or len(self.test_set) == 0:
             return
-        config, strategy = run.config, run.strategy
+        runtime, strategy = run.runtime, run.strategy
         self.loader = make_loader(self.test_set,
-                                  config.test_batch_size or max(run.per_rank_batch, 256),
-                                  strategy.device, train=False, seed=config.seed,
+                                  runtime.test_batch_size or max(run.per_rank_batch, 256),
+                                  strategy.device, train=False, seed=run.recipe.seed,
                                   rank=strategy.rank, world_size=strategy.world,
-                                  workers=config.workers)
+                                  workers=runtime.workers)
 
     def on_epoch_start(self, run: Run, epoch: int) -> None:
         if self.loader is not None:
@@ -131,39 +93,21 @@ class NoisyEvaluation(Callback):
         strategy = run.strategy
         t = strategy.all_reduce_sum(evaluate_noisy(
             run.raw_model, self.loader, self.sigma,
-            seed=rank_seed(run.config.seed + epoch, strategy.rank), amp=strategy.amp,
+            seed=rank_seed(run.recipe.seed + epoch, strategy.rank), amp=strategy.amp,
             channels_last=strategy.channels_last)).tolist()
         metrics["test_noisy_acc"] = t[0] / max(t[2], 1)
         metrics["test_noisy_loss"] = t[1] / max(t[2], 1)
-
-
-def set_loader_epoch(loader: Any, epoch: int) -> None:
-    """``set_epoch`` of a DeviceBatchLoader, or of a DataLoader's (distributed) sampler."""
-    set_epoch = getattr(loader, "set_epoch", None)
-    if set_epoch is None:
-        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-    if set_epoch is not None:
-        set_epoch(epoch)
 
 
 # --------------------------------------------------------------------------- checkpoint
 
 
 class Checkpointing(Callback):
-    """The atomic ``checkpoint.pth.tar`` after every epoch: model, optimiser, schedule, the
-    RNG states of every rank (gathered from all of them) and the run's identity."""
+    """The atomic ``checkpoint.pth.tar`` after every epoch (written by the run folder's
+    :class:`~smoothmix.training.rundir.CheckpointIO`, which also restores it on resume)."""
 
     def on_epoch_end(self, run: Run, epoch: int, metrics: dict[str, Any]) -> None:
-        rng = run.strategy.gather_objects(capture_rng_state())
-        if not run.main:
-            return
-        save_checkpoint(run.ckpt_path, Checkpoint(
-            **run.identity, state_dict=run.raw_model.state_dict(), epoch=epoch + 1,
-            optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
-            rng=rng, config=run.config_dict,
-            metrics={k: v for k, v in metrics.items() if isinstance(v, float)},
-            **provenance(),  # type: ignore[arg-type]  # the release (and commit) of this epoch
-        ))
+        CheckpointIO(run.outdir).save(run, epoch, metrics)
 
 
 # --------------------------------------------------------------------------- logs
@@ -224,7 +168,7 @@ class TensorBoardLogger(Callback):
 
     def on_fit_start(self, run: Run) -> None:
         # A finished run opens no writer: it would leave an empty event file per rerun.
-        if not run.main or run.start_epoch >= run.config.epochs:
+        if not run.main or run.start_epoch >= run.recipe.epochs:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter

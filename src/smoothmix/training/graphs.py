@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+__all__ = ["StepGraph"]
+
 # Eager steps before the first capture (PyTorch's recipe uses 3 on a side stream).
 WARMUP_STEPS = 3
 

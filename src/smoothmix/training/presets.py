@@ -18,12 +18,16 @@ from typing import Any
 from smoothmix.errors import SmoothmixError
 from smoothmix.training.recipe import Recipe
 
+__all__ = ["PRESETS", "SIGMAS", "Preset", "format_presets_table", "get_preset", "list_presets"]
+
 SIGMAS = (0.25, 0.50, 1.00)
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One published recipe. ``lr_milestones`` (when set) replaces the every-``lr_step`` drop."""
+    """One published recipe, by name: the values it sets (:meth:`values`) and the whole
+    :class:`~smoothmix.training.recipe.Recipe` they make (:meth:`recipe`).
+    ``lr_milestones`` (when set) replaces the every-``lr_step`` drop."""
 
     name: str
     dataset: str
@@ -40,13 +44,24 @@ class Preset:
     weight_decay: float = 1e-4  # SGD weight decay (CIFAR-10 MACER: 5e-4)
     note: str = ""
 
+    def values(self) -> dict[str, Any]:
+        """The recipe values this preset sets, as a layer of
+        :func:`smoothmix.training.recipe.merge` (method options and the deferral apart: they
+        merge option by option, and ``deferred`` needs the final schedule)."""
+        return {"method": self.method, "sigma": self.sigma, "dataset": self.dataset,
+                "arch": self.arch, "epochs": self.epochs, "lr": self.lr,
+                "lr_step": self.lr_step, "lr_milestones": self.lr_milestones,
+                "batch_size": self.batch_size, "weight_decay": self.weight_decay}
+
     def recipe(self) -> Recipe:
-        """The recipe values this preset sets (its ``deferred`` needs the schedule and is
-        turned into an epoch by :func:`smoothmix.training.train`)."""
-        return Recipe(method=self.method, sigma=self.sigma, dataset=self.dataset,
-                      arch=self.arch, epochs=self.epochs, lr=self.lr, lr_step=self.lr_step,
-                      lr_milestones=self.lr_milestones, batch_size=self.batch_size,
-                      weight_decay=self.weight_decay, method_options=dict(self.options))
+        """The preset's whole :class:`~smoothmix.training.recipe.Recipe`: its values, the
+        recipe defaults for the rest, and ``deferred`` as MACER's ``deferred_epochs`` (the
+        first learning-rate drop). ``train(preset=...)`` with nothing else trains it."""
+        recipe = Recipe.from_values({**self.values(), "method_options": dict(self.options)})
+        if self.deferred:
+            recipe = replace(recipe, method_options={**recipe.method_options,
+                                                     "deferred_epochs": recipe.first_lr_drop()})
+        return recipe
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -1,74 +1,202 @@
-"""The recipe of a training run, declared once.
+"""The two records of a training run, each declared once.
 
-A :class:`Recipe` holds everything that defines a run's trajectory: what is trained (method,
-σ, dataset, architecture and its arguments, subsets), the optimiser schedule and the method
-options. Every layer that can set a recipe value speaks this record: the presets
-(:meth:`smoothmix.training.presets.Preset.recipe`), the keyword arguments of
-:func:`smoothmix.training.train` and the CLI flags, a stored run
-(:meth:`smoothmix.checkpoint.Checkpoint.settings`) and ``smoothmix reproduce``'s budget.
-``None`` means "not set by this layer"; :func:`merge` takes each field from the first layer
-that sets it.
+* :class:`Recipe` — what decides the trained weights: the data (dataset, subsets), the
+  network (arch and its arguments), the method with its options (MACER's deferral as
+  ``deferred_epochs``, a warm-up as ``warmup``), σ, the optimiser schedule, the batch, the
+  seed and the precision. A resume must agree with it (:data:`RECIPE_FIELDS`); it is what
+  a preset builds (:meth:`smoothmix.training.presets.Preset.recipe`) and what
+  :func:`smoothmix.training.train` resolves from its keyword arguments.
+* :class:`Runtime` — how the run executes, which does not change what the weights mean:
+  device, ``torch.compile``, memory layout, CUDA graphs, data workers, the test batch, the
+  progress bar. It may change between a run and its resume.
 
-:data:`RECIPE_FIELDS` is the one list of settings a resume must agree with, and
-:func:`compared` what is compared of two of them (values normalised by
+Both are frozen and typed; their field defaults are the only defaults (the per-dataset
+schedules of :mod:`smoothmix.training.api` are one more layer above them).
+
+Resolving merges layers of given values (explicit arguments, a preset, a stored run, the
+dataset's schedule): plain mappings of field name to value, where a missing or ``None``
+value means "not set by this layer"; :func:`merge` takes each field from the first layer
+that sets it. :func:`compared` is what a resume compares (values normalised by
 :func:`comparable`; the differing keys then come from :func:`smoothmix.storage.differing_keys`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from smoothmix.errors import require
+
+__all__ = ["OPTION_PREFIX", "RECIPE_FIELDS", "RUNTIME_FIELDS", "SCHEDULE_FIELDS", "Recipe",
+           "Runtime",
+           "comparable", "compared", "fold_amp", "merge", "option_flag", "recipe_values",
+           "schedule_notes", "show", "split_settings"]
 
 #: Prefix of a method option in the flat comparison record (``method_options.eta``).
 OPTION_PREFIX = "method_options."
 
 
-@dataclass
+def _schedule(default: Any) -> Any:
+    """A schedule field of :class:`Recipe`: what :func:`~smoothmix.training.fit` takes from
+    the recipe (the other fields are the run's identity, which it takes from the method
+    object and its ``metadata``)."""
+    return field(default=default, metadata={"schedule": True})
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """One layer of recipe values (``None``: not set here). ``method_options`` maps option
-    names to values (MACER's deferral as ``deferred_epochs``)."""
+    """What decides the trained weights (resolved: every field holds its value).
+
+    ``method`` and ``sigma`` are None only for a bare :func:`~smoothmix.training.fit` call,
+    whose method object names itself; ``dataset``/``arch`` are None for the caller's own
+    model and data. The learning rate is multiplied by ``lr_gamma`` every ``lr_step``
+    epochs, or at ``lr_milestones`` when given. ``batch_size`` counts images per optimiser
+    step over all ranks (each expanded to the method's noise copies inside the method).
+    ``precision`` "bf16" runs the method's forward passes under bfloat16 autocast; it changes
+    the trajectory, so a resume keeps it. ``method_options`` maps option names to values.
+    """
 
     method: str | None = None
     sigma: float | None = None
     dataset: str | None = None
     arch: str | None = None
-    arch_kwargs: dict[str, Any] | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
     train_subset: int | None = None
     test_subset: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    lr_step: int | None = None
-    lr_gamma: float | None = None
-    lr_milestones: tuple[int, ...] | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    seed: int | None = None
-    precision: str | None = None
+    epochs: int = _schedule(90)
+    batch_size: int = _schedule(256)
+    lr: float = _schedule(0.01)
+    lr_step: int = _schedule(30)
+    lr_gamma: float = _schedule(0.1)
+    lr_milestones: tuple[int, ...] | None = _schedule(None)
+    momentum: float = _schedule(0.9)
+    weight_decay: float = _schedule(1e-4)
+    seed: int = _schedule(0)
+    precision: str = _schedule("fp32")
     method_options: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> Recipe:
-        """The recipe fields of a flat settings record (unknown keys are ignored)."""
-        values = {k: settings[k] for k in RECIPE_FIELDS if settings.get(k) is not None}
-        values["method_options"] = dict(settings.get("method_options") or {})
-        return cls(**values)
+    def __post_init__(self) -> None:
+        from smoothmix.execution import check_precision
 
-    def given(self) -> dict[str, Any]:
-        """The fields this layer sets (method options apart)."""
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k != "method_options" and v is not None}
+        check_precision(self.precision)
+        if self.lr_milestones is not None:  # any sequence in, a tuple of ints stored
+            object.__setattr__(self, "lr_milestones", tuple(int(m) for m in self.lr_milestones))
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Recipe:
+        """The recipe of merged layer values (missing ones take the field defaults), numbers
+        coerced to the fields' types (a CLI or JSON value may be an int where a float is
+        meant)."""
+        given = {k: v for k, v in values.items() if v is not None}
+        for name in _INT_FIELDS & given.keys():
+            given[name] = int(given[name])
+        for name in _FLOAT_FIELDS & given.keys():
+            given[name] = float(given[name])
+        given["arch_kwargs"] = dict(given.get("arch_kwargs") or {})
+        given["method_options"] = dict(given.get("method_options") or {})
+        return cls(**given)
+
+    def validate(self) -> None:
+        """One-line :class:`~smoothmix.errors.SmoothmixError` on an impossible schedule."""
+        require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        require(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
+        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        require(self.lr_step >= 1, f"lr step must be >= 1 epoch, got {self.lr_step}")
+        require(0 < self.lr_gamma <= 1, f"lr gamma must be in (0, 1], got {self.lr_gamma}")
+        if self.lr_milestones is not None:
+            ms = list(self.lr_milestones)
+            require(all(m >= 1 for m in ms) and ms == sorted(ms),
+                    f"lr milestones must be increasing epochs >= 1, got {ms}")
+
+    def first_lr_drop(self) -> int:
+        """Epoch index at which the learning rate first drops (MACER's ``--deferred``)."""
+        return self.lr_milestones[0] if self.lr_milestones else self.lr_step
+
+    def settings(self) -> dict[str, Any]:
+        """The recipe as a flat settings record (what a resume compares)."""
+        out = {name: getattr(self, name) for name in RECIPE_FIELDS}
+        out.update(arch_kwargs=dict(self.arch_kwargs), method_options=dict(self.method_options))
+        return out
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a run executes, free to change between a run and its resume.
+
+    ``device`` None: :func:`smoothmix.device.resolve_device`'s choice. ``channels_last``
+    None: on for image models (the faster layout for convnets on CPUs and GPUs).
+    ``compile`` (``torch.compile``) is opt-in; ``cuda_graphs`` captures each epoch's
+    fixed-shape step as a CUDA graph (drop-last batches; :mod:`smoothmix.training.graphs`).
+    ``workers`` None: ``min(4, CPU cores)`` (:func:`smoothmix.data.loaders.default_workers`).
+    ``test_batch_size`` None: ``max(per-rank batch, 256)``.
+    """
+
+    device: str | None = None
+    compile: bool = False
+    channels_last: bool | None = None
+    cuda_graphs: bool = False
+    workers: int | None = None
+    test_batch_size: int | None = None
+    log_every: int = 20
+    progress: bool = True
+
+    def validate(self) -> None:
+        """One-line :class:`~smoothmix.errors.SmoothmixError` on a bad value."""
+        require(self.workers is None or self.workers >= 0,
+                f"workers must be >= 0, got {self.workers}")
+        require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        require(self.test_batch_size is None or self.test_batch_size >= 1,
+                f"test batch size must be >= 1, got {self.test_batch_size}")
 
 
 #: The settings that define a run: on resume a stored value and a given one must agree.
 RECIPE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Recipe)
                                        if f.name != "method_options")
-#: The recipe fields that live in :class:`smoothmix.training.TrainConfig` (the schedule).
-SCHEDULE_FIELDS: tuple[str, ...] = ("epochs", "batch_size", "lr", "lr_step", "lr_gamma",
-                                    "lr_milestones", "momentum", "weight_decay", "seed",
-                                    "precision")
+#: The recipe fields the training loop takes from the recipe (optimiser, schedule, batch,
+#: seed, precision), marked in :class:`Recipe`'s declaration.
+SCHEDULE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Recipe)
+                                         if f.metadata.get("schedule"))
+#: The execution settings (:class:`Runtime`).
+RUNTIME_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Runtime))
+_INT_FIELDS = frozenset({"train_subset", "test_subset", "epochs", "batch_size", "lr_step",
+                         "seed"})
+_FLOAT_FIELDS = frozenset({"sigma", "lr", "lr_gamma", "momentum", "weight_decay"})
+
+
+def recipe_values(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe fields a flat settings record sets (a layer; unknown keys are ignored)."""
+    return {k: settings[k] for k in RECIPE_FIELDS if settings.get(k) is not None}
+
+
+def fold_amp(values: Mapping[str, Any], amp: bool) -> dict[str, Any]:
+    """``values`` with ``amp=True``, the deprecated spelling of ``precision="bf16"``, folded
+    into ``precision`` (a contradicting precision is an error)."""
+    out = dict(values)
+    if amp:
+        require(out.get("precision") in (None, "bf16"),
+                f"amp=True means precision bf16, not {out.get('precision')!r}")
+        out["precision"] = "bf16"
+    return out
+
+
+def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], Runtime]:
+    """Flat settings (the keywords of the old ``TrainConfig``): the recipe values they set
+    and the :class:`Runtime`. ``amp=True`` is the deprecated spelling of
+    ``precision="bf16"``; an unknown name is a ``TypeError``, as for any keyword."""
+    values = fold_amp(settings, bool(settings.get("amp", False)))
+    values.pop("amp", None)
+    unknown = sorted(set(values) - set(RECIPE_FIELDS) - set(RUNTIME_FIELDS)
+                     - {"method_options"})
+    if unknown:
+        raise TypeError(f"unknown training setting(s) {', '.join(unknown)}; valid: "
+                        f"{', '.join(sorted({*RECIPE_FIELDS, *RUNTIME_FIELDS}))}")
+    runtime = Runtime(**{k: v for k, v in values.items() if k in RUNTIME_FIELDS})
+    return {k: v for k, v in values.items() if k not in RUNTIME_FIELDS}, runtime
 
 
 def option_flag(name: str) -> str:
@@ -78,23 +206,48 @@ def option_flag(name: str) -> str:
     return special.get(name) or "--" + name.replace("_", "-")
 
 
-def merge(layers: Sequence[tuple[str, Recipe]], option_layers: Sequence[Mapping[str, Any]]
-          ) -> tuple[Recipe, dict[str, str]]:
-    """Each field from the first layer (highest precedence first) that sets it, and which
-    layer that was (``{"lr": "--lr"}``, ``{"epochs": "preset X"}``) for messages.
+def merge(layers: Sequence[tuple[str, Mapping[str, Any]]]
+          ) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each recipe field from the first layer (highest precedence first) that sets it, and
+    which layer that was (``{"lr": "--lr"}``, ``{"epochs": "preset X"}``) for messages.
 
     A layer named ``"flags"`` is the caller's explicit values: its source is the field's
-    flag. Method options are merged from ``option_layers`` (lowest precedence first).
+    flag. Method options are not merged here (they merge option by option).
     """
-    merged = Recipe()
+    merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for name, layer in reversed(layers):
-        for key, value in layer.given().items():
-            setattr(merged, key, value)
+        for key, value in recipe_values(layer).items():
+            merged[key] = value
             sources[key] = option_flag(key) if name == "flags" else name
-    for options in option_layers:
-        merged.method_options.update(options)
     return merged, sources
+
+
+def schedule_notes(recipe: Recipe) -> tuple[list[str], list[str]]:
+    """The effective warm-up and deferral of a recipe: the header's parts (``warm-up 10
+    epochs``, ``robustness term from epoch 31``) and a one-line warning for each that the
+    run's epochs do not reach (a 1-epoch SmoothMix run with a 10-epoch warm-up keeps the
+    mix weight at 0.1: it trains almost plain Gaussian)."""
+    options = {**_option_defaults(recipe.method), **recipe.method_options}
+    parts: list[str] = []
+    warnings: list[str] = []
+    warmup = options.get("warmup")
+    if isinstance(warmup, int) and warmup > 1:
+        parts.append(f"warm-up {warmup} epochs")
+        if recipe.epochs < warmup:
+            warnings.append(
+                f"--epochs {recipe.epochs} is shorter than {recipe.method}'s {warmup}-epoch "
+                f"warm-up: its warmed-up term reaches only {recipe.epochs / warmup:.2g} of its "
+                f"weight; pass --warmup {recipe.epochs} (or fewer) to reach it")
+    deferred = options.get("deferred_epochs")
+    if isinstance(deferred, int) and deferred > 0:
+        parts.append(f"robustness term from epoch {deferred + 1}")
+        if recipe.epochs <= deferred:
+            warnings.append(
+                f"--epochs {recipe.epochs} ends before {recipe.method}'s deferral of "
+                f"{deferred} epochs: the robustness term is never on (plain Gaussian "
+                f"training); pass --deferred below {recipe.epochs} or --no-deferred")
+    return parts, warnings
 
 
 def _plain(value: Any) -> Any:
