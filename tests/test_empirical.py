@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import Linear2
+from helpers import Linear2
 from scipy.stats import binom, norm
 from torch import nn
 
