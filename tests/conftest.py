@@ -1,4 +1,20 @@
-"""Fixtures shared by several test modules (no test module imports from another)."""
+"""Fixtures shared by several test modules (no test module imports from another; plain
+helpers shared by several modules live in ``tests/helpers.py``).
+
+Two tiers:
+
+- ``pytest -m "not slow"``: the fast tier, for the edit-test loop (a few minutes on two
+  cores). It keeps every unit and contract test and a cheaper form of each Monte-Carlo
+  soundness check (fewer trials, same assertions).
+- ``pytest``: everything, what CI (``.ci/run``) and a release run. It adds the tests marked
+  ``@pytest.mark.slow``: end-to-end runs (demo, reproduce, training to convergence), real
+  subprocess and ``torchrun`` / gloo launches (SIGKILL and resume, process-level errors,
+  2-process runs), and the full-size Monte-Carlo studies.
+
+Mark a new test ``slow`` when it launches a process or takes more than a few seconds; give a
+statistical study a small fast variant beside the full-size slow one. ``cuda`` marks the GPU
+variant of a test (skipped without a GPU).
+"""
 
 from __future__ import annotations
 

@@ -270,6 +270,7 @@ def test_an_older_six_column_file_resumes_in_its_own_format(tmp_path, model):
     assert rows(out) == [row[:5] for row in full]
 
 
+@pytest.mark.slow
 def test_skip_wrong_gives_the_full_runs_metrics_on_real_mnist(tmp_path, mnist_model):
     from smoothmix.analysis import read_results
 
