@@ -3,9 +3,10 @@ helpers shared by several modules live in ``tests/helpers.py``).
 
 Two tiers:
 
-- ``pytest -m "not slow"``: the fast tier, for the edit-test loop (a few minutes on two
-  cores). It keeps every unit and contract test and a cheaper form of each Monte-Carlo
-  soundness check (fewer trials, same assertions).
+- ``pytest -m "not slow"``: the fast tier, for the edit-test loop (under 3 minutes on two
+  cores). It keeps every unit and contract test, the exact soundness checks, and a smaller
+  run (fewer trials, same assertions) of each Monte-Carlo study that keeps its power at that
+  size; the studies whose power needs thousands of trials are slow only.
 - ``pytest``: everything, what CI (``.ci/run``) and a release run. It adds the tests marked
   ``@pytest.mark.slow``: end-to-end runs (demo, reproduce, training to convergence), real
   subprocess and ``torchrun`` / gloo launches (SIGKILL and resume, process-level errors,
