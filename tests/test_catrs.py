@@ -271,6 +271,7 @@ def test_train_mode_no_stray_gradients_and_bfloat16_autocast():
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
 
 
+@pytest.mark.slow
 def test_a_few_real_mnist_steps_decrease_a_finite_loss():
     from smoothmix.data import load_dataset
     from smoothmix.models import create_model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -50,9 +51,24 @@ def rows(path) -> list[list[str]]:
     return [(f := line.split("\t"))[:at] + f[at + 1:] for line in lines[1:]]
 
 
+class Pausing(nn.Module):
+    """``model``, ``pause`` seconds slower per call: every certificate takes measurable time."""
+
+    def __init__(self, model: nn.Module, pause: float) -> None:
+        super().__init__()
+        self.model, self.pause = model, pause
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.pause)
+        return self.model(x)
+
+
 def test_result_file_format_and_per_example_seeding(tmp_path, model):
     ds = ToyDataset()
-    out = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", **SETTINGS)
+    pause = 0.002
+    start = time.perf_counter()
+    out = certify_dataset(Pausing(model, pause), ds, 0.25, tmp_path / "c.tsv", **SETTINGS)
+    wall = time.perf_counter() - start
     lines = out.read_text().splitlines()
     assert lines[0] == ("idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tstatus"
                         "\tn_a\tn_b\tbound")
@@ -60,8 +76,9 @@ def test_result_file_format_and_per_example_seeding(tmp_path, model):
     from smoothmix.certification import example_seed
 
     smooth = Smooth(model, 3, 0.25)
+    times = []
     for idx, line in enumerate(lines[1:]):
-        i, label, pred, radius, correct, seconds, samples, status, n_a, n_b, bound = \
+        i, label, pred, radius, correct, time_s, samples, status, n_a, n_b, bound = \
             line.split("\t")
         gen = torch.Generator().manual_seed(example_seed(0, idx))
         expect = smooth.certificate(ds.x[idx], 10, 200, 0.01, 64, generator=gen)
@@ -71,7 +88,10 @@ def test_result_file_format_and_per_example_seeding(tmp_path, model):
         assert bound == "cohen"
         assert repr(float(radius)) == radius  # full precision, round-trips exactly
         assert int(correct) == (int(pred) == int(label))
-        assert float(seconds) >= 0
+        times.append(float(time_s))
+    # The time column is each certificate's own duration in seconds: at least one model call,
+    # and all of them together no more than the whole run.
+    assert min(times) >= pause and sum(times) <= wall, (times, wall)
     meta = json.loads((tmp_path / "c.tsv.json").read_text())
     assert meta["kind"] == "certify"
     assert meta["settings"]["sigma"] == 0.25 and meta["settings"]["n"] == 200
@@ -250,6 +270,7 @@ def test_an_older_six_column_file_resumes_in_its_own_format(tmp_path, model):
     assert rows(out) == [row[:5] for row in full]
 
 
+@pytest.mark.slow
 def test_skip_wrong_gives_the_full_runs_metrics_on_real_mnist(tmp_path, mnist_model):
     from smoothmix.analysis import read_results
 

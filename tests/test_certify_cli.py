@@ -172,6 +172,7 @@ def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, ckpts):
     assert data_rows(tmp_path / "m.tsv") == data_rows(tmp_path / "all.tsv")
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ckpts):
     args = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25",
             "--n0", "10", "--N", "1500", "--alpha", "0.001", "--noise-batch", "500", "--max", "12",
@@ -198,6 +199,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, ckpts):
     assert [int(r[0]) for r in rows] == list(range(12))
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_equal_the_single_process_run(tmp_path, ckpts):
     # The spellings --max-idx, --num-samples and --noise-batch need no `--` after `-m smoothmix`.
     common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max-idx", "9",
@@ -217,6 +219,7 @@ def test_torchrun_two_gloo_processes_equal_the_single_process_run(tmp_path, ckpt
     assert (tmp_path / "dist.rank1of2.tsv").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_decide_like_one_process(tmp_path, ckpts):
     # --radii runs shard under torchrun too: rank 0 merges, an image's rows stay together.
     common = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max-idx", "7",
@@ -295,6 +298,7 @@ def test_bad_files_exit_2_with_one_line(tmp_path, ckpts, capsys, monkeypatch):
     assert "does not exist" in _error(capsys, ["analyze", str(tmp_path / "nope.tsv")])
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path, ckpts):
     result = subprocess.run(
         [sys.executable, "-m", "smoothmix", "certify", str(ckpts["corrupt"]), "--dataset",
@@ -337,6 +341,7 @@ def near_tie_lenet(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_separate_shard_processes_merge_bit_for_bit_on_near_ties(tmp_path, near_tie_lenet):
     # Same machine, same CPU device, separate processes: the chunk, layout and precision
     # come from one rule (never a timing), so each row, radius included, is reproduced.

@@ -243,6 +243,7 @@ def registry(monkeypatch):
     monkeypatch.setattr(smoothmix.models, "_MODELS", smoothmix.models._MODELS.copy())
 
 
+@pytest.mark.slow
 def test_registered_architecture_round_trips_through_train_load_and_certify(
         tmp_path, registry, capsys):
     """A registered network with a constructor kwarg: trained by name, its checkpoint records

@@ -109,6 +109,7 @@ def amp_step(name, options, model, x, y, device, num_classes):
     return out.loss
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_method_trains_under_bf16_autocast(device, mnist):
     device = torch.device(device)
@@ -407,6 +408,7 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_one_process_ddp_training_steps_equal_the_plain_steps(device, tmp_path):
     result = subprocess.run([sys.executable, "-c", DDP_SCRIPT, str(tmp_path / "store"), device],
@@ -488,6 +490,7 @@ def test_replayable_step_equals_the_eager_step(device, mnist):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_fit_with_cuda_graphs_and_amp_trains_smoothmix_on_drop_last_batches(device, mnist,
                                                                              tmp_path):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from smoothmix.analysis import read_results
 from smoothmix.cli import main
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_reruns_from_its_files(tmp_path: Path, capsys) -> None:
     args = ["demo", "--outdir", str(tmp_path / "demo"), "--train-subset", "64", "--epochs", "1",
             "--skip", "2500", "--n", "200", "--no-progress"]

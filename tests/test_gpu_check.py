@@ -51,6 +51,7 @@ def test_planner_predicts_from_the_probe_and_takes_the_largest_budget_that_fits(
     assert short[short.index("--epochs") + 1] == "10" and "--warmup" in short
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_stage_on_the_cpu_into_at_most_8_files(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, MPLBACKEND="Agg")

@@ -281,6 +281,7 @@ def one_line_error(excinfo) -> str:
     return message
 
 
+@pytest.mark.slow
 def test_certify_dataset_records_grid_and_resume_refuses_the_other_mode(tmp_path, mnist):
     from smoothmix.certification import example_seed
 
@@ -348,6 +349,7 @@ def test_inputs_off_the_grid_are_refused_before_any_write(tmp_path, mnist):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_predict_attack_and_decide_run_on_the_grid(tmp_path, mnist):
     net, test, _ = mnist
     common = dict(alpha=0.001, batch_size=300, max_idx=4, progress=False)
@@ -401,6 +403,7 @@ def test_predict_attack_and_decide_run_on_the_grid(tmp_path, mnist):
     assert snapshot(decide) == before
 
 
+@pytest.mark.slow
 def test_cli_grid_end_to_end_and_analyze_warns_about_mixed_noise(tmp_path, mnist, capsys):
     from smoothmix.analysis import compare_results, read_results
     from smoothmix.checkpoint import load_model

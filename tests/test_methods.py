@@ -410,6 +410,7 @@ def test_loss_forwards_are_joint_only_where_that_changes_nothing():
     assert calls == [(True, 3), (True, 5)]
 
 
+@pytest.mark.slow
 def test_ddp_wrapped_model_gets_the_same_gradients(tmp_path):
     # Single-process gloo group in a subprocess (keeps the test process free of global
     # process-group state): attack forwards bypass DDP, loss forwards go through it.
@@ -551,6 +552,7 @@ def mnist_batches():
     return list(zip(x.split(32), data.labels[:768].split(32), strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, options", [
     ("gaussian", {}),
     ("stability", {}),

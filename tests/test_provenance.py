@@ -15,6 +15,7 @@ from smoothmix.provenance import BUILD_COMMIT, checkout_commit, git_commit
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_a_built_copy_reports_the_commit_it_was_built_from(tmp_path: Path) -> None:
     commit = checkout_commit(ROOT)
     if commit is None:

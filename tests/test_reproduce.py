@@ -49,6 +49,7 @@ def copy_of(finished: tuple[Path, str], tmp_path: Path) -> Path:
     return tmp_path / "r"
 
 
+@pytest.mark.slow
 def test_tiny_budget_end_to_end(finished) -> None:
     out, printed = finished
     assert "[1/5] train gaussian" in printed and "[4/5] certify consistency" in printed
@@ -144,6 +145,7 @@ def test_same_subset_published_values_and_the_decisions_table(tmp_path: Path) ->
     assert certify_rows and "*" not in certify_rows[0]  # every cell from the same images
 
 
+@pytest.mark.slow
 def test_rerun_continues(finished, tmp_path: Path) -> None:
     # Rerun: nothing retrained or recertified, the same table.
     out = copy_of(finished, tmp_path)
@@ -168,6 +170,7 @@ def test_rerun_continues(finished, tmp_path: Path) -> None:
         [r.split("\t")[:4] for r in full.splitlines()]
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_shard_certify_and_decisions(tmp_path: Path) -> None:
     # Under torchrun both stages shard the images across the ranks and rank 0 merges them;
     # a single process then recomputes both files from the same checkpoint, row for row.
@@ -205,6 +208,7 @@ def test_torchrun_two_gloo_processes_shard_certify_and_decisions(tmp_path: Path)
         assert rows(dist / name) == rows(single / name)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes(tmp_path: Path, capsys) -> None:
     # A run killed after epoch 1 of 2 is what train() leaves after 1 epoch of the same
     # recipe: reproduce must resume it (epoch 2 only), not restart or refuse it.
@@ -224,6 +228,7 @@ def test_interrupted_training_resumes(tmp_path: Path, capsys) -> None:
     assert len(log) == 3  # header + epochs 1 and 2
 
 
+@pytest.mark.slow
 def test_changed_budget_is_refused_and_nothing_is_touched(finished, tmp_path: Path,
                                                           capsys) -> None:
     out = finished[0]

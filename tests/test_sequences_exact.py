@@ -285,7 +285,8 @@ def mis_levelled(sequence: str, p0: float, alpha: float, cap: int) -> tuple[floa
     return 2 * alpha, Rule(sequence, p0, 2 * alpha, cap, beta=alpha)
 
 
-@pytest.mark.parametrize("sequence", seq.SEQUENCES)
+@pytest.mark.parametrize("sequence", [  # union's power needs 3,000 trials: the slow tier
+    pytest.param(s, marks=[pytest.mark.slow] if POWER[s][3] > 2000 else []) for s in seq.SEQUENCES])
 def test_monte_carlo_false_claims_match_the_exact_value_and_catch_a_doubled_level(sequence):
     alpha, p0, cap, trials = POWER[sequence]
     q = exact_claim_probability(Rule(sequence, p0, alpha, cap), p0)

@@ -50,6 +50,7 @@ def log_rows(outdir: Path) -> list[dict[str, str]]:
 # ---------------------------------------------------------------- kill and resume
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     args = [*TINY, "--method", "smoothmix", "--sigma", "0.5", "--num-noise", "2",
             "--num-steps", "2", "--batch", "32", "--epochs", "4"]
@@ -213,6 +214,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint(tmp_path, capsys):
     assert "holds files other than" in line
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     res = run_cli("train", "--dataset", "mnist", "--method", "nope", "--sigma", "0.5",
                   "--outdir", str(tmp_path / "o"))
@@ -277,6 +279,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=150)
 
 
+@pytest.mark.slow
 def test_torchrun_two_process_gloo_training_and_resume(tmp_path):
     # SmoothMix, so that its attack (on the unwrapped module) and its two loss forwards
     # before one backward run under a real 2-process DDP.
@@ -332,6 +335,7 @@ fit(model, CleanCE(), data, None, TrainConfig(epochs=2, batch_size=16, lr=0.5, l
 '''
 
 
+@pytest.mark.slow
 def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
     """DistributedSampler semantics: 2 ranks × 8 images with averaged gradients take the same
     steps as 1 process × 16 images."""

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import NoisyCE, tiny_config, tiny_data, tiny_model
+from helpers import NoisyCE, tiny_config, tiny_data, tiny_model
 from torch import nn
 
 from smoothmix.checkpoint import load_checkpoint

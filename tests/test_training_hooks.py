@@ -6,11 +6,12 @@ import csv
 
 import pytest
 import torch
-from conftest import NoisyCE, tiny_config, tiny_data, tiny_model
+from helpers import NoisyCE, tiny_config, tiny_data, tiny_model
 
+from smoothmix.checkpoint import read_checkpoint
 from smoothmix.errors import SmoothmixError
 from smoothmix.methods import StepOutput, create_method
-from smoothmix.training import TrainConfig, fit
+from smoothmix.training import TrainConfig, fit, loop
 from smoothmix.training.callbacks import Callback, default_callbacks
 from smoothmix.training.strategy import ExecutionStrategy
 
@@ -70,9 +71,40 @@ def test_fit_end_runs_after_an_error(tmp_path):
     assert rec.calls[-1] == ("fit_end",)
 
 
-def test_default_callbacks_write_the_run_folder_in_the_old_order():
-    names = [type(c).__name__ for c in default_callbacks(None, 0.25)]
-    assert names == ["NoisyEvaluation", "Checkpointing", "CsvLogger", "TensorBoardLogger"]
+class FolderProbe(Callback):
+    """Records, at its turn in the callback list, the log row so far and what the run folder
+    holds: (checkpoint epoch, log.csv rows, TensorBoard event bytes)."""
+
+    def __init__(self, rows: list, folders: list) -> None:
+        self.rows, self.folders = rows, folders
+
+    def on_train_epoch_end(self, run, epoch, metrics):
+        self.rows.append(sorted(metrics))
+
+    def on_epoch_end(self, run, epoch, metrics):
+        ckpt, log = run.outdir / "checkpoint.pth.tar", run.outdir / "log.csv"
+        self.folders.append((
+            read_checkpoint(ckpt).epoch if ckpt.is_file() else 0,
+            len(log.read_text().splitlines()) - 1 if log.is_file() else 0,
+            sum(p.stat().st_size for p in run.outdir.glob("events.out.tfevents.*"))))
+
+
+def test_default_callbacks_write_the_run_folder_in_the_old_order(tmp_path, monkeypatch):
+    # A probe after each default callback sees what that callback did: the noisy evaluation
+    # adds its columns first (so the checkpoint and both logs record them), then the
+    # checkpoint, log.csv and the TensorBoard events are written, each in turn.
+    rows, folders = [], []
+    monkeypatch.setattr(loop, "default_callbacks", lambda test_set, sigma: [
+        c for cb in default_callbacks(test_set, sigma) for c in (cb, FolderProbe(rows, folders))])
+    fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), tiny_data(16, 2), tiny_config(epochs=1),
+        tmp_path / "r", metadata={"arch": None})
+    assert len(rows) == len(folders) == 4
+    assert "test_noisy_acc" in rows[0]
+    header_only = folders[0][2]  # the event file's header, written when the writer opened
+    assert [(epoch, logged, events > header_only) for epoch, logged, events in folders] == [
+        (0, 0, False), (1, 0, False), (1, 1, False), (1, 1, True)]
+    assert "test_noisy_acc" in read_checkpoint(tmp_path / "r" / "checkpoint.pth.tar").metrics
+    assert "test_noisy_acc" in (tmp_path / "r" / "log.csv").read_text().splitlines()[0]
 
 
 def test_strategy_runs_one_step_on_cpu():
@@ -97,10 +129,19 @@ def test_strategy_refuses_a_batch_that_does_not_split_over_processes():
 
 
 def test_fit_accepts_a_typed_training_method(tmp_path):
-    path = fit(tiny_model(), create_method("gaussian", 0.25, 2), tiny_data(32, 1), None,
+    method, model = create_method("gaussian", 0.25, 2), tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path = fit(model, method, tiny_data(32, 1), None,
                TrainConfig(epochs=1, batch_size=16, device="cpu", progress=False, workers=0),
                tmp_path / "g", metadata={"arch": None})
-    assert path.is_file()
+    # The run is the method's: its name, noise level and options are recorded, its loss
+    # trained the weights and its metrics are logged.
+    ckpt = read_checkpoint(path)
+    assert (ckpt.method, ckpt.sigma, ckpt.num_classes, ckpt.epoch) == ("gaussian", 0.25, 2, 1)
+    assert ckpt.method_config == method.config()
+    assert before.keys() == ckpt.state_dict.keys()
+    assert any(not torch.equal(before[k], v) for k, v in ckpt.state_dict.items())
+    assert {"train_loss", "train_acc"} <= set(ckpt.metrics)
 
 
 def test_train_passes_callbacks_to_the_loop(tmp_path):

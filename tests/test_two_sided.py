@@ -420,7 +420,10 @@ CASE_B = ((0.05, 0.6, 0.35), 3000, 3)
 CASE_C = ((0.17, 0.6, 0.17, 0.06), 2000, 2)
 
 
-@pytest.mark.parametrize("p, trials, seed", [CASE_A, CASE_B, CASE_C])
+@pytest.mark.parametrize("p, trials, seed", [
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in (CASE_A, CASE_B, CASE_C)),
+    *((p, 1000, seed) for p, _, seed in (CASE_A, CASE_B, CASE_C)),  # the fast tier's size
+])
 def test_false_certificates_and_bound_failures_stay_below_alpha(p, trials, seed):
     false_rate, fail_rate = exact_rates(p, ALPHA / 2, ALPHA / 2)
     assert false_rate <= fail_rate <= ALPHA  # a false certificate needs a failed bound
@@ -434,6 +437,7 @@ def test_false_certificates_and_bound_failures_stay_below_alpha(p, trials, seed)
     assert sum(r.prediction != -1 for r in runs) > 0.03 * trials  # it does certify
 
 
+@pytest.mark.slow
 def test_the_harness_catches_mis_levelled_bounds_and_an_unbounded_runner_up():
     """The same trials' counts fed to wrong re-implementations.
 
