@@ -34,6 +34,7 @@ from smoothmix.core import Smooth, check_bound, check_certify_args, check_predic
 from smoothmix.data.datasets import Examples
 from smoothmix.decisions import decide_dataset  # noqa: F401 - re-exported
 from smoothmix.empirical import attack_dataset, attack_outcome  # noqa: F401 - re-exported
+from smoothmix.noise import Noise
 from smoothmix.runner import (  # noqa: F401 - re-exported
     Compute,
     Emit,
@@ -60,7 +61,7 @@ from smoothmix.storage.table import ATTACK_OUTCOMES, COLUMNS  # noqa: F401 - re-
 def certify_dataset(
     model: nn.Module,
     dataset: Examples,
-    sigma: float,
+    sigma: float | Noise,
     out_path: str | os.PathLike,
     *,
     n0: int = 100,
@@ -119,7 +120,7 @@ def certify_dataset(
 def predict_dataset(
     model: nn.Module,
     dataset: Examples,
-    sigma: float,
+    sigma: float | Noise,
     out_path: str | os.PathLike,
     *,
     n: int = 100_000,

@@ -23,8 +23,15 @@ from smoothmix.checks import check_choice, check_radii, num_classes_of
 from smoothmix.core import check_certify_args
 from smoothmix.data.datasets import Examples
 from smoothmix.execution import Execution
-from smoothmix.grid import GridNoise
-from smoothmix.runner import Compute, Emit, example_generator, run_dataset, run_settings
+from smoothmix.noise import Noise
+from smoothmix.runner import (
+    Compute,
+    Emit,
+    example_generator,
+    run_dataset,
+    run_settings,
+    settings_noise,
+)
 from smoothmix.sequences import SEQUENCES, PoolItem, make_procedure, run_pool
 from smoothmix.storage.shards import Shard
 
@@ -32,7 +39,7 @@ from smoothmix.storage.shards import Shard
 def decide_dataset(
     model: nn.Module,
     dataset: Examples,
-    sigma: float,
+    sigma: float | Noise,
     out_path: str | os.PathLike,
     *,
     radii: Sequence[float],
@@ -87,9 +94,8 @@ def _decisions(model: nn.Module, dataset: Examples, settings: Mapping[str, Any],
                classes: int, batch_size: int, n0: int, use_label: bool) -> Compute:
     """The rows of decide: every example's confidence-sequence procedure, run in a pool
     that shares forward batches; an example's rows are emitted together when it is done."""
-    sigma, radii, seed = settings["sigma"], settings["radii"], settings["seed"]
-    grid = settings.get("grid")
-    noise = GridNoise(sigma, grid) if grid is not None else None
+    radii, seed = settings["radii"], settings["seed"]
+    noise = settings_noise(settings)
 
     def compute(todo: list[int], ex: Execution, emit: Emit) -> None:
         started: dict[int, float] = {}
@@ -98,11 +104,11 @@ def _decisions(model: nn.Module, dataset: Examples, settings: Mapping[str, Any],
             for idx in todo:
                 x, label = dataset[idx]
                 generator = example_generator(model, seed, idx)
-                procedure = make_procedure(settings["sequence"], radii, sigma,
+                procedure = make_procedure(settings["sequence"], radii, noise.sigma,
                                            settings["alpha"], settings["n"],
                                            int(label) if use_label else None, n0)
                 started[idx] = time.perf_counter()
-                yield PoolItem((idx, int(label)), x, generator, procedure, noise)
+                yield PoolItem((idx, int(label)), x, generator, procedure)
 
         def write(item: PoolItem) -> None:
             idx, label = typing.cast(tuple[int, int], item.key)
@@ -113,6 +119,6 @@ def _decisions(model: nn.Module, dataset: Examples, settings: Mapping[str, Any],
                   for r, decision, used in zip(radii, proc.decisions, proc.samples,
                                                strict=True)])
 
-        run_pool(model, items(), sigma, classes, batch_size, write, execution=ex)
+        run_pool(model, items(), noise, classes, batch_size, write, execution=ex)
 
     return compute

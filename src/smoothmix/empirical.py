@@ -35,6 +35,7 @@ from smoothmix.data.datasets import Examples
 from smoothmix.device import module_device
 from smoothmix.errors import require
 from smoothmix.methods.attacks import pgd_attack
+from smoothmix.noise import Noise
 from smoothmix.runner import Row, per_example, run_dataset, run_settings
 from smoothmix.storage.shards import Shard
 
@@ -42,7 +43,7 @@ from smoothmix.storage.shards import Shard
 def attack_dataset(
     model: nn.Module,
     dataset: Examples,
-    sigma: float,
+    sigma: float | Noise,
     out_path: str | os.PathLike,
     *,
     epsilon: float,
@@ -166,8 +167,7 @@ def _attack_and_predict(smooth: Smooth, x: torch.Tensor, label: int, epsilon: fl
     clean = smooth._predict(x, n, alpha, batch_size, generator)
     x_adv = _smoothed_attack(smooth.base_classifier, x, label, smooth.sigma, epsilon,
                              num_steps, num_noise, generator)
-    if smooth.grid is not None:
-        x_adv = smooth.grid.snap(x_adv)
+    x_adv = smooth.noise.snap(x_adv)  # onto the inputs the noise takes (grid noise: the grid)
     adversarial = smooth._predict(x_adv, n, alpha, batch_size, generator)
     distance = float((x_adv - x.to(x_adv.device)).flatten().norm())
     return clean, adversarial, distance

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothmix.checks import check_sigma, num_classes_of
+from smoothmix.checks import num_classes_of
 from smoothmix.core import Smooth
 from smoothmix.data.datasets import Examples
 from smoothmix.device import module_device
 from smoothmix.errors import require
 from smoothmix.execution import EXECUTION_KEYS, Execution, resolve_execution
-from smoothmix.grid import GridNoise
+from smoothmix.noise import Noise, make_noise
 from smoothmix.progress import Progress
 from smoothmix.storage.records import new_record, read_record
 from smoothmix.storage.shards import Shard, resolve_shard, selected_indices, shard_path, wait_until
@@ -52,7 +52,7 @@ from smoothmix.storage.table import (
 )
 
 __all__ = ["Compute", "Emit", "Row", "example_seed", "merge_results", "per_example",
-           "run_dataset", "run_settings"]
+           "run_dataset", "run_settings", "settings_noise"]
 
 # What a classify callback returns for one example: prediction, radius (nan when the kind
 # has no radius column), and the values of the columns after ``time``.
@@ -75,17 +75,23 @@ def example_generator(model: nn.Module, seed: int, idx: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(example_seed(seed, idx))
 
 
-def run_settings(sigma: float, counts: Mapping[str, object], skip: int, max_idx: int,
+def run_settings(sigma: float | Noise, counts: Mapping[str, object], skip: int, max_idx: int,
                  seed: int, dataset: Examples, identity: Mapping[str, object] | None,
                  grid: int | None = None) -> dict[str, object]:
     """Everything that decides a row's value: a resumed or merged file must agree on it.
-    ``grid`` (the sound 8-bit mode) only when on, so that older files keep their settings."""
+    The noise (``sigma``: a :class:`smoothmix.noise.Noise`, or Gaussian noise's sigma;
+    ``grid``: older callers' grid levels) records its own keys after the rest (none for
+    Gaussian noise, so that older files keep their settings)."""
     require(skip >= 1, f"skip must be >= 1, got {skip}")
-    require(grid is None or (isinstance(grid, int) and grid >= 1),
-            f"grid must be the number of levels of the input grid (255), got {grid!r}")
-    return {"sigma": check_sigma(sigma), **counts, "skip": skip, "max_idx": max_idx,
+    noise = make_noise(sigma, grid)
+    return {"sigma": noise.sigma, **counts, "skip": skip, "max_idx": max_idx,
             "seed": seed, "num_examples": len(dataset), **dict(identity or {}),
-            **({"grid": grid} if grid is not None else {})}
+            **noise.settings()}
+
+
+def settings_noise(settings: Mapping[str, object]) -> Noise:
+    """The noise a run's settings describe (:meth:`smoothmix.noise.Noise.from_settings`)."""
+    return Noise.from_settings(float(settings["sigma"]), settings)  # type: ignore[arg-type]
 
 
 def per_example(kind: str, classify: Classify, model: nn.Module, dataset: Examples,
@@ -95,8 +101,7 @@ def per_example(kind: str, classify: Classify, model: nn.Module, dataset: Exampl
     classes = num_classes_of(dataset, num_classes)
 
     def compute(todo: list[int], ex: Execution, emit: Emit) -> None:
-        smooth = Smooth(model, classes, float(settings["sigma"]), execution=ex,  # type: ignore[arg-type]
-                        grid=settings.get("grid"))  # type: ignore[arg-type]
+        smooth = Smooth(model, classes, settings_noise(settings), execution=ex)
         for idx in todo:
             x, label = dataset[idx]
             generator = example_generator(model, settings["seed"], idx)  # type: ignore[arg-type]
@@ -143,8 +148,9 @@ def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples
     done = set(table.idx) if table is not None else set()
     extra = sorted(done - set(expected))
     require(not extra, f"{target} holds idx {extra[:1]}, which this run does not cover")
-    if base.get("grid") is not None and len(expected):  # off the grid: refused before any write
-        GridNoise(float(base["sigma"]), base["grid"]).to_codes(dataset[expected[0]][0])  # type: ignore[arg-type]
+    noise = settings_noise(base)
+    if noise.restricts_inputs and len(expected):  # refused before any write (off the grid)
+        noise.prepare(dataset[expected[0]][0])
     if table is None:
         info = {"batch_size": batch_size, "device": str(device), "argv": sys.argv,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -5,7 +5,7 @@ every training image, keyed by dataset index.
 the reference a Gaussian model trained at sigma = 0.25 with N = 10,000) of ONE augmented
 view of training image ``b`` (a random crop/flip where the dataset trains with them, as the
 reference computed it once on its augmented training loader). The votes are counted by
-:meth:`smoothmix.core.Smooth.sample_counts`, the counter CERTIFY uses; each example draws
+:meth:`smoothmix.core.Smooth.votes`, the counter CERTIFY uses; each example draws
 its view and its noise from a generator seeded by ``(seed, idx)``, so a row does not depend
 on which shard or resumed process computed it.
 
@@ -223,8 +223,7 @@ def _count_rows(smooth: Smooth, dataset: Examples, target: Path, settings: dict[
 def _votes(smooth: Smooth, x: torch.Tensor, n: int, batch_size: int,
            generator: torch.Generator) -> np.ndarray:
     """The ``n`` votes on ``x`` from CERTIFY's own counter (no second vote counter)."""
-    counts, _ = smooth.sample_counts(x, n, batch_size, generator)
-    return counts.cpu().numpy()
+    return smooth.votes(x, n, batch_size, generator).counts.cpu().numpy()
 
 
 def _view(dataset: Examples, idx: int, augment: bool, generator: torch.Generator,
