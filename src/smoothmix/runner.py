@@ -34,10 +34,11 @@ from smoothmix.checks import num_classes_of
 from smoothmix.core import Smooth
 from smoothmix.data.datasets import Examples
 from smoothmix.device import module_device
-from smoothmix.errors import require
-from smoothmix.execution import EXECUTION_KEYS, Execution, resolve_execution
+from smoothmix.errors import SmoothmixError, require
+from smoothmix.execution import Execution, resolve_execution
 from smoothmix.noise import Noise, make_noise
 from smoothmix.progress import Progress
+from smoothmix.run import RunSpec, as_spec
 from smoothmix.storage.records import new_record, read_record
 from smoothmix.storage.shards import Shard, resolve_shard, selected_indices, shard_path, wait_until
 from smoothmix.storage.table import (
@@ -51,8 +52,8 @@ from smoothmix.storage.table import (
     start_table,
 )
 
-__all__ = ["Compute", "Emit", "Row", "example_seed", "merge_results", "per_example",
-           "run_dataset", "run_settings", "settings_noise"]
+__all__ = ["Compute", "Emit", "Row", "RunSpec", "as_spec", "example_seed", "merge_results",
+           "per_example", "run_dataset", "run_settings", "settings_noise", "spec_settings"]
 
 # What a classify callback returns for one example: prediction, radius (nan when the kind
 # has no radius column), and the values of the columns after ``time``.
@@ -89,22 +90,32 @@ def run_settings(sigma: float | Noise, counts: Mapping[str, object], skip: int, 
             **noise.settings()}
 
 
+def spec_settings(spec: RunSpec, counts: Mapping[str, object], dataset: Examples
+                  ) -> dict[str, object]:
+    """:func:`run_settings` of a :class:`smoothmix.run.RunSpec`."""
+    return run_settings(spec.noise, counts, spec.skip, spec.max_idx, spec.seed, dataset,
+                        spec.identity)
+
+
 def settings_noise(settings: Mapping[str, object]) -> Noise:
     """The noise a run's settings describe (:meth:`smoothmix.noise.Noise.from_settings`)."""
-    return Noise.from_settings(float(settings["sigma"]), settings)  # type: ignore[arg-type]
+    sigma = settings.get("sigma")
+    if not isinstance(sigma, (int, float)):
+        raise SmoothmixError(f"the settings' sigma must be a number, got {sigma!r}")
+    return Noise.from_settings(float(sigma), settings)
 
 
 def per_example(kind: str, classify: Classify, model: nn.Module, dataset: Examples,
-                settings: Mapping[str, object], num_classes: int | None) -> Compute:
+                spec: RunSpec) -> Compute:
     """The rows of certify, predict and attack: one ``classify`` call per example, on its
     own (seed, idx) noise stream; the ``radius`` column only for certify."""
-    classes = num_classes_of(dataset, num_classes)
+    classes = num_classes_of(dataset, spec.num_classes)
 
     def compute(todo: list[int], ex: Execution, emit: Emit) -> None:
-        smooth = Smooth(model, classes, settings_noise(settings), execution=ex)
+        smooth = Smooth(model, classes, spec.noise, execution=ex)
         for idx in todo:
             x, label = dataset[idx]
-            generator = example_generator(model, settings["seed"], idx)  # type: ignore[arg-type]
+            generator = example_generator(model, spec.seed, idx)
             start = time.perf_counter()
             prediction, radius, extra = classify(smooth, x, int(label), generator)
             fields: list[object] = [idx, int(label), prediction]
@@ -128,38 +139,39 @@ def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
 
 
 def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples,
-                out_path: str | os.PathLike, base: dict[str, object], shard: Shard | None,
-                batch_size: int, progress: bool, execution: Mapping[str, object] | None,
+                out_path: str | os.PathLike, base: dict[str, object], spec: RunSpec,
                 group: int = 1) -> Path:
     """Resume or start this process's file, compute its missing examples (``group`` rows
-    each), and under torchrun let rank 0 merge the ranks' files once all are complete."""
+    each), and under torchrun let rank 0 merge the ranks' files once all are complete.
+    ``base``: the run's settings (:func:`spec_settings`)."""
     out = Path(out_path)
-    part, auto = resolve_shard(shard)
+    part, auto = resolve_shard(spec.shard)
     target = shard_path(out, *part) if auto else out
     device = module_device(model, torch.device("cpu"))
     recorded = _recorded(target) or (_recorded(out) if auto else None)
-    ex = _execution(model, device, batch_size, execution, recorded)
+    ex = resolve_execution(model, device, spec.batch_size, recorded=recorded,
+                           **spec.execution)  # type: ignore[arg-type]
     base = {**base, **ex.settings()}
     if auto and _finished(out, kind, {**base, "shard": "0/1"}, group):
         return out  # a rerun of a completed job
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
-    expected = selected_indices(len(dataset), base["skip"], base["max_idx"], part)  # type: ignore[arg-type]
+    expected = selected_indices(len(dataset), spec.skip, spec.max_idx, part)
     table = resumable_rows(target, kind, settings, group=group)
     done = set(table.idx) if table is not None else set()
     extra = sorted(done - set(expected))
     require(not extra, f"{target} holds idx {extra[:1]}, which this run does not cover")
-    noise = settings_noise(base)
-    if noise.restricts_inputs and len(expected):  # refused before any write (off the grid)
-        noise.prepare(dataset[expected[0]][0])
+    if spec.noise.restricts_inputs and len(expected):  # refused before any write (off grid)
+        spec.noise.prepare(dataset[expected[0]][0])
     if table is None:
-        info = {"batch_size": batch_size, "device": str(device), "argv": sys.argv,
+        info = {"batch_size": spec.batch_size, "device": str(device), "argv": sys.argv,
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         start_table(target, new_record(kind, settings, info))
     # An older file keeps its format.
     columns = table.columns if table is not None else COLUMNS[kind]
     todo = [idx for idx in expected if idx not in done]
     bar = Progress(len(expected), initial=len(expected) - len(todo), unit="img",
-                   desc=f"{kind} {target.name}", disable=not progress or (auto and part[0] != 0))
+                   desc=f"{kind} {target.name}",
+                   disable=not spec.progress or (auto and part[0] != 0))
     with RowWriter(target) as writer, bar:
         def emit(rows: Sequence[Sequence[object]]) -> None:
             writer.write([fit_row(kind, row, columns) for row in rows])
@@ -175,26 +187,21 @@ def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples
 
 
 def _expected(settings: Mapping[str, object]) -> range:
-    return selected_indices(int(settings["num_examples"]), int(settings["skip"]),  # type: ignore[call-overload]
-                            int(settings["max_idx"]))  # type: ignore[call-overload]
+    return selected_indices(_integer(settings, "num_examples"), _integer(settings, "skip"),
+                            _integer(settings, "max_idx"))
+
+
+def _integer(settings: Mapping[str, object], key: str) -> int:
+    value = settings.get(key)
+    if not isinstance(value, int):
+        raise SmoothmixError(f"the settings' {key} must be an integer, got {value!r}")
+    return value
 
 
 def _group(settings: Mapping[str, object]) -> int:
     """Rows per example: one per radius in a decide file, else one."""
     radii = settings.get("radii")
     return len(radii) if isinstance(radii, list) else 1
-
-
-def _execution(model: nn.Module, device: torch.device, batch_size: int,
-               request: Mapping[str, object] | None,
-               recorded: Mapping[str, object] | None) -> Execution:
-    """The run's execution: what was asked, else what the file being resumed recorded."""
-    request = dict(request or {})
-    unknown = sorted(set(request) - set(EXECUTION_KEYS))
-    require(not unknown, f"unknown execution option(s) {unknown}; known: "
-            f"{', '.join(EXECUTION_KEYS)}")
-    return resolve_execution(model, device, batch_size, recorded=recorded,
-                             **request)  # type: ignore[arg-type]
 
 
 def _recorded(path: Path) -> dict[str, object] | None:

@@ -34,14 +34,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothmix.checks import check_count, check_sigma, num_classes_of
+from smoothmix.checks import check_count, num_classes_of
 from smoothmix.core import Smooth
 from smoothmix.data.datasets import Examples, TensorImageDataset, dataset_fingerprint
 from smoothmix.data.loaders import random_crop_flip
 from smoothmix.device import module_device
 from smoothmix.errors import require
+from smoothmix.noise import Noise
 from smoothmix.progress import Progress
 from smoothmix.provenance import provenance
+from smoothmix.run import RunSpec, as_spec
 from smoothmix.runner import example_generator, example_seed  # noqa: F401 - re-exported
 from smoothmix.storage.arrays import (
     ResumableRows,
@@ -82,49 +84,58 @@ class Targets:
 def build_targets(
     model: nn.Module,
     dataset: Examples,
-    sigma: float,
+    spec: RunSpec | float | Noise,
     out_path: str | os.PathLike,
     *,
     n: int = REFERENCE_N,
-    batch_size: int = 1000,
-    seed: int = 0,
-    shard: Shard | None = None,
-    max_idx: int = -1,
     augment: bool | None = None,
-    num_classes: int | None = None,
-    identity: Mapping[str, object] | None = None,
-    progress: bool = True,
-    precision: str = "fp32",
+    **legacy: Any,
 ) -> Path:
     """Count ``n`` votes on one (augmented) view of every example into ``out_path``.
 
-    ``max_idx`` (-1: all) counts only the examples with index below it (the file then serves
-    training subsets of at most that many images).
+    ``spec`` (:class:`smoothmix.run.RunSpec`): the noise, ``batch_size``, ``seed``,
+    ``shard``, ``identity`` (dataset name, checkpoint hash, ...: stored in the file and
+    checked on resume), ``num_classes``, ``progress``, ``max_idx`` (-1: all; else only the
+    examples with index below it, a file that serves training subsets of at most that many
+    images) and ``execution`` (only ``precision`` for targets: "bf16" counts under bf16
+    autocast, recorded in the file). Targets cover every example (``skip`` 1).
     ``augment`` (default: the dataset's ``augment`` flag) takes one random crop (padding 4)
     + flip per in-memory example; folder datasets apply their own training transform under
-    the example's seed. ``identity`` (dataset name, checkpoint hash, ...) is stored in the
-    file and must match on resume. ``precision`` "bf16" counts under bf16 autocast (recorded
-    in the file). Returns the path of the finished file (the merged file
-    under torchrun, the shard file with ``shard``).
+    the example's seed. Returns the path of the finished file (the merged file under
+    torchrun, the shard file with ``shard``).
+
+    Before 0.5: ``spec`` was ``sigma`` and the spec's fields (and ``precision``) keyword
+    arguments; that still works, with a DeprecationWarning.
     """
+    precision = legacy.pop("precision", None)
+    spec = as_spec(spec, legacy, "build_targets")
+    if precision is not None:
+        spec = spec.replace(execution={**spec.execution, "precision": precision})
+    precision = str(spec.execution.get("precision", "fp32"))
+    others = sorted(set(spec.execution) - {"precision"})
+    require(not others, f"targets take only the precision of an execution, not {others}")
     check_count("n", n)
-    check_count("batch_size", batch_size)
     require(len(dataset) >= 1, "the dataset is empty")
+    max_idx = spec.max_idx
     require(isinstance(max_idx, int) and (max_idx == -1 or max_idx >= 1),
             f"--max must be -1 (all) or >= 1, got {max_idx!r}")
-    classes = num_classes_of(dataset, num_classes)
-    smooth = Smooth(model, classes, check_sigma(sigma), precision=precision)
+    require(spec.skip == 1, f"targets cover every example; skip must be 1, got {spec.skip}")
+    classes = num_classes_of(dataset, spec.num_classes)
+    smooth = Smooth(model, classes, spec.noise, precision=precision)
     if augment is None:
         augment = bool(getattr(dataset, "augment", False))
     base = {
         "format": FORMAT, "version": FORMAT_VERSION, "num_examples": len(dataset),
         "num_classes": classes, "dataset_sha256": dataset_fingerprint(dataset), "n": n,
-        "sigma": float(sigma), "seed": seed, "augment": augment,
-        "max_idx": max_idx if 0 < max_idx < len(dataset) else -1, **dict(identity or {}),
-        # only when not fp32, so that files of earlier releases keep their settings
+        "sigma": spec.noise.sigma, "seed": spec.seed, "augment": augment,
+        "max_idx": max_idx if 0 < max_idx < len(dataset) else -1, **dict(spec.identity),
+        # only when not fp32 (and not Gaussian), so that files of earlier releases keep
+        # their settings
         **({"precision": precision} if precision != "fp32" else {}),
+        **spec.noise.settings(),
     }
-    return _build(smooth, dataset, Path(out_path), base, shard, batch_size, augment, progress)
+    return _build(smooth, dataset, Path(out_path), base, spec.shard, spec.batch_size,
+                  augment, spec.progress)
 
 
 def _build(smooth: Smooth, dataset: Examples, out: Path, base: dict[str, Any],
@@ -163,11 +174,14 @@ def targets_from_checkpoint(
     data_dir: str | os.PathLike | None = None,
     device: str | None = None,
     normalization: str | None = None,
+    spec: RunSpec | None = None,
     **kwargs: Any,
 ) -> Path:
     """:func:`build_targets` for a checkpoint and a dataset by name (what ``smoothmix
     targets`` runs): the file records the dataset, the checkpoint's SHA-256, arch,
-    normalisation, training sigma and method. ``kwargs`` go to :func:`build_targets`."""
+    normalisation, training sigma and method. With ``spec`` (whose noise replaces
+    ``sigma``) its identity and classes are set here; ``kwargs`` go to
+    :func:`build_targets` (``augment``, or before 0.5 the spec's fields)."""
     from smoothmix.checkpoint import (
         Checkpoint,
         check_model_fits_dataset,
@@ -189,8 +203,12 @@ def targets_from_checkpoint(
         "normalization": record.normalization, "checkpoint_sigma": record.sigma,
         "checkpoint_method": record.method,
     }
-    return build_targets(model, dataset, sigma, out_path, n=n, identity=identity,  # type: ignore[arg-type]
-                         num_classes=dataset.num_classes, **kwargs)
+    classes = dataset.num_classes  # type: ignore[attr-defined]
+    if spec is not None:
+        spec = spec.replace(identity={**identity, **spec.identity}, num_classes=classes)
+        return build_targets(model, dataset, spec, out_path, n=n, **kwargs)
+    return build_targets(model, dataset, sigma, out_path, n=n, identity=identity,
+                         num_classes=classes, **kwargs)
 
 
 def _count_rows(smooth: Smooth, dataset: Examples, target: Path, settings: dict[str, Any],
