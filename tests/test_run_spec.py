@@ -74,3 +74,26 @@ def test_spec_checks_and_misuse():
     spec = RunSpec.of(0.5, identity=identity)
     identity["a"] = 2
     assert spec.identity == {"a": 1} and spec.replace(seed=4).seed == 4
+
+
+def test_targets_record_the_resolved_execution_and_old_files_keep_their_format(tmp_path):
+    from smoothmix.execution import EXECUTION_KEYS
+    from smoothmix.storage.arrays import write_arrays
+
+    spec = RunSpec.of(0.5, batch_size=64, progress=False)
+    out = build_targets(net(), data(3), spec, tmp_path / "t.npz", n=20)
+    new = load_targets(out)
+    assert set(EXECUTION_KEYS) <= set(new.meta) and new.meta["precision"] == "fp32"
+    # A file of an earlier release recorded no execution (the precision only when bf16):
+    # the same run reuses it as it is, in its own format, instead of refusing it.
+    old_meta = {k: v for k, v in new.meta.items() if k not in EXECUTION_KEYS}
+    old = tmp_path / "old.npz"
+    write_arrays(old, new.counts, old_meta)
+    assert build_targets(net(), data(3), spec, old, n=20) == old
+    assert load_targets(old).meta == old_meta
+    with pytest.raises(SmoothmixError, match="recorded only its precision"):
+        build_targets(net(), data(3), spec.replace(execution={"layout": "contiguous"}), old,
+                      n=20)
+    with pytest.raises(SmoothmixError, match="another run"):  # bf16 is another run
+        build_targets(net(), data(3), spec.replace(execution={"precision": "bf16"}), old,
+                      n=20)

@@ -23,6 +23,7 @@ merges.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ from smoothmix.data.datasets import Examples, TensorImageDataset, dataset_finger
 from smoothmix.data.loaders import random_crop_flip
 from smoothmix.device import module_device
 from smoothmix.errors import require
+from smoothmix.execution import EXECUTION_KEYS, Execution, resolve_execution
 from smoothmix.noise import Noise
 from smoothmix.progress import Progress
 from smoothmix.provenance import provenance
@@ -48,6 +50,7 @@ from smoothmix.runner import example_generator, example_seed  # noqa: F401 - re-
 from smoothmix.storage.arrays import (
     ResumableRows,
     merge_array_rows,
+    part_paths,
     read_arrays,
     require_same,
     write_arrays,
@@ -97,8 +100,9 @@ def build_targets(
     ``shard``, ``identity`` (dataset name, checkpoint hash, ...: stored in the file and
     checked on resume), ``num_classes``, ``progress``, ``max_idx`` (-1: all; else only the
     examples with index below it, a file that serves training subsets of at most that many
-    images) and ``execution`` (only ``precision`` for targets: "bf16" counts under bf16
-    autocast, recorded in the file). Targets cover every example (``skip`` 1).
+    images) and ``execution`` (as for certify: "bf16" counts under bf16 autocast; the
+    resolved execution is recorded in the file, and a resumed run takes the recorded one).
+    Targets cover every example (``skip`` 1).
     ``augment`` (default: the dataset's ``augment`` flag) takes one random crop (padding 4)
     + flip per in-memory example; folder datasets apply their own training transform under
     the example's seed. Returns the path of the finished file (the merged file under
@@ -111,9 +115,6 @@ def build_targets(
     spec = as_spec(spec, legacy, "build_targets")
     if precision is not None:
         spec = spec.replace(execution={**spec.execution, "precision": precision})
-    precision = str(spec.execution.get("precision", "fp32"))
-    others = sorted(set(spec.execution) - {"precision"})
-    require(not others, f"targets take only the precision of an execution, not {others}")
     check_count("n", n)
     require(len(dataset) >= 1, "the dataset is empty")
     max_idx = spec.max_idx
@@ -121,7 +122,6 @@ def build_targets(
             f"--max must be -1 (all) or >= 1, got {max_idx!r}")
     require(spec.skip == 1, f"targets cover every example; skip must be 1, got {spec.skip}")
     classes = num_classes_of(dataset, spec.num_classes)
-    smooth = Smooth(model, classes, spec.noise, precision=precision)
     if augment is None:
         augment = bool(getattr(dataset, "augment", False))
     base = {
@@ -129,31 +129,31 @@ def build_targets(
         "num_classes": classes, "dataset_sha256": dataset_fingerprint(dataset), "n": n,
         "sigma": spec.noise.sigma, "seed": spec.seed, "augment": augment,
         "max_idx": max_idx if 0 < max_idx < len(dataset) else -1, **dict(spec.identity),
-        # only when not fp32 (and not Gaussian), so that files of earlier releases keep
-        # their settings
-        **({"precision": precision} if precision != "fp32" else {}),
-        **spec.noise.settings(),
+        **spec.noise.settings(),  # none for Gaussian noise, as in files of earlier releases
     }
-    return _build(smooth, dataset, Path(out_path), base, spec.shard, spec.batch_size,
-                  augment, spec.progress)
+    return _build(model, classes, dataset, Path(out_path), base, spec, augment)
 
 
-def _build(smooth: Smooth, dataset: Examples, out: Path, base: dict[str, Any],
-           shard: Shard | None, batch_size: int, augment: bool, progress: bool) -> Path:
+def _build(model: nn.Module, classes: int, dataset: Examples, out: Path, base: dict[str, Any],
+           spec: RunSpec, augment: bool) -> Path:
     """Count this process's part (resuming it), then under torchrun merge on rank 0 and
     wait for the merged file on the others (training reads it next)."""
-    part, auto = resolve_shard(shard)
+    part, auto = resolve_shard(spec.shard)
     main = not auto or part[0] == 0  # rank 0 under torchrun, else the only process
+    target = shard_file(out, *part) if part != (0, 1) else out
+    saved = _saved_settings(out if auto and out.exists() else target)
+    ex = _execution(model, spec, saved)
+    base = {**base, **_execution_settings(ex, saved, spec)}
     if auto and out.exists():
         require_same(out, _read(out).meta, {**base, "shard": "0/1"})
         return out
-    target = shard_file(out, *part) if part != (0, 1) else out
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
     if target.exists():
         require_same(target, _read(target).meta, settings)
     else:
-        _count_rows(smooth, dataset, target, settings, part, batch_size, augment,
-                    progress and main)  # under torchrun one bar (rank 0's share)
+        smooth = Smooth(model, classes, spec.noise, execution=ex)
+        _count_rows(smooth, dataset, target, settings, part, spec.batch_size, augment,
+                    spec.progress and main)  # under torchrun one bar (rank 0's share)
     if not auto:
         return target
     if main:
@@ -162,6 +162,42 @@ def _build(smooth: Smooth, dataset: Examples, out: Path, base: dict[str, Any],
         return merge_targets(out, parts)
     wait_until(out.exists)
     return out
+
+
+def _saved_settings(target: Path) -> dict[str, Any] | None:
+    """The settings of the run that wrote ``target``, finished or in progress, if any."""
+    if target.exists():
+        return dict(_read(target).meta)
+    _, work_meta = part_paths(target)
+    try:
+        return dict(json.loads(work_meta.read_text())["settings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # nothing to resume (a damaged file is named when it is reopened)
+
+
+def _execution(model: nn.Module, spec: RunSpec, saved: dict[str, Any] | None) -> Execution:
+    """The run's execution: what ``spec`` asks, else what the file being resumed recorded.
+    Legacy rule: a targets file of smoothmix < 0.5 recorded only a precision other than
+    fp32 and ran the rule's layout and chunk, so only its precision is taken from it."""
+    device = module_device(model, torch.device("cpu"))
+    recorded = None
+    if saved is not None:
+        recorded = {k: saved[k] for k in EXECUTION_KEYS if k in saved}
+        recorded.setdefault("precision", "fp32")  # not LEGACY_EXECUTION: see above
+    return resolve_execution(model, device, spec.batch_size, recorded=recorded,
+                             **spec.execution)  # type: ignore[arg-type]
+
+
+def _execution_settings(ex: Execution, saved: dict[str, Any] | None, spec: RunSpec
+                        ) -> dict[str, object]:
+    """The execution as the targets file records it: every field (0.5), or for a file of an
+    earlier release (no ``layout``) its own format, the precision when not fp32."""
+    if saved is None or "layout" in saved:
+        return ex.settings()
+    others = sorted(set(spec.execution) - {"precision"})
+    require(not others, f"a targets file of smoothmix < 0.5 recorded only its precision; "
+            f"resume it without {others}")
+    return {"precision": ex.precision} if ex.precision != "fp32" else {}
 
 
 def targets_from_checkpoint(
