@@ -86,6 +86,9 @@ def radius_from_counts(n_a: int, n_b: int, n: int, alpha: float, sigma: float,
     p_B the upper bound of n_b (the largest other class's votes) each at alpha / 2. The
     runner-up is picked from the data, yet its bound holds: the true runner-up's count is at
     most n_b and the upper bound grows with the count. ``n_b`` is ignored by ``cohen``.
+    Guarantee: when the counts come from fresh samples and the selected class was chosen on
+    others, with probability >= 1 - alpha g returns that class on the whole l2 ball of the
+    returned radius (Cohen et al. 2019, Theorem 1).
     """
     return _radius(n_a, n_b, n, alpha, check_sigma(sigma), bound)
 
@@ -108,7 +111,8 @@ def _radius(n_a: int, n_b: int, n: int, alpha: float, sigma: float, bound: str) 
 
 def certified_radius(p_lower: float, sigma: float) -> float:
     """The l2 radius sigma * Phi^-1(p_lower) certified by a lower bound p_lower >= 1/2 on
-    the top-class probability under N(0, sigma^2 I) noise."""
+    the top-class probability under N(0, sigma^2 I) noise: if the bound holds, g returns
+    the top class everywhere within that radius."""
     check_sigma(sigma)
     require(0.5 <= p_lower <= 1.0, f"p_lower={p_lower} < 1/2 certifies nothing (abstain)")
     return float(sigma * norm.ppf(p_lower))
