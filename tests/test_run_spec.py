@@ -97,3 +97,27 @@ def test_targets_record_the_resolved_execution_and_old_files_keep_their_format(t
     with pytest.raises(SmoothmixError, match="another run"):  # bf16 is another run
         build_targets(net(), data(3), spec.replace(execution={"precision": "bf16"}), old,
                       n=20)
+
+
+def test_targets_under_torchrun_go_through_the_one_runner(tmp_path, monkeypatch):
+    # A 2-rank run in one process: rank 1 counts its share (its wait for the merged file
+    # stubbed), rank 0 counts and merges, and the merged table equals one process's.
+    import smoothmix.runner as runner
+    from smoothmix.targets import shard_file
+
+    spec = RunSpec.of(0.5, batch_size=64, progress=False)
+    single = load_targets(build_targets(net(), data(5), spec, tmp_path / "one.npz", n=30))
+    out = tmp_path / "dist.npz"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    waited = []
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "wait_until", waited.append)
+        assert build_targets(net(), data(5), spec, out, n=30) == out
+    assert len(waited) == 1 and shard_file(out, 1, 2).exists() and not out.exists()
+    monkeypatch.setenv("RANK", "0")
+    assert build_targets(net(), data(5), spec, out, n=30) == out
+    merged = load_targets(out)
+    assert (merged.counts == single.counts).all() and merged.meta["shard"] == "0/1"
+    monkeypatch.setenv("RANK", "1")  # a rerun of the finished job: nothing to do
+    assert build_targets(net(), data(5), spec, out, n=30) == out

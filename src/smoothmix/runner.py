@@ -20,6 +20,7 @@ use it without importing each other.
 
 from __future__ import annotations
 
+import abc
 import os
 import sys
 import time
@@ -52,8 +53,9 @@ from smoothmix.storage.table import (
     start_table,
 )
 
-__all__ = ["Compute", "Emit", "Row", "RunSpec", "as_spec", "example_seed", "merge_results",
-           "per_example", "run_dataset", "run_settings", "settings_noise", "spec_settings"]
+__all__ = ["Compute", "Emit", "Row", "Rows", "RunSpec", "Store", "TableStore", "as_spec",
+           "example_seed", "merge_results", "per_example", "run_dataset", "run_settings",
+           "settings_noise", "spec_settings"]
 
 # What a classify callback returns for one example: prediction, radius (nan when the kind
 # has no radius column), and the values of the columns after ``time``.
@@ -138,52 +140,157 @@ def merge_results(out_path: str | os.PathLike, shards: Sequence[str | os.PathLik
     return merge_tables(out_path, shards, _expected, _group)
 
 
+class Rows(abc.ABC):
+    """An open result file while a run writes it: the examples it already holds (``done``)
+    and ``write`` for one example's rows. Closed by the runner; a file is finished only when
+    the run ends without an error."""
+
+    done: set[int]
+
+    @abc.abstractmethod
+    def write(self, rows: Sequence[Sequence[object]]) -> None:
+        """Store one example's rows durably."""
+
+    @abc.abstractmethod
+    def close(self, ok: bool) -> None:
+        """Called once at the end (``ok``: the compute finished without an error)."""
+
+
+class Store(abc.ABC):
+    """How a kind of run keeps its file: the one runner (:func:`run_dataset`) asks it where
+    a part lives, what a file recorded, whether it is finished, to open it and to merge the
+    parts. :class:`TableStore` (the TSV files of certify, predict, attack, decide) and
+    :class:`smoothmix.targets.TargetsStore` (the ``.npz`` vote tables)."""
+
+    # Whether the ranks other than 0 wait for the merged file (it is read next).
+    wait_for_merge = False
+
+    @abc.abstractmethod
+    def part_path(self, out: Path, part: Shard, auto: bool) -> Path:
+        """Where this process writes (``auto``: a torchrun rank's share)."""
+
+    @abc.abstractmethod
+    def recorded(self, path: Path) -> dict[str, object] | None:
+        """The settings of the run that wrote ``path``, when there is one to resume."""
+
+    def execution_settings(self, ex: Execution, recorded: Mapping[str, object] | None,
+                           request: Mapping[str, object]) -> dict[str, object]:
+        """The execution as the file records it."""
+        return ex.settings()
+
+    @abc.abstractmethod
+    def finished(self, path: Path, settings: Mapping[str, object] | None,
+                 part: Shard = (0, 1)) -> bool:
+        """Whether ``path`` holds all of ``part``'s examples (of this run when ``settings``
+        are given: another run's file is refused)."""
+
+    @abc.abstractmethod
+    def open(self, target: Path, settings: dict[str, object], expected: range,
+             info: dict[str, object]) -> Rows:
+        """The file to write, resumed or started (refused when another run wrote it)."""
+
+    @abc.abstractmethod
+    def merge(self, out: Path, parts: list[Path]) -> Path:
+        """Merge the complete parts of one run into ``out``."""
+
+
+class TableStore(Store):
+    """The result tables (:mod:`smoothmix.storage.table`) of certify, predict, attack and
+    decide (``group`` rows per example)."""
+
+    def __init__(self, kind: str, group: int = 1) -> None:
+        self.kind, self.group = kind, group
+
+    def part_path(self, out: Path, part: Shard, auto: bool) -> Path:
+        return shard_path(out, *part) if auto else out
+
+    def recorded(self, path: Path) -> dict[str, object] | None:
+        return _recorded(path)
+
+    def finished(self, path: Path, settings: Mapping[str, object] | None,
+                 part: Shard = (0, 1)) -> bool:
+        return _finished(path, self.kind, settings, self.group, part)
+
+    def open(self, target: Path, settings: dict[str, object], expected: range,
+             info: dict[str, object]) -> Rows:
+        table = resumable_rows(target, self.kind, settings, group=self.group)
+        done = set(table.idx) if table is not None else set()
+        extra = sorted(done - set(expected))
+        require(not extra, f"{target} holds idx {extra[:1]}, which this run does not cover")
+        if table is None:
+            start_table(target, new_record(self.kind, settings, {**info, "argv": sys.argv}))
+        # An older file keeps its format.
+        return _TableRows(self.kind, target, table.columns if table else COLUMNS[self.kind],
+                          done)
+
+    def merge(self, out: Path, parts: list[Path]) -> Path:
+        return merge_results(out, parts)
+
+
+class _TableRows(Rows):
+    def __init__(self, kind: str, target: Path, columns: tuple[str, ...], done: set[int]
+                 ) -> None:
+        self.kind, self.columns, self.done = kind, columns, done
+        self.writer = RowWriter(target).__enter__()
+
+    def write(self, rows: Sequence[Sequence[object]]) -> None:
+        self.writer.write([fit_row(self.kind, row, self.columns) for row in rows])
+
+    def close(self, ok: bool) -> None:
+        self.writer.__exit__(None, None, None)
+
+
 def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples,
                 out_path: str | os.PathLike, base: dict[str, object], spec: RunSpec,
-                group: int = 1) -> Path:
+                group: int = 1, store: Store | None = None) -> Path:
     """Resume or start this process's file, compute its missing examples (``group`` rows
     each), and under torchrun let rank 0 merge the ranks' files once all are complete.
-    ``base``: the run's settings (:func:`spec_settings`)."""
+    ``base``: the run's settings (:func:`spec_settings`); ``store``: how the file is kept
+    (default: a result table, :class:`TableStore`)."""
+    store = store if store is not None else TableStore(kind, group)
     out = Path(out_path)
     part, auto = resolve_shard(spec.shard)
-    target = shard_path(out, *part) if auto else out
+    target = store.part_path(out, part, auto)
     device = module_device(model, torch.device("cpu"))
-    recorded = _recorded(target) or (_recorded(out) if auto else None)
+    recorded = store.recorded(target) or (store.recorded(out) if auto else None)
     ex = resolve_execution(model, device, spec.batch_size, recorded=recorded,
                            **spec.execution)  # type: ignore[arg-type]
-    base = {**base, **ex.settings()}
-    if auto and _finished(out, kind, {**base, "shard": "0/1"}, group):
+    base = {**base, **store.execution_settings(ex, recorded, spec.execution)}
+    if auto and store.finished(out, {**base, "shard": "0/1"}):
         return out  # a rerun of a completed job
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
     expected = selected_indices(len(dataset), spec.skip, spec.max_idx, part)
-    table = resumable_rows(target, kind, settings, group=group)
-    done = set(table.idx) if table is not None else set()
-    extra = sorted(done - set(expected))
-    require(not extra, f"{target} holds idx {extra[:1]}, which this run does not cover")
     if spec.noise.restricts_inputs and len(expected):  # refused before any write (off grid)
         spec.noise.prepare(dataset[expected[0]][0])
-    if table is None:
-        info = {"batch_size": spec.batch_size, "device": str(device), "argv": sys.argv,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        start_table(target, new_record(kind, settings, info))
-    # An older file keeps its format.
-    columns = table.columns if table is not None else COLUMNS[kind]
-    todo = [idx for idx in expected if idx not in done]
+    info: dict[str, object] = {"batch_size": spec.batch_size, "device": str(device),
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    rows = store.open(target, settings, expected, info)
+    todo = [idx for idx in expected if idx not in rows.done]
     bar = Progress(len(expected), initial=len(expected) - len(todo), unit="img",
                    desc=f"{kind} {target.name}",
                    disable=not spec.progress or (auto and part[0] != 0))
-    with RowWriter(target) as writer, bar:
-        def emit(rows: Sequence[Sequence[object]]) -> None:
-            writer.write([fit_row(kind, row, columns) for row in rows])
-            bar.update(1)
+    ok = False
+    try:
+        with bar:
+            def emit(example_rows: Sequence[Sequence[object]]) -> None:
+                rows.write(example_rows)
+                bar.update(1)
 
-        compute(todo, ex, emit)
-    if not auto or part[0] != 0:
+            compute(todo, ex, emit)
+        ok = True
+    finally:
+        rows.close(ok)
+    if not auto:
         return target
-    parts = [shard_path(out, r, part[1]) for r in range(part[1])]
-    wait_until(lambda: all(_finished(p, kind, None, group, (r, part[1]))
+    if part[0] != 0:
+        if store.wait_for_merge:
+            wait_until(out.exists)
+            return out
+        return target
+    parts = [store.part_path(out, (r, part[1]), True) for r in range(part[1])]
+    wait_until(lambda: all(store.finished(p, None, (r, part[1]))
                            for r, p in enumerate(parts)))
-    return merge_results(out, parts)
+    return store.merge(out, parts)
 
 
 def _expected(settings: Mapping[str, object]) -> range:

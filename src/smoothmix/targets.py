@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -41,12 +40,19 @@ from smoothmix.data.datasets import Examples, TensorImageDataset, dataset_finger
 from smoothmix.data.loaders import random_crop_flip
 from smoothmix.device import module_device
 from smoothmix.errors import require
-from smoothmix.execution import EXECUTION_KEYS, Execution, resolve_execution
+from smoothmix.execution import EXECUTION_KEYS, Execution
 from smoothmix.noise import Noise
-from smoothmix.progress import Progress
 from smoothmix.provenance import provenance
 from smoothmix.run import RunSpec, as_spec
-from smoothmix.runner import example_generator, example_seed  # noqa: F401 - re-exported
+from smoothmix.runner import (  # noqa: F401 - example_seed re-exported
+    Compute,
+    Emit,
+    Rows,
+    Store,
+    example_generator,
+    example_seed,
+    run_dataset,
+)
 from smoothmix.storage.arrays import (
     ResumableRows,
     merge_array_rows,
@@ -56,7 +62,7 @@ from smoothmix.storage.arrays import (
     write_arrays,
 )
 from smoothmix.storage.merge import same_run
-from smoothmix.storage.shards import Shard, resolve_shard, selected_indices, shard_path, wait_until
+from smoothmix.storage.shards import Shard, selected_indices, shard_path
 
 FORMAT = "smoothmix-targets"
 FORMAT_VERSION = 1
@@ -131,73 +137,126 @@ def build_targets(
         "max_idx": max_idx if 0 < max_idx < len(dataset) else -1, **dict(spec.identity),
         **spec.noise.settings(),  # none for Gaussian noise, as in files of earlier releases
     }
-    return _build(model, classes, dataset, Path(out_path), base, spec, augment)
+    compute = _counting(model, dataset, spec, classes, n, augment)
+    store = TargetsStore(n, len(dataset), classes)
+    return run_dataset("targets", compute, model, dataset, out_path, base, spec, store=store)
 
 
-def _build(model: nn.Module, classes: int, dataset: Examples, out: Path, base: dict[str, Any],
-           spec: RunSpec, augment: bool) -> Path:
-    """Count this process's part (resuming it), then under torchrun merge on rank 0 and
-    wait for the merged file on the others (training reads it next)."""
-    part, auto = resolve_shard(spec.shard)
-    main = not auto or part[0] == 0  # rank 0 under torchrun, else the only process
-    target = shard_file(out, *part) if part != (0, 1) else out
-    saved = _saved_settings(out if auto and out.exists() else target)
-    ex = _execution(model, spec, saved)
-    base = {**base, **_execution_settings(ex, saved, spec)}
-    if auto and out.exists():
-        require_same(out, _read(out).meta, {**base, "shard": "0/1"})
-        return out
-    settings = {**base, "shard": f"{part[0]}/{part[1]}"}
-    if target.exists():
-        require_same(target, _read(target).meta, settings)
-    else:
-        smooth = Smooth(model, classes, spec.noise, execution=ex)
-        _count_rows(smooth, dataset, target, settings, part, spec.batch_size, augment,
-                    spec.progress and main)  # under torchrun one bar (rank 0's share)
-    if not auto:
-        return target
-    if main:
-        parts = [shard_file(out, r, part[1]) for r in range(part[1])]
-        wait_until(lambda: all(p.exists() for p in parts))  # shard files appear complete
-        return merge_targets(out, parts)
-    wait_until(out.exists)
-    return out
-
-
-def _saved_settings(target: Path) -> dict[str, Any] | None:
-    """The settings of the run that wrote ``target``, finished or in progress, if any."""
-    if target.exists():
-        return dict(_read(target).meta)
-    _, work_meta = part_paths(target)
-    try:
-        return dict(json.loads(work_meta.read_text())["settings"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # nothing to resume (a damaged file is named when it is reopened)
-
-
-def _execution(model: nn.Module, spec: RunSpec, saved: dict[str, Any] | None) -> Execution:
-    """The run's execution: what ``spec`` asks, else what the file being resumed recorded.
-    Legacy rule: a targets file of smoothmix < 0.5 recorded only a precision other than
-    fp32 and ran the rule's layout and chunk, so only its precision is taken from it."""
+def _counting(model: nn.Module, dataset: Examples, spec: RunSpec, classes: int, n: int,
+              augment: bool) -> Compute:
+    """The rows of targets: each example's ``n`` votes on its one view, as ``(idx, counts)``."""
     device = module_device(model, torch.device("cpu"))
-    recorded = None
-    if saved is not None:
-        recorded = {k: saved[k] for k in EXECUTION_KEYS if k in saved}
-        recorded.setdefault("precision", "fp32")  # not LEGACY_EXECUTION: see above
-    return resolve_execution(model, device, spec.batch_size, recorded=recorded,
-                             **spec.execution)  # type: ignore[arg-type]
+
+    def compute(todo: list[int], ex: Execution, emit: Emit) -> None:
+        smooth = Smooth(model, classes, spec.noise, execution=ex)
+        for idx in todo:
+            generator = example_generator(model, spec.seed, idx)
+            x = _view(dataset, idx, augment, generator, device)
+            emit([(idx, _votes(smooth, x, n, spec.batch_size, generator))])
+
+    return compute
 
 
-def _execution_settings(ex: Execution, saved: dict[str, Any] | None, spec: RunSpec
-                        ) -> dict[str, object]:
-    """The execution as the targets file records it: every field (0.5), or for a file of an
-    earlier release (no ``layout``) its own format, the precision when not fp32."""
-    if saved is None or "layout" in saved:
-        return ex.settings()
-    others = sorted(set(spec.execution) - {"precision"})
-    require(not others, f"a targets file of smoothmix < 0.5 recorded only its precision; "
-            f"resume it without {others}")
-    return {"precision": ex.precision} if ex.precision != "fp32" else {}
+class TargetsStore(Store):
+    """The ``.npz`` vote table as the one runner (:func:`smoothmix.runner.run_dataset`)
+    keeps it: rows in ``FILE.part.npy`` while counted (a row is done when its votes sum to
+    N), the finished file written atomically, shards in ``OUT.rankIofK.npz`` (an explicit
+    ``shard`` too), merged by :func:`merge_targets`; under torchrun the other ranks wait
+    for the merged file, which training reads next."""
+
+    wait_for_merge = True
+
+    def __init__(self, n: int, num_examples: int, classes: int) -> None:
+        self.n, self.shape = n, (num_examples, classes)
+
+    def part_path(self, out: Path, part: Shard, auto: bool) -> Path:
+        return shard_file(out, *part) if part != (0, 1) else out
+
+    def recorded(self, path: Path) -> dict[str, object] | None:
+        """The execution ``path`` recorded, finished or in progress, mapped by
+        :func:`legacy_recorded`; None when there is nothing to resume."""
+        if path.exists():
+            return legacy_recorded(_read(path).meta)
+        _, work_meta = part_paths(path)
+        try:
+            return legacy_recorded(json.loads(work_meta.read_text())["settings"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # nothing to resume (a damaged file is named when it is reopened)
+
+    def execution_settings(self, ex: Execution, recorded: Mapping[str, object] | None,
+                           request: Mapping[str, object]) -> dict[str, object]:
+        """Every field (0.5); for a file of an earlier release (no ``layout``) its own
+        format, the precision when not fp32. Legacy rule: such a file ran the rule's layout
+        and chunk, so it resolves from its precision alone (:func:`legacy_recorded`)."""
+        if recorded is None or "layout" in recorded:
+            return ex.settings()
+        others = sorted(set(request) - {"precision"})
+        require(not others, f"a targets file of smoothmix < 0.5 recorded only its precision; "
+                f"resume it without {others}")
+        return {"precision": ex.precision} if ex.precision != "fp32" else {}
+
+    def finished(self, path: Path, settings: Mapping[str, object] | None,
+                 part: Shard = (0, 1)) -> bool:
+        if not path.exists():
+            return False  # a finished table appears whole (written atomically)
+        if settings is not None:
+            require_same(path, _read(path).meta, settings)
+        return True
+
+    def open(self, target: Path, settings: dict[str, object], expected: range,
+             info: dict[str, object]) -> Rows:
+        if target.exists():  # finished: reused as it is when it is this run's
+            require_same(target, _read(target).meta, settings)
+            return _FinishedRows(set(expected))
+        dtype = np.uint16 if self.n < 2**16 else np.uint32
+        table = ResumableRows(target, settings, self.shape, dtype, {**provenance(), **info},
+                              "smoothmix targets")
+        return _CountRows(table, self.n, expected, settings)
+
+    def merge(self, out: Path, parts: list[Path]) -> Path:
+        return merge_targets(out, parts)
+
+
+class _FinishedRows(Rows):
+    def __init__(self, done: set[int]) -> None:
+        self.done = done
+
+    def write(self, rows: Sequence[Sequence[object]]) -> None:
+        raise AssertionError("a finished targets file is not written")
+
+    def close(self, ok: bool) -> None:
+        pass
+
+
+class _CountRows(Rows):
+    def __init__(self, table: ResumableRows, n: int, expected: range,
+                 settings: dict[str, object]) -> None:
+        self.table, self.n, self.expected, self.settings = table, n, expected, settings
+        done = table.rows.sum(1, dtype=np.int64) == n
+        self.done = {i for i in expected if done[i]}
+
+    def write(self, rows: Sequence[Sequence[object]]) -> None:
+        for idx, counts in rows:  # (idx, the example's vote counts)
+            self.table.rows[cast(int, idx)] = cast(np.ndarray, counts)
+        self.table.wrote()
+
+    def close(self, ok: bool) -> None:
+        if not ok:
+            return  # the part files stay, for the rerun to resume
+        rows = self.table.rows[list(self.expected)]
+        missing = np.flatnonzero(rows.sum(1, dtype=np.int64) != self.n)
+        require(missing.size == 0, f"{len(missing)} rows of {self.table.work} were not counted")
+        self.table.finish(self.settings)
+
+
+def legacy_recorded(saved: Mapping[str, object]) -> dict[str, object]:
+    """What a targets file's settings say about its execution, for
+    :func:`smoothmix.execution.resolve_execution`: a file of an earlier release recorded
+    only a precision other than fp32 and ran the rule's layout and chunk, so it maps to its
+    precision alone (fp32 when absent), not to the certify files' LEGACY_EXECUTION."""
+    recorded = {k: saved[k] for k in EXECUTION_KEYS if k in saved}
+    recorded.setdefault("precision", "fp32")
+    return recorded
 
 
 def targets_from_checkpoint(
@@ -245,33 +304,6 @@ def targets_from_checkpoint(
         return build_targets(model, dataset, spec, out_path, n=n, **kwargs)
     return build_targets(model, dataset, sigma, out_path, n=n, identity=identity,
                          num_classes=classes, **kwargs)
-
-
-def _count_rows(smooth: Smooth, dataset: Examples, target: Path, settings: dict[str, Any],
-                part: Shard, batch_size: int, augment: bool, progress: bool) -> None:
-    """Count this part's rows into ``target``, resuming its unfinished rows if any; a row is
-    done when its votes sum to N (rows start at 0 and are written whole)."""
-    num_examples, classes, n = settings["num_examples"], settings["num_classes"], settings["n"]
-    device = module_device(smooth.base_classifier, torch.device("cpu"))
-    info = {**provenance(), "batch_size": batch_size, "device": str(device),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    table = ResumableRows(target, settings, (num_examples, classes),
-                          np.uint16 if n < 2**16 else np.uint32, info, "smoothmix targets")
-    indices = selected_indices(num_examples, 1, settings["max_idx"], part)
-    done = table.rows.sum(1, dtype=np.int64) == n
-    todo = [i for i in indices if not done[i]]
-    bar = Progress(len(indices), initial=len(indices) - len(todo), unit="img",
-                   desc=f"targets {target.name}", disable=not progress)
-    with bar:
-        for idx in todo:
-            generator = example_generator(smooth.base_classifier, settings["seed"], idx)
-            x = _view(dataset, idx, augment, generator, device)
-            table.rows[idx] = _votes(smooth, x, n, batch_size, generator)
-            table.wrote()
-            bar.update(1)
-    missing = np.flatnonzero(table.rows[list(indices)].sum(1, dtype=np.int64) != n)
-    require(missing.size == 0, f"{len(missing)} rows of {table.work} were not counted")
-    table.finish(settings)
 
 
 def _votes(smooth: Smooth, x: torch.Tensor, n: int, batch_size: int,
