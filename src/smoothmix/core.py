@@ -44,7 +44,8 @@ __all__ = ["ABSTAIN", "Certificate", "Smooth", "Votes", "certified_radius", "cer
 # Names that lived here before 0.5, and their modules now: still importable from here.
 _MOVED = {"BOUNDS": "statistics", "smallest_certifying_n": "statistics",
           "smallest_predicting_n": "statistics", "FUTILITY_CHECKS": "votes",
-          "base_votes": "votes", "futility_checks": "votes", "voting": "votes"}
+          "base_votes": "votes", "futility_checks": "votes", "voting": "votes",
+          "prepare_model": "execution", "GridNoise": "grid"}
 
 
 def __getattr__(name: str) -> Any:

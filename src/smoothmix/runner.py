@@ -1,13 +1,15 @@
-"""The dataset runner every result file goes through: certify, predict, attack and decide
-compute rows; this module resumes or starts the file, hands them the examples still to do,
-writes each example's rows as soon as they are computed, and under torchrun merges the
-ranks' files on rank 0.
+"""The dataset runner every result file goes through: certify, predict, attack, decide and
+the CAT-RS targets compute rows; this module resumes or starts the file, hands them the
+examples still to do, writes each example's rows as soon as they are computed, and under
+torchrun merges the ranks' files on rank 0.
 
-A kind of run is a ``compute(todo, execution, emit)`` callback (:data:`Compute`):
-:func:`run_dataset` resolves the shard and the execution (a resumed file's recorded values
-first), checks that the file belongs to this run (:func:`smoothmix.storage.table.resumable_rows`),
-and gives ``compute`` an ``emit`` that writes one example's rows, fsync'ed together. The
-table itself (headers, row parsing, resume, shards, merge) is :mod:`smoothmix.storage`'s.
+A kind of run is a ``compute(todo, execution, emit)`` callback (:data:`Compute`) and the
+:class:`smoothmix.run.RunSpec` it was asked with: :func:`run_dataset` resolves the shard and
+the execution (a resumed file's recorded values first), checks that the file belongs to this
+run, and gives ``compute`` an ``emit`` that writes one example's rows durably. How a kind
+keeps its file is a :class:`Store`: :class:`TableStore` for the result tables
+(:mod:`smoothmix.storage.table`: headers, row parsing, resume, merge),
+:class:`smoothmix.targets.TargetsStore` for the ``.npz`` vote tables.
 
 Each example draws its noise from a generator seeded by (seed, idx) (:func:`example_seed`),
 so a row does not depend on which process or shard computed it: merged shards equal a
