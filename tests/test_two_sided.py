@@ -273,10 +273,10 @@ class Bands(nn.Module):
 class Recording(Smooth):
     """Smooth that keeps every vote count it drew, so a test knows the selected class."""
 
-    def sample_counts(self, *args, **kwargs):
-        counts, drawn = super().sample_counts(*args, **kwargs)
-        self.calls.append(counts.clone())
-        return counts, drawn
+    def votes(self, *args, **kwargs):
+        votes = super().votes(*args, **kwargs)
+        self.calls.append(votes.counts.clone())
+        return votes
 
 
 class Trial(NamedTuple):

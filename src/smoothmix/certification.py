@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,6 +34,8 @@ from smoothmix.core import Smooth, check_bound, check_certify_args, check_predic
 from smoothmix.data.datasets import Examples
 from smoothmix.decisions import decide_dataset  # noqa: F401 - re-exported
 from smoothmix.empirical import attack_dataset, attack_outcome  # noqa: F401 - re-exported
+from smoothmix.noise import Noise
+from smoothmix.run import RunSpec, as_spec
 from smoothmix.runner import (  # noqa: F401 - re-exported
     Compute,
     Emit,
@@ -43,6 +45,7 @@ from smoothmix.runner import (  # noqa: F401 - re-exported
     per_example,
     run_dataset,
     run_settings,
+    spec_settings,
 )
 from smoothmix.storage import atomic_write, settings_diff  # noqa: F401 - re-exported
 from smoothmix.storage.records import read_meta  # noqa: F401 - re-exported
@@ -62,26 +65,18 @@ __all__ = ["certify_dataset", "predict_dataset"]
 def certify_dataset(
     model: nn.Module,
     dataset: Examples,
-    sigma: float,
+    spec: RunSpec | float | Noise,
     out_path: str | os.PathLike,
     *,
     n0: int = 100,
     n: int = 100_000,
     alpha: float = 0.001,
-    batch_size: int = 1000,
-    skip: int = 1,
-    max_idx: int = -1,
-    shard: Shard | None = None,
-    seed: int = 0,
-    num_classes: int | None = None,
-    identity: Mapping[str, object] | None = None,
-    progress: bool = True,
     skip_wrong: bool = False,
     bound: str = "cohen",
-    execution: Mapping[str, object] | None = None,
-    grid: int | None = None,
+    **legacy: Any,
 ) -> Path:
-    """CERTIFY every ``skip``-th example with idx < ``max_idx`` (-1: all) into ``out_path``.
+    """CERTIFY the examples ``spec`` selects (:class:`smoothmix.run.RunSpec`: noise,
+    selection, shard, seed, identity, execution, batch size) into ``out_path``.
 
     Every row goes through :meth:`Smooth.certificate`, so rows that will abstain stop
     sampling early (same answer). ``skip_wrong`` (evaluation shortcut, docs/MATH.md §2.1):
@@ -90,62 +85,50 @@ def certify_dataset(
     the seed. ``bound``: the radius formula, ``cohen`` (CERTIFY, the published tables) or
     ``two-sided``; every row also keeps n_a and n_b, from which either can be recomputed.
 
-    ``shard=(i, k)`` takes every k-th of those examples starting at the i-th. With
-    ``shard=None`` under torchrun each rank takes its share, writes ``OUT.rankIofK.tsv``,
-    and rank 0 merges them into ``out_path`` once all are complete. ``identity`` names what
-    the caller knows about the model and data (checkpoint hash, dataset, split, ...); it is
-    stored with the settings, and a rerun into the same file must match it. ``execution``
-    (keys precision, layout, chunk, compile, threads; :mod:`smoothmix.execution`) says how
-    the model runs; unset keys take a resumed file's recorded values, else the defaults.
+    Before 0.5: ``spec`` was ``sigma`` and the spec's fields (batch_size, skip, max_idx,
+    shard, seed, num_classes, identity, progress, execution, grid) keyword arguments; that
+    still works (``legacy``), with a DeprecationWarning.
     """
+    spec = as_spec(spec, legacy, "certify_dataset")
+
     def classify(smooth: Smooth, x: torch.Tensor, label: int,
                  generator: torch.Generator) -> Row:
-        result = smooth._certificate(x, n0, n, alpha, batch_size, generator,
+        result = smooth._certificate(x, n0, n, alpha, spec.batch_size, generator,
                                      label=label if skip_wrong else None, bound=bound)
         return result.prediction, result.radius, (result.samples, result.status, result.n_a,
                                                   result.n_b, bound)
 
-    check_certify_args(n0, n, alpha, batch_size)  # before any file is touched
+    check_certify_args(n0, n, alpha, spec.batch_size)  # before any file is touched
     check_bound(bound)
     counts: dict[str, object] = {"n0": n0, "n": n, "alpha": alpha}
     if skip_wrong:  # only when on, so that files of runs without it keep their settings
         counts["skip_wrong"] = True
     if bound != "cohen":  # likewise: a file without the key used Cohen's radius
         counts["bound"] = bound
-    settings = run_settings(sigma, counts, skip, max_idx, seed, dataset, identity, grid)
-    compute = per_example("certify", classify, model, dataset, settings, num_classes)
-    return run_dataset("certify", compute, model, dataset, out_path, settings, shard,
-                       batch_size, progress, execution)
+    settings = spec_settings(spec, counts, dataset)
+    compute = per_example("certify", classify, model, dataset, spec)
+    return run_dataset("certify", compute, model, dataset, out_path, settings, spec)
 
 
 def predict_dataset(
     model: nn.Module,
     dataset: Examples,
-    sigma: float,
+    spec: RunSpec | float | Noise,
     out_path: str | os.PathLike,
     *,
     n: int = 100_000,
     alpha: float = 0.001,
-    batch_size: int = 1000,
-    skip: int = 1,
-    max_idx: int = -1,
-    shard: Shard | None = None,
-    seed: int = 0,
-    num_classes: int | None = None,
-    identity: Mapping[str, object] | None = None,
-    progress: bool = True,
-    execution: Mapping[str, object] | None = None,
-    grid: int | None = None,
+    **legacy: Any,
 ) -> Path:
     """PREDICT (abstain = -1) over a dataset; file ``idx label predict correct time``.
     Arguments as for :func:`certify_dataset`."""
+    spec = as_spec(spec, legacy, "predict_dataset")
+
     def classify(smooth: Smooth, x: torch.Tensor, label: int,
                  generator: torch.Generator) -> Row:
-        return smooth._predict(x, n, alpha, batch_size, generator), math.nan, ()
+        return smooth._predict(x, n, alpha, spec.batch_size, generator), math.nan, ()
 
-    check_predict_args(n, alpha, batch_size)
-    settings = run_settings(sigma, {"n": n, "alpha": alpha}, skip, max_idx, seed, dataset,
-                            identity, grid)
-    compute = per_example("predict", classify, model, dataset, settings, num_classes)
-    return run_dataset("predict", compute, model, dataset, out_path, settings, shard,
-                       batch_size, progress, execution)
+    check_predict_args(n, alpha, spec.batch_size)
+    settings = spec_settings(spec, {"n": n, "alpha": alpha}, dataset)
+    compute = per_example("predict", classify, model, dataset, spec)
+    return run_dataset("predict", compute, model, dataset, out_path, settings, spec)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,10 @@ from smoothmix.checks import check_choice, check_radii, num_classes_of
 from smoothmix.core import check_certify_args
 from smoothmix.data.datasets import Examples
 from smoothmix.execution import Execution
-from smoothmix.grid import GridNoise
-from smoothmix.runner import Compute, Emit, example_generator, run_dataset, run_settings
+from smoothmix.noise import Noise
+from smoothmix.run import RunSpec, as_spec
+from smoothmix.runner import Compute, Emit, example_generator, run_dataset, spec_settings
 from smoothmix.sequences import SEQUENCES, PoolItem, make_procedure, run_pool
-from smoothmix.storage.shards import Shard
 
 __all__ = ["decide_dataset"]
 
@@ -34,7 +34,7 @@ __all__ = ["decide_dataset"]
 def decide_dataset(
     model: nn.Module,
     dataset: Examples,
-    sigma: float,
+    spec: RunSpec | float | Noise,
     out_path: str | os.PathLike,
     *,
     radii: Sequence[float],
@@ -42,20 +42,11 @@ def decide_dataset(
     n0: int = 100,
     n: int = 100_000,
     alpha: float = 0.001,
-    batch_size: int = 1000,
     use_label: bool = True,
-    skip: int = 1,
-    max_idx: int = -1,
-    shard: Shard | None = None,
-    seed: int = 0,
-    num_classes: int | None = None,
-    identity: Mapping[str, object] | None = None,
-    progress: bool = True,
-    execution: Mapping[str, object] | None = None,
-    grid: int | None = None,
+    **legacy: Any,
 ) -> Path:
-    """Decide "robust at r" for every radius in ``radii`` on each selected example with a
-    confidence sequence (``sequence``: kt, union or staged) into ``out_path``.
+    """Decide "robust at r" for every radius in ``radii`` on each example ``spec`` selects
+    with a confidence sequence (``sequence``: kt, union or staged) into ``out_path``.
 
     The class tested is the label (``use_label``, evaluation) or the argmax of ``n0``
     separate samples (deployment). ``n`` caps the test samples per example (undecided = not
@@ -68,30 +59,30 @@ def decide_dataset(
     label; samples = noise samples drawn for the example, selection included, when that
     radius was decided; time = seconds from the example's first batch to its last).
     Resumable and shardable like certify (an example's rows are written and fsync'ed
-    together and stay together in a shard; a merge checks every example complete). Other
-    arguments as for :func:`smoothmix.certification.certify_dataset`.
+    together and stay together in a shard; a merge checks every example complete). ``spec``
+    and ``legacy`` as for :func:`smoothmix.certification.certify_dataset`.
     """
+    spec = as_spec(spec, legacy, "decide_dataset")
     radii = check_radii(radii)
     check_choice("sequence", sequence, SEQUENCES)
-    check_certify_args(n0, n, alpha, batch_size)
+    check_certify_args(n0, n, alpha, spec.batch_size)
     counts: dict[str, object] = {"radii": radii, "sequence": sequence, "n": n,
                                  "alpha": alpha, "label": use_label}
     if not use_label:
         counts["n0"] = n0
-    settings = run_settings(sigma, counts, skip, max_idx, seed, dataset, identity, grid)
-    compute = _decisions(model, dataset, settings, num_classes_of(dataset, num_classes),
-                         batch_size, n0, use_label)
-    return run_dataset("decide", compute, model, dataset, out_path, settings, shard,
-                       batch_size, progress, execution, group=len(radii))
+    settings = spec_settings(spec, counts, dataset)
+    compute = _decisions(model, dataset, spec, radii, (sequence, n, alpha), n0, use_label)
+    return run_dataset("decide", compute, model, dataset, out_path, settings, spec,
+                       group=len(radii))
 
 
-def _decisions(model: nn.Module, dataset: Examples, settings: Mapping[str, Any],
-               classes: int, batch_size: int, n0: int, use_label: bool) -> Compute:
-    """The rows of decide: every example's confidence-sequence procedure, run in a pool
-    that shares forward batches; an example's rows are emitted together when it is done."""
-    sigma, radii, seed = settings["sigma"], settings["radii"], settings["seed"]
-    grid = settings.get("grid")
-    noise = GridNoise(sigma, grid) if grid is not None else None
+def _decisions(model: nn.Module, dataset: Examples, spec: RunSpec, radii: list[float],
+               test: tuple[str, int, float], n0: int, use_label: bool) -> Compute:
+    """The rows of decide: every example's confidence-sequence procedure (``test``:
+    sequence, cap, alpha), run in a pool that shares forward batches; an example's rows
+    are emitted together when it is done."""
+    classes = num_classes_of(dataset, spec.num_classes)
+    sequence, cap, alpha = test
 
     def compute(todo: list[int], ex: Execution, emit: Emit) -> None:
         started: dict[int, float] = {}
@@ -99,12 +90,11 @@ def _decisions(model: nn.Module, dataset: Examples, settings: Mapping[str, Any],
         def items() -> Iterable[PoolItem]:
             for idx in todo:
                 x, label = dataset[idx]
-                generator = example_generator(model, seed, idx)
-                procedure = make_procedure(settings["sequence"], radii, sigma,
-                                           settings["alpha"], settings["n"],
+                generator = example_generator(model, spec.seed, idx)
+                procedure = make_procedure(sequence, radii, spec.noise.sigma, alpha, cap,
                                            int(label) if use_label else None, n0)
                 started[idx] = time.perf_counter()
-                yield PoolItem((idx, int(label)), x, generator, procedure, noise)
+                yield PoolItem((idx, int(label)), x, generator, procedure)
 
         def write(item: PoolItem) -> None:
             idx, label = typing.cast(tuple[int, int], item.key)
@@ -115,6 +105,6 @@ def _decisions(model: nn.Module, dataset: Examples, settings: Mapping[str, Any],
                   for r, decision, used in zip(radii, proc.decisions, proc.samples,
                                                strict=True)])
 
-        run_pool(model, items(), sigma, classes, batch_size, write, execution=ex)
+        run_pool(model, items(), spec.noise, classes, spec.batch_size, write, execution=ex)
 
     return compute

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,8 +35,9 @@ from smoothmix.data.datasets import Examples
 from smoothmix.device import module_device
 from smoothmix.errors import require
 from smoothmix.methods.attacks import pgd_attack
-from smoothmix.runner import Row, per_example, run_dataset, run_settings
-from smoothmix.storage.shards import Shard
+from smoothmix.noise import Noise
+from smoothmix.run import RunSpec, as_spec
+from smoothmix.runner import Row, per_example, run_dataset, spec_settings
 
 __all__ = [
     "attack_and_predict", "attack_dataset", "attack_outcome", "check_attack_args",
@@ -47,7 +48,7 @@ __all__ = [
 def attack_dataset(
     model: nn.Module,
     dataset: Examples,
-    sigma: float,
+    spec: RunSpec | float | Noise,
     out_path: str | os.PathLike,
     *,
     epsilon: float,
@@ -55,39 +56,32 @@ def attack_dataset(
     num_noise: int = 128,
     n: int = 10_000,
     alpha: float = 0.001,
-    batch_size: int = 1000,
-    skip: int = 1,
-    max_idx: int = -1,
-    shard: Shard | None = None,
-    seed: int = 0,
-    num_classes: int | None = None,
-    identity: Mapping[str, object] | None = None,
-    progress: bool = True,
-    execution: Mapping[str, object] | None = None,
-    grid: int | None = None,
+    **legacy: Any,
 ) -> Path:
-    """Attack the smoothed classifier at every selected example (PGD in the l2 ball of
-    ``epsilon`` on the smoothed soft classifier, ``num_noise`` draws, ``num_steps`` steps)
-    and run PREDICT (``n``, ``alpha``) at x and at the attacked point. File: ``idx label
-    predict correct time adv_predict distance adv_outcome`` with adv_outcome =
+    """Attack the smoothed classifier at every example ``spec`` selects (PGD in the l2 ball
+    of ``epsilon`` on the smoothed soft classifier, ``num_noise`` draws, ``num_steps``
+    steps) and run PREDICT (``n``, ``alpha``) at x and at the attacked point. File: ``idx
+    label predict correct time adv_predict distance adv_outcome`` with adv_outcome =
     :func:`attack_outcome`: PREDICT abstains near ties, and an abstention is not a failure of
     any certificate, so the three are kept apart. A file of smoothmix 0.1.0 (last column
-    ``robust``: the label at both points) resumes in its own format. Other arguments as for
-    :func:`smoothmix.certification.certify_dataset`."""
+    ``robust``: the label at both points) resumes in its own format. ``spec`` and ``legacy``
+    as for :func:`smoothmix.certification.certify_dataset`."""
+    spec = as_spec(spec, legacy, "attack_dataset")
+
     def classify(smooth: Smooth, x: torch.Tensor, label: int,
                  generator: torch.Generator) -> Row:
         clean, adv, distance = _attack_and_predict(smooth, x, label, epsilon, num_steps,
-                                                   num_noise, n, alpha, batch_size, generator)
+                                                   num_noise, n, alpha, spec.batch_size,
+                                                   generator)
         return clean, math.nan, (adv, repr(distance), attack_outcome(adv, label))
 
     check_attack_args(epsilon, num_steps, num_noise)
-    check_predict_args(n, alpha, batch_size)
+    check_predict_args(n, alpha, spec.batch_size)
     counts = {"epsilon": float(epsilon), "num_steps": num_steps, "num_noise": num_noise,
               "n": n, "alpha": alpha}
-    settings = run_settings(sigma, counts, skip, max_idx, seed, dataset, identity, grid)
-    compute = per_example("attack", classify, model, dataset, settings, num_classes)
-    return run_dataset("attack", compute, model, dataset, out_path, settings, shard,
-                       batch_size, progress, execution)
+    settings = spec_settings(spec, counts, dataset)
+    compute = per_example("attack", classify, model, dataset, spec)
+    return run_dataset("attack", compute, model, dataset, out_path, settings, spec)
 
 
 def attack_outcome(adv_predict: int, label: int) -> str:
@@ -171,8 +165,7 @@ def _attack_and_predict(smooth: Smooth, x: torch.Tensor, label: int, epsilon: fl
     clean = smooth._predict(x, n, alpha, batch_size, generator)
     x_adv = _smoothed_attack(smooth.base_classifier, x, label, smooth.sigma, epsilon,
                              num_steps, num_noise, generator)
-    if smooth.grid is not None:
-        x_adv = smooth.grid.snap(x_adv)
+    x_adv = smooth.noise.snap(x_adv)  # onto the inputs the noise takes (grid noise: the grid)
     adversarial = smooth._predict(x_adv, n, alpha, batch_size, generator)
     distance = float((x_adv - x.to(x_adv.device)).flatten().norm())
     return clean, adversarial, distance

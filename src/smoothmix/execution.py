@@ -15,8 +15,11 @@ fastest at a few hundred rows per forward on a CPU, whose caches a larger chunk 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import itertools
 import sys
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 
@@ -25,11 +28,10 @@ from torch import nn
 
 from smoothmix.errors import require
 
-__all__ = [
-    "CPU_CHUNK", "EXECUTION_KEYS", "LAYOUTS", "LEGACY_EXECUTION", "PRECISIONS", "Execution",
-    "check_precision", "cpu_bf16_support", "describe_cpu", "is_convolutional", "prepare_model",
-    "resolve_execution", "warn_if_bf16_emulated",
-]
+__all__ = ["CPU_CHUNK", "EXECUTION_KEYS", "LAYOUTS", "LEGACY_EXECUTION", "PRECISIONS",
+           "Execution", "check_precision", "check_request", "cpu_bf16_support",
+           "describe_cpu", "is_convolutional", "prepare_model", "resolve_execution",
+           "warn_if_bf16_emulated"]
 
 PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("channels_last", "contiguous")
@@ -100,6 +102,20 @@ LEGACY_EXECUTION: dict[str, object] = {"precision": "fp32", "layout": "contiguou
 EXECUTION_KEYS = ("precision", "layout", "chunk", "compile", "threads")
 
 
+def check_request(*, precision: object = None, layout: object = None, chunk: object = None,
+                  compile: object = None, threads: object = None) -> None:
+    """SmoothmixError for a value no execution can take (None: unset, always fine). Names
+    only: nothing is resolved against a device, so nothing is printed or changed."""
+    if precision is not None:
+        check_precision(precision)
+    require(layout is None or layout in LAYOUTS,
+            f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    require(chunk is None or (isinstance(chunk, int) and chunk >= 1),
+            f"chunk must be an integer >= 1, got {chunk!r}")
+    require(threads is None or (isinstance(threads, int) and threads >= 1),
+            f"threads must be an integer >= 1, got {threads!r}")
+
+
 def resolve_execution(
     model: nn.Module,
     device: torch.device,
@@ -132,12 +148,7 @@ def resolve_execution(
     chunk = chunk if chunk is not None else old.get("chunk")  # type: ignore[assignment]
     threads = threads if threads is not None else old.get("threads")  # type: ignore[assignment]
     compile = bool(compile if compile is not None else old.get("compile", False))
-    require(layout is None or layout in LAYOUTS,
-            f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    require(chunk is None or (isinstance(chunk, int) and chunk >= 1),
-            f"chunk must be an integer >= 1, got {chunk!r}")
-    require(threads is None or (isinstance(threads, int) and threads >= 1),
-            f"threads must be an integer >= 1, got {threads!r}")
+    check_request(precision=precision, layout=layout, chunk=chunk, threads=threads)
     if layout is None:
         fast = device.type == "cpu" or precision == "bf16"
         layout = "channels_last" if fast and is_convolutional(model) else "contiguous"
@@ -152,17 +163,42 @@ def resolve_execution(
 
 
 def prepare_model(model: nn.Module, execution: Execution) -> nn.Module:
-    """The module to call: the model in the execution's layout (its 4-d weights converted
-    in place when their layout differs, so a model shared by two executions follows the one
-    in use), compiled when asked. Eval mode is the caller's business."""
+    """The module to call: ``model`` itself when its weights are already in the execution's
+    layout, else a copy converted to it; compiled when asked. The user's module is never
+    converted (it may be training, or shared with other code). Eval mode is the caller's
+    business.
+
+    The copy is made once per (model, layout) and kept while ``model`` lives; it is made
+    again when any of the model's parameters or buffers has changed since (a new tensor, or
+    an in-place update: torch's version counter), so a model trained between two calls is
+    never voted with in its old state.
+    """
     fmt = (torch.channels_last if execution.layout == "channels_last"
            else torch.contiguous_format)
     weight = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    prepared = model
     if weight is not None and not weight.is_contiguous(memory_format=fmt):
-        model.to(memory_format=fmt)
+        prepared = _converted(model, execution.layout, fmt)
     if execution.compile:
-        return _compiled(model)
-    return model
+        return _compiled(prepared)
+    return prepared
+
+
+# model -> {layout: (the model's state signature when copied, the converted copy)}
+_COPIES: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[tuple, nn.Module]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _converted(model: nn.Module, layout: str, fmt: torch.memory_format) -> nn.Module:
+    """``model``'s copy in memory format ``fmt``, cached (see :func:`prepare_model`)."""
+    state = tuple((t.data_ptr(), t._version, t.dtype, str(t.device))
+                  for t in itertools.chain(model.parameters(), model.buffers()))
+    copies = _COPIES.setdefault(model, {})
+    cached = copies.get(layout)
+    if cached is None or cached[0] != state:
+        copies.clear()  # a stale copy of the other layout is stale too
+        copies[layout] = cached = (state, copy.deepcopy(model).to(memory_format=fmt))
+    return cached[1]
 
 
 @functools.lru_cache(maxsize=8)

@@ -32,7 +32,7 @@ generator in blocks of a fixed number of rows (leftover rows wait for its next p
 looks where its own procedure says, so its stream and decisions do not depend on how its
 samples were split between batches or which images shared them: a resumed run, or one
 with another batch size, gives the same rows (on the same kind of device). The votes on a
-batch are :func:`smoothmix.core.base_votes`, the counter CERTIFY uses; only the noise
+batch are :func:`smoothmix.votes.base_votes`, the counter CERTIFY uses; only the noise
 blocking differs (per-image 16-row blocks, which the batch-independence above needs), and it
 is part of the recorded stream of every ``--radius`` file, so it stays as it is.
 """
@@ -50,11 +50,18 @@ from scipy.special import gammaln
 from scipy.stats import binom, norm
 from torch import nn
 
-from smoothmix.core import base_votes, clopper_pearson_lower, clopper_pearson_upper, voting
+from smoothmix.core import clopper_pearson_lower, clopper_pearson_upper
 from smoothmix.device import module_device
 from smoothmix.errors import require
 from smoothmix.execution import Execution, resolve_execution
 from smoothmix.grid import GridNoise
+from smoothmix.noise import GridGaussianNoise, Noise, make_noise
+from smoothmix.votes import base_votes, voting
+
+__all__ = ["CERTIFIED", "DECISIONS", "NOT_CERTIFIED", "PROCEDURES", "SEQUENCES", "UNDECIDED",
+           "KTProcedure", "PoolItem", "Procedure", "StagedProcedure", "UnionProcedure",
+           "kt_log_evidence", "make_procedure", "null_probabilities", "run_pool",
+           "stage_sizes", "union_alpha", "union_checkpoints"]
 
 __all__ = [
     "DECISIONS", "PROCEDURES", "SEQUENCES", "KTProcedure", "PoolItem", "Procedure",
@@ -263,31 +270,40 @@ def make_procedure(sequence: str, radii: Sequence[float], sigma: float, alpha: f
 
 @dataclass
 class PoolItem:
-    """One image in the pool: ``key`` is returned to the caller when it is done. With
-    ``grid`` (a :class:`smoothmix.grid.GridNoise`) its noise is the sound 8-bit sampler's,
-    and a rejected draw votes for no class (a failure for the class tested)."""
+    """One image in the pool: ``key`` is returned to the caller when it is done. ``noise``
+    (a :class:`smoothmix.noise.Noise`; None: :func:`run_pool`'s) draws its noisy copies; a
+    draw the noise rejects votes for no class (a failure for the class tested). A
+    :class:`smoothmix.grid.GridNoise` sampler is taken as the grid noise around it (older
+    callers passed one)."""
 
     key: object
     x: torch.Tensor
     generator: torch.Generator
     procedure: Procedure
-    grid: GridNoise | None = None
+    noise: Noise | None = None
     spare: torch.Tensor | None = None  # noise rows drawn but not used yet
     spare_rejected: torch.Tensor | None = None
-    codes: torch.Tensor | None = None  # grid mode: the image's integer codes, once
+    prepared: object = None  # what the noise prepared for this image, once
 
-    def noise(self, rows: int, sigma: float, device: torch.device
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The image's next ``rows`` noisy copies and which of them the grid sampler
-        rejected: its stream, drawn in fixed blocks, is the same however the rows are split
-        between batches."""
-        x = self.x.to(device)
+    def __post_init__(self) -> None:
+        if isinstance(self.noise, GridNoise):
+            self.noise = GridGaussianNoise.wrap(self.noise)
+
+    def draw(self, rows: int, noise: Noise, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image's next ``rows`` noisy copies and which of them the noise rejected
+        (``noise`` unless the item has its own): its stream, drawn in fixed blocks, is the
+        same however the rows are split between batches."""
+        noise = self.noise or noise
+        if self.prepared is None:
+            self.prepared = noise.prepare(self.x.to(device))
         spare = [] if self.spare is None or self.spare_rejected is None or not len(self.spare) \
             else [(self.spare, self.spare_rejected)]
         have = len(spare[0][0]) if spare else 0
         if have < rows:
             blocks = math.ceil((rows - have) / _NOISE_BLOCK)
-            spare += [self._block(x, sigma, device) for _ in range(blocks)]
+            spare += [noise.block(self.prepared, _NOISE_BLOCK, self.generator)
+                      for _ in range(blocks)]
             self.spare = torch.cat([noisy for noisy, _ in spare])
             self.spare_rejected = torch.cat([flags for _, flags in spare])
         assert self.spare is not None and self.spare_rejected is not None
@@ -295,22 +311,11 @@ class PoolItem:
         self.spare, self.spare_rejected = self.spare[rows:], self.spare_rejected[rows:]
         return out, flags
 
-    def _block(self, x: torch.Tensor, sigma: float, device: torch.device
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.grid is not None:
-            if self.codes is None:
-                self.codes = self.grid.to_codes(x)
-            return self.grid.sample(self.codes, _NOISE_BLOCK, self.generator)
-        noise = torch.randn((_NOISE_BLOCK, *x.shape), generator=self.generator,
-                            device=device, dtype=x.dtype)
-        return noise.mul_(sigma).add_(x), torch.zeros(_NOISE_BLOCK, dtype=torch.bool,
-                                                      device=device)
-
 
 def run_pool(
     model: nn.Module,
     items: Iterable[PoolItem],
-    sigma: float,
+    noise: Noise | float,
     num_classes: int,
     batch_size: int,
     on_done: Callable[[PoolItem], None],
@@ -321,9 +326,11 @@ def run_pool(
     A batch takes from each image in the pool, in order, what it wants before its next
     look (as much as fits; the rest goes in the next batch), and new images join the pool
     while the batch has room: every batch is full until the last images run out.
-    ``on_done`` is called for each image as soon as it is decided. ``execution`` says how
+    ``on_done`` is called for each image as soon as it is decided. ``noise`` draws the
+    copies of items without their own (a sigma: Gaussian noise). ``execution`` says how
     the model runs (default: :func:`smoothmix.execution.resolve_execution`'s rule).
     """
+    noise = make_noise(noise)
     device = module_device(model, torch.device("cpu"))
     if execution is None:
         execution = resolve_execution(model, device, batch_size)
@@ -331,7 +338,7 @@ def run_pool(
     pool: list[PoolItem] = []
     with voting(model, execution, device) as voter:
         while pieces := _batch(pool, pending, batch_size):
-            votes = _votes(voter, pieces, sigma, device, execution, num_classes)
+            votes = _votes(voter, pieces, noise, device, execution, num_classes)
             offset = 0
             for item, piece in pieces:
                 item.procedure.feed(votes[offset: offset + piece], num_classes)
@@ -360,16 +367,16 @@ def _batch(pool: list[PoolItem], pending: Iterator[PoolItem], batch_size: int
     return pieces
 
 
-def _votes(model: nn.Module, pieces: list[tuple[PoolItem, int]], sigma: float,
+def _votes(model: nn.Module, pieces: list[tuple[PoolItem, int]], noise: Noise,
            device: torch.device, execution: Execution, num_classes: int) -> np.ndarray:
-    """The votes (:func:`smoothmix.core.base_votes`) on one batch made of each image's
+    """The votes (:func:`smoothmix.votes.base_votes`) on one batch made of each image's
     next noisy copies, forward chunk by forward chunk.
 
     The votes come back to the host once per batch (the looks need them). Written
     device-agnostic but not yet run on a GPU: there each 16-row noise block is one small
     kernel, which may cost more than the forward for small models (measure before tuning).
     """
-    images, rejected = zip(*(item.noise(piece, sigma, device) for item, piece in pieces),
+    images, rejected = zip(*(item.draw(piece, noise, device) for item, piece in pieces),
                            strict=True)
     batch = execution.prepare_input(torch.cat(images))
     chunks = zip(batch.split(execution.chunk), torch.cat(rejected).split(execution.chunk),

@@ -5,7 +5,7 @@ every training image, keyed by dataset index.
 the reference a Gaussian model trained at sigma = 0.25 with N = 10,000) of ONE augmented
 view of training image ``b`` (a random crop/flip where the dataset trains with them, as the
 reference computed it once on its augmented training loader). The votes are counted by
-:meth:`smoothmix.core.Smooth.sample_counts`, the counter CERTIFY uses; each example draws
+:meth:`smoothmix.core.Smooth.votes`, the counter CERTIFY uses; each example draws
 its view and its noise from a generator seeded by ``(seed, idx)``, so a row does not depend
 on which shard or resumed process computed it.
 
@@ -23,35 +23,46 @@ merges.
 
 from __future__ import annotations
 
+import json
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from smoothmix.checks import check_count, check_sigma, num_classes_of
+from smoothmix.checks import check_count, num_classes_of
 from smoothmix.core import Smooth
 from smoothmix.data.datasets import Examples, TensorImageDataset, dataset_fingerprint
 from smoothmix.data.loaders import random_crop_flip
 from smoothmix.device import module_device
 from smoothmix.errors import require
-from smoothmix.progress import Progress
+from smoothmix.execution import EXECUTION_KEYS, Execution
+from smoothmix.noise import Noise
 from smoothmix.provenance import provenance
-from smoothmix.runner import example_generator, example_seed  # noqa: F401 - re-exported
+from smoothmix.run import RunSpec, as_spec
+from smoothmix.runner import (  # noqa: F401 - example_seed re-exported
+    Compute,
+    Emit,
+    Rows,
+    Store,
+    example_generator,
+    example_seed,
+    run_dataset,
+)
 from smoothmix.storage.arrays import (
     ResumableRows,
     merge_array_rows,
+    part_paths,
     read_arrays,
     require_same,
     write_arrays,
 )
 from smoothmix.storage.merge import same_run
-from smoothmix.storage.shards import Shard, resolve_shard, selected_indices, shard_path, wait_until
+from smoothmix.storage.shards import Shard, selected_indices, shard_path
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "REFERENCE_N", "Targets", "build_targets", "check_targets",
@@ -88,75 +99,170 @@ class Targets:
 def build_targets(
     model: nn.Module,
     dataset: Examples,
-    sigma: float,
+    spec: RunSpec | float | Noise,
     out_path: str | os.PathLike,
     *,
     n: int = REFERENCE_N,
-    batch_size: int = 1000,
-    seed: int = 0,
-    shard: Shard | None = None,
-    max_idx: int = -1,
     augment: bool | None = None,
-    num_classes: int | None = None,
-    identity: Mapping[str, object] | None = None,
-    progress: bool = True,
-    precision: str = "fp32",
+    **legacy: Any,
 ) -> Path:
     """Count ``n`` votes on one (augmented) view of every example into ``out_path``.
 
-    ``max_idx`` (-1: all) counts only the examples with index below it (the file then serves
-    training subsets of at most that many images).
+    ``spec`` (:class:`smoothmix.run.RunSpec`): the noise, ``batch_size``, ``seed``,
+    ``shard``, ``identity`` (dataset name, checkpoint hash, ...: stored in the file and
+    checked on resume), ``num_classes``, ``progress``, ``max_idx`` (-1: all; else only the
+    examples with index below it, a file that serves training subsets of at most that many
+    images) and ``execution`` (as for certify: "bf16" counts under bf16 autocast; the
+    resolved execution is recorded in the file, and a resumed run takes the recorded one).
+    Targets cover every example (``skip`` 1).
     ``augment`` (default: the dataset's ``augment`` flag) takes one random crop (padding 4)
     + flip per in-memory example; folder datasets apply their own training transform under
-    the example's seed. ``identity`` (dataset name, checkpoint hash, ...) is stored in the
-    file and must match on resume. ``precision`` "bf16" counts under bf16 autocast (recorded
-    in the file). Returns the path of the finished file (the merged file
-    under torchrun, the shard file with ``shard``).
+    the example's seed. Returns the path of the finished file (the merged file under
+    torchrun, the shard file with ``shard``).
+
+    Before 0.5: ``spec`` was ``sigma`` and the spec's fields (and ``precision``) keyword
+    arguments; that still works, with a DeprecationWarning.
     """
+    precision = legacy.pop("precision", None)
+    spec = as_spec(spec, legacy, "build_targets")
+    if precision is not None:
+        spec = spec.replace(execution={**spec.execution, "precision": precision})
     check_count("n", n)
-    check_count("batch_size", batch_size)
     require(len(dataset) >= 1, "the dataset is empty")
+    max_idx = spec.max_idx
     require(isinstance(max_idx, int) and (max_idx == -1 or max_idx >= 1),
             f"--max must be -1 (all) or >= 1, got {max_idx!r}")
-    classes = num_classes_of(dataset, num_classes)
-    smooth = Smooth(model, classes, check_sigma(sigma), precision=precision)
+    require(spec.skip == 1, f"targets cover every example; skip must be 1, got {spec.skip}")
+    classes = num_classes_of(dataset, spec.num_classes)
     if augment is None:
         augment = bool(getattr(dataset, "augment", False))
     base = {
         "format": FORMAT, "version": FORMAT_VERSION, "num_examples": len(dataset),
         "num_classes": classes, "dataset_sha256": dataset_fingerprint(dataset), "n": n,
-        "sigma": float(sigma), "seed": seed, "augment": augment,
-        "max_idx": max_idx if 0 < max_idx < len(dataset) else -1, **dict(identity or {}),
-        # only when not fp32, so that files of earlier releases keep their settings
-        **({"precision": precision} if precision != "fp32" else {}),
+        "sigma": spec.noise.sigma, "seed": spec.seed, "augment": augment,
+        "max_idx": max_idx if 0 < max_idx < len(dataset) else -1, **dict(spec.identity),
+        **spec.noise.settings(),  # none for Gaussian noise, as in files of earlier releases
     }
-    return _build(smooth, dataset, Path(out_path), base, shard, batch_size, augment, progress)
+    compute = _counting(model, dataset, spec, classes, n, augment)
+    store = TargetsStore(n, len(dataset), classes)
+    return run_dataset("targets", compute, model, dataset, out_path, base, spec, store=store)
 
 
-def _build(smooth: Smooth, dataset: Examples, out: Path, base: dict[str, Any],
-           shard: Shard | None, batch_size: int, augment: bool, progress: bool) -> Path:
-    """Count this process's part (resuming it), then under torchrun merge on rank 0 and
-    wait for the merged file on the others (training reads it next)."""
-    part, auto = resolve_shard(shard)
-    main = not auto or part[0] == 0  # rank 0 under torchrun, else the only process
-    if auto and out.exists():
-        require_same(out, _read(out).meta, {**base, "shard": "0/1"})
-        return out
-    target = shard_file(out, *part) if part != (0, 1) else out
-    settings = {**base, "shard": f"{part[0]}/{part[1]}"}
-    if target.exists():
-        require_same(target, _read(target).meta, settings)
-    else:
-        _count_rows(smooth, dataset, target, settings, part, batch_size, augment,
-                    progress and main)  # under torchrun one bar (rank 0's share)
-    if not auto:
-        return target
-    if main:
-        parts = [shard_file(out, r, part[1]) for r in range(part[1])]
-        wait_until(lambda: all(p.exists() for p in parts))  # shard files appear complete
+def _counting(model: nn.Module, dataset: Examples, spec: RunSpec, classes: int, n: int,
+              augment: bool) -> Compute:
+    """The rows of targets: each example's ``n`` votes on its one view, as ``(idx, counts)``."""
+    device = module_device(model, torch.device("cpu"))
+
+    def compute(todo: list[int], ex: Execution, emit: Emit) -> None:
+        smooth = Smooth(model, classes, spec.noise, execution=ex)
+        for idx in todo:
+            generator = example_generator(model, spec.seed, idx)
+            x = _view(dataset, idx, augment, generator, device)
+            emit([(idx, _votes(smooth, x, n, spec.batch_size, generator))])
+
+    return compute
+
+
+class TargetsStore(Store):
+    """The ``.npz`` vote table as the one runner (:func:`smoothmix.runner.run_dataset`)
+    keeps it: rows in ``FILE.part.npy`` while counted (a row is done when its votes sum to
+    N), the finished file written atomically, shards in ``OUT.rankIofK.npz`` (an explicit
+    ``shard`` too), merged by :func:`merge_targets`; under torchrun the other ranks wait
+    for the merged file, which training reads next."""
+
+    wait_for_merge = True
+
+    def __init__(self, n: int, num_examples: int, classes: int) -> None:
+        self.n, self.shape = n, (num_examples, classes)
+
+    def part_path(self, out: Path, part: Shard, auto: bool) -> Path:
+        return shard_file(out, *part) if part != (0, 1) else out
+
+    def recorded(self, path: Path) -> dict[str, object] | None:
+        """The execution ``path`` recorded, finished or in progress, mapped by
+        :func:`legacy_recorded`; None when there is nothing to resume."""
+        if path.exists():
+            return legacy_recorded(_read(path).meta)
+        _, work_meta = part_paths(path)
+        try:
+            return legacy_recorded(json.loads(work_meta.read_text())["settings"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # nothing to resume (a damaged file is named when it is reopened)
+
+    def execution_settings(self, ex: Execution, recorded: Mapping[str, object] | None,
+                           request: Mapping[str, object]) -> dict[str, object]:
+        """Every field (0.5); for a file of an earlier release (no ``layout``) its own
+        format, the precision when not fp32. Legacy rule: such a file ran the rule's layout
+        and chunk, so it resolves from its precision alone (:func:`legacy_recorded`)."""
+        if recorded is None or "layout" in recorded:
+            return ex.settings()
+        others = sorted(set(request) - {"precision"})
+        require(not others, f"a targets file of smoothmix < 0.5 recorded only its precision; "
+                f"resume it without {others}")
+        return {"precision": ex.precision} if ex.precision != "fp32" else {}
+
+    def finished(self, path: Path, settings: Mapping[str, object] | None,
+                 part: Shard = (0, 1)) -> bool:
+        if not path.exists():
+            return False  # a finished table appears whole (written atomically)
+        if settings is not None:
+            require_same(path, _read(path).meta, settings)
+        return True
+
+    def open(self, target: Path, settings: dict[str, object], expected: range,
+             info: dict[str, object]) -> Rows:
+        if target.exists():  # finished: reused as it is when it is this run's
+            require_same(target, _read(target).meta, settings)
+            return _FinishedRows(set(expected))
+        dtype = np.uint16 if self.n < 2**16 else np.uint32
+        table = ResumableRows(target, settings, self.shape, dtype, {**provenance(), **info},
+                              "smoothmix targets")
+        return _CountRows(table, self.n, expected, settings)
+
+    def merge(self, out: Path, parts: list[Path]) -> Path:
         return merge_targets(out, parts)
-    wait_until(out.exists)
-    return out
+
+
+class _FinishedRows(Rows):
+    def __init__(self, done: set[int]) -> None:
+        self.done = done
+
+    def write(self, rows: Sequence[Sequence[object]]) -> None:
+        raise AssertionError("a finished targets file is not written")
+
+    def close(self, ok: bool) -> None:
+        pass
+
+
+class _CountRows(Rows):
+    def __init__(self, table: ResumableRows, n: int, expected: range,
+                 settings: dict[str, object]) -> None:
+        self.table, self.n, self.expected, self.settings = table, n, expected, settings
+        done = table.rows.sum(1, dtype=np.int64) == n
+        self.done = {i for i in expected if done[i]}
+
+    def write(self, rows: Sequence[Sequence[object]]) -> None:
+        for idx, counts in rows:  # (idx, the example's vote counts)
+            self.table.rows[cast(int, idx)] = cast(np.ndarray, counts)
+        self.table.wrote()
+
+    def close(self, ok: bool) -> None:
+        if not ok:
+            return  # the part files stay, for the rerun to resume
+        rows = self.table.rows[list(self.expected)]
+        missing = np.flatnonzero(rows.sum(1, dtype=np.int64) != self.n)
+        require(missing.size == 0, f"{len(missing)} rows of {self.table.work} were not counted")
+        self.table.finish(self.settings)
+
+
+def legacy_recorded(saved: Mapping[str, object]) -> dict[str, object]:
+    """What a targets file's settings say about its execution, for
+    :func:`smoothmix.execution.resolve_execution`: a file of an earlier release recorded
+    only a precision other than fp32 and ran the rule's layout and chunk, so it maps to its
+    precision alone (fp32 when absent), not to the certify files' LEGACY_EXECUTION."""
+    recorded = {k: saved[k] for k in EXECUTION_KEYS if k in saved}
+    recorded.setdefault("precision", "fp32")
+    return recorded
 
 
 def targets_from_checkpoint(
@@ -169,11 +275,14 @@ def targets_from_checkpoint(
     data_dir: str | os.PathLike | None = None,
     device: str | None = None,
     normalization: str | None = None,
+    spec: RunSpec | None = None,
     **kwargs: Any,
 ) -> Path:
     """:func:`build_targets` for a checkpoint and a dataset by name (what ``smoothmix
     targets`` runs): the file records the dataset, the checkpoint's SHA-256, arch,
-    normalisation, training sigma and method. ``kwargs`` go to :func:`build_targets`."""
+    normalisation, training sigma and method. With ``spec`` (whose noise replaces
+    ``sigma``) its identity and classes are set here; ``kwargs`` go to
+    :func:`build_targets` (``augment``, or before 0.5 the spec's fields)."""
     from smoothmix.checkpoint import (
         Checkpoint,
         check_model_fits_dataset,
@@ -195,42 +304,18 @@ def targets_from_checkpoint(
         "normalization": record.normalization, "checkpoint_sigma": record.sigma,
         "checkpoint_method": record.method,
     }
-    return build_targets(model, dataset, sigma, out_path, n=n, identity=identity,  # type: ignore[arg-type]
-                         num_classes=dataset.num_classes, **kwargs)
-
-
-def _count_rows(smooth: Smooth, dataset: Examples, target: Path, settings: dict[str, Any],
-                part: Shard, batch_size: int, augment: bool, progress: bool) -> None:
-    """Count this part's rows into ``target``, resuming its unfinished rows if any; a row is
-    done when its votes sum to N (rows start at 0 and are written whole)."""
-    num_examples, classes, n = settings["num_examples"], settings["num_classes"], settings["n"]
-    device = module_device(smooth.base_classifier, torch.device("cpu"))
-    info = {**provenance(), "batch_size": batch_size, "device": str(device),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    table = ResumableRows(target, settings, (num_examples, classes),
-                          np.uint16 if n < 2**16 else np.uint32, info, "smoothmix targets")
-    indices = selected_indices(num_examples, 1, settings["max_idx"], part)
-    done = table.rows.sum(1, dtype=np.int64) == n
-    todo = [i for i in indices if not done[i]]
-    bar = Progress(len(indices), initial=len(indices) - len(todo), unit="img",
-                   desc=f"targets {target.name}", disable=not progress)
-    with bar:
-        for idx in todo:
-            generator = example_generator(smooth.base_classifier, settings["seed"], idx)
-            x = _view(dataset, idx, augment, generator, device)
-            table.rows[idx] = _votes(smooth, x, n, batch_size, generator)
-            table.wrote()
-            bar.update(1)
-    missing = np.flatnonzero(table.rows[list(indices)].sum(1, dtype=np.int64) != n)
-    require(missing.size == 0, f"{len(missing)} rows of {table.work} were not counted")
-    table.finish(settings)
+    classes = dataset.num_classes  # type: ignore[attr-defined]
+    if spec is not None:
+        spec = spec.replace(identity={**identity, **spec.identity}, num_classes=classes)
+        return build_targets(model, dataset, spec, out_path, n=n, **kwargs)
+    return build_targets(model, dataset, sigma, out_path, n=n, identity=identity,
+                         num_classes=classes, **kwargs)
 
 
 def _votes(smooth: Smooth, x: torch.Tensor, n: int, batch_size: int,
            generator: torch.Generator) -> np.ndarray:
     """The ``n`` votes on ``x`` from CERTIFY's own counter (no second vote counter)."""
-    counts, _ = smooth.sample_counts(x, n, batch_size, generator)
-    return counts.cpu().numpy()
+    return smooth.votes(x, n, batch_size, generator).counts.cpu().numpy()
 
 
 def _view(dataset: Examples, idx: int, augment: bool, generator: torch.Generator,

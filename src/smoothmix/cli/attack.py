@@ -38,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_attack(args: argparse.Namespace) -> int:
     check_attack_args(args.epsilon, args.num_steps, args.num_noise)
     check_predict_args(args.n, args.alpha, args.batch)
-    model, dataset, common = prepare_run(args)
-    out = attack_dataset(model, dataset, args.sigma, args.out, epsilon=args.epsilon,
-                         num_steps=args.num_steps, num_noise=args.num_noise, **common)
+    model, dataset, spec = prepare_run(args)
+    out = attack_dataset(model, dataset, spec, args.out, epsilon=args.epsilon,
+                         num_steps=args.num_steps, num_noise=args.num_noise, n=args.n,
+                         alpha=args.alpha)
     report("attack", out)
     return 0

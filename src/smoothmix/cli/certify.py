@@ -15,6 +15,7 @@ from smoothmix.core import check_bound, check_certify_args, check_predict_args
 from smoothmix.decisions import decide_dataset
 from smoothmix.distributed import distributed_env
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.run import RunSpec
 from smoothmix.storage.shards import parse_shard
 
 __all__ = [
@@ -199,16 +200,16 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, kind: str) -> int:
-    model, dataset, common = prepare_run(args)
+    model, dataset, spec = prepare_run(args)
     if kind == "certify" and args.radius is not None:
-        out = decide_dataset(model, dataset, args.sigma, args.out, radii=args.radius,
+        out = decide_dataset(model, dataset, spec, args.out, radii=args.radius,
                              sequence=args.sequence, n0=args.n0, use_label=not args.no_label,
-                             **common)
+                             n=args.n, alpha=args.alpha)
     elif kind == "certify":
-        out = certify_dataset(model, dataset, args.sigma, args.out, n0=args.n0,
-                              skip_wrong=args.skip_wrong, bound=args.bound, **common)
+        out = certify_dataset(model, dataset, spec, args.out, n0=args.n0, n=args.n,
+                              alpha=args.alpha, skip_wrong=args.skip_wrong, bound=args.bound)
     else:
-        out = predict_dataset(model, dataset, args.sigma, args.out, **common)
+        out = predict_dataset(model, dataset, spec, args.out, n=args.n, alpha=args.alpha)
     report(kind, out)
     return 0
 
@@ -220,9 +221,9 @@ def report(kind: str, out: Path) -> None:
         print(f"{kind} results in {out}" + (f" (merged from {world} ranks)" if world > 1 else ""))
 
 
-def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, dict]:
+def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     """Check the options of :func:`add_run_options`, load the model and the dataset, and
-    return (model, dataset, the keyword arguments the dataset runners share)."""
+    return (model, dataset, the :class:`smoothmix.run.RunSpec` the dataset runners take)."""
     # Cheap checks before the (slow) model and data loading.
     check_sigma(args.sigma)
     # Only the in-memory datasets keep the decoded 8-bit pixels; folder datasets resize and
@@ -263,10 +264,9 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, dict]:
         "dataset": args.dataset,
         "split": args.split,
     }
-    common = dict(
-        n=args.n, alpha=args.alpha, batch_size=args.batch, skip=args.skip,
+    spec = RunSpec.of(
+        args.sigma, grid=getattr(args, "grid", None), batch_size=args.batch, skip=args.skip,
         max_idx=args.max_idx, shard=shard, seed=args.seed, num_classes=dataset.num_classes,
         identity=identity, progress=not args.no_progress, execution=execution_options(args),
-        grid=getattr(args, "grid", None),
     )
-    return model, dataset, common
+    return model, dataset, spec

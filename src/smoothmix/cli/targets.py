@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     check_count("--noise-batch", args.batch)
     from smoothmix.checkpoint import read_checkpoint
     from smoothmix.distributed import distributed_env
+    from smoothmix.run import RunSpec
     from smoothmix.storage.shards import parse_shard
     from smoothmix.targets import REFERENCE_N, targets_from_checkpoint
 
@@ -97,12 +98,13 @@ def run(args: argparse.Namespace) -> int:
         if trained is not None and float(trained) != args.sigma:
             print(f"note: the checkpoint was trained with sigma={trained}, voting at "
                   f"sigma={args.sigma}", file=sys.stderr)
+    spec = RunSpec.of(args.sigma, batch_size=args.batch, seed=args.seed, shard=shard,
+                      max_idx=args.max_idx, progress=not args.no_progress,
+                      execution={"precision": args.precision})
     out = targets_from_checkpoint(
-        args.checkpoint, args.dataset, args.out, sigma=args.sigma, n=args.n,
-        data_dir=args.data_dir, device=args.device, normalization=args.normalization,
-        batch_size=args.batch, seed=args.seed, shard=shard, max_idx=args.max_idx,
-        augment=False if args.no_augment else None, progress=not args.no_progress,
-        precision=args.precision)
+        args.checkpoint, args.dataset, args.out, n=args.n, data_dir=args.data_dir,
+        device=args.device, normalization=args.normalization, spec=spec,
+        augment=False if args.no_augment else None)
     if main:
         what = "every training image" if args.max_idx < 0 else \
             f"the training images below index {args.max_idx}"

@@ -1,0 +1,97 @@
+"""One dataset run's specification: what every dataset entry point shares.
+
+:func:`smoothmix.certification.certify_dataset`, ``predict_dataset``, ``decide_dataset``,
+``attack_dataset`` and :func:`smoothmix.targets.build_targets` take a :class:`RunSpec` (the
+examples selected, the shard, the seed of the (seed, idx) noise streams, what the caller knows
+about the model and data, how the model is asked to run, the noise, the block size) and add
+only what their kind computes (n0, n, alpha, radii, epsilon, ...).
+
+Before 0.5 each entry point redeclared these as keyword arguments; those still work, through
+:func:`as_spec`, with a DeprecationWarning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from smoothmix.checks import check_count
+from smoothmix.errors import require
+from smoothmix.execution import EXECUTION_KEYS
+from smoothmix.noise import Noise, make_noise
+from smoothmix.storage.shards import Shard
+
+__all__ = ["RunSpec", "as_spec"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a dataset run shares with every kind of run.
+
+    ``noise``: the smoothing noise (:mod:`smoothmix.noise`). ``batch_size``: noisy copies per
+    block. ``skip`` / ``max_idx``: every ``skip``-th example with idx < ``max_idx`` (-1: all).
+    ``shard=(i, k)``: every k-th of those from the i-th (None: all, or under torchrun each
+    rank its share, merged by rank 0). ``seed``: of the (seed, idx) noise streams.
+    ``num_classes``: default the dataset's. ``identity``: what the caller knows about the
+    model and data (checkpoint hash, dataset, split, ...), stored with the settings; a rerun
+    into the same file must match it. ``execution``: the execution asked for (keys of
+    :data:`smoothmix.execution.EXECUTION_KEYS`; unset keys take a resumed file's recorded
+    values, else the defaults). ``progress``: show a progress bar.
+    """
+
+    noise: Noise
+    batch_size: int = 1000
+    skip: int = 1
+    max_idx: int = -1
+    shard: Shard | None = None
+    seed: int = 0
+    num_classes: int | None = None
+    identity: Mapping[str, object] = field(default_factory=dict)
+    execution: Mapping[str, object] = field(default_factory=dict)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.noise, Noise),
+                f"RunSpec.noise must be a smoothmix.noise.Noise, got {self.noise!r} (use "
+                "RunSpec.of(sigma, ...) for Gaussian noise)")
+        check_count("batch_size", self.batch_size)
+        require(isinstance(self.skip, int) and self.skip >= 1,
+                f"skip must be >= 1, got {self.skip}")
+        unknown = sorted(set(self.execution or {}) - set(EXECUTION_KEYS))
+        require(not unknown, f"unknown execution option(s) {unknown}; known: "
+                f"{', '.join(EXECUTION_KEYS)}")
+        # Copies: a caller's dict changed later must not change a spec.
+        object.__setattr__(self, "identity", dict(self.identity or {}))
+        object.__setattr__(self, "execution", dict(self.execution or {}))
+
+    @classmethod
+    def of(cls, sigma: float | Noise, *, grid: int | None = None, **fields: Any) -> RunSpec:
+        """A spec from a sigma (Gaussian noise) or a noise, and ``grid`` levels as before."""
+        return cls(make_noise(sigma, grid), **fields)
+
+    def replace(self, **changes: Any) -> RunSpec:
+        """This spec with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+_LEGACY = frozenset({f.name for f in dataclasses.fields(RunSpec)} - {"noise"} | {"grid"})
+
+
+def as_spec(spec: RunSpec | float | Noise, legacy: Mapping[str, Any], caller: str) -> RunSpec:
+    """The spec of an entry point called with a :class:`RunSpec`, or (before 0.5) with a
+    sigma or noise and the spec's fields as keyword arguments (``legacy``)."""
+    unknown = sorted(set(legacy) - _LEGACY)
+    if unknown:
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
+    if isinstance(spec, RunSpec):
+        require(not legacy, f"{caller}: pass {', '.join(sorted(legacy))} in the RunSpec, not "
+                "beside it")
+        return spec
+    if legacy:
+        warnings.warn(f"{caller}(model, dataset, sigma, out, batch_size=..., seed=..., ...) "
+                      f"is deprecated; pass a smoothmix.run.RunSpec instead of sigma",
+                      DeprecationWarning, stacklevel=3)
+    return RunSpec.of(spec, **legacy)

@@ -1,0 +1,123 @@
+"""One run specification (smoothmix.run.RunSpec) for every dataset entry point, and the
+older keyword arguments that still build one."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from smoothmix.certification import certify_dataset, predict_dataset
+from smoothmix.data.datasets import TensorImageDataset
+from smoothmix.decisions import decide_dataset
+from smoothmix.errors import SmoothmixError
+from smoothmix.noise import GaussianNoise, GridGaussianNoise
+from smoothmix.run import RunSpec, as_spec
+from smoothmix.targets import build_targets, load_targets
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+
+
+def data(count: int = 4) -> TensorImageDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, 1, 8, 8), generator=g, dtype=torch.uint8)
+    return TensorImageDataset(images, torch.arange(count) % 3, num_classes=3, name="t")
+
+
+def test_the_spec_and_the_old_keywords_write_the_same_file(tmp_path):
+    spec = RunSpec(GaussianNoise(0.5), batch_size=50, seed=3, skip=2, progress=False,
+                   identity={"dataset": "t"})
+    new = certify_dataset(net(), data(), spec, tmp_path / "new.tsv", n0=10, n=100,
+                          alpha=0.01)
+    with pytest.warns(DeprecationWarning, match="RunSpec"):
+        old = certify_dataset(net(), data(), 0.5, tmp_path / "old.tsv", n0=10, n=100,
+                              alpha=0.01, batch_size=50, seed=3, skip=2, progress=False,
+                              identity={"dataset": "t"})
+    rows = [p.read_text().splitlines() for p in (new, old)]
+    strip = [[line.split("\t")[:4] for line in r] for r in rows]  # without the time column
+    assert strip[0] == strip[1] and len(rows[0]) == 3
+
+
+def test_every_entry_point_takes_the_spec(tmp_path):
+    spec = RunSpec.of(0.5, grid=255, batch_size=64, progress=False)
+    assert isinstance(spec.noise, GridGaussianNoise)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        predict_dataset(net(), data(2), spec, tmp_path / "p.tsv", n=50, alpha=0.01)
+        decide_dataset(net(), data(2), spec, tmp_path / "d.tsv", radii=[0.1], n=50,
+                       alpha=0.01)
+        out = build_targets(net(), data(2), RunSpec.of(0.5, batch_size=64, progress=False),
+                            tmp_path / "t.npz", n=20)
+    assert load_targets(out).counts.sum(1).tolist() == [20, 20]
+
+
+def test_spec_checks_and_misuse():
+    with pytest.raises(SmoothmixError, match="skip must be >= 1"):
+        RunSpec.of(0.5, skip=0)
+    with pytest.raises(SmoothmixError, match="batch_size"):
+        RunSpec.of(0.5, batch_size=0)
+    with pytest.raises(SmoothmixError, match="unknown execution option"):
+        RunSpec.of(0.5, execution={"dtype": "fp16"})
+    with pytest.raises(SmoothmixError, match="Noise"):
+        RunSpec(0.5)  # type: ignore[arg-type]
+    spec = RunSpec.of(0.5)
+    with pytest.raises(SmoothmixError, match="in the RunSpec"):
+        as_spec(spec, {"seed": 1}, "certify_dataset")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'sed'"):
+        as_spec(0.5, {"sed": 1}, "certify_dataset")
+    identity = {"a": 1}
+    spec = RunSpec.of(0.5, identity=identity)
+    identity["a"] = 2
+    assert spec.identity == {"a": 1} and spec.replace(seed=4).seed == 4
+
+
+def test_targets_record_the_resolved_execution_and_old_files_keep_their_format(tmp_path):
+    from smoothmix.execution import EXECUTION_KEYS
+    from smoothmix.storage.arrays import write_arrays
+
+    spec = RunSpec.of(0.5, batch_size=64, progress=False)
+    out = build_targets(net(), data(3), spec, tmp_path / "t.npz", n=20)
+    new = load_targets(out)
+    assert set(EXECUTION_KEYS) <= set(new.meta) and new.meta["precision"] == "fp32"
+    # A file of an earlier release recorded no execution (the precision only when bf16):
+    # the same run reuses it as it is, in its own format, instead of refusing it.
+    old_meta = {k: v for k, v in new.meta.items() if k not in EXECUTION_KEYS}
+    old = tmp_path / "old.npz"
+    write_arrays(old, new.counts, old_meta)
+    assert build_targets(net(), data(3), spec, old, n=20) == old
+    assert load_targets(old).meta == old_meta
+    with pytest.raises(SmoothmixError, match="recorded only its precision"):
+        build_targets(net(), data(3), spec.replace(execution={"layout": "contiguous"}), old,
+                      n=20)
+    with pytest.raises(SmoothmixError, match="another run"):  # bf16 is another run
+        build_targets(net(), data(3), spec.replace(execution={"precision": "bf16"}), old,
+                      n=20)
+
+
+def test_targets_under_torchrun_go_through_the_one_runner(tmp_path, monkeypatch):
+    # A 2-rank run in one process: rank 1 counts its share (its wait for the merged file
+    # stubbed), rank 0 counts and merges, and the merged table equals one process's.
+    import smoothmix.runner as runner
+    from smoothmix.targets import shard_file
+
+    spec = RunSpec.of(0.5, batch_size=64, progress=False)
+    single = load_targets(build_targets(net(), data(5), spec, tmp_path / "one.npz", n=30))
+    out = tmp_path / "dist.npz"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    waited = []
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "wait_until", waited.append)
+        assert build_targets(net(), data(5), spec, out, n=30) == out
+    assert len(waited) == 1 and shard_file(out, 1, 2).exists() and not out.exists()
+    monkeypatch.setenv("RANK", "0")
+    assert build_targets(net(), data(5), spec, out, n=30) == out
+    merged = load_targets(out)
+    assert (merged.counts == single.counts).all() and merged.meta["shard"] == "0/1"
+    monkeypatch.setenv("RANK", "1")  # a rerun of the finished job: nothing to do
+    assert build_targets(net(), data(5), spec, out, n=30) == out
