@@ -323,7 +323,8 @@ def test_resume_keeps_the_stored_deferral(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(dataset="mnist", method="smoothmixx", sigma=0.5), "valid methods: .*smoothmix"),
     (dict(dataset="mnst", method="gaussian", sigma=0.5), "valid datasets: mnist"),
-    (dict(dataset="mnist", arch="lenet5", method="gaussian", sigma=0.5), "valid architectures: lenet"),
+    (dict(dataset="mnist", arch="lenet5", method="gaussian", sigma=0.5),
+     "valid architectures: lenet"),
     (dict(dataset="mnist", method="gaussian", sigma=0.0), "sigma must be a positive number"),
     (dict(dataset="mnist", method="gaussian", sigma=-1), "sigma must be a positive number"),
     (dict(dataset="mnist", method="gaussian", sigma=128.0), "pixel units"),
