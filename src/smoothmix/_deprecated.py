@@ -49,5 +49,5 @@ class SmoothAliases:
         votes = self.votes(x, num, batch_size, generator, watch=watch, need=need)
         counts = votes.counts
         if with_rejected:
-            counts = torch.cat([counts, counts.new_tensor([votes.rejected])])
+            counts = torch.cat([counts, votes.rejected.reshape(1)])
         return counts, votes.drawn

@@ -233,7 +233,7 @@ class Smooth(SmoothAliases):
         # keeps both bounds conservative.
         others = votes.counts.clone()
         others[c_hat] = 0
-        n_b = int(others.max()) + votes.rejected
+        n_b = int(others.max() + votes.rejected)
         radius = _radius(n_a, n_b, n, alpha, self.sigma, bound) if votes.drawn == n else None
         if radius is None:
             return Certificate(ABSTAIN, 0.0, n0 + votes.drawn, "abstain", n_a, n_b)
@@ -252,7 +252,7 @@ class Smooth(SmoothAliases):
         votes = self.votes(x, n, batch_size, generator)
         top2 = votes.counts.topk(2)
         n_a, n_b = (int(v) for v in top2.values.tolist())
-        n_b += votes.rejected  # rejected draws side with the runner-up
+        n_b += int(votes.rejected)  # rejected draws side with the runner-up
         if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
             return ABSTAIN
         return int(top2.indices[0])

@@ -36,7 +36,9 @@ class Votes(NamedTuple):
     """What :func:`count_votes` counted on one image."""
 
     counts: torch.Tensor  # int64, one entry per class, on the classifier's device
-    rejected: int  # draws the noise rejected: they voted for no class
+    # draws the noise rejected (they voted for no class): a 0-dim int64 tensor on the
+    # classifier's device, read by the caller only when needed (each read is a host sync)
+    rejected: torch.Tensor
     drawn: int  # noisy copies drawn (fewer than asked after an early stop)
 
 
@@ -75,7 +77,7 @@ def count_votes(model: nn.Module, noise: Noise, x: torch.Tensor, num: int, num_c
             # the host on every call.
             counts.index_add_(0, votes, ones[:rows])
             drawn += rows
-    return Votes(counts[:num_classes], int(counts[num_classes]), drawn)
+    return Votes(counts[:num_classes], counts[num_classes], drawn)
 
 
 def _noisy_copies(noise: Noise, x: torch.Tensor, execution: Execution,
