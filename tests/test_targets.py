@@ -345,8 +345,9 @@ def test_reproduce_runs_the_catrs_prerequisites_first(tmp_path, monkeypatch, cap
         ("train", outdir.name, kw["preset"], kw.get("targets"), kw.get("train_subset"),
          kw.get("epochs"))))
     monkeypatch.setattr(targets_module, "targets_from_checkpoint", lambda ckpt, name, out, **kw:
-                        calls.append(("targets", ckpt.parent.name, name, out.name, kw["sigma"],
-                                      kw["n"], kw["max_idx"])) or out)
+                        calls.append(("targets", ckpt.parent.name, name, out.name,
+                                      kw["spec"].noise.sigma, kw["n"], kw["spec"].max_idx))
+                        or out)
     monkeypatch.setattr(smoothmix.checkpoint, "load_model", lambda *a, **k: (None, {}))
     monkeypatch.setattr(smoothmix.checkpoint, "file_sha256", lambda path: "0" * 64)
     monkeypatch.setattr(smoothmix.certification, "certify_dataset", lambda *a, **k: None)

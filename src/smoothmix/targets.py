@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ from smoothmix.errors import require
 from smoothmix.execution import EXECUTION_KEYS, Execution
 from smoothmix.noise import Noise
 from smoothmix.provenance import provenance
-from smoothmix.run import RunSpec, as_spec
+from smoothmix.run import _LEGACY, RunSpec, as_spec
 from smoothmix.runner import (  # noqa: F401 - example_seed re-exported
     Compute,
     Emit,
@@ -305,11 +306,15 @@ def targets_from_checkpoint(
         "checkpoint_method": record.method,
     }
     classes = dataset.num_classes  # type: ignore[attr-defined]
-    if spec is not None:
-        spec = spec.replace(identity={**identity, **spec.identity}, num_classes=classes)
-        return build_targets(model, dataset, spec, out_path, n=n, **kwargs)
-    return build_targets(model, dataset, sigma, out_path, n=n, identity=identity,
-                         num_classes=classes, **kwargs)
+    if spec is None:  # before 0.5: the spec's fields as keyword arguments
+        legacy = {k: kwargs.pop(k) for k in list(kwargs) if k in _LEGACY}
+        if legacy:
+            warnings.warn("targets_from_checkpoint(..., batch_size=..., seed=..., ...) is "
+                          "deprecated; pass spec=smoothmix.run.RunSpec(...)",
+                          DeprecationWarning, stacklevel=2)
+        spec = RunSpec.of(sigma, **legacy)
+    spec = spec.replace(identity={**identity, **spec.identity}, num_classes=classes)
+    return build_targets(model, dataset, spec, out_path, n=n, **kwargs)
 
 
 def _votes(smooth: Smooth, x: torch.Tensor, n: int, batch_size: int,

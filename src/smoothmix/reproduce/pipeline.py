@@ -167,6 +167,7 @@ def _certify_method(run: _Reproduction, m: str, ckpt: Path) -> tuple[Any, dict[s
     identity."""
     from smoothmix.certification import certify_dataset
     from smoothmix.checkpoint import file_sha256, load_model
+    from smoothmix.run import RunSpec
 
     budget = run.budget
     tsv = run.out / f"certify_{m}.tsv"
@@ -174,9 +175,10 @@ def _certify_method(run: _Reproduction, m: str, ckpt: Path) -> tuple[Any, dict[s
     model, _ = load_model(ckpt, device=run.cert_device)
     # A retrained model must never reuse another model's rows.
     identity = {"experiment": run.exp.name, "method": m, "checkpoint_sha256": file_sha256(ckpt)}
-    certify_dataset(model, run.test_set, run.exp.sigma, tsv, n0=N0, n=budget.n or FULL_N,
-                    alpha=ALPHA, skip=budget.skip or run.exp.skip, max_idx=_max_idx(budget),
-                    progress=run.progress, identity=identity, execution=_execution(budget),
+    spec = RunSpec.of(run.exp.sigma, skip=budget.skip or run.exp.skip,
+                      max_idx=_max_idx(budget), progress=run.progress, identity=identity,
+                      execution=_execution(budget))
+    certify_dataset(model, run.test_set, spec, tsv, n0=N0, n=budget.n or FULL_N, alpha=ALPHA,
                     bound=budget.bound or "cohen")
     return model, identity
 
@@ -184,25 +186,25 @@ def _certify_method(run: _Reproduction, m: str, ckpt: Path) -> tuple[Any, dict[s
 def _decide_method(run: _Reproduction, m: str, model: Any, identity: dict[str, Any]) -> None:
     """The decisions "robust at r" at the budget's radii into ``decide_M.tsv``."""
     from smoothmix.decisions import decide_dataset
+    from smoothmix.run import RunSpec
 
     budget = run.budget
     assert budget.decide_radii is not None
     decide_tsv = run.out / f"decide_{m}.tsv"
     run.say(f"decide {m} at r = {', '.join(f'{r:g}' for r in budget.decide_radii)} -> "
             f"{decide_tsv}")
-    decide_dataset(model, run.test_set, run.exp.sigma, decide_tsv,
-                   radii=list(budget.decide_radii), sequence="kt", n=budget.n or FULL_N,
-                   alpha=ALPHA, use_label=True, skip=budget.decide_skip or 1,
-                   max_idx=_max_idx(budget), progress=run.progress, identity=identity,
-                   execution=_execution(budget))
+    spec = RunSpec.of(run.exp.sigma, skip=budget.decide_skip or 1, max_idx=_max_idx(budget),
+                      progress=run.progress, identity=identity, execution=_execution(budget))
+    decide_dataset(model, run.test_set, spec, decide_tsv, radii=list(budget.decide_radii),
+                   sequence="kt", n=budget.n or FULL_N, alpha=ALPHA, use_label=True)
 
 
 def _max_idx(budget: Budget) -> int:
     return budget.max_idx if budget.max_idx is not None else -1
 
 
-def _execution(budget: Budget) -> dict[str, Any] | None:
-    return {"precision": budget.precision} if budget.precision else None
+def _execution(budget: Budget) -> dict[str, Any]:
+    return {"precision": budget.precision} if budget.precision else {}
 
 
 def _certify_device(name: str | None) -> Any:
@@ -250,6 +252,7 @@ def _soft_targets(exp: Experiment, out: Path, budget: Budget, data_dir: Any, dev
     budget) and its votes on the training images the row trains on, N = 10,000 as the
     reference (the budget's ``targets_n`` when given). Both resume like every other stage."""
     from smoothmix.checkpoint import CHECKPOINT_NAME
+    from smoothmix.run import RunSpec
     from smoothmix.targets import REFERENCE_N, targets_from_checkpoint
     from smoothmix.training import train
 
@@ -267,9 +270,9 @@ def _soft_targets(exp: Experiment, out: Path, budget: Budget, data_dir: Any, dev
               else "every training image")
     say.stage(f"CAT-RS soft targets: N={n:,} votes (reference {REFERENCE_N:,}) at sigma "
               f"{TEACHER_SIGMA:g} on one view of {images} -> {path}")
-    return targets_from_checkpoint(run_dir / CHECKPOINT_NAME, exp.dataset, path,
-                                   sigma=TEACHER_SIGMA, n=n, data_dir=data_dir, device=device,
-                                   max_idx=budget.train_subset or -1, progress=progress)
+    spec = RunSpec.of(TEACHER_SIGMA, max_idx=budget.train_subset or -1, progress=progress)
+    return targets_from_checkpoint(run_dir / CHECKPOINT_NAME, exp.dataset, path, n=n,
+                                   data_dir=data_dir, device=device, spec=spec)
 
 
 def _check_outdir(out: Path, state: dict[str, Any], chosen: list[str]) -> None:
