@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable, Sequence
-from typing import SupportsIndex, cast
+from typing import SupportsFloat, SupportsIndex, cast
 
 from smoothmix.errors import SmoothmixError, is_integer, require
 
@@ -25,22 +25,27 @@ SIGMA_LIMIT = 4.0
 
 def is_real(value: object) -> bool:
     """A number (int, float, numpy scalar), not a bool or a string."""
+    return _real(value) is not None
+
+
+def _real(value: object) -> float | None:
+    """``value`` as a float when it is a number (see :func:`is_real`), else None."""
     if isinstance(value, (bool, str)):
-        return False
+        return None
     try:
-        float(value)  # type: ignore[arg-type]
+        return float(cast(SupportsFloat, value))
     except (TypeError, ValueError):
-        return False
-    return True
+        return None
 
 
 def check_sigma(sigma: object) -> float:
     """sigma, the noise standard deviation in [0, 1] pixel units: finite, > 0 and at most
     :data:`SIGMA_LIMIT` (a larger value is a 0..255-units mistake). Returns it as a float."""
-    require(is_real(sigma) and math.isfinite(float(sigma)) and float(sigma) > 0,  # type: ignore[arg-type]
-            f"sigma must be a positive number in (0, {SIGMA_LIMIT:g}] (the noise's standard "
-            f"deviation, for images scaled to [0, 1]), got {sigma!r}")
-    value = float(sigma)  # type: ignore[arg-type]
+    value = _real(sigma)
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise SmoothmixError(f"sigma must be a positive number in (0, {SIGMA_LIMIT:g}] (the "
+                             "noise's standard deviation, for images scaled to [0, 1]), got "
+                             f"{sigma!r}")
     require(value <= SIGMA_LIMIT,
             f"sigma {value} is far above 1; sigma is in [0, 1] pixel units, not 0..255 "
             "(docs/MATH.md §1: sigma 0.5 means N(0, 0.25 I) noise)")
@@ -49,9 +54,10 @@ def check_sigma(sigma: object) -> float:
 
 def check_alpha(alpha: object, name: str = "alpha") -> float:
     """A failure probability strictly between 0 and 1."""
-    require(is_real(alpha) and 0 < float(alpha) < 1,  # type: ignore[arg-type]
-            f"{name} must lie strictly between 0 and 1, got {alpha!r}")
-    return float(alpha)  # type: ignore[arg-type]
+    value = _real(alpha)
+    if value is None or not 0 < value < 1:
+        raise SmoothmixError(f"{name} must lie strictly between 0 and 1, got {alpha!r}")
+    return value
 
 
 def check_count(name: str, value: object, minimum: int = 1) -> int:
@@ -79,7 +85,7 @@ def num_classes_of(dataset: object, num_classes: object = None) -> int:
 def check_radii(radii: Iterable[object], name: str = "radii") -> list[float]:
     """A non-empty list of distinct finite radii >= 0, as floats in the given order."""
     try:
-        values = [float(r) for r in radii]  # type: ignore[arg-type]
+        values = [float(cast(SupportsFloat, r)) for r in radii]
     except (TypeError, ValueError):
         raise SmoothmixError(f"{name} must be numbers >= 0, got {radii!r}") from None
     require(bool(values) and all(math.isfinite(r) and r >= 0 for r in values),
@@ -92,4 +98,4 @@ def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
     """One of the named ``choices``."""
     require(isinstance(value, str) and value in choices,
             f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-    return value  # type: ignore[return-value]
+    return cast(str, value)

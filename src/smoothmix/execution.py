@@ -22,6 +22,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import cast
 
 import torch
 from torch import nn
@@ -144,9 +145,9 @@ def resolve_execution(
         old = {**LEGACY_EXECUTION, **old}
     precision = check_precision(precision if precision is not None
                                 else old.get("precision", "fp32"))
-    layout = layout if layout is not None else old.get("layout")  # type: ignore[assignment]
-    chunk = chunk if chunk is not None else old.get("chunk")  # type: ignore[assignment]
-    threads = threads if threads is not None else old.get("threads")  # type: ignore[assignment]
+    layout = layout if layout is not None else cast("str | None", old.get("layout"))
+    chunk = chunk if chunk is not None else cast("int | None", old.get("chunk"))
+    threads = threads if threads is not None else cast("int | None", old.get("threads"))
     compile = bool(compile if compile is not None else old.get("compile", False))
     check_request(precision=precision, layout=layout, chunk=chunk, threads=threads)
     if layout is None:
