@@ -13,7 +13,6 @@ from smoothmix.analysis import (
     format_attacks,
     format_decisions,
     format_table,
-    plot_certified_accuracy,
     read_attack,
     read_decisions,
     read_results,
@@ -21,6 +20,7 @@ from smoothmix.analysis import (
 )
 from smoothmix.checks import check_radii
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.plots import plot_certified_accuracy
 
 __all__ = ["register", "run"]
 

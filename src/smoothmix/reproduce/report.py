@@ -24,8 +24,9 @@ SUMMARY_NAME = "summary.json"
 def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
                  timings: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """``table.md``, ``curves.png`` and ``summary.json`` from the certification files."""
-    from smoothmix.analysis import plot_certified_accuracy, read_decisions, read_results
+    from smoothmix.analysis import read_decisions, read_results
     from smoothmix.core import radius_from_counts
+    from smoothmix.plots import plot_certified_accuracy
     from smoothmix.storage import atomic_write
     from smoothmix.training.callbacks import LOG_NAME
 
