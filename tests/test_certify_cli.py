@@ -144,7 +144,7 @@ def test_radius_shards_merge_to_a_single_run(tmp_path, ckpts, capsys):
     capsys.readouterr()
     assert main(["certify", *common[:-2], "--radius", "0.1,0.2",
                  "--out", str(tmp_path / "all.tsv")]) == 0  # the old spelling still works
-    assert "smoothmix: --radius is deprecated (until 0.5); use --radii" in \
+    assert "smoothmix: --radius is deprecated (until 0.6); use --radii" in \
         capsys.readouterr().err
 
 
@@ -156,7 +156,7 @@ def test_batch_is_the_deprecated_spelling_of_noise_batch(tmp_path, ckpts, capsys
     assert main(["certify", *base, "--noise-batch", "50", "--out", str(tmp_path / "a.tsv")]) == 0
     assert "deprecated" not in capsys.readouterr().err
     assert main(["certify", *base, "--batch", "50", "--out", str(tmp_path / "b.tsv")]) == 0
-    assert "smoothmix: --batch is deprecated (until 0.5); use --noise-batch" in \
+    assert "smoothmix: --batch is deprecated (until 0.6); use --noise-batch" in \
         capsys.readouterr().err
     assert data_rows(tmp_path / "a.tsv") == data_rows(tmp_path / "b.tsv")
 

@@ -96,7 +96,7 @@ def test_shards_merged_equal_one_run_and_rerun_is_idempotent(tmp_path, capsys):
     assert np.array_equal(load_targets(tmp_path / "cli.npz").counts, whole)
     assert main(["targets-merge", str(tmp_path / "old.npz"), *map(str, shards)]) == 0
     # The old command still works, with a notice.
-    assert "smoothmix: targets-merge is deprecated (until 0.5); use merge" in \
+    assert "smoothmix: targets-merge is deprecated (until 0.6); use merge" in \
         capsys.readouterr().err
     assert np.array_equal(load_targets(tmp_path / "old.npz").counts, whole)
     with pytest.raises(SmoothmixError, match=r"shards \[0, 2\] given"):

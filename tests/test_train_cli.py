@@ -366,7 +366,7 @@ def test_renamed_demo_flags_keep_their_old_spelling(capsys):
     args = build_parser().parse_args(["demo", "--train-images", "64", "--certify-skip", "7"])
     assert (args.train_images, args.certify_skip) == (64, 7)
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["smoothmix: --train-images is deprecated (until 0.5); use --train-subset",
-                   "smoothmix: --certify-skip is deprecated (until 0.5); use --skip"]
+    assert err == ["smoothmix: --train-images is deprecated (until 0.6); use --train-subset",
+                   "smoothmix: --certify-skip is deprecated (until 0.6); use --skip"]
     args = build_parser().parse_args(["demo", "--train-subset", "32", "--skip", "5"])
     assert (args.train_images, args.certify_skip) == (32, 5)

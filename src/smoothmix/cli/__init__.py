@@ -51,7 +51,7 @@ _RENAMED = {"--quiet": "--no-progress", "--max": "--max-images"}
 
 def warn_deprecated(old: str, new: str) -> None:
     """The one-line notice of a renamed flag or command, kept until the next minor version."""
-    print(f"smoothmix: {old} is deprecated (until 0.5); use {new}", file=sys.stderr)
+    print(f"smoothmix: {old} is deprecated (until 0.6); use {new}", file=sys.stderr)
 
 
 class DeprecatedAlias(argparse.Action):

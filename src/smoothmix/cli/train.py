@@ -132,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "step: faster on GPUs and on CPUs with AMX or AVX-512-BF16 (a CPU without "
                      "either says so). Part of the recipe: a resume keeps it")
     d_g.add_argument("--amp", action="store_true",
-                     help="deprecated spelling of --precision bf16 (until 0.5)")
+                     help="deprecated spelling of --precision bf16 (until 0.6)")
     d_g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                      help="channels_last memory format for model and inputs (default: on for "
                      "image models: the faster one for convnets on CPU, and the layout GPU "
