@@ -118,3 +118,15 @@ def test_diagnose_counts_images_with_max_images(tmp_path, capsys):
     assert main(["diagnose", str(tmp_path / "c.pth"), "--dataset", "mnist", "--sigma", "0.5",
                  "--max-images", "0"]) == 2
     assert "--max-images must be >= 1" in capsys.readouterr().err
+
+
+def test_a_typo_in_a_required_flag_is_named_with_the_flag_meant(capsys):
+    # `--sigam` is unknown, so argparse only reports --sigma as missing; say which was meant.
+    with pytest.raises(SystemExit) as info:
+        main(["certify", "ckpt", "--sigam", "0.5", "--dataset", "mnist", "--out", "x.tsv"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1
+    assert "required: --sigma (did you mean --sigma for --sigam?)" in err[0]
+    with pytest.raises(SystemExit):
+        main(["certify", "ckpt", "--dataset", "mnist", "--out", "x.tsv"])
+    assert "did you mean" not in capsys.readouterr().err  # no typo, no guess

@@ -104,7 +104,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     (["--method", "smoothmix", "--sigma", "0.5", "--num-steps", "0"], "T (--num-steps)"),
     (["--method", "gaussian", "--sigma", "0.5", "--num-steps", "3"], "--num-steps is not"),
     (["--method", "smoothadv", "--sigma", "0.5", "--attack", "fgsm"], "pgd, ddn"),
-    (["--preset", "mnist-smoothmix-0.3"], "valid presets"),
+    (["--preset", "mnist-smoothmix-0.3"], "did you mean 'mnist-smoothmix-0.50'"),
     (["--method", "gaussian", "--sigma", "0.5", "--batch", "0"], "batch size"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, extra, message):

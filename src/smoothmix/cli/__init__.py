@@ -119,7 +119,21 @@ class _OneLineParser(argparse.ArgumentParser):
     exit 2, like every other bad input; the usage stays one ``--help`` away."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._typo_hint(message)} "
+                  f"(see {self.prog} --help)\n")
+
+    def _typo_hint(self, message: str) -> str:
+        """For "the following arguments are required: --sigma": the flag given instead, if
+        one is close (``--sigam 0.5`` is not known, so argparse only saw --sigma missing)."""
+        if "arguments are required" not in message:
+            return ""
+        required = [f for f in message.split(":", 1)[1].replace(",", " ").split()
+                    if f.startswith("--")]
+        given = [t.split("=", 1)[0] for t in _ARGV if t.startswith("--")
+                 and t.split("=", 1)[0] not in self._option_string_actions]
+        pairs = [(g, near[0]) for g in given
+                 if (near := difflib.get_close_matches(g, required, n=1, cutoff=0.6))]
+        return "".join(f" (did you mean {want} for {typo}?)" for typo, want in pairs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,8 +192,13 @@ def _requested_imports(argv: Sequence[str]) -> tuple[list[str], str]:
     return [*env, *known.imports], command
 
 
+# The command line being parsed, for the parsers' typo hints (argparse does not hand it on).
+_ARGV: list[str] = []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    _ARGV[:] = argv
     imports, command = _requested_imports(argv)
     try:
         import_modules(imports)
