@@ -13,7 +13,6 @@ Consistency; 256 images for Gaussian and Stability; MACER 256 images × 16 copie
 from __future__ import annotations
 
 import difflib
-
 from dataclasses import dataclass, field, replace
 from typing import Any
 
