@@ -283,7 +283,12 @@ def test_bad_files_exit_2_with_one_line(tmp_path, ckpts, capsys, monkeypatch):
     assert "does not exist" in certify(tmp_path / "missing.pth")
     assert "corrupt.pth" in certify(ckpts["corrupt"])
     assert "lenet" in certify(ckpts["mismatched"])
-    assert "takes 3x32x32 images but mnist has 1x28x28" in certify(ckpts["resnet"])
+    assert ("is a cifar_resnet20 model for cifar10 images (3x32x32), but mnist images are "
+            "1x28x28; use --dataset cifar10") in certify(ckpts["resnet"])
+    # An MNIST model asked for CIFAR-10 says so before looking for CIFAR-10's files.
+    err = _error(capsys, ["certify", str(ckpts["lenet"]), "--dataset", "cifar10", "--sigma",
+                          "0.25", *FAST, "--out", out])
+    assert "is a lenet model for mnist images" in err and "CIFAR-10" not in err
     err = _error(capsys, ["certify", str(ckpts["resnet"]), "--dataset", "cifar10", "--sigma",
                           "0.25", *FAST, "--out", out])
     assert "CIFAR-10" in err and "--data-dir" in err

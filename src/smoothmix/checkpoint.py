@@ -30,9 +30,9 @@ from smoothmix.models import NORMALIZATIONS, create_model, list_models, model_de
 from smoothmix.storage import atomic_write_with
 
 __all__ = ["CHECKPOINT_NAME", "CHECKPOINT_VERSION", "Checkpoint", "capture_rng_state",
-           "check_model_fits_dataset", "checkpoint_file", "file_sha256", "load_checkpoint",
-           "load_model", "load_state_into", "read_checkpoint", "restore_rng_state",
-           "save_checkpoint", "strip_wrapper_prefixes"]
+           "check_checkpoint_for_dataset", "check_model_fits_dataset", "checkpoint_file",
+           "file_sha256", "load_checkpoint", "load_model", "load_state_into",
+           "read_checkpoint", "restore_rng_state", "save_checkpoint", "strip_wrapper_prefixes"]
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +348,34 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_checkpoint_for_dataset(ckpt: dict[str, Any], dataset_name: str,
+                                 checkpoint: str | os.PathLike) -> None:
+    """Before any data is loaded: a checkpoint whose architecture takes images of another
+    shape than the registered dataset ``dataset_name`` is refused in one line naming the
+    dataset the model is for (not with a complaint about that dataset's missing files)."""
+    from smoothmix.data import dataset_defaults
+
+    arch = ckpt.get("arch")
+    if arch is None or arch not in list_models() or dataset_name not in _dataset_names():
+        return  # a network of the user's own, or a dataset we cannot describe: later checks
+    info = model_defaults(arch)
+    wanted = dataset_defaults(dataset_name).input_shape
+    if wanted is None or tuple(info.input_shape) == tuple(wanted):
+        return
+    trained = Checkpoint.from_dict(ckpt).settings().get("dataset") or info.dataset
+    meant = f"; use --dataset {trained}" if trained else ""
+    raise SmoothmixError(
+        f"checkpoint {checkpoint} is a {arch} model for {trained or _shape(info.input_shape)} "
+        f"images ({_shape(info.input_shape)}), but {dataset_name} images are "
+        f"{_shape(wanted)}{meant}")
+
+
+def _dataset_names() -> list[str]:
+    from smoothmix.data import list_datasets
+
+    return list_datasets()
 
 
 def check_model_fits_dataset(model: nn.Module, ckpt: dict[str, Any], dataset: Any,

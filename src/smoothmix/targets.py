@@ -286,6 +286,7 @@ def targets_from_checkpoint(
     :func:`build_targets` (``augment``, or before 0.5 the spec's fields)."""
     from smoothmix.checkpoint import (
         Checkpoint,
+        check_checkpoint_for_dataset,
         check_model_fits_dataset,
         checkpoint_file,
         file_sha256,
@@ -296,6 +297,7 @@ def targets_from_checkpoint(
 
     checkpoint = checkpoint_file(checkpoint)  # a training folder means its checkpoint
     model, ckpt = load_model(checkpoint, resolve_device(device), normalization)
+    check_checkpoint_for_dataset(ckpt, dataset_name, checkpoint)
     dataset = load_dataset(dataset_name, "train", data_dir)
     check_model_fits_dataset(model, ckpt, dataset, dataset_name, checkpoint)
     record = Checkpoint.from_dict(ckpt)  # the normalisation load_model chose

@@ -239,6 +239,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     shard = parse_shard(args.shard) if args.shard is not None else None
     from smoothmix.checkpoint import (
         Checkpoint,
+        check_checkpoint_for_dataset,
         check_model_fits_dataset,
         checkpoint_file,
         file_sha256,
@@ -250,6 +251,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     device = resolve_device(args.device)
     args.checkpoint = checkpoint_file(args.checkpoint)  # a training --outdir works too
     model, ckpt = load_model(args.checkpoint, device, args.normalization)
+    check_checkpoint_for_dataset(ckpt, args.dataset, args.checkpoint)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
     check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
     record = Checkpoint.from_dict(ckpt)  # with the normalisation load_model chose
