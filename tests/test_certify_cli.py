@@ -384,3 +384,30 @@ def _merge_error(tmp_path: Path, *names: str) -> str:
     assert result.returncode == 2 and not (tmp_path / "bad.tsv").exists()
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     return result.stderr
+
+
+def test_dataset_and_sigma_default_to_the_checkpoints_and_the_run_ends_with_a_summary(
+        tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.pth"
+    save_checkpoint(ckpt, {"arch": "lenet", "state_dict": create_model("lenet").state_dict(),
+                           "num_classes": 10, "normalization": "mnist", "epoch": 1,
+                           "sigma": 0.5})
+    out = tmp_path / "c.tsv"
+    argv = ["certify", str(ckpt), *FAST, "--max", "2", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "--dataset mnist and --sigma 0.5 from the checkpoint" in printed.err
+    assert "| ACR |" in printed.out and "r = 0.25" in printed.out
+    assert json.loads(out.with_name("c.tsv.json").read_text())["settings"]["sigma"] == 0.5
+    assert main(argv) == 0  # a rerun of a finished file says so
+    assert "already complete: nothing to do" in capsys.readouterr().out
+    # Another sigma than the model's is allowed, and warned about.
+    assert main([*argv[:-1], str(tmp_path / "d.tsv"), "--sigma", "0.25"]) == 0
+    assert "warning: certifying at sigma=0.25 a model trained at sigma=0.5" in \
+        capsys.readouterr().err
+    # A checkpoint that does not record sigma (the reference code's) needs --sigma.
+    ref = tmp_path / "ref.pth"
+    save_checkpoint(ref, {"arch": "lenet", "state_dict": create_model("lenet").state_dict()})
+    assert "does not record the sigma it was trained at" in _error(
+        capsys, ["certify", str(ref), *FAST, "--max", "2", "--out", str(tmp_path / "r.tsv")])

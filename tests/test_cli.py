@@ -121,12 +121,16 @@ def test_diagnose_counts_images_with_max_images(tmp_path, capsys):
 
 
 def test_a_typo_in_a_required_flag_is_named_with_the_flag_meant(capsys):
-    # `--sigam` is unknown, so argparse only reports --sigma as missing; say which was meant.
+    # `--outt` is unknown, so argparse only reports --out as missing; say which was meant.
     with pytest.raises(SystemExit) as info:
-        main(["certify", "ckpt", "--sigam", "0.5", "--dataset", "mnist", "--out", "x.tsv"])
+        main(["certify", "ckpt", "--sigma", "0.5", "--outt", "x.tsv"])
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and len(err) == 1
-    assert "required: --sigma (did you mean --sigma for --sigam?)" in err[0]
+    assert "required: --out (did you mean --out for --outt?)" in err[0]
     with pytest.raises(SystemExit):
-        main(["certify", "ckpt", "--dataset", "mnist", "--out", "x.tsv"])
+        main(["certify", "ckpt", "--sigma", "0.5"])
     assert "did you mean" not in capsys.readouterr().err  # no typo, no guess
+    # An optional flag mistyped is answered with the nearest flag as before.
+    with pytest.raises(SystemExit):
+        main(["certify", "ckpt", "--sigam", "0.5", "--out", "x.tsv"])
+    assert "--sigam -> --sigma" in capsys.readouterr().err

@@ -88,10 +88,12 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                     n_default: int = 100_000) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="model checkpoint (smoothmix's or the reference code's)")
-    parser.add_argument("--dataset", required=True, choices=dataset_choices(),
-                        help="dataset to evaluate on")
-    parser.add_argument("--sigma", type=float, required=True,
-                        help="noise level sigma in [0, 1] pixel units")
+    parser.add_argument("--dataset", default=None, choices=dataset_choices(),
+                        help="dataset to evaluate on (default: the one the checkpoint was "
+                        "trained on)")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help="noise level sigma, for images in [0, 1] (default: the "
+                        "checkpoint's training sigma; another value is warned about)")
     if with_n0:
         parser.add_argument("--n0", "--N0", type=int, default=100,
                             help="noise samples used to select the class (default 100)")
@@ -201,6 +203,7 @@ def run_merge(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, kind: str) -> int:
     model, dataset, spec = prepare_run(args)
+    before = _rows(Path(args.out))
     if kind == "certify" and args.radius is not None:
         out = decide_dataset(model, dataset, spec, args.out, radii=args.radius,
                              sequence=args.sequence, n0=args.n0, use_label=not args.no_label,
@@ -210,27 +213,49 @@ def _run(args: argparse.Namespace, kind: str) -> int:
                               alpha=args.alpha, skip_wrong=args.skip_wrong, bound=args.bound)
     else:
         out = predict_dataset(model, dataset, spec, args.out, n=args.n, alpha=args.alpha)
-    report(kind, out)
+    report(kind, out, already=before > 0 and before == _rows(out))
+    if kind == "certify" and distributed_env()[0] == 0:
+        _summary(out, args.sigma, decisions=args.radius is not None)
     return 0
 
 
-def report(kind: str, out: Path) -> None:
-    """Say where the results are (rank 0 only)."""
+def report(kind: str, out: Path, already: bool = False) -> None:
+    """Say where the results are (rank 0 only), and that nothing was left to do."""
     rank, world, _ = distributed_env()
     if rank == 0:
-        print(f"{kind} results in {out}" + (f" (merged from {world} ranks)" if world > 1 else ""))
+        done = " (already complete: nothing to do)" if already else ""
+        print(f"{kind} results in {out}{done}" +
+              (f" (merged from {world} ranks)" if world > 1 else ""))
+
+
+def _rows(path: Path) -> int:
+    """Data lines in a result file (0 when there is none): to tell a rerun of a finished
+    file from one that computed rows."""
+    if not path.is_file():
+        return 0
+    with path.open() as fh:
+        return max(0, sum(1 for _ in fh) - 1)
+
+
+def _summary(out: Path, sigma: float, decisions: bool) -> None:
+    """What `smoothmix analyze` would print for the file: certified accuracy at a few radii
+    and the ACR (or the decisions' certified accuracy per radius)."""
+    from smoothmix.analysis import format_decisions, format_table, read_decisions, read_results
+
+    if decisions:
+        print(format_decisions([read_decisions(out)]))
+        return
+    results = read_results(out)
+    radii = [k * sigma / 2 for k in range(5)]  # 0 to 2 sigma
+    print(format_table([results], radii, "markdown", [out.name]))
 
 
 def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     """Check the options of :func:`add_run_options`, load the model and the dataset, and
     return (model, dataset, the :class:`smoothmix.run.RunSpec` the dataset runners take)."""
     # Cheap checks before the (slow) model and data loading.
-    check_sigma(args.sigma)
-    # Only the in-memory datasets keep the decoded 8-bit pixels; folder datasets resize and
-    # crop in float, which leaves the grid (each image is checked again as it is certified).
-    require(getattr(args, "grid", None) is None or args.dataset in ("mnist", "cifar10"),
-            f"--grid needs inputs on the 8-bit grid; {args.dataset} images go through float "
-            "transforms (resize/crop), so they are not: use mnist or cifar10")
+    if args.sigma is not None:
+        check_sigma(args.sigma)
     if getattr(args, "precision", None) is not None:
         from smoothmix.execution import check_precision
 
@@ -251,14 +276,16 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     device = resolve_device(args.device)
     args.checkpoint = checkpoint_file(args.checkpoint)  # a training --outdir works too
     model, ckpt = load_model(args.checkpoint, device, args.normalization)
+    record = Checkpoint.from_dict(ckpt)  # with the normalisation load_model chose
+    _defaults_from_checkpoint(args, record)
+    # Only the in-memory datasets keep the decoded 8-bit pixels; folder datasets resize and
+    # crop in float, which leaves the grid (each image is checked again as it is certified).
+    require(getattr(args, "grid", None) is None or args.dataset in ("mnist", "cifar10"),
+            f"--grid needs inputs on the 8-bit grid; {args.dataset} images go through float "
+            "transforms (resize/crop), so they are not: use mnist or cifar10")
     check_checkpoint_for_dataset(ckpt, args.dataset, args.checkpoint)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
     check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
-    record = Checkpoint.from_dict(ckpt)  # with the normalisation load_model chose
-    if record.sigma is not None and float(record.sigma) != args.sigma \
-            and distributed_env()[0] == 0:
-        print(f"note: the checkpoint was trained with sigma={record.sigma}, certifying at "
-              f"sigma={args.sigma}", file=sys.stderr)
     identity = {
         "checkpoint_sha256": file_sha256(args.checkpoint),
         "arch": record.arch,
@@ -272,3 +299,33 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
         identity=identity, progress=not args.no_progress, execution=execution_options(args),
     )
     return model, dataset, spec
+
+
+def _defaults_from_checkpoint(args: argparse.Namespace, record: Any) -> None:
+    """--dataset and --sigma not given: the checkpoint's (said in one line); a sigma other
+    than the one the model was trained at is allowed but warned about."""
+    from smoothmix.models import list_models, model_defaults
+
+    taken = []
+    if args.dataset is None:
+        arch_dataset = (model_defaults(record.arch).dataset
+                        if record.arch in list_models() else None)
+        args.dataset = record.settings().get("dataset") or arch_dataset
+        require(args.dataset is not None, f"{args.checkpoint} does not record its dataset "
+                "(a reference or own-architecture checkpoint): pass --dataset")
+        taken.append(f"--dataset {args.dataset}")
+    if args.sigma is None:
+        require(record.sigma is not None, f"{args.checkpoint} does not record the sigma it "
+                "was trained at (a reference checkpoint?): pass --sigma")
+        args.sigma = check_sigma(float(record.sigma))
+        taken.append(f"--sigma {args.sigma:g}")
+    main_rank = distributed_env()[0] == 0
+    if taken and main_rank:
+        print(f"smoothmix: {' and '.join(taken)} from the checkpoint (a flag overrides it)",
+              file=sys.stderr)
+    if record.sigma is not None and float(record.sigma) != args.sigma and main_rank:
+        print(f"warning: certifying at sigma={args.sigma:g} a model trained at "
+              f"sigma={float(record.sigma):g}: the certificate is sound for the smoothed "
+              "classifier at the sigma certified, but such a model is usually far less "
+              "accurate under that noise", file=sys.stderr)
+
