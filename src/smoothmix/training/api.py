@@ -81,6 +81,12 @@ def default_batch_size(method: str, num_noise: int | None, dataset: str | None =
     return max(1, 256 // max(1, num_noise or 1))
 
 
+def _recipe_field(name: str) -> Any:
+    """A read-only attribute of :class:`TrainSpec` that reads ``recipe.<name>`` (the names
+    of the older flat record)."""
+    return property(lambda self: getattr(self.recipe, name), doc=f"``recipe.{name}``")
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """A fully resolved training run: its :class:`~smoothmix.training.recipe.Recipe` and
@@ -104,29 +110,12 @@ class TrainSpec:
         assert self.recipe.sigma is not None  # resolve() requires one
         return self.recipe.sigma
 
-    @property
-    def method_options(self) -> dict[str, Any]:
-        return self.recipe.method_options
-
-    @property
-    def dataset(self) -> str | None:
-        return self.recipe.dataset
-
-    @property
-    def arch(self) -> str | None:
-        return self.recipe.arch
-
-    @property
-    def arch_kwargs(self) -> dict[str, Any]:
-        return self.recipe.arch_kwargs
-
-    @property
-    def train_subset(self) -> int | None:
-        return self.recipe.train_subset
-
-    @property
-    def test_subset(self) -> int | None:
-        return self.recipe.test_subset
+    method_options = _recipe_field("method_options")
+    dataset = _recipe_field("dataset")
+    arch = _recipe_field("arch")
+    arch_kwargs = _recipe_field("arch_kwargs")
+    train_subset = _recipe_field("train_subset")
+    test_subset = _recipe_field("test_subset")
 
     @property
     def config(self) -> TrainConfig:
