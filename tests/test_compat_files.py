@@ -1,5 +1,6 @@
-"""Files written by older releases (0.2 = c643f3c, 0.3.0 = bfe2bd9) still load, analyse to the
-same numbers, resume to the rows the old code wrote and merge to the same file.
+"""Files written by older releases (0.2 = c643f3c, 0.3.0 = bfe2bd9, 0.4.0 = b76a30d) still
+load, analyse to the same numbers, resume to the rows the old code wrote and merge to the
+same file.
 
 The fixtures were written by ``tests/fixtures/results/make_fixtures.py`` running the old
 sources on a deterministic untrained lenet; ``calls.json`` beside them names each call, which
@@ -24,7 +25,7 @@ from smoothmix.storage.records import read_record
 from smoothmix.targets import load_targets
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
-VERSIONS = ("v0.2", "v0.3.0")
+VERSIONS = ("v0.2", "v0.3.0", "v0.4.0")
 # The numbers the old code computed (its own analysis agreed when the files were written).
 CERTIFIED_AT = {0.0: 1 / 6, 0.4: 1 / 6, 0.45: 1 / 6, 0.5: 0.0}
 ACR = 0.49994145254589606 / 6
