@@ -158,3 +158,23 @@ def test_a_new_run_into_an_old_file_with_other_settings_is_refused(old):
     with pytest.raises(SmoothmixError, match="another run"):
         certification.certify_dataset(model(), test_set, m["sigma"], old / "certify.tsv",
                                       identity=m["identity"], **kwargs)
+
+
+def test_a_new_run_writes_the_old_columns_as_the_old_code_did(old, tmp_path):
+    """The 0.5 format only adds columns (selected, n_label): a fresh run with the current
+    code holds, in the columns an older release wrote, the values that release wrote."""
+    m = manifest(old.name)
+    call = m["calls"]["certify.tsv"]
+    test_set, _ = datasets(old.name)
+    torch.set_num_threads(1)
+    new = certification.certify_dataset(model(), test_set, m["sigma"], tmp_path / "new.tsv",
+                                        identity=m["identity"], **call["kwargs"])
+    rows = without_time(new)
+    original = without_time(FIXTURES / old.name / "certify.tsv")
+    assert rows[0][-2:] == ["selected", "n_label"]
+    width = len(original[0])  # the header keeps the time column, the rows do not
+    assert_same_rows([rows[0][:width]] + [row[:width - 1] for row in rows[1:]], original)
+    names = [c for c in rows[0] if c != "time"]
+    for row in [dict(zip(names, r, strict=True)) for r in rows[1:]]:
+        assert row["n_label"] != "-1" and (row["selected"] == row["predict"]
+                                           or row["status"] != "certified")
