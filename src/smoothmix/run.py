@@ -93,9 +93,9 @@ class RunSpec:
 def _json_record(denoiser: object) -> dict[str, Any]:
     """``denoiser`` as the settings file will read it back (tuples become lists, ...), so
     that a resume compares like with like; a one-line error when it is not a JSON mapping."""
-    require(isinstance(denoiser, Mapping) and len(denoiser) > 0,
-            f"RunSpec.denoiser must be a non-empty mapping (identity, settings, sigma), got "
-            f"{denoiser!r}")
+    if not isinstance(denoiser, Mapping) or not denoiser:
+        raise SmoothmixError("RunSpec.denoiser must be a non-empty mapping (identity, "
+                             f"settings, sigma), got {denoiser!r}")
     try:
         record: dict[str, Any] = json.loads(json.dumps(dict(denoiser), allow_nan=False))
     except (TypeError, ValueError) as exc:
