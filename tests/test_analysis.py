@@ -359,3 +359,83 @@ def test_an_old_file_recording_sigma_above_the_guard_is_analysed(tmp_path):
     assert res.run is not None and res.run.sigma == 12.0
     assert res.radius_cap == pytest.approx(12.0 * norm.ppf(0.01 ** (1 / 200)), rel=1e-9)
     assert "certify" in format_table([res], [0.5], "markdown", labels=["certify"])
+
+
+# ------------------------------------------------------- p_y (issue 27 item 4, format of 0.5)
+
+
+def test_p_label_is_the_estimations_share_of_votes_for_the_label(tmp_path):
+    """A 0.5 file gives p_y = n_label / (samples - n0) per image: over all N draws where the
+    estimation ran to the end, over the draws before the stop after an early abstain; the
+    label's votes also when the n0 step selected another class."""
+    import torch
+    from torch import nn
+
+    from smoothmix.certification import certify_dataset
+    from smoothmix.core import Smooth
+    from smoothmix.runner import example_seed
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[-2.0], [2.0]]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.4]))  # images just below 0 mostly say 1
+    data = Line()
+    out = certify_dataset(model, data, 1.0, tmp_path / "c.tsv", n0=10, n=1000, alpha=0.01,
+                          batch_size=100, progress=False)
+    res = read_results(out)
+    assert res.run.n0 == 10 and not res.run.skip_wrong
+    assert res.draws.tolist() == (res.samples - 10).tolist()
+    statuses = [line.split("\t")[7] for line in out.read_text().splitlines()[1:]]
+    early = [i for i, s in enumerate(statuses) if s == "abstain" and res.draws[i] < 1000]
+    assert early and "certified" in statuses  # both kinds of rows are covered
+    smooth = Smooth(model, 2, 1.0)
+    for i in range(len(res)):
+        x, label = data[i]
+        cert = smooth.certificate(x, 10, 1000, 0.01, 100,
+                                  torch.Generator().manual_seed(example_seed(0, i)),
+                                  label=label, skip_wrong=False)
+        assert (res.selected[i], res.n_label[i], res.samples[i]) == (
+            cert.selected, cert.n_label, cert.samples)
+    p = res.p_label()
+    assert p.tolist() == (res.n_label / res.draws).tolist()
+    assert np.all((p >= 0) & (p <= 1))
+    # Two classes: where the n0 step selected the other class, the label has the rest of the
+    # draws (n_a being the selected class's votes).
+    n_a = np.asarray([int(line.split("\t")[8]) for line in out.read_text().splitlines()[1:]])
+    wrong = res.selected != res.label
+    assert wrong.any() and (n_a + res.n_label == res.draws)[wrong].all()
+    assert (res.n_label == n_a)[~wrong].all()
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("reference", "written by the reference code"),
+    ("v0.4.0", "written before smoothmix 0.5 and has no n_label column"),
+    ("skip_wrong", "with --skip-wrong"),
+])
+def test_p_label_of_a_file_without_n_label_is_a_one_line_error(tmp_path, files, kind, message):
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+    from smoothmix.certification import certify_dataset
+
+    if kind == "reference":
+        path = files[0]
+    elif kind == "v0.4.0":
+        fixture = Path(__file__).parent / "fixtures" / "results" / "v0.4.0" / "certify.tsv"
+        path = tmp_path / "certify.tsv"
+        shutil.copy(fixture, path)
+        shutil.copy(f"{fixture}.json", f"{path}.json")
+    else:
+        torch.manual_seed(0)
+        path = certify_dataset(nn.Sequential(nn.Flatten(), nn.Linear(1, 2)), Line(), 0.5,
+                               tmp_path / "s.tsv", n0=10, n=100, alpha=0.01, batch_size=100,
+                               skip_wrong=True, progress=False)
+    res = read_results(path)
+    assert (res.n_label is None) == (kind != "skip_wrong")
+    with pytest.raises(SmoothmixError, match=message) as error:
+        res.p_label()
+    assert str(path) in str(error.value) and "smoothmix >= 0.5" in str(error.value)
+    assert "\n" not in str(error.value)

@@ -71,20 +71,23 @@ def test_result_file_format_and_per_example_seeding(tmp_path, model):
     wall = time.perf_counter() - start
     lines = out.read_text().splitlines()
     assert lines[0] == ("idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tstatus"
-                        "\tn_a\tn_b\tbound")
+                        "\tn_a\tn_b\tbound\tselected\tn_label")
     assert len(lines) == 1 + len(ds)
     from smoothmix.certification import example_seed
 
     smooth = Smooth(model, 3, 0.25)
     times = []
     for idx, line in enumerate(lines[1:]):
-        i, label, pred, radius, correct, time_s, samples, status, n_a, n_b, bound = \
-            line.split("\t")
+        (i, label, pred, radius, correct, time_s, samples, status, n_a, n_b, bound, selected,
+         n_label) = line.split("\t")
         gen = torch.Generator().manual_seed(example_seed(0, idx))
-        expect = smooth.certificate(ds.x[idx], 10, 200, 0.01, 64, generator=gen)
+        expect = smooth.certificate(ds.x[idx], 10, 200, 0.01, 64, generator=gen,
+                                    label=int(ds.y[idx]), skip_wrong=False)
         assert (int(i), int(label), int(pred), float(radius)) == (idx, int(ds.y[idx]),
                                                                   *expect[:2])
-        assert (int(samples), status, int(n_a), int(n_b)) == expect[2:]
+        assert (int(samples), status, int(n_a), int(n_b)) == expect[2:6]
+        assert (int(selected), int(n_label)) == (expect.selected, expect.n_label)
+        assert int(n_label) >= 0 and (int(selected) != int(label) or n_label == n_a)
         assert bound == "cohen"
         assert repr(float(radius)) == radius  # full precision, round-trips exactly
         assert int(correct) == (int(pred) == int(label))
@@ -285,6 +288,8 @@ def test_skip_wrong_gives_the_full_runs_metrics_on_real_mnist(tmp_path, mnist_mo
         if b[6] == "skipped":
             assert b[2:6] == ["-1", "0.0", "0", "20"]  # no claim, only the selection drawn
             assert a[4] == "0"  # the full run scored it 0 as well
+            # The same selection, recorded; no estimation ran, so no votes for the label.
+            assert b[10] == a[10] != a[1] and b[11] == "-1" and int(a[11]) >= 0
         else:
             assert a == b  # identical row, same noise
     radii = [0.0, 0.25, 0.5, 0.75, 1.0]

@@ -1,5 +1,6 @@
-"""Files written by older releases (0.2 = c643f3c, 0.3.0 = bfe2bd9) still load, analyse to the
-same numbers, resume to the rows the old code wrote and merge to the same file.
+"""Files written by older releases (0.2 = c643f3c, 0.3.0 = bfe2bd9, 0.4.0 = b76a30d) still
+load, analyse to the same numbers, resume to the rows the old code wrote and merge to the
+same file.
 
 The fixtures were written by ``tests/fixtures/results/make_fixtures.py`` running the old
 sources on a deterministic untrained lenet; ``calls.json`` beside them names each call, which
@@ -24,7 +25,7 @@ from smoothmix.storage.records import read_record
 from smoothmix.targets import load_targets
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
-VERSIONS = ("v0.2", "v0.3.0")
+VERSIONS = ("v0.2", "v0.3.0", "v0.4.0")
 # The numbers the old code computed (its own analysis agreed when the files were written).
 CERTIFIED_AT = {0.0: 1 / 6, 0.4: 1 / 6, 0.45: 1 / 6, 0.5: 0.0}
 ACR = 0.49994145254589606 / 6
@@ -157,3 +158,23 @@ def test_a_new_run_into_an_old_file_with_other_settings_is_refused(old):
     with pytest.raises(SmoothmixError, match="another run"):
         certification.certify_dataset(model(), test_set, m["sigma"], old / "certify.tsv",
                                       identity=m["identity"], **kwargs)
+
+
+def test_a_new_run_writes_the_old_columns_as_the_old_code_did(old, tmp_path):
+    """The 0.5 format only adds columns (selected, n_label): a fresh run with the current
+    code holds, in the columns an older release wrote, the values that release wrote."""
+    m = manifest(old.name)
+    call = m["calls"]["certify.tsv"]
+    test_set, _ = datasets(old.name)
+    torch.set_num_threads(1)
+    new = certification.certify_dataset(model(), test_set, m["sigma"], tmp_path / "new.tsv",
+                                        identity=m["identity"], **call["kwargs"])
+    rows = without_time(new)
+    original = without_time(FIXTURES / old.name / "certify.tsv")
+    assert rows[0][-2:] == ["selected", "n_label"]
+    width = len(original[0])  # the header keeps the time column, the rows do not
+    assert_same_rows([rows[0][:width]] + [row[:width - 1] for row in rows[1:]], original)
+    names = [c for c in rows[0] if c != "time"]
+    for row in [dict(zip(names, r, strict=True)) for r in rows[1:]]:
+        assert row["n_label"] != "-1" and (row["selected"] == row["predict"]
+                                           or row["status"] != "certified")

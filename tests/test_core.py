@@ -19,6 +19,7 @@ from torch import nn
 
 from smoothmix.core import (
     FUTILITY_CHECKS,
+    Certificate,
     Smooth,
     certified_radius,
     certifying_votes,
@@ -225,7 +226,7 @@ def test_certify_bounds_with_fresh_samples_only():
     model = SwitchAfter(100)
     smooth = Smooth(model, 2, 0.5)
     full = smooth.certificate(torch.zeros(1, 2, 2), 100, 1000, 0.01, 64, early_abstain=False)
-    assert full == (-1, 0.0, 1100, "abstain", 0, 1000)
+    assert full == (-1, 0.0, 1100, "abstain", 0, 1000, 0, -1)  # selected 0, no label given
     assert model.seen == 1100  # exactly n0 + n noisy samples, chunked within batch_size
     model.seen = 0  # early abstain: futile once 0 + (1000 - t) < k*; the first of the
     # FUTILITY_CHECKS evenly spaced checks past that point stops it, at a block end
@@ -349,8 +350,18 @@ def test_certify_is_the_certificate_and_skip_wrong_skips_the_estimation():
     full = smooth.certificate(x, 10, 1000, 0.001, 100)
     assert full.status == "certified" and full.samples == 1010
     assert smooth.certify(x, 10, 1000, 0.001, 100) == (full.prediction, full.radius)
-    assert smooth.certificate(x, 10, 1000, 0.001, 100, label=3) == full
-    assert smooth.certificate(x, 10, 1000, 0.001, 100, label=4) == (-1, 0.0, 10, "skipped", -1, -1)
+    assert full.selected == 3 and full.n_label == -1  # no label given: no n_label
+    # A label only adds its estimation votes (here all of them: the selection is the label).
+    assert smooth.certificate(x, 10, 1000, 0.001, 100, label=3) == full._replace(n_label=1000)
+    assert smooth.certificate(x, 10, 1000, 0.001, 100, label=4) == (-1, 0.0, 10, "skipped", -1,
+                                                                    -1, 3, -1)
+    # Without the shortcut the estimation runs for a wrong selection too, and counts the label.
+    kept = smooth.certificate(x, 10, 1000, 0.001, 100, label=4, skip_wrong=False)
+    assert kept == full._replace(n_label=0)
+    # The six fields of 0.4 still construct a certificate by position.
+    assert Certificate(-1, 0.0, 10, "skipped") == (-1, 0.0, 10, "skipped", -1, -1, -1, -1)
+    with pytest.raises(SmoothmixError, match="label 10 is not a class"):
+        smooth.certificate(x, 10, 1000, 0.001, 100, label=10)
 
 
 def test_a_seeded_result_depends_only_on_the_execution():

@@ -297,9 +297,10 @@ def test_certify_dataset_records_grid_and_resume_refuses_the_other_mode(tmp_path
     # The row is Smooth(..., grid=255)'s certificate with the example's generator.
     smooth = Smooth(net, 10, SIGMA, grid=255)
     expect = smooth.certificate(test[2][0], 20, 300, 0.001, 300,
-                                torch.Generator().manual_seed(example_seed(0, 2)))
+                                torch.Generator().manual_seed(example_seed(0, 2)),
+                                label=int(test[2][1]), skip_wrong=False)
     assert (int(rows[2][2]), float(rows[2][3]), int(rows[2][5]), rows[2][6], int(rows[2][7]),
-            int(rows[2][8])) == tuple(expect)
+            int(rows[2][8]), int(rows[2][10]), int(rows[2][11])) == tuple(expect)
     # Resuming in the other mode is refused on one line naming grid; both files unchanged.
     for path, other in ((grid, None), (float_, 255)):
         before = snapshot(path)

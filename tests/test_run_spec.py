@@ -121,3 +121,49 @@ def test_targets_under_torchrun_go_through_the_one_runner(tmp_path, monkeypatch)
     assert (merged.counts == single.counts).all() and merged.meta["shard"] == "0/1"
     monkeypatch.setenv("RANK", "1")  # a rerun of the finished job: nothing to do
     assert build_targets(net(), data(5), spec, out, n=30) == out
+
+
+def test_the_denoiser_record_is_a_setting_absent_without_one(tmp_path):
+    """Issue 28's denoiser identity goes into the settings record as ``denoiser``: absent
+    without a denoiser (every earlier file's settings compare equal), and a resume or a
+    merge with another denoiser is refused, naming the field."""
+    import json
+
+    from smoothmix.certification import merge_results
+
+    plain = RunSpec(GaussianNoise(0.5), batch_size=50, progress=False)
+    out = certify_dataset(net(), data(), plain, tmp_path / "plain.tsv", n0=10, n=100,
+                          alpha=0.01)
+    assert "denoiser" not in json.loads((tmp_path / "plain.tsv.json").read_text())["settings"]
+    record = {"sha256": "ab" * 32, "settings": {"depth": 10, "width": 32}, "sigma": 0.5,
+              "shape": (1, 8, 8)}
+    spec = plain.replace(denoiser=record, max_idx=2)
+    first = certify_dataset(net(), data(), spec, tmp_path / "d.tsv", n0=10, n=100, alpha=0.01)
+    settings = json.loads((tmp_path / "d.tsv.json").read_text())["settings"]
+    assert settings["denoiser"] == {**record, "shape": [1, 8, 8]}  # as JSON reads it back
+    # The same denoiser resumes (a tuple and the list it was stored as compare equal).
+    certify_dataset(net(), data(), spec.replace(max_idx=-1), tmp_path / "d2.tsv", n0=10,
+                    n=100, alpha=0.01)
+    assert certify_dataset(net(), data(), spec, first, n0=10, n=100, alpha=0.01) == first
+    other = spec.replace(denoiser={**record, "sha256": "cd" * 32})
+    for rerun in (other, spec.replace(denoiser=None)):
+        with pytest.raises(SmoothmixError, match="another run.*denoiser") as refused:
+            certify_dataset(net(), data(), rerun, first, n0=10, n=100, alpha=0.01)
+        assert "\n" not in str(refused.value)
+    with pytest.raises(SmoothmixError, match="another run.*denoiser"):
+        certify_dataset(net(), data(), other, out, n0=10, n=100, alpha=0.01)
+    shards = [certify_dataset(net(), data(), s.replace(shard=(i, 2)), tmp_path / f"s{i}.tsv",
+                              n0=10, n=100, alpha=0.01)
+              for i, s in enumerate((spec.replace(max_idx=-1), other.replace(max_idx=-1)))]
+    with pytest.raises(SmoothmixError, match="denoiser") as refused:
+        merge_results(tmp_path / "m.tsv", shards)
+    assert "\n" not in str(refused.value)
+
+
+def test_the_denoiser_record_must_be_a_json_mapping():
+    with pytest.raises(SmoothmixError, match="non-empty mapping"):
+        RunSpec.of(0.5, denoiser="dncnn.pth")
+    with pytest.raises(SmoothmixError, match="JSON values only"):
+        RunSpec.of(0.5, denoiser={"model": nn.Identity()})
+    with pytest.raises(TypeError, match="denoiser"):  # new in 0.5: only through a RunSpec
+        as_spec(0.5, {"denoiser": {"sha256": "ab"}}, "certify_dataset")

@@ -15,10 +15,11 @@ from smoothmix.storage.table import COLUMNS, LEGACY, fit_row
 
 
 def test_fit_row_cuts_columns_an_older_header_lacks():
-    row = [3, 7, 7, "0.5", 1, "0.1000", 210, "certified", 190, 5, "cohen"]
+    row = [3, 7, 7, "0.5", 1, "0.1000", 210, "certified", 190, 5, "cohen", 7, 190]
     assert fit_row("certify", row, COLUMNS["certify"]) == row
     assert fit_row("certify", row, LEGACY["certify"][0]) == row[:6]
     assert fit_row("certify", row, LEGACY["certify"][1]) == row[:8]
+    assert fit_row("certify", row, LEGACY["certify"][2]) == row[:11]  # 0.3 to 0.4
 
 
 @pytest.mark.parametrize(("label", "clean", "adv", "robust"),

@@ -59,6 +59,14 @@ EXPECTED = {'counts_channels_last': [[62, 525, 13, 0], 600],
                      [1, ['certified', 'certified', 'certified'], [49, 49, 410]],
                      [0, ['not-certified', 'not-certified', 'not-certified'], [39, 39, 39]]]}
 
+# From 0.5 a certificate also says which class the n0 step selected and how many estimation
+# votes the label got (with label=L, skip_wrong=False): the streams above are unchanged, these
+# two fields come from the same draws. [selected, n_label] per case.
+EXPECTED_SELECTED = {"channels_last": [1, 18], "contiguous": [1, 18], "grid": [1, 17],
+                     "chunk7": [1, 18], "grid7": [1, 10],
+                     "abstain": [[1, 484], [2, 670], [2, 396]],  # label = the image's index
+                     "skipped": [1, -1]}
+
 SETTINGS = {"channels_last": {}, "contiguous": {"layout": "contiguous"}, "grid": {"grid": 255},
             "chunk7": {"chunk_size": 7, "layout": "contiguous"},
             "grid7": {"grid": 255, "chunk_size": 7}}
@@ -81,17 +89,24 @@ def test_sample_counts_and_certificates_are_pinned(name):
                                          with_rejected=True)
     assert [counts.tolist(), drawn] == EXPECTED[f"counts_{name}"]
     cert = smooth.certificate(image(1), 20, 300, 0.001, 64, torch.Generator().manual_seed(2))
-    assert list(cert) == EXPECTED[f"cert_{name}"]
+    assert list(cert[:6]) == EXPECTED[f"cert_{name}"]
+    assert (cert.selected, cert.n_label) == (EXPECTED_SELECTED[name][0], -1)  # no label given
+    labelled = smooth.certificate(image(1), 20, 300, 0.001, 64,
+                                  torch.Generator().manual_seed(2), label=0, skip_wrong=False)
+    assert list(labelled[:6]) == EXPECTED[f"cert_{name}"]  # the label changes no draw
+    assert [labelled.selected, labelled.n_label] == EXPECTED_SELECTED[name]
 
 
 def test_early_abstain_skip_and_predict_are_pinned():
     smooth = Smooth(net(), 3, 3.0)
-    got = [list(smooth.certificate(image(i), 10, 2000, 0.001, 128,
-                                   torch.Generator().manual_seed(3))) for i in range(3)]
-    assert got == EXPECTED["cert_abstain"]
+    got = [smooth.certificate(image(i), 10, 2000, 0.001, 128, torch.Generator().manual_seed(3),
+                              label=i, skip_wrong=False) for i in range(3)]
+    assert [list(c[:6]) for c in got] == EXPECTED["cert_abstain"]
+    assert [[c.selected, c.n_label] for c in got] == EXPECTED_SELECTED["abstain"]
     skipped = smooth.certificate(image(0), 10, 2000, 0.001, 128,
                                  torch.Generator().manual_seed(3), label=2)
-    assert list(skipped) == EXPECTED["cert_skipped"]
+    assert list(skipped[:6]) == EXPECTED["cert_skipped"]
+    assert [skipped.selected, skipped.n_label] == EXPECTED_SELECTED["skipped"]
     predictions = [Smooth(net(), 3, 0.5).predict(image(i), 200, 0.01, 50,
                                                  torch.Generator().manual_seed(i))
                    for i in range(4)]

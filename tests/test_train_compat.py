@@ -1,4 +1,4 @@
-"""Training run folders written by older releases (0.2 and 0.3.0) still load and resume.
+"""Training run folders written by older releases (0.2, 0.3.0, 0.4.0) still load and resume.
 
 The folders in tests/fixtures/train/ were written by those releases themselves
 (tests/fixtures/train/make_fixtures.py): a 1-epoch SmoothMix LeNet on the first 256 embedded
@@ -25,7 +25,7 @@ from smoothmix.checkpoint import Checkpoint, load_checkpoint, load_model
 from smoothmix.training import train
 
 FIXTURES = Path(__file__).parent / "fixtures" / "train"
-RELEASES = ["v0.2", "v0.3.0"]
+RELEASES = ["v0.2", "v0.3.0", "v0.4.0"]
 
 
 def _make_fixtures():

@@ -59,6 +59,10 @@ class RunInfo:
     bound: str = "cohen"
     precision: str = "fp32"
     noise: str = "gaussian"  # or "grid255": the sound 8-bit sampler
+    # The selection's draws (a row's estimation drew samples - n0) and the evaluation
+    # shortcut, whose skipped rows ran no estimation.
+    n0: int | None = None
+    skip_wrong: bool = False
 
     @property
     def radius_cap(self) -> float | None:
@@ -97,7 +101,8 @@ def read_run_info(path: str | os.PathLike) -> RunInfo | None:
                    alpha=get("alpha", float), selected=selected, dataset=get("dataset", str),
                    split=get("split", str), bound=get("bound", str) or "cohen",
                    precision=get("precision", str) or "fp32",
-                   noise=f"grid{settings['grid']}" if settings.get("grid") else "gaussian")
+                   noise=f"grid{settings['grid']}" if settings.get("grid") else "gaussian",
+                   n0=get("n0", int), skip_wrong=settings.get("skip_wrong") is True)
 
 
 @dataclass(frozen=True)
@@ -111,9 +116,47 @@ class CertificationResults:
     radius: np.ndarray
     time: np.ndarray  # seconds per example
     run: RunInfo | None = None  # from the .json companion; None for reference files
+    # Columns of smoothmix's own files, None where the file has none: ``samples`` (n0 and
+    # the estimation's draws), and from 0.5 ``selected`` (the class the n0 step chose) and
+    # ``n_label`` (the estimation's votes for the label, -1 where none ran).
+    samples: np.ndarray | None = None
+    selected: np.ndarray | None = None
+    n_label: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.idx)
+
+    @property
+    def draws(self) -> np.ndarray | None:
+        """The estimation's draws per row, ``samples - n0``: N where it drew all, fewer
+        after an early abstain, 0 on skipped rows (None when the file does not say)."""
+        if self.samples is None or self.run is None or self.run.n0 is None:
+            return None
+        return self.samples - self.run.n0
+
+    def p_label(self) -> np.ndarray:
+        """Per row, the point estimate n_label / draws of p_y = P(f(x + δ) = y), the base
+        classifier's accuracy on noisy copies of the image (the metric Sun et al. 2024
+        recommend beside ACR); NaN where no estimation ran (n_label -1). After an early
+        abstain the estimate is over the draws made before the stop."""
+        draws = self.draws
+        require(self.n_label is not None and draws is not None
+                and not (self.run is not None and self.run.skip_wrong),
+                f"{self.path} {self._without_n_label()}; recertify with smoothmix >= 0.5")
+        assert self.n_label is not None and draws is not None
+        known = (self.n_label >= 0) & (draws > 0)
+        return np.where(known, self.n_label / np.maximum(draws, 1), np.nan)
+
+    def _without_n_label(self) -> str:
+        """Why this file cannot give p_y."""
+        if self.run is None and self.n_label is None:
+            return "was written by the reference code (no .json companion): no n_label column"
+        if self.run is None:
+            return "has lost its .json companion, which records the n0 draws to subtract"
+        if self.run.skip_wrong:
+            return ("was certified with --skip-wrong: its skipped rows ran no estimation, "
+                    "so it has no n_label column for them (rerun without --skip-wrong)")
+        return "was written before smoothmix 0.5 and has no n_label column"
 
     @property
     def complete(self) -> bool:
@@ -163,6 +206,8 @@ def read_results(path: str | os.PathLike) -> CertificationResults:
         time=np.asarray([parse_time(r["time"]) if "time" in r else math.nan for r in rows],
                         dtype=float),
         run=read_run_info(path),
+        **{name: np.asarray([int(float(r[name])) for r in rows], dtype=np.int64)
+           if name in header else None for name in ("samples", "selected", "n_label")},
     )
 
 

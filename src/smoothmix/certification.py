@@ -6,8 +6,10 @@ header line, then ``idx label predict radius correct time`` per example (``predi
 in seconds. Reference analysis scripts (``pandas.read_csv(path, sep="\\t")``) read it. Certify
 files add after these six ``samples`` (noise samples actually drawn, n0 included: fewer after
 an early abstain or a skip), ``status`` (``certified``, ``abstain``, or ``skipped`` under
-``skip_wrong``), ``n_a``, ``n_b`` and ``bound``. Files of older smoothmix (six or eight
-columns) still resume, in their own format.
+``skip_wrong``), ``n_a``, ``n_b``, ``bound``, and (from 0.5) ``selected`` (the class the n0
+selection chose, abstentions included) and ``n_label`` (the estimation's votes for the label,
+-1 on skipped rows). Files of older smoothmix (six, eight or eleven columns) still resume, in
+their own format.
 
 The run's settings live in a sidecar ``FILE.json`` so that the TSV stays plain. A rerun with
 the same settings appends only the missing examples (a row is flushed and fsync'ed as soon as
@@ -83,7 +85,8 @@ def certify_dataset(
     when the n0 selection is not the label, skip the estimation and write ``predict -1,
     radius 0, status skipped``; certified accuracy and ACR equal those of the full run with
     the seed. ``bound``: the radius formula, ``cohen`` (CERTIFY, the published tables) or
-    ``two-sided``; every row also keeps n_a and n_b, from which either can be recomputed.
+    ``two-sided``; every row also keeps n_a and n_b, from which either can be recomputed,
+    the selected class and n_label, the estimation's votes for the label (p_y's data).
 
     Before 0.5: ``spec`` was ``sigma`` and the spec's fields (batch_size, skip, max_idx,
     shard, seed, num_classes, identity, progress, execution, grid) keyword arguments; that
@@ -94,9 +97,10 @@ def certify_dataset(
     def classify(smooth: Smooth, x: torch.Tensor, label: int,
                  generator: torch.Generator) -> Row:
         result = smooth._certificate(x, n0, n, alpha, spec.batch_size, generator,
-                                     label=label if skip_wrong else None, bound=bound)
+                                     label=label, skip_wrong=skip_wrong, bound=bound)
         return result.prediction, result.radius, (result.samples, result.status, result.n_a,
-                                                  result.n_b, bound)
+                                                  result.n_b, bound, result.selected,
+                                                  result.n_label)
 
     check_certify_args(n0, n, alpha, spec.batch_size)  # before any file is touched
     check_bound(bound)

@@ -128,6 +128,10 @@ class Certificate(NamedTuple):
     status: str  # "certified", "abstain", or "skipped" (selection != label, see certificate)
     n_a: int = -1  # estimation votes for the selected class (-1: no estimation ran)
     n_b: int = -1  # the largest estimation count among the other classes
+    # (0.5) the class the n0 selection chose, kept when it abstains; and the estimation
+    # votes for the true label when one was given (-1: no label, or no estimation ran)
+    selected: int = -1
+    n_label: int = -1
 
 
 class Smooth(SmoothAliases):
@@ -195,7 +199,8 @@ class Smooth(SmoothAliases):
 
     def certificate(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                     generator: torch.Generator | None = None, *, label: int | None = None,
-                    early_abstain: bool = True, bound: str = "cohen") -> Certificate:
+                    skip_wrong: bool = True, early_abstain: bool = True,
+                    bound: str = "cohen") -> Certificate:
         """CERTIFY with its cost: the same answer, with the same guarantee, as
         :meth:`certify` on the same noise.
 
@@ -204,40 +209,45 @@ class Smooth(SmoothAliases):
         would abstain, so sampling stops there; the answer is identical, only cheaper
         (``early_abstain=False`` draws all n, for testing that claim).
 
-        ``label`` (evaluation only): when the n0 selection is not the label the estimation
-        is skipped, since whatever it returned would score 0 in certified accuracy and ACR;
-        the result is then (-1, 0.0, n0, "skipped").
+        ``label`` (evaluation only): the estimation's votes for it are returned as
+        ``n_label`` (the data of p_y, the base classifier's accuracy under noise); and, with
+        ``skip_wrong`` (the default), when the n0 selection is not the label the estimation
+        is skipped, since whatever it returned would score 0 in certified accuracy and ACR:
+        the result is then (-1, 0.0, n0, "skipped"), with ``selected`` and no counts.
 
         ``bound`` is the radius formula (:func:`radius_from_counts`): ``cohen`` (CERTIFY, as
         the published tables) or ``two-sided`` (larger where votes spread over classes).
         """
         check_certify_args(n0, n, alpha, batch_size)
         check_bound(bound)
+        require(label is None or 0 <= int(label) < self.num_classes,
+                f"label {label} is not a class (0 to {self.num_classes - 1})")
         return self._certificate(x, n0, n, alpha, batch_size, generator, label=label,
-                                 early_abstain=early_abstain, bound=bound)
+                                 skip_wrong=skip_wrong, early_abstain=early_abstain, bound=bound)
 
     def _certificate(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                      generator: torch.Generator | None = None, *, label: int | None = None,
-                     early_abstain: bool = True, bound: str = "cohen") -> Certificate:
+                     skip_wrong: bool = True, early_abstain: bool = True,
+                     bound: str = "cohen") -> Certificate:
         """:meth:`certificate` for arguments already checked where they entered (the
         dataset runners check them once per run, not once per image)."""
         c_hat = int(self.votes(x, n0, batch_size, generator).counts.argmax())
-        if label is not None and c_hat != int(label):
-            return Certificate(ABSTAIN, 0.0, n0, "skipped")
+        if label is not None and skip_wrong and c_hat != int(label):
+            return Certificate(ABSTAIN, 0.0, n0, "skipped", selected=c_hat)
         # Fresh samples: reusing the selection votes would bias the bound upwards.
         level = alpha if bound == "cohen" else alpha / 2  # the level of p_A's bound
         need = certifying_votes(n, level) if early_abstain else None
         votes = self.votes(x, n, batch_size, generator, watch=c_hat, need=need)
-        n_a = int(votes.counts[c_hat])
+        # The counts and the rejected draws in one read of the device (one host sync).
         # Rejected draws count against c_hat (n stays nominal) and for the runner-up, which
         # keeps both bounds conservative.
-        others = votes.counts.clone()
-        others[c_hat] = 0
-        n_b = int(others.max() + votes.rejected)
+        *counts, rejected = torch.cat([votes.counts, votes.rejected.view(1)]).tolist()
+        n_a, n_b = counts[c_hat], max(c for k, c in enumerate(counts) if k != c_hat) + rejected
+        n_label = -1 if label is None else counts[int(label)]
         radius = _radius(n_a, n_b, n, alpha, self.sigma, bound) if votes.drawn == n else None
         if radius is None:
-            return Certificate(ABSTAIN, 0.0, n0 + votes.drawn, "abstain", n_a, n_b)
-        return Certificate(c_hat, radius, n0 + n, "certified", n_a, n_b)
+            return Certificate(ABSTAIN, 0.0, n0 + votes.drawn, "abstain", n_a, n_b, c_hat, n_label)
+        return Certificate(c_hat, radius, n0 + n, "certified", n_a, n_b, c_hat, n_label)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int,
                 generator: torch.Generator | None = None) -> int:

@@ -13,13 +13,14 @@ Before 0.5 each entry point redeclared these as keyword arguments; those still w
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from smoothmix.checks import check_count
-from smoothmix.errors import require
+from smoothmix.errors import SmoothmixError, require
 from smoothmix.execution import EXECUTION_KEYS
 from smoothmix.noise import Noise, make_noise
 from smoothmix.storage.shards import Shard
@@ -39,7 +40,11 @@ class RunSpec:
     model and data (checkpoint hash, dataset, split, ...), stored with the settings; a rerun
     into the same file must match it. ``execution``: the execution asked for (keys of
     :data:`smoothmix.execution.EXECUTION_KEYS`; unset keys take a resumed file's recorded
-    values, else the defaults). ``progress``: show a progress bar.
+    values, else the defaults). ``progress``: show a progress bar. ``denoiser`` (0.5, reserved
+    for denoised smoothing): the record of a denoiser run before the classifier, JSON
+    values only (its identity, e.g. a checkpoint's sha256 or a model id and revision; its
+    settings; the sigma it was built for); recorded in the settings as ``denoiser`` only
+    when given, so that a rerun with another denoiser, or none, is refused by name.
     """
 
     noise: Noise
@@ -52,6 +57,7 @@ class RunSpec:
     identity: Mapping[str, object] = field(default_factory=dict)
     execution: Mapping[str, object] = field(default_factory=dict)
     progress: bool = True
+    denoiser: Mapping[str, object] | None = None
 
     def __post_init__(self) -> None:
         require(isinstance(self.noise, Noise),
@@ -66,6 +72,8 @@ class RunSpec:
         # Copies: a caller's dict changed later must not change a spec.
         object.__setattr__(self, "identity", dict(self.identity or {}))
         object.__setattr__(self, "execution", dict(self.execution or {}))
+        if self.denoiser is not None:
+            object.__setattr__(self, "denoiser", _json_record(self.denoiser))
 
     @classmethod
     def of(cls, sigma: float | Noise, *, grid: int | None = None, **fields: Any) -> RunSpec:
@@ -76,8 +84,29 @@ class RunSpec:
         """This spec with some fields changed."""
         return dataclasses.replace(self, **changes)
 
+    def denoiser_settings(self) -> dict[str, object]:
+        """The ``denoiser`` key of a run's settings: none without a denoiser (the settings of
+        every earlier file then compare equal), else the denoiser's record."""
+        return {} if self.denoiser is None else {"denoiser": dict(self.denoiser)}
 
-_LEGACY = frozenset({f.name for f in dataclasses.fields(RunSpec)} - {"noise"} | {"grid"})
+
+def _json_record(denoiser: object) -> dict[str, Any]:
+    """``denoiser`` as the settings file will read it back (tuples become lists, ...), so
+    that a resume compares like with like; a one-line error when it is not a JSON mapping."""
+    if not isinstance(denoiser, Mapping) or not denoiser:
+        raise SmoothmixError("RunSpec.denoiser must be a non-empty mapping (identity, "
+                             f"settings, sigma), got {denoiser!r}")
+    try:
+        record: dict[str, Any] = json.loads(json.dumps(dict(denoiser), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise SmoothmixError(f"RunSpec.denoiser must hold JSON values only ({exc})") from None
+    return record
+
+
+# The fields the entry points took as keyword arguments before 0.5 (denoiser is new: only
+# through a RunSpec).
+_LEGACY = frozenset({f.name for f in dataclasses.fields(RunSpec)} - {"noise", "denoiser"}
+                    | {"grid"})
 
 
 def as_spec(spec: RunSpec | float | Noise, legacy: Mapping[str, Any], caller: str) -> RunSpec:

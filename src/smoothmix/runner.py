@@ -96,9 +96,10 @@ def run_settings(sigma: float | Noise, counts: Mapping[str, object], skip: int, 
 
 def spec_settings(spec: RunSpec, counts: Mapping[str, object], dataset: Examples
                   ) -> dict[str, object]:
-    """:func:`run_settings` of a :class:`smoothmix.run.RunSpec`."""
-    return run_settings(spec.noise, counts, spec.skip, spec.max_idx, spec.seed, dataset,
-                        spec.identity)
+    """:func:`run_settings` of a :class:`smoothmix.run.RunSpec`, and its denoiser's record
+    (:meth:`smoothmix.run.RunSpec.denoiser_settings`: none without one)."""
+    return {**run_settings(spec.noise, counts, spec.skip, spec.max_idx, spec.seed, dataset,
+                           spec.identity), **spec.denoiser_settings()}
 
 
 def settings_noise(settings: Mapping[str, object]) -> Noise:

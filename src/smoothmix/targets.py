@@ -143,6 +143,7 @@ def build_targets(
         "sigma": spec.noise.sigma, "seed": spec.seed, "augment": augment,
         "max_idx": max_idx if 0 < max_idx < len(dataset) else -1, **dict(spec.identity),
         **spec.noise.settings(),  # none for Gaussian noise, as in files of earlier releases
+        **spec.denoiser_settings(),  # likewise none without a denoiser
     }
     compute = _counting(model, dataset, spec, classes, n, augment)
     store = TargetsStore(n, len(dataset), classes)

@@ -33,9 +33,11 @@ __all__ = ["ATTACK_OUTCOMES", "COLUMNS", "LEGACY", "RowWriter", "Table", "fit_ro
 COLUMNS: dict[str, tuple[str, ...]] = {
     # n_a, n_b: the estimation's votes for the selected class and the largest other count
     # (-1 when skipped), from which either bound's radius can be recomputed; bound: the
-    # formula of the radius column (cohen or two-sided).
+    # formula of the radius column (cohen or two-sided). (0.5) selected: the class the n0
+    # selection chose (abstentions and skipped rows too); n_label: the estimation's votes
+    # for the label (-1 when no estimation ran: skipped), for p_y = n_label / (samples - n0).
     "certify": ("idx", "label", "predict", "radius", "correct", "time", "samples", "status",
-                "n_a", "n_b", "bound"),
+                "n_a", "n_b", "bound", "selected", "n_label"),
     "predict": ("idx", "label", "predict", "correct", "time"),
     # attack_dataset: PREDICT at x (predict, correct) and at the attacked point
     # (adv_predict; adv_outcome: kept the label, abstained, or changed to another class).
@@ -52,7 +54,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 # Headers of older smoothmix files that a run may still resume or merge, in their format.
 LEGACY: dict[str, tuple[tuple[str, ...], ...]] = {
     "certify": (("idx", "label", "predict", "radius", "correct", "time"),
-                ("idx", "label", "predict", "radius", "correct", "time", "samples", "status")),
+                ("idx", "label", "predict", "radius", "correct", "time", "samples", "status"),
+                ("idx", "label", "predict", "radius", "correct", "time", "samples", "status",
+                 "n_a", "n_b", "bound")),  # 0.3 to 0.4
     "decide": (("idx", "label", "predict", "radius", "decision", "correct", "samples",
                 "time"),),
     # smoothmix 0.1/0.2 attack files: robust = PREDICT returned the label at both points.
@@ -64,7 +68,7 @@ _CHOICES = {"status": ("certified", "abstain", "skipped"),
             "bound": ("cohen", "two-sided"),  # smoothmix.core.BOUNDS
             "decision": ("certified", "not-certified", "undecided"),  # sequences.DECISIONS
             "adv_outcome": ATTACK_OUTCOMES}
-_INTEGER = ("idx", "label", "predict", "tested")
+_INTEGER = ("idx", "label", "predict", "tested", "selected", "n_label")
 _REAL = ("radius", "at_radius", "samples", "distance", "n_a", "n_b")
 
 
