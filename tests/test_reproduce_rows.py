@@ -70,8 +70,8 @@ def test_reproduce_plans_eta_and_onestep_rows_with_their_presets(tmp_path, monke
         ("train", outdir.name, kw["preset"])))
     monkeypatch.setattr(smoothmix.checkpoint, "load_model", lambda *a, **k: (None, {}))
     monkeypatch.setattr(smoothmix.checkpoint, "file_sha256", lambda path: "0" * 64)
-    monkeypatch.setattr(smoothmix.certification, "certify_dataset", lambda model, data, sigma,
-                        out, **kw: calls.append(("certify", out.name, kw["identity"]["method"])))
+    monkeypatch.setattr(smoothmix.certification, "certify_dataset", lambda model, data, spec,
+                        out, **kw: calls.append(("certify", out.name, spec.identity["method"])))
     monkeypatch.setattr(rep.pipeline, "write_report", lambda exp, out, methods, *a, **k:
                         calls.append(("report", tuple(methods))) or {"table": ""})
     rep.reproduce("mnist-1.00", tmp_path / "r", methods=["smoothmix-eta1", "smoothmix-onestep"],
