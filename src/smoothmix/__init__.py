@@ -23,7 +23,7 @@ from smoothmix.errors import SmoothmixError
 
 # The one place the version is declared: pyproject.toml reads it from here (a plain literal,
 # read without importing the package).
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 # name -> the module that defines it. Room here for the front door's ``load_pretrained``.
 _LAZY: dict[str, str] = {
