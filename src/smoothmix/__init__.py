@@ -30,6 +30,7 @@ _LAZY: dict[str, str] = {
     "Smooth": "smoothmix.core",
     "certified_radius": "smoothmix.core",
     "clopper_pearson_lower": "smoothmix.core",
+    "RunSpec": "smoothmix.run",
     "certify_dataset": "smoothmix.certification",
     "predict_dataset": "smoothmix.certification",
     "decide_dataset": "smoothmix.decisions",
@@ -46,6 +47,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "RunSpec",
     "Smooth",
     "SmoothmixError",
     "__version__",
@@ -76,6 +78,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from smoothmix.empirical import attack_dataset
     from smoothmix.methods import create_method, register_method
     from smoothmix.models import create_model, register_model
+    from smoothmix.run import RunSpec
     from smoothmix.training import train
 
 

@@ -256,6 +256,8 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     # Cheap checks before the (slow) model and data loading.
     if args.sigma is not None:
         check_sigma(args.sigma)
+    if args.dataset is not None:  # else once the checkpoint has named it
+        _check_grid_dataset(args)
     if getattr(args, "precision", None) is not None:
         from smoothmix.execution import check_precision
 
@@ -278,11 +280,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     model, ckpt = load_model(args.checkpoint, device, args.normalization)
     record = Checkpoint.from_dict(ckpt)  # with the normalisation load_model chose
     _defaults_from_checkpoint(args, record)
-    # Only the in-memory datasets keep the decoded 8-bit pixels; folder datasets resize and
-    # crop in float, which leaves the grid (each image is checked again as it is certified).
-    require(getattr(args, "grid", None) is None or args.dataset in ("mnist", "cifar10"),
-            f"--grid needs inputs on the 8-bit grid; {args.dataset} images go through float "
-            "transforms (resize/crop), so they are not: use mnist or cifar10")
+    _check_grid_dataset(args)
     check_checkpoint_for_dataset(ckpt, args.dataset, args.checkpoint)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
     check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
@@ -329,3 +327,10 @@ def _defaults_from_checkpoint(args: argparse.Namespace, record: Any) -> None:
               "classifier at the sigma certified, but such a model is usually far less "
               "accurate under that noise", file=sys.stderr)
 
+
+def _check_grid_dataset(args: argparse.Namespace) -> None:
+    """Only the in-memory datasets keep the decoded 8-bit pixels; folder datasets resize and
+    crop in float, which leaves the grid (each image is checked again as it is certified)."""
+    require(getattr(args, "grid", None) is None or args.dataset in ("mnist", "cifar10"),
+            f"--grid needs inputs on the 8-bit grid; {args.dataset} images go through float "
+            "transforms (resize/crop), so they are not: use mnist or cifar10")
