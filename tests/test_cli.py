@@ -134,3 +134,24 @@ def test_a_typo_in_a_required_flag_is_named_with_the_flag_meant(capsys):
     with pytest.raises(SystemExit):
         main(["certify", "ckpt", "--sigam", "0.5", "--out", "x.tsv"])
     assert "--sigam -> --sigma" in capsys.readouterr().err
+
+
+def test_train_and_demo_take_threads(monkeypatch):
+    """--threads sets torch's intra-op threads for train and demo (on shared cores fewer
+    threads than cores can be faster); a bad value is one line."""
+    import torch
+
+    from smoothmix.cli import apply_threads
+    from smoothmix.errors import SmoothmixError
+
+    parser = build_parser()
+    for argv in (["train", "--preset", "mnist-gaussian-0.50", "--outdir", "x", "--threads", "1"],
+                 ["demo", "--threads", "1"]):
+        assert parser.parse_args(argv).threads == 1
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    apply_threads(3)
+    apply_threads(None)  # not given: torch's default stays
+    assert seen == [3]
+    with pytest.raises(SmoothmixError, match="--threads must be an integer >= 1"):
+        apply_threads(0)

@@ -26,7 +26,8 @@ from typing import Any, NoReturn
 from smoothmix.errors import SmoothmixError, first_line
 
 __all__ = [
-    "DeprecatedAlias", "add_deprecated_alias", "add_device_argument", "build_parser",
+    "DeprecatedAlias", "add_deprecated_alias", "add_device_argument", "add_threads_argument",
+    "apply_threads", "build_parser",
     "dataset_choices", "import_modules", "main", "method_names", "model_names", "one_of",
     "warn_deprecated",
 ]
@@ -84,6 +85,25 @@ def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     parser.add_argument("--device", default="auto",
                         help="cpu, cuda, cuda:N or auto (default auto: CUDA if available, "
                         "under torchrun cuda:LOCAL_RANK; else the CPU)")
+
+
+def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--threads T`` for the commands whose threads are not part of a result file's record
+    (train, demo): torch's intra-op threads for this process."""
+    parser.add_argument("--threads", type=int, default=None, metavar="T",
+                        help="torch intra-op threads (default: torch's, i.e. the cores; on "
+                        "cores shared with other jobs fewer threads can be faster)")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's intra-op threads from ``--threads`` (checked: an integer >= 1)."""
+    if threads is None:
+        return
+    import torch
+
+    from smoothmix.checks import check_count
+
+    torch.set_num_threads(check_count("--threads", threads))
 
 
 def one_of(names: Sequence[str]) -> str:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from smoothmix.cli import add_deprecated_alias, add_device_argument
+from smoothmix.cli import (
+    add_deprecated_alias,
+    add_device_argument,
+    add_threads_argument,
+    apply_threads,
+)
 from smoothmix.demo import DemoBudget, run_demo
 
 __all__ = ["register", "run"]
@@ -42,11 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=defaults.n,
                    help=f"CERTIFY's N, samples for the bound (default {defaults.n})")
     add_device_argument(p)
+    add_threads_argument(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     budget = dataclasses.replace(DemoBudget(), sigma=args.sigma, train_images=args.train_images,
                                  epochs=args.epochs, certify_skip=args.certify_skip, n=args.n)
     run_demo(args.outdir, budget, device=args.device, progress=not args.no_progress)

@@ -12,6 +12,8 @@ from typing import Any
 from smoothmix import distributed
 from smoothmix.cli import (
     add_device_argument,
+    add_threads_argument,
+    apply_threads,
     dataset_choices,
     method_names,
     model_names,
@@ -123,6 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="measure the per-epoch noisy test accuracy on the first N test "
                      "images")
     add_device_argument(d_g)
+    add_threads_argument(d_g)
     d_g.add_argument("--workers", type=int, default=None,
                      help="DataLoader worker processes for image-folder datasets (default: 4, "
                      "at most the machine's CPU cores; MNIST and "
@@ -165,6 +168,7 @@ def _resolve_precision(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from smoothmix.training import train
 
+    apply_threads(args.threads)
     options = {dest: getattr(args, f"opt_{dest}") for _, dest, *_ in method_option_flags()}
     try:
         path = train(
