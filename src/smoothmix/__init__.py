@@ -6,10 +6,11 @@ The names most users need are importable from here::
 
     smoothmix.train("runs/mnist", preset="mnist-smoothmix-0.50")
     model, _ = smoothmix.load_model("runs/mnist/checkpoint.pth.tar")
+    model, card = smoothmix.load_pretrained("mnist-smoothmix-0.50")  # or a published model
     smoothmix.certify_dataset(model, smoothmix.load_dataset("mnist"), 0.5, "mnist.tsv")
 
 Everything else lives in the obviously named submodules (``core``, ``certification``,
-``analysis``, ``methods``, ``models``, ``checkpoint``, ``data``, ``training``,
+``analysis``, ``methods``, ``models``, ``checkpoint``, ``pretrained``, ``data``, ``training``,
 ``diagnostics``). The names are loaded on first use (PEP 562), so ``import smoothmix`` does
 not import torch.
 """
@@ -25,7 +26,7 @@ from smoothmix.errors import SmoothmixError
 # read without importing the package).
 __version__ = "0.5.0"
 
-# name -> the module that defines it. Room here for the front door's ``load_pretrained``.
+# name -> the module that defines it.
 _LAZY: dict[str, str] = {
     "Smooth": "smoothmix.core",
     "certified_radius": "smoothmix.core",
@@ -38,6 +39,8 @@ _LAZY: dict[str, str] = {
     "read_results": "smoothmix.analysis",
     "train": "smoothmix.training",
     "load_model": "smoothmix.checkpoint",
+    "load_pretrained": "smoothmix.pretrained",
+    "list_pretrained": "smoothmix.pretrained",
     "create_model": "smoothmix.models",
     "register_model": "smoothmix.models",
     "create_method": "smoothmix.methods",
@@ -58,8 +61,10 @@ __all__ = [
     "create_method",
     "create_model",
     "decide_dataset",
+    "list_pretrained",
     "load_dataset",
     "load_model",
+    "load_pretrained",
     "predict_dataset",
     "read_results",
     "register_dataset",
@@ -78,6 +83,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from smoothmix.empirical import attack_dataset
     from smoothmix.methods import create_method, register_method
     from smoothmix.models import create_model, register_model
+    from smoothmix.pretrained import list_pretrained, load_pretrained
     from smoothmix.run import RunSpec
     from smoothmix.training import train
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from smoothmix.errors import SmoothmixError, first_line, require
 from smoothmix.models import NORMALIZATIONS, create_model, list_models, model_defaults
+from smoothmix.pretrained import pretrained_checkpoint, pretrained_name
 from smoothmix.storage import atomic_write_with
 
 __all__ = ["CHECKPOINT_NAME", "CHECKPOINT_VERSION", "Checkpoint", "capture_rng_state",
@@ -124,7 +125,10 @@ def save_checkpoint(path: str | os.PathLike, state: Checkpoint | Mapping[str, An
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
     """The checkpoint file meant by ``path``: the file itself, or ``DIR/checkpoint.pth.tar``
-    when ``path`` is a training output directory. One-line error otherwise."""
+    when ``path`` is a training output directory (``pretrained:NAME`` is returned as it is,
+    for :func:`load_checkpoint`). One-line error otherwise."""
+    if pretrained_name(path) is not None:
+        return Path(path)  # resolved by load_checkpoint; Path keeps "pretrained:NAME" intact
     path = Path(path)
     if path.is_dir():
         require((path / CHECKPOINT_NAME).is_file(),
@@ -139,8 +143,13 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict without executing pickled code (``weights_only=True``).
 
-    ``path`` may be a training output directory holding ``checkpoint.pth.tar``.
+    ``path`` may be a training output directory holding ``checkpoint.pth.tar``, or
+    ``pretrained:NAME``, a pretrained model (:func:`smoothmix.pretrained.pretrained_checkpoint`:
+    its weights, with the model card's arch, sigma, normalisation and recipe).
     """
+    name = pretrained_name(path)
+    if name is not None:
+        return pretrained_checkpoint(name)
     path = checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -264,7 +273,8 @@ def load_model(
     device: torch.device | str | None = None,
     normalization: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint (ours or a reference one), in eval mode.
+    """Rebuild the model of a checkpoint (ours or a reference one, or ``pretrained:NAME``),
+    in eval mode.
 
     The architecture is ``create_model(ckpt["arch"], **ckpt["arch_kwargs"])`` (no kwargs when
     the checkpoint has none); an architecture of your own must be registered first

@@ -304,7 +304,8 @@ def targets_from_checkpoint(
     record = Checkpoint.from_dict(ckpt)  # the normalisation load_model chose
     identity = {
         "dataset": dataset_name, "split": "train",
-        "checkpoint_sha256": file_sha256(checkpoint), "arch": record.arch,
+        "checkpoint_sha256": ckpt.get("weights_sha256") or file_sha256(checkpoint),
+        "arch": record.arch,
         "normalization": record.normalization, "checkpoint_sigma": record.sigma,
         "checkpoint_method": record.method,
     }

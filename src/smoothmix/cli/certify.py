@@ -87,7 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                     n_default: int = 100_000) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="model checkpoint (smoothmix's or the reference code's)")
+                        help="model checkpoint (smoothmix's or the reference code's), a "
+                        "training --outdir, or pretrained:NAME (smoothmix.list_pretrained(): "
+                        "mnist-smoothmix-0.50, ...)")
     parser.add_argument("--dataset", default=None, choices=dataset_choices(),
                         help="dataset to evaluate on (default: the one the checkpoint was "
                         "trained on)")
@@ -284,8 +286,9 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     check_checkpoint_for_dataset(ckpt, args.dataset, args.checkpoint)
     dataset = load_dataset(args.dataset, args.split, args.data_dir)
     check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
-    identity = {
-        "checkpoint_sha256": file_sha256(args.checkpoint),
+    identity = {  # a pretrained model: its weights file's hash, and its name
+        "checkpoint_sha256": ckpt.get("weights_sha256") or file_sha256(args.checkpoint),
+        **({"pretrained": ckpt["pretrained"]} if "pretrained" in ckpt else {}),
         "arch": record.arch,
         "normalization": record.normalization,
         "dataset": args.dataset,
@@ -319,7 +322,8 @@ def _defaults_from_checkpoint(args: argparse.Namespace, record: Any) -> None:
         taken.append(f"--sigma {args.sigma:g}")
     main_rank = distributed_env()[0] == 0
     if taken and main_rank:
-        print(f"smoothmix: {' and '.join(taken)} from the checkpoint (a flag overrides it)",
+        origin = "the model card" if record.extra.get("pretrained") else "the checkpoint"
+        print(f"smoothmix: {' and '.join(taken)} from {origin} (a flag overrides it)",
               file=sys.stderr)
     if record.sigma is not None and float(record.sigma) != args.sigma and main_rank:
         print(f"warning: certifying at sigma={args.sigma:g} a model trained at "
