@@ -238,10 +238,9 @@ class Smooth(SmoothAliases):
         level = alpha if bound == "cohen" else alpha / 2  # the level of p_A's bound
         need = certifying_votes(n, level) if early_abstain else None
         votes = self.votes(x, n, batch_size, generator, watch=c_hat, need=need)
-        # The counts and the rejected draws in one read of the device (one host sync).
         # Rejected draws count against c_hat (n stays nominal) and for the runner-up, which
         # keeps both bounds conservative.
-        *counts, rejected = torch.cat([votes.counts, votes.rejected.view(1)]).tolist()
+        counts, rejected = votes.read()
         n_a, n_b = counts[c_hat], max(c for k, c in enumerate(counts) if k != c_hat) + rejected
         n_label = -1 if label is None else counts[int(label)]
         radius = _radius(n_a, n_b, n, alpha, self.sigma, bound) if votes.drawn == n else None
@@ -259,13 +258,15 @@ class Smooth(SmoothAliases):
     def _predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int,
                  generator: torch.Generator | None = None) -> int:
         """:meth:`predict` for arguments already checked where they entered."""
-        votes = self.votes(x, n, batch_size, generator)
-        top2 = votes.counts.topk(2)
-        n_a, n_b = (int(v) for v in top2.values.tolist())
-        n_b += int(votes.rejected)  # rejected draws side with the runner-up
+        counts, rejected = self.votes(x, n, batch_size, generator).read()
+        top = max(range(len(counts)), key=counts.__getitem__)
+        n_a = counts[top]
+        # The runner-up, with the rejected draws on its side.
+        n_b = max(c for k, c in enumerate(counts) if k != top) + rejected
+        # Among tied top classes max takes the first (topk's pick among ties was unspecified).
         if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
             return ABSTAIN
-        return int(top2.indices[0])
+        return top
 
     def votes(self, x: torch.Tensor, num: int, batch_size: int,
               generator: torch.Generator | None = None, *, watch: int | None = None,

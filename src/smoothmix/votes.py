@@ -41,6 +41,12 @@ class Votes(NamedTuple):
     rejected: torch.Tensor
     drawn: int  # noisy copies drawn (fewer than asked after an early stop)
 
+    def read(self) -> tuple[list[int], int]:
+        """The counts and the rejected draws as Python ints, in one read of the device (one
+        host sync): what CERTIFY and PREDICT compute their bounds from."""
+        *counts, rejected = torch.cat([self.counts, self.rejected.view(1)]).tolist()
+        return counts, rejected
+
 
 def count_votes(model: nn.Module, noise: Noise, x: torch.Tensor, num: int, num_classes: int,
                 execution: Execution, generator: torch.Generator | None = None, *,
