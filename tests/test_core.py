@@ -425,3 +425,18 @@ def test_certified_radius_and_bound_validate_their_inputs():
     assert certified_radius(0.5, 1.0) == 0.0
     assert certified_radius(norm.cdf(1.0), 0.5) == pytest.approx(0.5)
     assert math.isinf(certified_radius(1.0, 0.5))
+
+
+def test_predict_abstains_when_rejected_draws_outnumber_the_top_class(monkeypatch):
+    """Rejected draws (the grid sampler's) side with the runner-up, so n_b can exceed n_a;
+    a two-sided test that is then significant must not return the top class."""
+    import torch
+
+    from smoothmix.votes import Votes
+
+    smooth = Smooth(torch.nn.Linear(2, 2), 2, 0.5)
+    votes = Votes(torch.tensor([30, 0]), torch.tensor(200), 230)
+    monkeypatch.setattr(smooth, "votes", lambda *a, **k: votes)
+    assert smooth.predict(torch.zeros(1, 1, 2), n=230, alpha=0.001, batch_size=100) == -1
+    votes = Votes(torch.tensor([200, 0]), torch.tensor(30), 230)  # the top class clearly wins
+    assert smooth.predict(torch.zeros(1, 1, 2), n=230, alpha=0.001, batch_size=100) == 0

@@ -264,7 +264,9 @@ class Smooth(SmoothAliases):
         # The runner-up, with the rejected draws on its side.
         n_b = max(c for k, c in enumerate(counts) if k != top) + rejected
         # Among tied top classes max takes the first (topk's pick among ties was unspecified).
-        if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
+        # Two-sided test, as Cohen's, but with rejected draws on the runner-up's side n_b can
+        # exceed n_a; a significant test then speaks against the top class, not for it.
+        if n_a <= n_b or binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
             return ABSTAIN
         return top
 
