@@ -7,10 +7,15 @@ CERTIFY (n0 = 100, N = 100,000, alpha = 0.001; each image's own (seed 0, idx) no
 as in `smoothmix certify`) on exactly those images, so that the full-test-set
 figures can be stated both ways. Resumable: rows are appended and flushed as they finish.
 
-    python results/2026-12-01-mnist-0.50-full/certify_undecided.py
+    python results/2026-12-01-mnist-0.50-full/certify_undecided.py [METHOD]
+
+METHOD (default gaussian) names the row: `decide_METHOD.tsv` in, `METHOD/checkpoint.pth.tar`
+the model, `certify_undecided_METHOD.tsv` out (the Gaussian file was `certify_undecided.tsv`
+until the sixth session).
 """
 
 import csv
+import sys
 import time
 from pathlib import Path
 
@@ -22,11 +27,12 @@ from smoothmix.data import load_dataset
 from smoothmix.runner import example_generator
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "certify_undecided.tsv"
+METHOD = sys.argv[1] if len(sys.argv) > 1 else "gaussian"
+OUT = HERE / f"certify_undecided_{METHOD}.tsv"
 HEADER = ["idx", "label", "predict", "radius", "correct", "undecided_at", "time"]
 
 undecided: dict[int, list[str]] = {}
-with open(HERE / "decide_gaussian.tsv") as f:
+with open(HERE / f"decide_{METHOD}.tsv") as f:
     for row in csv.DictReader(f, delimiter="\t"):
         if row["decision"] == "undecided":
             undecided.setdefault(int(row["idx"]), []).append(row["at_radius"])
@@ -35,7 +41,7 @@ if OUT.exists():
     with open(OUT) as f:
         done = {int(r["idx"]) for r in csv.DictReader(f, delimiter="\t")}
 torch.set_num_threads(2)
-model, _ = load_model(HERE / "gaussian" / "checkpoint.pth.tar", device="cpu")
+model, _ = load_model(HERE / METHOD / "checkpoint.pth.tar", device="cpu")
 test = load_dataset("mnist", "test")
 smooth = Smooth(model, 10, 0.5)
 new = not OUT.exists()
