@@ -402,16 +402,12 @@ def test_folders_and_hub_ids_go_to_the_diffusion_loader(tmp_path, monkeypatch):
     fake = types.ModuleType("smoothmix.denoisers.diffusion")
     fake.load = load  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "smoothmix.denoisers.diffusion", fake)
-    import smoothmix.denoisers as package
-
-    monkeypatch.setattr(package, "diffusion", fake, raising=False)
     module, record = load_denoiser("hub:google/ddpm-cifar10-32", sigma=0.5, clip=True)
     assert not module.training and record["identity"] == {"model_id": "m", "revision": "r"}
     load_denoiser(tmp_path, sigma=0.25)  # a folder without a smoothmix checkpoint
     assert calls == [("hub:google/ddpm-cifar10-32", 0.5, {"clip": True}),
                      (str(tmp_path), 0.25, {})]
-    monkeypatch.setitem(sys.modules, "smoothmix.denoisers.diffusion", None)
-    monkeypatch.delattr(package, "diffusion")
+    monkeypatch.setitem(sys.modules, "smoothmix.denoisers.diffusion", None)  # not installed
     with pytest.raises(SmoothmixError, match="cannot load the diffusion denoiser hub:x"):
         load_denoiser("hub:x", sigma=0.5)
 

@@ -266,7 +266,8 @@ def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples
         return out  # a rerun of a completed job
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
     expected = selected_indices(len(dataset), spec.skip, spec.max_idx, part)
-    if len(expected):  # refused before any write: off the grid, or an unsound denoiser
+    # Refused before any write: inputs off the grid, or an unsound denoiser (read only then).
+    if len(expected) and (spec.noise.restricts_inputs or isinstance(model, Denoised)):
         _check_first_input(model, spec, dataset[expected[0]][0])
     info: dict[str, object] = {"batch_size": spec.batch_size, "device": str(device),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

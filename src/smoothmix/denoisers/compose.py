@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -272,8 +273,8 @@ def load_denoiser(source: str | os.PathLike, *, sigma: float | None = None,
 
 def _load_diffusion(source: str, sigma: float | None, settings: dict[str, Any]
                     ) -> tuple[nn.Module, dict[str, Any]]:
-    try:
-        from smoothmix.denoisers import diffusion
+    try:  # by name: the diffusion module (and its optional diffusers) loads only when used
+        diffusion = importlib.import_module("smoothmix.denoisers.diffusion")
     except ImportError as exc:
         raise SmoothmixError(f"cannot load the diffusion denoiser {source}: "
                              f"{first_line(exc)}") from None
