@@ -35,6 +35,7 @@ from smoothmix.core import Smooth, clopper_pearson_lower
 from smoothmix.data import TensorImageDataset
 from smoothmix.denoisers import (
     DENOISERS,
+    PROBE_ROWS,
     Denoised,
     IdentityDenoiser,
     load_denoiser,
@@ -284,6 +285,30 @@ def test_the_denoiser_stays_in_eval_mode():
     model.probe(torch.rand(1, 6, 6), 0.25)  # eval-mode batch norm is per sample
 
 
+class Counting(nn.Module):
+    """The identity, noting the rows of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(z))
+        return z
+
+
+def test_the_probe_runs_once_per_run_not_per_block(tmp_path):
+    data, net, counting = small_images(), small_classifier(), Counting()
+    spec = RunSpec.of(0.25, batch_size=64, progress=False)
+    certify_dataset(Denoised(net, counting), data, spec, tmp_path / "c.tsv", n0=10, n=100,
+                    alpha=0.01)
+    probe, blocks = counting.calls[:6], counting.calls[6:]
+    assert probe == [PROBE_ROWS, PROBE_ROWS, 1, 1, 1, 1]  # batch, again, each row alone
+    # Then only blocks: the n0 selection (10) and the estimation's 64 + 36 (early abstain
+    # may stop an estimation after its first block).
+    assert set(blocks) == {10, 36, 64} and blocks.count(10) == len(data)
+
+
 # --- the record: resume, merge and sigma ----------------------------------------------------
 
 
@@ -388,6 +413,14 @@ def test_load_denoiser_from_a_checkpoint(tmp_path, tiny_kind):
         load_denoiser(lenet)
     with pytest.raises(SmoothmixError, match="apply to diffusion denoisers"):
         load_denoiser(path, clip=True)
+    save_checkpoint(tmp_path / "bad.pth", {"arch": tiny_kind, "arch_kwargs": {"channels": 2},
+                                           "sigma": 0.5, "state_dict": TinyConv().state_dict()})
+    with pytest.raises(SmoothmixError, match="does not fit denoiser 'test-tiny-conv'") as bad:
+        load_denoiser(tmp_path / "bad.pth")
+    assert "\n" not in str(bad.value)
+    save_checkpoint(tmp_path / "odd.pth", {"arch": "no-such-kind", "state_dict": {}})
+    with pytest.raises(SmoothmixError, match="unknown denoiser 'no-such-kind'"):
+        load_denoiser(tmp_path / "odd.pth")
 
 
 def test_folders_and_hub_ids_go_to_the_diffusion_loader(tmp_path, monkeypatch):

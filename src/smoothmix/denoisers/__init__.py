@@ -8,6 +8,7 @@ inside the module that votes, and draws any randomness from the run's seeded gen
 from __future__ import annotations
 
 from smoothmix.denoisers.compose import (
+    PROBE_ROWS,
     Denoised,
     IdentityDenoiser,
     denoiser_for_run,
@@ -18,5 +19,5 @@ from smoothmix.denoisers.compose import (
 )
 from smoothmix.denoisers.registry import DENOISERS
 
-__all__ = ["DENOISERS", "Denoised", "IdentityDenoiser", "denoiser_for_run",
+__all__ = ["DENOISERS", "PROBE_ROWS", "Denoised", "IdentityDenoiser", "denoiser_for_run",
            "describe_denoiser", "load_denoiser", "module_record", "probe_denoiser"]

@@ -222,7 +222,7 @@ def describe_denoiser(record: Mapping[str, Any] | None) -> str:
             digest = next((str(v) for v in identity.values() if isinstance(v, str)), "")
             ident = digest[:12]
     sigma = record.get("sigma")
-    built = f" σ={sigma:g}" if isinstance(sigma, (int, float)) else ""
+    built = f" sigma={sigma:g}" if isinstance(sigma, (int, float)) else ""  # ASCII: LaTeX
     return " ".join(p for p in (str(record.get("kind", "?")), ident) if p) + built
 
 
@@ -258,7 +258,10 @@ def load_denoiser(source: str | os.PathLike, *, sigma: float | None = None,
       :func:`smoothmix.denoisers.diffusion.load` with ``sigma`` and ``settings`` (nothing is
       fetched unless a hub id is named).
 
-    ``settings`` apply to diffusion denoisers only (a checkpoint records its own).
+    ``sigma``: the run's noise level, from which a diffusion denoiser picks its step; a
+    checkpoint records the σ it was trained for, which the run compares with its own
+    (:func:`denoiser_for_run`). ``settings`` apply to diffusion denoisers only (a
+    checkpoint records its own).
     """
     from smoothmix.checkpoint import CHECKPOINT_NAME
 
@@ -293,10 +296,10 @@ def _load_checkpoint(source: str) -> tuple[nn.Module, dict[str, Any]]:
 
     ckpt = load_checkpoint(source)
     arch = ckpt.get("arch")
-    if arch not in DENOISERS:
-        what = "a classifier" if arch in list_models() else "not a denoiser"
-        raise SmoothmixError(f"{source} is {what} checkpoint (arch {arch!r}); "
-                             f"{DENOISERS.unknown_message(arch)}")
+    if arch in list_models() and arch not in DENOISERS:
+        raise SmoothmixError(f"{source} is a classifier checkpoint (arch {arch!r}), not a "
+                             f"denoiser; denoiser kinds: {', '.join(DENOISERS.names())}")
+    require(arch in DENOISERS, f"{source}: {DENOISERS.unknown_message(arch)}")
     kwargs = ckpt.get("arch_kwargs") or {}
     require(isinstance(kwargs, dict), f"{source} has a malformed 'arch_kwargs' {kwargs!r}")
     module = DENOISERS.get(arch)(**kwargs)
