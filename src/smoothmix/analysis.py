@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from smoothmix.core import _radius
+from smoothmix.denoisers.compose import describe_denoiser
 from smoothmix.empirical import attack_outcome
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.storage.records import read_meta
@@ -63,6 +64,8 @@ class RunInfo:
     # shortcut, whose skipped rows ran no estimation.
     n0: int | None = None
     skip_wrong: bool = False
+    # The denoiser in front of the classifier (denoised smoothing), in short; "none" without.
+    denoiser: str = "none"
 
     @property
     def radius_cap(self) -> float | None:
@@ -102,7 +105,13 @@ def read_run_info(path: str | os.PathLike) -> RunInfo | None:
                    split=get("split", str), bound=get("bound", str) or "cohen",
                    precision=get("precision", str) or "fp32",
                    noise=f"grid{settings['grid']}" if settings.get("grid") else "gaussian",
-                   n0=get("n0", int), skip_wrong=settings.get("skip_wrong") is True)
+                   n0=get("n0", int), skip_wrong=settings.get("skip_wrong") is True,
+                   denoiser=_denoiser(settings.get("denoiser")))
+
+
+def _denoiser(record: object) -> str:
+    """A file's denoiser setting in short (:func:`smoothmix.denoisers.describe_denoiser`)."""
+    return describe_denoiser(record if isinstance(record, Mapping) else None)
 
 
 @dataclass(frozen=True)
@@ -407,9 +416,9 @@ def _latex_table(head: list[str], body: list[list[str]], notes: list[str]) -> st
 
 
 def _extra_settings(results: Sequence[CertificationResults]) -> list[str]:
-    """``bound``, ``precision`` and ``noise`` columns, shown as soon as one file is not
-    cohen / fp32 / gaussian."""
-    defaults = {"bound": "cohen", "precision": "fp32", "noise": "gaussian"}
+    """``bound``, ``precision``, ``noise`` and ``denoiser`` columns, shown as soon as one
+    file is not cohen / fp32 / gaussian / without a denoiser."""
+    defaults = {"bound": "cohen", "precision": "fp32", "noise": "gaussian", "denoiser": "none"}
     return [k for k, v in defaults.items()
             if any(res.run is not None and getattr(res.run, k) != v for res in results)]
 

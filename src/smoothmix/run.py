@@ -44,7 +44,10 @@ class RunSpec:
     for denoised smoothing): the record of a denoiser run before the classifier, JSON
     values only (its identity, e.g. a checkpoint's sha256 or a model id and revision; its
     settings; the sigma it was built for); recorded in the settings as ``denoiser`` only
-    when given, so that a rerun with another denoiser, or none, is refused by name.
+    when given, so that a rerun with another denoiser, or none, is refused by name; a model
+    that is a :class:`smoothmix.denoisers.Denoised` fills it from its record when unset.
+    ``allow_denoiser_sigma_mismatch`` (0.6): run with a denoiser built for another sigma
+    than the noise's (refused otherwise; :func:`smoothmix.denoisers.denoiser_for_run`).
     """
 
     noise: Noise
@@ -58,6 +61,7 @@ class RunSpec:
     execution: Mapping[str, object] = field(default_factory=dict)
     progress: bool = True
     denoiser: Mapping[str, object] | None = None
+    allow_denoiser_sigma_mismatch: bool = False
 
     def __post_init__(self) -> None:
         require(isinstance(self.noise, Noise),
@@ -72,6 +76,9 @@ class RunSpec:
         # Copies: a caller's dict changed later must not change a spec.
         object.__setattr__(self, "identity", dict(self.identity or {}))
         object.__setattr__(self, "execution", dict(self.execution or {}))
+        require(isinstance(self.allow_denoiser_sigma_mismatch, bool),
+                "allow_denoiser_sigma_mismatch must be True or False, got "
+                f"{self.allow_denoiser_sigma_mismatch!r}")
         if self.denoiser is not None:
             object.__setattr__(self, "denoiser", _json_record(self.denoiser))
 
@@ -103,10 +110,10 @@ def _json_record(denoiser: object) -> dict[str, Any]:
     return record
 
 
-# The fields the entry points took as keyword arguments before 0.5 (denoiser is new: only
-# through a RunSpec).
-_LEGACY = frozenset({f.name for f in dataclasses.fields(RunSpec)} - {"noise", "denoiser"}
-                    | {"grid"})
+# The fields the entry points took as keyword arguments before 0.5 (the denoiser's are new:
+# only through a RunSpec).
+_LEGACY = frozenset({f.name for f in dataclasses.fields(RunSpec)}
+                    - {"noise", "denoiser", "allow_denoiser_sigma_mismatch"} | {"grid"})
 
 
 def as_spec(spec: RunSpec | float | Noise, legacy: Mapping[str, Any], caller: str) -> RunSpec:

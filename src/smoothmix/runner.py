@@ -36,6 +36,7 @@ from torch import nn
 from smoothmix.checks import num_classes_of
 from smoothmix.core import Smooth
 from smoothmix.data.datasets import Examples
+from smoothmix.denoisers.compose import Denoised, denoiser_for_run
 from smoothmix.device import module_device
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.execution import Execution, resolve_execution
@@ -255,6 +256,8 @@ def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples
     part, auto = resolve_shard(spec.shard)
     target = store.part_path(out, part, auto)
     device = module_device(model, torch.device("cpu"))
+    denoiser = denoiser_for_run(model, spec)  # refused here when built for another sigma
+    base = {**base, **({} if denoiser is None else {"denoiser": denoiser})}
     recorded = store.recorded(target) or (store.recorded(out) if auto else None)
     ex = resolve_execution(model, device, spec.batch_size, recorded=recorded,
                            **spec.execution)  # type: ignore[arg-type]
@@ -263,8 +266,9 @@ def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples
         return out  # a rerun of a completed job
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
     expected = selected_indices(len(dataset), spec.skip, spec.max_idx, part)
-    if spec.noise.restricts_inputs and len(expected):  # refused before any write (off grid)
-        spec.noise.prepare(dataset[expected[0]][0])
+    # Refused before any write: inputs off the grid, or an unsound denoiser (read only then).
+    if len(expected) and (spec.noise.restricts_inputs or isinstance(model, Denoised)):
+        _check_first_input(model, spec, dataset[expected[0]][0])
     info: dict[str, object] = {"batch_size": spec.batch_size, "device": str(device),
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     rows = store.open(target, settings, expected, info)
@@ -294,6 +298,17 @@ def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples
     wait_until(lambda: all(store.finished(p, None, (r, part[1]))
                            for r, p in enumerate(parts)))
     return store.merge(out, parts)
+
+
+def _check_first_input(model: nn.Module, spec: RunSpec, x: torch.Tensor) -> None:
+    """What is checked once per run on its first example: that it lies on the noise's inputs
+    (grid mode), and that a denoiser in front of the classifier acts per sample and
+    deterministically (:func:`smoothmix.denoisers.probe_denoiser`)."""
+    if spec.noise.restricts_inputs:
+        spec.noise.prepare(x)
+    if isinstance(model, Denoised):
+        device = module_device(model, torch.device("cpu"))
+        model.probe(x.to(device), spec.noise.sigma)
 
 
 def _expected(settings: Mapping[str, object]) -> range:

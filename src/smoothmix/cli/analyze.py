@@ -16,6 +16,7 @@ from smoothmix.analysis import (
     read_attack,
     read_decisions,
     read_results,
+    read_run_info,
     result_kind,
 )
 from smoothmix.checks import check_radii
@@ -91,6 +92,10 @@ def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> in
     require(args.labels is None and args.plot is None and args.radii is None,
             "--labels, --plot and --radii apply to certify files alone")
     files = list(zip(args.files, kinds, strict=True))
+    for path, kind in files:  # their tables have no settings columns: one line each
+        run = read_run_info(path) if kind != "certify" else None
+        if run is not None and run.denoiser != "none":
+            print(f"smoothmix analyze: {path}: denoiser {run.denoiser}", file=sys.stderr)
     decisions = [read_decisions(path) for path, kind in files if kind == "decide"]
     attacks = [read_attack(path) for path, kind in files if kind == "attack"]
     certified = [read_results(path) for path, kind in files if kind == "certify"]

@@ -19,8 +19,8 @@ from smoothmix.run import RunSpec
 from smoothmix.storage.shards import parse_shard
 
 __all__ = [
-    "add_execution_options", "add_run_options", "execution_options", "prepare_run", "register",
-    "report", "run_certify", "run_merge", "run_predict",
+    "add_denoiser_options", "add_execution_options", "add_run_options", "execution_options",
+    "prepare_run", "register", "report", "run_certify", "run_merge", "run_predict",
 ]
 
 
@@ -137,7 +137,23 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                         "Inputs must lie on the grid: mnist and cifar10 (decoded from 8-bit "
                         "files, no float transforms) do; imagenet/imagefolder images resized "
                         "in float do not and are refused")
+    add_denoiser_options(parser)
     add_execution_options(parser)
+
+
+def add_denoiser_options(parser: argparse.ArgumentParser) -> None:
+    """Denoised smoothing (issue 28): a denoiser in front of the classifier."""
+    group = parser.add_argument_group("denoised smoothing (the base classifier is f∘D)")
+    group.add_argument("--denoiser", default=None, metavar="SOURCE",
+                       help="put a denoiser D in front of the classifier and certify f∘D: a "
+                       "denoiser checkpoint (or its training --outdir), pretrained:NAME, a "
+                       "folder saved by diffusers, or hub:MODEL_ID (fetched only then). The "
+                       "result file records its identity, settings and sigma; a resume with "
+                       "another denoiser, or none, is refused. Default --sigma: the "
+                       "denoiser's")
+    group.add_argument("--allow-denoiser-sigma-mismatch", action="store_true",
+                       help="certify at a --sigma other than the one the denoiser was built "
+                       "for (refused otherwise)")
 
 
 def add_execution_options(parser: argparse.ArgumentParser) -> None:
@@ -281,6 +297,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     args.checkpoint = checkpoint_file(args.checkpoint)  # a training --outdir works too
     model, ckpt = load_model(args.checkpoint, device, args.normalization)
     record = Checkpoint.from_dict(ckpt)  # with the normalisation load_model chose
+    denoiser = _load_denoiser(args)
     _defaults_from_checkpoint(args, record)
     _check_grid_dataset(args)
     check_checkpoint_for_dataset(ckpt, args.dataset, args.checkpoint)
@@ -298,8 +315,33 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
         args.sigma, grid=getattr(args, "grid", None), batch_size=args.batch, skip=args.skip,
         max_idx=args.max_idx, shard=shard, seed=args.seed, num_classes=dataset.num_classes,
         identity=identity, progress=not args.no_progress, execution=execution_options(args),
+        allow_denoiser_sigma_mismatch=bool(getattr(args, "allow_denoiser_sigma_mismatch",
+                                                   False)),
     )
+    if denoiser is not None:
+        from smoothmix.denoisers import Denoised
+
+        model = Denoised(model, denoiser[0].to(device), denoiser[1])
     return model, dataset, spec
+
+
+def _load_denoiser(args: argparse.Namespace) -> tuple[Any, dict[str, Any]] | None:
+    """The ``--denoiser`` and its record (None without one); ``--sigma`` not given: the
+    denoiser's (said in one line), before the classifier's is considered."""
+    if getattr(args, "denoiser", None) is None:
+        require(not getattr(args, "allow_denoiser_sigma_mismatch", False),
+                "--allow-denoiser-sigma-mismatch needs --denoiser")
+        return None
+    from smoothmix.denoisers import load_denoiser
+
+    module, record = load_denoiser(args.denoiser, sigma=args.sigma)
+    if args.sigma is None and record.get("sigma") is not None:
+        args.sigma = check_sigma(float(record["sigma"]))
+        if distributed_env()[0] == 0:
+            print(f"smoothmix: --sigma {args.sigma:g} from the denoiser (a flag overrides it)",
+                  file=sys.stderr)
+    args.denoised = True  # the classifier's training sigma is no longer the one that matters
+    return module, record
 
 
 def _defaults_from_checkpoint(args: argparse.Namespace, record: Any) -> None:
@@ -325,7 +367,9 @@ def _defaults_from_checkpoint(args: argparse.Namespace, record: Any) -> None:
         origin = "the model card" if record.extra.get("pretrained") else "the checkpoint"
         print(f"smoothmix: {' and '.join(taken)} from {origin} (a flag overrides it)",
               file=sys.stderr)
-    if record.sigma is not None and float(record.sigma) != args.sigma and main_rank:
+    denoised = getattr(args, "denoised", False)
+    if record.sigma is not None and float(record.sigma) != args.sigma and main_rank \
+            and not denoised:
         print(f"warning: certifying at sigma={args.sigma:g} a model trained at "
               f"sigma={float(record.sigma):g}: the certificate is sound for the smoothed "
               "classifier at the sigma certified, but such a model is usually far less "
