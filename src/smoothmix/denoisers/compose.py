@@ -163,9 +163,16 @@ def _probe_rows(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _plain_forward(device: torch.device) -> Iterator[None]:
-    """No gradients and no autocast: the probe compares D's fp32 outputs."""
-    with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-        yield
+    """No gradients, no autocast and no TF32: the probe compares D's fp32 outputs (TF32
+    convolutions on a GPU pick per-batch-size algorithms whose rounding, about 1e-3, would
+    read as a coupling)."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 def _gap(a: torch.Tensor, b: torch.Tensor) -> str | None:
