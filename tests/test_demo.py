@@ -27,10 +27,13 @@ def test_demo_runs_end_to_end_and_reruns_from_its_files(tmp_path: Path, capsys,
     # The terminal's table: ours and the paper's, one value per cell, narrow (issue 27 item 9)
     assert "on 4 images" in out and "\ngaussian   ours  " in out and "\n           paper" in out
     start = out.index("\n\n", out.index("ours on 4 images")) + 2
-    table = out[start:out.rindex("\nsmoothmix ")]
+    table = out[start:out.index("\nsmoothmix reproduce", start)]
     assert len(table.splitlines()) == 5  # the head, then ours and the paper's per method
     assert max(len(line) for line in table.splitlines()) <= 100
     assert "(" not in table  # no (published, difference) cells
+    # The expected time on this machine, from the probe, first; the time taken at the end.
+    assert out.startswith("smoothmix demo: expected time on this machine: about ")
+    assert "per training batch of 64" in out and "smoothmix demo: done in " in out
     # The budget paragraph once (the wide table in table.md repeats it), and on the plot.
     assert out.count("Budget: reduced") == 1 and "64 images per step" in out
     assert drawn[-1]["note"] == "reduced budget, not the paper's: 1 epoch, N=200"
@@ -116,3 +119,34 @@ def test_a_reduced_budget_is_marked_on_the_plot() -> None:
     assert _plot_note(Budget(epochs=3, n=10_000)) == \
         "reduced budget, not the paper's: 3 epochs, N=10,000"
     assert _plot_note(Budget(skip=20)) == "reduced budget, not the paper's"
+
+
+def test_the_expected_time_is_extrapolated_from_the_probe() -> None:
+    # Issue 27 item 7: a constant ("about 6 minutes") was 62 minutes on shared cores.
+    from smoothmix.demo import DemoBudget, ProbeTimings, describe_estimate, estimate_seconds
+
+    timings = ProbeTimings({"gaussian": 0.01, "smoothmix": 0.1}, vote_s=1e-5)
+    budget = DemoBudget()  # 3 epochs of 20,000 images in batches of 64; 100 images, N=10,000
+    batches = 3 * 313
+    votes = 3 * 1000 + 100 * (100 + 10_000)  # per-epoch noisy accuracy, then CERTIFY
+    expected = batches * (0.01 + 0.1) + 2 * votes * 1e-5
+    assert estimate_seconds(budget, timings) == pytest.approx(expected)
+    assert expected == pytest.approx(123.55)
+    # Twice the images and N: the certification part doubles (and more for N), training not.
+    bigger = DemoBudget(certify_skip=50, n=20_000)
+    assert estimate_seconds(bigger, timings) == pytest.approx(
+        batches * 0.11 + 2 * (3000 + 200 * 20_100) * 1e-5)
+    line = describe_estimate(budget, timings)
+    assert line.startswith("expected time on this machine: about 2 min for a fresh run")
+    assert "gaussian 0.01 s, smoothmix 0.1 s per training batch of 64; 10 µs per noisy" in line
+    slow = ProbeTimings({"gaussian": 1.0, "smoothmix": 10.0}, vote_s=1e-3)
+    assert "about 3.4 h" in describe_estimate(budget, slow)  # 939 x 11 s + 2 x 2,026 s
+    assert "1 ms per noisy copy" in describe_estimate(budget, slow)
+
+
+def test_the_probe_times_each_call_after_a_warm_up() -> None:
+    from smoothmix.demo import _timed
+
+    calls, ticks = [], iter([10.0, 16.0])
+    assert _timed(lambda: calls.append(1), 3, lambda: next(ticks)) == 2.0
+    assert len(calls) == 4  # one untimed warm-up, then 3 timed
