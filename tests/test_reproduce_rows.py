@@ -73,8 +73,7 @@ def test_reproduce_plans_eta_and_onestep_rows_with_their_presets(tmp_path, monke
     monkeypatch.setattr(smoothmix.certification, "certify_dataset", lambda model, data, spec,
                         out, **kw: calls.append(("certify", out.name, spec.identity["method"])))
     monkeypatch.setattr(rep.pipeline, "write_report", lambda exp, out, methods, *a, **k:
-                        calls.append(("report", tuple(methods))) or {"table": "", "rows": [],
-                                                                   "radius_cap": 1.0})
+                        calls.append(("report", tuple(methods))) or {"table": ""})
     rep.reproduce("mnist-1.00", tmp_path / "r", methods=["smoothmix-eta1", "smoothmix-onestep"],
                   budget=rep.Budget(epochs=1, train_subset=64, n=100, skip=5000),
                   progress=False)

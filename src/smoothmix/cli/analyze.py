@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also report the distribution of p_y, the base classifier's "
                         "accuracy on noisy copies of each image (n_label / draws, Sun et al. "
                         "2024): the share of images with p_y >= 0.5, 0.9, 0.99, 0.999 and "
-                        "its quantiles; with --plot, its ECDF beside the plot "
+                        "its quantiles (markdown, or csv with --format csv); with --plot, "
+                        "its ECDF beside the plot "
                         "(PLOT-p_label.png). Needs certify files of smoothmix >= 0.5 run "
                         "without --skip-wrong; others are named in a one-line error")
     parser.add_argument("--p-label-lower", action="store_true",

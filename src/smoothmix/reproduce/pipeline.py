@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -88,8 +89,8 @@ def reproduce(
     say.stage("table")
     summary = write_report(exp, out, chosen, budget, timings)
     # The wide table (three numbers a cell, and the budget said above) is table.md's.
-    print(format_terminal(exp, summary["rows"], summary["radius_cap"], out / TABLE_NAME),
-          flush=True)
+    print(format_terminal(exp, summary.get("rows", []), summary.get("radius_cap", math.inf),
+                          out / TABLE_NAME), flush=True)
     say(f"table {out / TABLE_NAME}, curves {out / PLOT_NAME}, summary {out / SUMMARY_NAME}")
     return summary
 
