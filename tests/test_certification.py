@@ -346,3 +346,48 @@ def test_arguments_are_checked_once_per_run_not_once_per_image(tmp_path, model, 
     smooth.certificate(ds[0][0], 10, 200, 0.01, 64)
     smooth.predict(ds[0][0], 200, 0.01, 64)
     assert calls == ["check_certify_args", "check_predict_args"]  # public methods check
+
+
+def test_a_larger_max_extends_a_finished_file(tmp_path, model):
+    # Issue 27 item 5: --max 7 after --max 5, everything else unchanged, was refused as
+    # "another run". The rows of a run depend only on its settings and (seed, idx).
+    ds = ToyDataset()
+    whole = certify_dataset(model, ds, 0.25, tmp_path / "whole.tsv", max_idx=7, **SETTINGS)
+    path = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", max_idx=5, **SETTINGS)
+    first = path.read_text().splitlines()
+    certify_dataset(model, ds, 0.25, path, max_idx=7, **SETTINGS)
+    assert path.read_text().splitlines()[:len(first)] == first  # appended, not rewritten
+    assert rows(path) == rows(whole)
+    record = json.loads((tmp_path / "c.tsv.json").read_text())
+    assert record["settings"]["max_idx"] == 7
+    assert record["info"]["extended_from_max_idx"] == [5]
+    # ... and to all images (max_idx -1); rerunning it then has nothing to do.
+    certify_dataset(model, ds, 0.25, path, **SETTINGS)
+    assert [int(r[0]) for r in rows(path)] == list(range(12))
+    before = path.read_bytes()
+    certify_dataset(model, ds, 0.25, path, **SETTINGS)
+    assert path.read_bytes() == before
+
+
+def test_a_smaller_max_than_the_files_is_refused(tmp_path, model):
+    ds = ToyDataset()
+    path = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", max_idx=7, **SETTINGS)
+    before = path.read_bytes(), (tmp_path / "c.tsv.json").read_bytes()
+    with pytest.raises(SmoothmixError, match=r"max_idx: 7 in the file vs 5 now.*smaller max"):
+        certify_dataset(model, ds, 0.25, path, max_idx=5, **SETTINGS)
+    assert (path.read_bytes(), (tmp_path / "c.tsv.json").read_bytes()) == before
+    # A larger max with another setting changed is still another run.
+    with pytest.raises(SmoothmixError, match="another run"):
+        certify_dataset(model, ds, 0.25, path, max_idx=9, **{**SETTINGS, "n": 300})
+
+
+def test_torchrun_extends_a_merged_file(tmp_path, model, monkeypatch):
+    ds = ToyDataset()
+    single = certify_dataset(model, ds, 0.25, tmp_path / "single.tsv", max_idx=9, **SETTINGS)
+    out = tmp_path / "dist.tsv"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for max_idx in (5, 9):  # a merged 2-rank run, then the same job with a larger --max
+        for rank in ("1", "0"):
+            monkeypatch.setenv("RANK", rank)
+            certify_dataset(model, ds, 0.25, out, max_idx=max_idx, **SETTINGS)
+    assert rows(out) == rows(single)

@@ -411,3 +411,16 @@ def test_dataset_and_sigma_default_to_the_checkpoints_and_the_run_ends_with_a_su
     save_checkpoint(ref, {"arch": "lenet", "state_dict": create_model("lenet").state_dict()})
     assert "does not record the sigma it was trained at" in _error(
         capsys, ["certify", str(ref), *FAST, "--max", "2", "--out", str(tmp_path / "r.tsv")])
+
+
+def test_a_larger_max_extends_the_file_and_a_smaller_one_is_refused(tmp_path, ckpts, capsys):
+    # Issue 27 item 5: `--max 7` after `--max 5`, everything else unchanged.
+    common = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", *FAST]
+    out, whole = tmp_path / "c.tsv", tmp_path / "whole.tsv"
+    assert main([*common, "--max", "5", "--out", str(out)]) == 0
+    assert main([*common, "--max", "7", "--out", str(out)]) == 0
+    assert "already complete" not in capsys.readouterr().out
+    assert main([*common, "--max", "7", "--out", str(whole)]) == 0
+    assert data_rows(out) == data_rows(whole)
+    assert "smaller max_idx (--max) than the file's" in _error(
+        capsys, [*common, "--max", "3", "--out", str(out)])

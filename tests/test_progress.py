@@ -91,3 +91,48 @@ def test_certification_and_diagnostic_report_progress_in_logs(tmp_path, capsys,
     overconfidence(model, x, torch.arange(6) % 3, 0.5, 3, num_steps=1, n=10, batch_size=3)
     err = capsys.readouterr().err
     assert "diagnose: 3/6 img (50%)" in err and "diagnose: 6/6 img (100%)" in err
+
+
+class _Constant(nn.Module):
+    """Logits that always vote for class 1 (certifies at every n)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([0.0, 1.0]).expand(len(x), 2)
+
+
+def test_smooth_certify_shows_its_samples_only_when_asked(capsys, monkeypatch) -> None:
+    # Issue 27 item 6: one image at a large N ran minutes without a word.
+    from smoothmix.core import Smooth
+
+    smooth = Smooth(_Constant(), 2, 0.5)
+    x = torch.zeros(1, 2, 2)
+
+    def run(**kw):
+        return smooth.certify(x, 10, 500, 0.01, 64,
+                              generator=torch.Generator().manual_seed(3), **kw)
+
+    quiet = run()
+    assert capsys.readouterr().err == ""  # off by default in the API
+    shown = run(progress=True)
+    assert shown == quiet  # the same draws, so the same certificate
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("certify: 0/510 samples")
+    assert lines[-1].startswith("certify: 510/510 samples (100%)")
+    # Every drawn block advances the bar; outside certify no bar is left open.
+    seen: list[int] = []
+    monkeypatch.setattr(progress_module.Progress, "update",
+                        lambda self, n=1: seen.append(n))
+    run(progress=True)
+    assert sum(seen) == 510 and progress_module.sample_counter() is None
+
+
+def test_the_progress_bar_keeps_the_pinned_votes() -> None:
+    from smoothmix.core import Smooth
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    smooth = Smooth(model, 3, 0.5)
+    x = torch.rand(1, 2, 2)
+    answers = [smooth.certify(x, 20, 300, 0.01, 32, generator=torch.Generator().manual_seed(1),
+                              progress=show) for show in (False, True)]
+    assert answers[0] == answers[1]

@@ -36,7 +36,7 @@ from smoothmix.statistics import (
     check_certify_args,
     check_predict_args,
 )
-from smoothmix.votes import Votes, check_image, count_votes
+from smoothmix.votes import Votes, check_image, count_votes, show_samples
 
 __all__ = ["ABSTAIN", "Certificate", "Smooth", "Votes", "certified_radius", "certifying_votes",
            "check_bound", "check_certify_args", "check_predict_args", "clopper_pearson_lower",
@@ -188,13 +188,16 @@ class Smooth(SmoothAliases):
         return self._resolved[key]
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
-                generator: torch.Generator | None = None, bound: str = "cohen"
-                ) -> tuple[int, float]:
+                generator: torch.Generator | None = None, bound: str = "cohen", *,
+                progress: bool = False) -> tuple[int, float]:
         """CERTIFY: (class, l2 radius), or (-1, 0.0) when it abstains. With probability at
         least 1 - alpha over the noise, when a class is returned g returns that class on
         the whole l2 ball of that radius around ``x``. ``bound``: ``cohen`` (CERTIFY) or
-        ``two-sided`` (see :func:`radius_from_counts`)."""
-        result = self.certificate(x, n0, n, alpha, batch_size, generator, bound=bound)
+        ``two-sided`` (see :func:`radius_from_counts`). ``progress=True`` shows the n0 + n
+        noise samples as they are drawn (:func:`smoothmix.progress.show_samples`: a bar on a
+        terminal, else a line a minute); the votes, and so the answer, are the same."""
+        with show_samples(progress, n0 + n):
+            result = self.certificate(x, n0, n, alpha, batch_size, generator, bound=bound)
         return result.prediction, result.radius
 
     def certificate(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,

@@ -10,16 +10,23 @@ instead, on the first update after each ``interval`` (60 s) and when it closes::
 The rate counts only the work done in this process (a resumed run's earlier rows are not
 part of it), so the ETA stays honest after a resume. Lines are emitted from ``update``:
 a loop whose single step outlasts the interval reports once per step.
+
+One image at a large N (CERTIFY at N = 100,000 takes minutes on a CPU) is a long loop too:
+inside :func:`show_samples` the vote counter (:mod:`smoothmix.votes`) advances a bar by the
+noisy copies it draws, so ``Smooth.certify(..., progress=True)`` shows them. The counter only
+reads :func:`sample_counter`; it draws the same noise with or without a bar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, TextIO
 
-__all__ = ["INTERVAL_S", "Progress", "format_duration"]
+__all__ = ["INTERVAL_S", "Progress", "format_duration", "sample_counter", "show_samples"]
 
 INTERVAL_S = 60.0
 
@@ -143,3 +150,31 @@ def format_duration(seconds: float) -> str:
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)
     return (f"{days}d " if days else "") + f"{h}:{m:02d}:{s:02d}"
+
+
+# The bar the vote counter advances while :func:`show_samples` is open (None: no bar). A
+# context variable, so that threads and tasks each see their own.
+_SAMPLES: ContextVar[Callable[[int], None] | None] = ContextVar("smoothmix_samples",
+                                                                 default=None)
+
+
+@contextlib.contextmanager
+def show_samples(show: bool, total: int, desc: str = "certify") -> Iterator[None]:
+    """While open (and ``show``), a :class:`Progress` over ``total`` noise samples that
+    :func:`smoothmix.votes.count_votes` advances by each block it draws; closed on exit (an
+    early abstain closes it short of ``total``)."""
+    if not show:
+        yield
+        return
+    with Progress(total, desc=desc, unit="samples") as bar:
+        token = _SAMPLES.set(bar.update)
+        try:
+            yield
+        finally:
+            _SAMPLES.reset(token)
+
+
+def sample_counter() -> Callable[[int], None] | None:
+    """What to call with each block's number of draws: the open :func:`show_samples` bar's
+    ``update``, or None outside one."""
+    return _SAMPLES.get()

@@ -349,4 +349,6 @@ def _finished(path: Path, kind: str, settings: Mapping[str, object] | None, grou
     if table is None or record is None:
         return False
     counts = table.rows_per_example()
-    return all(counts.get(i) == group for i in _expected(record.settings)[part[0]::part[1]])
+    # This run's selection when given: a file it extends (a larger max_idx) is not finished.
+    selection = _expected(settings if settings is not None else record.settings)
+    return all(counts.get(i) == group for i in selection[part[0]::part[1]])

@@ -8,6 +8,9 @@ PREDICT and the CAT-RS targets count votes with :func:`count_votes`, the pool of
 Early abstain (docs/MATH.md §2.1) lives here too: with ``watch`` and ``need`` an estimation
 run stops once class ``watch`` can no longer reach ``need`` votes, checked at the points of
 :func:`futility_checks` (each check reads a count back to the host, so their number is fixed).
+
+Progress: inside :func:`smoothmix.progress.show_samples` (re-exported here for the core), each
+drawn block advances the open bar; the draws are the same with or without one.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from smoothmix.checks import check_count
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.execution import Execution, prepare_model
 from smoothmix.noise import Noise
+from smoothmix.progress import sample_counter, show_samples
 
 __all__ = ["FUTILITY_CHECKS", "Votes", "base_votes", "check_image", "count_votes",
-           "futility_checks", "voting"]
+           "futility_checks", "show_samples", "voting"]
 
 # Early-abstain checks per estimation run: each reads a count back to the host, so their
 # number is fixed; more checks stop closer to the first futile sample.
@@ -70,7 +74,7 @@ def count_votes(model: nn.Module, noise: Noise, x: torch.Tensor, num: int, num_c
     # Slot num_classes counts the rejected draws (always 0 for a noise that never rejects).
     counts = torch.zeros(num_classes + 1, dtype=torch.long, device=x.device)
     ones = torch.ones(execution.chunk, dtype=torch.long, device=x.device)
-    drawn = 0
+    drawn, shown = 0, sample_counter()  # the bar of Smooth.certify(..., progress=True)
     with voting(model, execution, x.device) as voter:
         for start in range(0, num, execution.chunk):
             if checks and start >= checks[0]:
@@ -83,6 +87,8 @@ def count_votes(model: nn.Module, noise: Noise, x: torch.Tensor, num: int, num_c
             # the host on every call.
             counts.index_add_(0, votes, ones[:rows])
             drawn += rows
+            if shown is not None:
+                shown(rows)
     return Votes(counts[:num_classes], counts[num_classes], drawn)
 
 

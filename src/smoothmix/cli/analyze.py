@@ -1,10 +1,12 @@
-"""`smoothmix analyze`: certified-accuracy tables and curves from result files."""
+"""`smoothmix analyze`: certified-accuracy tables and curves from result files, the paper's
+curves beside ours, and the distribution of p_y beside ACR (``--p-label``)."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from smoothmix.analysis import (
     FORMATS,
@@ -21,7 +23,8 @@ from smoothmix.analysis import (
 )
 from smoothmix.checks import check_radii
 from smoothmix.errors import SmoothmixError, require
-from smoothmix.plots import plot_certified_accuracy
+from smoothmix.label_probability import format_p_label, require_p_label
+from smoothmix.plots import paper_curves, plot_certified_accuracy, plot_p_label
 
 __all__ = ["register", "run"]
 
@@ -36,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "each radius; abstentions count as wrong. Incomplete files and files that differ in "
         "sigma, N, alpha or images are warned about on stderr, and the best value per column "
         "is bold only among comparable files. Radii beyond a file's cap "
-        "sigma*PhiInv(alpha^(1/N)), where no run with that N can certify, are marked.",
+        "sigma*PhiInv(alpha^(1/N)), where no run with that N can certify, are marked. "
+        "--p-label adds the distribution of p_y, which ACR hides (Sun et al. 2024).",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="certify result files (.tsv)")
     parser.add_argument("--radii", default=None,
@@ -53,6 +57,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="resolution of a raster --plot (default 300)")
     parser.add_argument("--figsize", default="4,3", metavar="W,H",
                         help="plot size in inches (default 4,3: one paper column)")
+    parser.add_argument("--p-label", action="store_true",
+                        help="also report the distribution of p_y, the base classifier's "
+                        "accuracy on noisy copies of each image (n_label / draws, Sun et al. "
+                        "2024): the share of images with p_y >= 0.5, 0.9, 0.99, 0.999 and "
+                        "its quantiles (markdown, or csv with --format csv); with --plot, "
+                        "its ECDF beside the plot "
+                        "(PLOT-p_label.png). Needs certify files of smoothmix >= 0.5 run "
+                        "without --skip-wrong; others are named in a one-line error")
+    parser.add_argument("--p-label-lower", action="store_true",
+                        help="with --p-label, also each image's one-sided Clopper-Pearson "
+                        "lower bound on p_y at the file's alpha (implies --p-label)")
+    parser.add_argument("--published", default=None, metavar="EXPERIMENT",
+                        help="draw the paper's certified-accuracy curves of this experiment "
+                        "(e.g. mnist-0.50) dashed beside the files whose method it has "
+                        "(matched by the method the file records, its --labels name or its "
+                        "file name); files written by `reproduce` record their experiment, "
+                        "so theirs are drawn without it")
     parser.add_argument("--strict", action="store_true",
                         help="exit 2 on any warning (incomplete or incomparable files) instead "
                         "of printing the table")
@@ -71,15 +92,33 @@ def run(args: argparse.Namespace) -> int:
                 f"--labels names {len(labels)} rows but {len(results)} files were given")
     figsize = _parse_figsize(args.figsize)
     require(args.dpi >= 1, f"--dpi must be >= 1, got {args.dpi}")
+    require(args.published is None or args.plot is not None,
+            "--published draws the paper's curves on the plot: give --plot FILE too")
+    p_label = args.p_label or args.p_label_lower
+    if p_label:  # refused before any output when a file lacks the column
+        require_p_label(results, labels)
     warnings = compare_results(results, labels).warnings
     for warning in warnings:
         print(f"smoothmix analyze: warning: {warning}", file=sys.stderr)
     require(not (args.strict and warnings),
             f"--strict: {len(warnings)} warning(s) above; no table was written")
+    curves, curve_warnings = (paper_curves(results, labels, args.published) if args.plot
+                              else ([], []))
+    for warning in curve_warnings:
+        print(f"smoothmix analyze: warning: {warning}", file=sys.stderr)
     print(format_table(results, radii, args.format, labels), end="")
+    if p_label:
+        fmt = "csv" if args.format == "csv" else "markdown"
+        print("\n" + format_p_label(results, fmt, labels, lower=args.p_label_lower), end="")
     if args.plot:
-        out = plot_certified_accuracy(results, args.plot, labels, dpi=args.dpi, figsize=figsize)
+        out = plot_certified_accuracy(results, args.plot, labels, dpi=args.dpi, figsize=figsize,
+                                      published=curves)
         print(f"plot saved to {out}", file=sys.stderr)
+        if p_label:
+            path = Path(args.plot)
+            out = plot_p_label(results, path.with_name(f"{path.stem}-p_label{path.suffix}"),
+                               labels, lower=args.p_label_lower, dpi=args.dpi, figsize=figsize)
+            print(f"p_y plot saved to {out}", file=sys.stderr)
     return 0
 
 
@@ -89,8 +128,10 @@ def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> in
     where PREDICT kept the label, abstained or changed class, beside the certified accuracy
     at epsilon of the certify files given along and the changed share among certified
     images against its bound alpha_C + alpha_P (see analysis.format_attacks)."""
-    require(args.labels is None and args.plot is None and args.radii is None,
-            "--labels, --plot and --radii apply to certify files alone")
+    require(args.labels is None and args.plot is None and args.radii is None
+            and not (args.p_label or args.p_label_lower) and args.published is None,
+            "--labels, --plot, --radii, --p-label and --published apply to certify files "
+            "alone")
     files = list(zip(args.files, kinds, strict=True))
     for path, kind in files:  # their tables have no settings columns: one line each
         run = read_run_info(path) if kind != "certify" else None

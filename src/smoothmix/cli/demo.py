@@ -21,11 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo",
         help="train Gaussian and SmoothMix LeNets on MNIST, certify both, print the table "
-        "(about 6 minutes on 2 idle CPU cores)",
+        "(minutes on 2 idle CPU cores; it first states its expected time on this machine)",
         description="Train LeNet on the embedded MNIST with Gaussian augmentation and with "
         "SmoothMix on a small budget, certify both on the same test subset, print certified "
         "accuracy and ACR beside the published values and write a plot. One budget of "
-        "`smoothmix reproduce mnist-0.50 --methods gaussian,smoothmix`. Rerunning resumes.",
+        "`smoothmix reproduce mnist-0.50 --methods gaussian,smoothmix`. Rerunning resumes. "
+        "It starts with the expected time on this machine, extrapolated from a few seconds' "
+        "probe (training batches of each method, certification blocks) at --threads.",
     )
     p.add_argument("--outdir", default="smoothmix-demo",
                    help="where checkpoints, certificates, table, plot and summary go "

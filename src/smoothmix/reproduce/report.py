@@ -1,6 +1,8 @@
 """The report of a ``reproduce`` run: ``table.md`` (ours beside the published values),
-``curves.png`` and ``summary.json``, from the certification and decision files. Every table
-is rendered by :func:`smoothmix.analysis.markdown_table`."""
+``curves.png`` (the paper's curves dashed beside ours; a reduced budget says so) and
+``summary.json``, from the certification and decision files. Every markdown table is
+rendered by :func:`smoothmix.analysis.markdown_table`; the terminal gets a narrow table
+(:func:`format_terminal`: ours and the paper's, one value per cell)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import csv
 import dataclasses
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,7 @@ from smoothmix.reproduce.experiments import ALPHA, FULL_N, N0, Experiment
 TABLE_NAME = "table.md"
 PLOT_NAME = "curves.png"
 SUMMARY_NAME = "summary.json"
+TERMINAL_WIDTH = 100  # the terminal's table and its notes fit this many characters
 
 
 def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
@@ -26,7 +30,7 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
     """``table.md``, ``curves.png`` and ``summary.json`` from the certification files."""
     from smoothmix.analysis import read_decisions, read_results
     from smoothmix.core import radius_from_counts
-    from smoothmix.plots import plot_certified_accuracy
+    from smoothmix.plots import paper_curves, plot_certified_accuracy
     from smoothmix.storage import atomic_write
     from smoothmix.training.callbacks import LOG_NAME
 
@@ -66,13 +70,76 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
     cap = radius_from_counts(n, 0, n, ALPHA, exp.sigma, budget.bound or "cohen") or 0.0
     table = _format(exp, rows, budget, cap)
     atomic_write(out / TABLE_NAME, table)
-    plot_certified_accuracy(results, out / PLOT_NAME, labels=methods)
+    plot_certified_accuracy(results, out / PLOT_NAME, labels=methods,
+                            published=paper_curves(results, methods, exp.name)[0],
+                            note=_plot_note(budget))
     summary = {"experiment": exp.name, "dataset": exp.dataset, "sigma": exp.sigma,
                "budget": dataclasses.asdict(budget), "budget_line": budget.describe(exp),
                "full_budget": budget.is_full(), "n0": N0, "n": budget.n or FULL_N,
                "alpha": ALPHA, "radius_cap": cap, "radii": radii, "rows": rows, "table": table}
     atomic_write(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _plot_note(budget: Budget) -> str | None:
+    """The line a reduced budget's plot carries under its title (None at the full budget)."""
+    if budget.is_full():
+        return None
+    spent = ([f"{budget.epochs} epoch{'s' if budget.epochs != 1 else ''}"] if budget.epochs
+             else []) + ([f"N={budget.n:,}"] if budget.n else [])
+    return "reduced budget, not the paper's" + (f": {', '.join(spent)}" if spent else "")
+
+
+def format_terminal(exp: Experiment, rows: list[dict[str, Any]], cap: float,
+                    table_path: str | Path = TABLE_NAME) -> str:
+    """The table for a terminal, at most :data:`TERMINAL_WIDTH` characters wide: per method
+    a line of ours and a line of the paper's, one value per cell (ACR, certified accuracy
+    at each radius), no differences beyond the radius cap. The budget paragraph is said at
+    the start of the run; the wide table (differences, seed ranges, decisions) is
+    ``table.md``."""
+    from smoothmix.analysis import BEYOND_CAP
+
+    head = ["", "", "ACR", *(f"r={r:g}{BEYOND_CAP if r > cap else ''}" for r in exp.radii)]
+    body, starred = [], False
+    for row in rows:
+        acr, acc, star = _published_values(exp, row)
+        star &= acr is not None or any(a is not None for a in acc)
+        starred |= star
+        body.append([row["method"], "ours", f"{row['acr']:.3f}",
+                     *(f"{a:.2f}" for a in row["certified_accuracy"])])
+        body.append(["", "paper" + ("*" if star else ""), _value(acr, 3),
+                     *(_value(a, 2) for a in acc)])
+    widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+    table = ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(line, widths, strict=True))).rstrip()
+             for line in [head, *body]]
+    notes = [f"{exp.name} (sigma = {exp.sigma:g}): ACR and certified accuracy (%) at radius r, "
+             f"ours on {rows[0]['examples'] if rows else 0} images and the paper's. "
+             f"Differences, the authors' seed ranges and the budget: {table_path}."]
+    if starred:
+        notes.append("* the paper's value on the full test set (10,000 images).")
+    if any(r > cap for r in exp.radii):
+        notes.append(f"{BEYOND_CAP} beyond the radius cap {cap:.3f} of this N: our 0 there "
+                     "is an artefact of N, not of the model.")
+    wrapped = [line for note in notes for line in textwrap.wrap(note, TERMINAL_WIDTH)]
+    return "\n".join([*wrapped, "", *table])
+
+
+def _published_values(exp: Experiment, row: dict[str, Any]
+                      ) -> tuple[float | None, list[float | None], bool]:
+    """The paper's ACR and certified accuracies for ``row``: on the same images where the
+    authors' logs give them, else the full test set's (then True)."""
+    same = row["published_same_images"]
+    acr = row["published_same_images_acr"] if same else row["published_acr"]
+    acc = row["published_same_images_certified_accuracy"] if same else None
+    if acc is None:
+        full = row["published_certified_accuracy"] or [None] * len(exp.radii)
+        return acr, list(full), not same or any(a is not None for a in full)
+    return acr, list(acc), False
+
+
+def _value(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _recorded_seconds(log_csv: Path, res: Any) -> dict[str, float]:
@@ -206,14 +273,16 @@ def _certify_table(exp: Experiment, rows: list[dict[str, Any]], budget: Budget,
              "test set's mean (marked *).", ""]
     body, starred = [], False
     for row in rows:
-        cells, marked = _certify_cells(exp, row)
+        cells, marked = _certify_cells(exp, row, cap)
         starred |= marked
         body.append(cells)
     return [*lines, markdown_table(head, body)], starred
 
 
-def _certify_cells(exp: Experiment, row: dict[str, Any]) -> tuple[list[str], bool]:
-    """One method's CERTIFY row; whether it shows a full-test-set (*) published value."""
+def _certify_cells(exp: Experiment, row: dict[str, Any], cap: float = math.inf
+                   ) -> tuple[list[str], bool]:
+    """One method's CERTIFY row; whether it shows a full-test-set (*) published value. No
+    difference at radii beyond ``cap``, where our 0 is an artefact of N."""
     same = row["published_same_images"]
     pub_acr = row["published_same_images_acr"] if same else row["published_acr"]
     pub_acc = (row["published_same_images_certified_accuracy"] if same
@@ -221,12 +290,12 @@ def _certify_cells(exp: Experiment, row: dict[str, Any]) -> tuple[list[str], boo
     mark = "" if same else "*"
     starred = not same and (pub_acr is not None)
     cells = [row["method"], str(row["examples"]), _cell(row["acr"], pub_acr, 3, mark)]
-    cells += [_cell(a, p, 2, mark if same or p is None else "*")
-              for a, p in zip(row["certified_accuracy"], pub_acc, strict=True)]
+    cells += [_cell(a, p, 2, mark if same or p is None else "*", r > cap)
+              for r, a, p in zip(exp.radii, row["certified_accuracy"], pub_acc, strict=True)]
     if same and row["published_same_images_certified_accuracy"] is None:
         full = row["published_certified_accuracy"] or [None] * len(exp.radii)
-        cells[3:] = [_cell(a, p, 2, "*") for a, p in
-                     zip(row["certified_accuracy"], full, strict=True)]
+        cells[3:] = [_cell(a, p, 2, "*", r > cap) for r, a, p in
+                     zip(exp.radii, row["certified_accuracy"], full, strict=True)]
         starred |= any(p is not None for p in full)
     return cells, starred
 
@@ -266,12 +335,16 @@ def _decided_all(budget: Budget) -> bool:
     return (budget.decide_skip or 1) == 1 and budget.max_idx is None
 
 
-def _cell(ours: float, published: float | None, digits: int, mark: str = "") -> str:
+def _cell(ours: float, published: float | None, digits: int, mark: str = "",
+          beyond_cap: bool = False) -> str:
     if published is None:
         return f"{ours:.{digits}f}"
+    if beyond_cap:  # ours is 0 by construction there: a difference would mean nothing
+        return f"{ours:.{digits}f} ({published:.{digits}f}{mark})"
     return (f"{ours:.{digits}f} ({published:.{digits}f}{mark}, "
             f"{ours - published:+.{digits}f})")
 
 
 
-__all__ = ["PLOT_NAME", "SUMMARY_NAME", "TABLE_NAME", "write_report"]
+__all__ = ["PLOT_NAME", "SUMMARY_NAME", "TABLE_NAME", "TERMINAL_WIDTH", "format_terminal",
+           "write_report"]

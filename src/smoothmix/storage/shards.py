@@ -5,19 +5,23 @@ k-th of those starting at the i-th, into ``OUT.rankIofK.tsv`` (``.npz`` for targ
 ranks of a torchrun job shard automatically; rank 0 waits for the other ranks' files on the
 file system (a rank resuming a long shard can outlast any process-group timeout; torchrun
 stops rank 0 if another rank fails).
+
+A run asked for more images than a file holds, everything else unchanged (``--max 7`` after
+``--max 5``), is the same run continued: :func:`extends_selection` tells a resume so.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.storage import differing_keys
 
-__all__ = ["Shard", "check_shard_set", "parse_shard", "resolve_shard", "selected_indices",
-           "shard_path", "wait_until"]
+__all__ = ["Shard", "check_shard_set", "extends_selection", "parse_shard", "resolve_shard",
+           "selected_indices", "shard_path", "wait_until"]
 
 Shard = tuple[int, int]
 POLL_SECONDS = 2.0
@@ -27,9 +31,26 @@ def selected_indices(num_examples: int, skip: int = 1, max_idx: int = -1,
                      shard: Shard = (0, 1)) -> range:
     """The dataset indices a run covers: every ``skip``-th idx below ``max_idx`` (like the
     reference ``certify.py``), then every k-th of those starting at the i-th for shard (i, k)."""
-    stop = num_examples if max_idx < 0 else min(max_idx, num_examples)
     i, k = shard
-    return range(0, stop, skip)[i::k]
+    return range(0, _stop(num_examples, max_idx), skip)[i::k]
+
+
+def extends_selection(old: Mapping[str, object], new: Mapping[str, object]) -> bool:
+    """Whether settings ``new`` are ``old`` with a ``max_idx`` that selects at least the
+    same images: the same run asked for more (``--max 7`` after ``--max 5``, or all). A row
+    depends only on the settings other than ``max_idx`` and on its (seed, idx) stream, so the
+    rows already written are rows of the larger run. A smaller ``max_idx`` is not: it would
+    leave rows outside the run in the file."""
+    if differing_keys(old, new) != ["max_idx"]:
+        return False
+    num, before, after = new.get("num_examples"), old.get("max_idx"), new.get("max_idx")
+    if not (isinstance(num, int) and isinstance(before, int) and isinstance(after, int)):
+        return False
+    return _stop(num, after) >= _stop(num, before)
+
+
+def _stop(num_examples: int, max_idx: int) -> int:
+    return num_examples if max_idx < 0 else min(max_idx, num_examples)
 
 
 def shard_path(out_path: str | os.PathLike, rank: int, world_size: int,

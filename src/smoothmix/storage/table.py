@@ -17,14 +17,15 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from smoothmix.errors import require
-from smoothmix.storage import atomic_write, settings_diff
+from smoothmix.storage import atomic_write, differing_keys, settings_diff
 from smoothmix.storage.merge import same_run
 from smoothmix.storage.records import ResultRecord, read_record, write_record
+from smoothmix.storage.shards import extends_selection
 
 __all__ = ["ATTACK_OUTCOMES", "COLUMNS", "LEGACY", "RowWriter", "Table", "fit_row", "has_rows",
            "header_of", "merge_tables", "parse_fields", "parse_time", "read_rows",
@@ -207,12 +208,28 @@ def resumable_rows(path: Path, kind: str, settings: Mapping[str, Any], *, repair
             f"{path} exists but has no settings file {path.name}.json, so it cannot be "
             "resumed safely; choose another output file or move it away")
     assert record is not None
-    diff = settings_diff(record.comparable(settings), settings)
-    require(record.kind == kind and not diff,
+    old = record.comparable(settings)
+    diff = settings_diff(old, settings)
+    extend = record.kind == kind and extends_selection(old, settings)
+    require(record.kind == kind and (not diff or extend),
             f"{path} was written by another run ({diff or record.kind + ' file'}); rerun with "
-            "the same settings to resume, or choose another output file")
+            "the same settings to resume, or choose another output file"
+            + ("; a smaller max_idx (--max) than the file's is not cut out of it"
+               if differing_keys(old, settings) == ["max_idx"] else ""))
+    if extend and diff and repair:  # the same run asked for more images: extend the file
+        write_record(path, _extended(record, settings))
     table = read_rows(path, kind, repair=repair, strict=repair)
     return _drop_partial_group(table, group) if repair and group > 1 else table
+
+
+def _extended(record: ResultRecord, settings: Mapping[str, Any]) -> ResultRecord:
+    """``record`` with the larger ``max_idx`` of ``settings`` (the file's own format kept),
+    and in its info each earlier max_idx the file was extended from."""
+    before = record.settings.get("max_idx")
+    info = {**record.info, "extended_from_max_idx": [
+        *record.info.get("extended_from_max_idx", []), before]}
+    return replace(record.with_settings({**record.settings, "max_idx": settings["max_idx"]}),
+                   info=info)
 
 
 def _drop_partial_group(table: Table, group: int) -> Table:
@@ -311,8 +328,10 @@ def merge_tables(out_path: str | os.PathLike, shards: Sequence[str | os.PathLike
     merged = first.with_settings({**common, "shard": "0/1"})
     existing = read_record(out, required=False) if has_rows(out) else None
     if existing is not None:
-        diff = settings_diff(existing.comparable(merged.settings), merged.settings)
-        require(existing.kind == first.kind and not diff,
+        before = existing.comparable(merged.settings)
+        diff = settings_diff(before, merged.settings)
+        require(existing.kind == first.kind
+                and (not diff or extends_selection(before, merged.settings)),
                 f"{out} already holds another run ({diff or existing.kind}); choose another "
                 "output file")
     write_record(out, merged)
