@@ -49,7 +49,7 @@ API_GROUPS: dict[str, tuple[str, ...]] = {
 
 _MARKER = re.compile(r"^<!-- (generated|include): *(\S+) *-->$", re.MULTILINE)
 _ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):`~?([^`]+)`")
-_LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s#]+)(#[^)\s]*)?\)")
+_LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s#]*)(#[^)\s]*)?\)")
 
 
 def repo_url(config: Any) -> str:
@@ -130,22 +130,25 @@ def api_reference() -> str:
 
 
 def include(path: str, config: Any) -> str:
-    """A repository file's Markdown, its relative links made absolute on the repository
-    (the file's links are written for GitHub, relative to its own folder); its first
-    heading dropped, since the page has its own."""
+    """A repository file's Markdown for a page at the top of the site, its first heading
+    dropped (the page has its own). Its relative links, written for GitHub from the file's
+    own folder, point at the site's page where the target is one (``docs/*.md``) and at
+    the repository otherwise."""
     source = ROOT / path
-    text = source.read_text(encoding="utf-8")
-    text = re.sub(r"\A# [^\n]*\n", "", text)
-    base = f"{repo_url(config)}/blob/main/{source.parent.relative_to(ROOT).as_posix()}/"
-    base = base.replace("/./", "/")
+    text = re.sub(r"\A# [^\n]*\n", "", source.read_text(encoding="utf-8"))
+    docs = ROOT / "docs"
 
-    def absolute(match: re.Match[str]) -> str:
+    def retarget(match: re.Match[str]) -> str:
         start, target, anchor = match.group(1), match.group(2), match.group(3) or ""
-        if re.match(r"^[a-z]+:", target) or target.startswith("/"):
-            return match.group(0)
-        return f"{start}{base}{target}{anchor})"
+        if not target or re.match(r"^[a-z]+:", target) or target.startswith("/"):
+            return match.group(0)  # an anchor on the same page, or already absolute
+        where = (source.parent / target).resolve()
+        if where.parent == docs and where.suffix == ".md":
+            return f"{start}{where.name}{anchor})"
+        kind = "tree" if where.is_dir() else "blob"
+        return f"{start}{repo_url(config)}/{kind}/main/{where.relative_to(ROOT).as_posix()}{anchor})"
 
-    return _LINK.sub(absolute, text)
+    return _LINK.sub(retarget, text)
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
