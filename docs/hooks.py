@@ -146,7 +146,8 @@ def include(path: str, config: Any) -> str:
         if where.parent == docs and where.suffix == ".md":
             return f"{start}{where.name}{anchor})"
         kind = "tree" if where.is_dir() else "blob"
-        return f"{start}{repo_url(config)}/{kind}/main/{where.relative_to(ROOT).as_posix()}{anchor})"
+        in_repo = where.relative_to(ROOT).as_posix()
+        return f"{start}{repo_url(config)}/{kind}/main/{in_repo}{anchor})"
 
     return _LINK.sub(retarget, text)
 
