@@ -57,18 +57,27 @@ def repo_url(config: Any) -> str:
 
 
 def presets_table() -> str:
-    """The output of ``smoothmix presets`` as a Markdown table (same rows, same cells)."""
+    """The output of ``smoothmix presets`` as Markdown tables, one per dataset and
+    architecture (the same rows and cells, the two grouping columns as a heading)."""
     from smoothmix.training.presets import format_presets_table
 
     lines = format_presets_table().splitlines()
     header = re.split(r"\s{2,}", lines[0].strip())
     rows = [re.split(r"\s{2,}", line.strip(), maxsplit=len(header) - 1) for line in lines[1:]]
-    if any(len(r) not in (len(header), len(header) - 1) for r in rows):  # layout changed
+    if any(len(r) not in (len(header), len(header) - 1) for r in rows) \
+            or header[1:3] != ["data", "arch"]:  # the layout changed: show it as printed
         return "```text\n" + "\n".join(lines) + "\n```"
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [f"`{r[0]}`", *r[1:], *[""] * (len(header) - len(r))]
-        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    rows = [[*r, *[""] * (len(header) - len(r))] for r in rows]
+    keep = [0, *range(3, len(header))]
+    out: list[str] = []
+    for data, arch in dict.fromkeys((r[1], r[2]) for r in rows):
+        out += [f"### {data} ({arch})\n", "| " + " | ".join(header[k] for k in keep) + " |",
+                "|" + "---|" * len(keep)]
+        for r in rows:
+            if (r[1], r[2]) == (data, arch):
+                cells = [f"`{r[0]}`", *(r[k] for k in keep[1:])]
+                out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -152,6 +161,24 @@ def include(path: str, config: Any) -> str:
     return _LINK.sub(retarget, text)
 
 
+_LIST_ITEM = re.compile(r"^(?:[-*+]|\d+\.) ")
+
+
+def github_lists(markdown: str) -> str:
+    """A blank line before a list that starts right under a paragraph: GitHub renders
+    such a list, Python-Markdown would run it into the paragraph (code blocks untouched)."""
+    out: list[str] = []
+    fenced = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and _LIST_ITEM.match(line) and out and out[-1].strip() \
+                and not _LIST_ITEM.match(out[-1]) and not out[-1].startswith((" ", "|", "#")):
+            out.append("")
+        out.append(line)
+    return "\n".join(out) + ("\n" if markdown.endswith("\n") else "")
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     def replace(match: re.Match[str]) -> str:
         kind, what = match.group(1), match.group(2)
@@ -164,7 +191,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             raise ValueError(f"{page.file.src_path}: unknown generated block {what!r}")
         return generators[what]()
 
-    return _MARKER.sub(replace, markdown)
+    return github_lists(_MARKER.sub(replace, markdown))
 
 
 def docstring_markdown(text: str) -> str:
