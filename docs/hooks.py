@@ -9,6 +9,7 @@ A page asks for generated content with a marker line, replaced before Markdown r
   help, from the method registry;
 - ``<!-- generated: mnist-summary -->``: the README's ACR summary of the MNIST evaluation;
 - ``<!-- generated: result-columns -->``: the header of each kind of result file;
+- ``<!-- generated: pretrained -->``: the pretrained models, from their model cards;
 - ``<!-- generated: api -->``: one mkdocstrings block per name of ``smoothmix.__all__``;
   a name added to the facade appears without editing the page;
 - ``<!-- include: PATH -->``: a Markdown file from outside ``docs/`` (CHANGELOG.md,
@@ -124,6 +125,23 @@ def result_columns() -> str:
     return "\n".join(out)
 
 
+def pretrained_table() -> str:
+    """The pretrained models and their certified figures, from the index shipped in the
+    package (``smoothmix/data/pretrained.json``, the model cards)."""
+    from smoothmix.pretrained import list_pretrained, pretrained_info
+
+    out = ["| name | method | σ | training precision | epochs | ACR (CERTIFY) | on | N, α |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name in list_pretrained():
+        card = pretrained_info(name)
+        cert = card.get("certify") or {}
+        acr = f"{cert['acr']:.3f}" if "acr" in cert else "—"
+        budget = f"{cert['n']:,}, {cert['alpha']}" if "n" in cert else "—"
+        out.append(f"| `{name}` | {card['method']} | {card['sigma']} | {card['precision']} | "
+                   f"{card['epochs']} | {acr} | {cert.get('images', '—')} | {budget} |")
+    return "\n".join(out)
+
+
 def api_reference() -> str:
     """One ``::: smoothmix.NAME`` block per public name, grouped as :data:`API_GROUPS`."""
     public = list(smoothmix.__all__)
@@ -186,7 +204,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             return include(what, config)
         generators = {"presets": presets_table, "api": api_reference,
                       "method-options": method_options_tables, "mnist-summary": mnist_summary,
-                      "result-columns": result_columns}
+                      "result-columns": result_columns, "pretrained": pretrained_table}
         if what not in generators:
             raise ValueError(f"{page.file.src_path}: unknown generated block {what!r}")
         return generators[what]()
