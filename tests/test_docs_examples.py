@@ -151,6 +151,19 @@ def test_examples_exist_and_few_are_skipped() -> None:
     assert bash_params(), "no smoothmix command found in the pages"
 
 
+def test_readme_is_a_front_page() -> None:
+    """Issue 27: a few screens, the two set-up commands in its first 12 lines (.ci/run greps
+    for the second), a working example in its first 60."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 250
+    head = lines[:12]
+    assert "pip install . && smoothmix demo" in head
+    assert 'pip install -e ".[dev]" && ruff check . && mypy src && pytest' in head
+    example = [b for b in blocks(ROOT / "README.md") if b.lang == "python"][0]
+    assert example.line + example.code.count("\n") + 2 <= 60
+    assert "load_pretrained" in example.code and ".certify(" in example.code
+
+
 def test_extraction_understands_the_page_format(tmp_path: Path) -> None:
     page = tmp_path / "p.md"
     page.write_text("text\n```python\nx = 1\n```\n<!-- docs-test: skip (GPU) -->\n"
