@@ -192,7 +192,14 @@ class CertificationResults:
 
 
 def read_results(path: str | os.PathLike) -> CertificationResults:
-    """Read a certify result file (tab-separated, header ``idx label predict radius ...``)."""
+    """Read a certify result file (tab-separated, header ``idx label predict radius ...``)
+    into :class:`CertificationResults`: per-row arrays, ``acr()``, ``certified_accuracy(radii)``,
+    ``p_label()`` and ``complete`` (whether every row its run selected is there).
+
+    Files of every smoothmix release and of the reference code (no ``.json`` companion) are
+    read; a ``certify --radii`` decisions file, or a file without the columns above, is a
+    one-line :class:`SmoothmixError` (decisions are read by ``read_decisions``).
+    """
     path = Path(path)
     header = _header_of(path)
     require("at_radius" not in header and "decision" not in header,

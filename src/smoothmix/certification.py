@@ -124,8 +124,10 @@ def predict_dataset(
     alpha: float = 0.001,
     **legacy: Any,
 ) -> Path:
-    """PREDICT (abstain = -1) over a dataset; file ``idx label predict correct time``.
-    Arguments as for :func:`certify_dataset`."""
+    """PREDICT over the examples ``spec`` selects into ``out_path``: per example the
+    smoothed classifier's class, or -1 to abstain; each returned class differs from g(x)
+    with probability at most ``alpha``. File ``idx label predict correct time``, resumable
+    and shardable; arguments as for :func:`certify_dataset`."""
     spec = as_spec(spec, legacy, "predict_dataset")
 
     def classify(smooth: Smooth, x: torch.Tensor, label: int,

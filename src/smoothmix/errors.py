@@ -13,7 +13,9 @@ __all__ = ["SmoothmixError", "first_line", "is_integer", "require"]
 
 
 class SmoothmixError(ValueError):
-    """A user-facing error with a one-line, self-explanatory message."""
+    """A user-facing error with a one-line, self-explanatory message: bad input, a
+    missing or mismatched file. The CLI prints it as one line and exits with code 2; a
+    ``ValueError``, so ``except ValueError`` catches it too."""
 
 
 def require(condition: bool, message: str) -> None:

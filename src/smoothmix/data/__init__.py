@@ -266,7 +266,14 @@ register_dataset("imagefolder", _load_imagefolder,
 def load_dataset(
     name: str, split: str = "test", data_dir: str | os.PathLike | None = None
 ) -> ImageDataset:
-    """Load ``split`` ("train" or "test"; "val" means "test") of dataset ``name``."""
+    """Load ``split`` ("train" or "test"; "val" means "test") of dataset ``name`` as an
+    :class:`ImageDataset` of ``(image, label)`` pairs, images float C×H×W in [0, 1].
+
+    Built-ins: ``mnist`` (the copy embedded in the package when ``data_dir`` is None),
+    ``cifar10``, ``imagenet``, ``imagefolder``; more with :func:`register_dataset`. Nothing is
+    ever downloaded: an unknown name or split, a ``data_dir`` that does not exist, or files
+    missing from it are a one-line :class:`SmoothmixError`.
+    """
     info = dataset_defaults(name)  # validates the name
     split = {"val": "test"}.get(split, split)
     if split not in ("train", "test"):
