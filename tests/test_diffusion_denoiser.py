@@ -4,6 +4,7 @@ hub (offline: nothing here may open a connection); the ddpm training method."""
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import sys
@@ -303,6 +304,31 @@ def test_a_cached_hub_model_loads_offline_with_its_revision(tmp_path, monkeypatc
     denoiser, record = load("hub:owner/tiny-ddpm", sigma=0.5)
     assert record["identity"] == {"model_id": "owner/tiny-ddpm", "revision": commit}
     assert denoiser(torch.rand(1, 1, 8, 8)).shape == (1, 1, 8, 8)
+
+
+def test_the_standard_gpu_route_offline(tmp_path, monkeypatch):
+    # google/ddpm-cifar10-32's layout and scheduler config (DDPMPipeline: unet/, scheduler/),
+    # with a tiny UNet of the same class, served from the local hub cache.
+    cache = tmp_path / "cache"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    repo = cache / "models--google--ddpm-cifar10-32"
+    commit = "f" * 40
+    snapshot = repo / "snapshots" / commit
+    diffusers.DDPMPipeline(unet=tiny_unet(channels=3, size=32),
+                           scheduler=diffusers.DDPMScheduler()).save_pretrained(snapshot)
+    (snapshot / "scheduler" / "scheduler_config.json").write_text(json.dumps({
+        "_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02,
+        "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": True,
+        "num_train_timesteps": 1000, "trained_betas": None, "variance_type": "fixed_large"}))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for sigma, t in ((0.25, 144), (0.5, 258), (1.0, 396)):  # the t* the math doc quotes
+        denoiser, record = load("hub:google/ddpm-cifar10-32", sigma=sigma)
+        assert record["one_shot"]["timestep"] == t
+        assert record["one_shot"]["prediction_type"] == "epsilon"
+    assert record["identity"] == {"model_id": "google/ddpm-cifar10-32", "revision": commit}
+    x = torch.rand(2, 3, 32, 32)
+    assert denoiser(x).shape == x.shape
 
 
 def test_missing_diffusers_is_one_line(tmp_path, monkeypatch):
