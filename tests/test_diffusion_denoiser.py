@@ -338,6 +338,8 @@ def test_missing_diffusers_is_one_line(tmp_path, monkeypatch):
         with pytest.raises(SmoothmixError, match=r'pip install "smoothmix\[diffusion\]"') as e:
             load(source, sigma=0.5)
         one_line(e)
+    with pytest.raises(SmoothmixError, match=r"smoothmix\[diffusion\]"):
+        DENOISERS.get("ddpm-unet")()
 
 
 # --------------------------------------------- ddpm-unet, its checkpoints, the method
