@@ -412,6 +412,29 @@ def test_the_mnist_ddpm_preset():
 
     preset = DENOISER_PRESETS["mnist-ddpm-0.50"]
     create_method(preset.method, preset.sigma, 10, **preset.options)
+    recipe = preset.recipe()
+    assert (recipe.epochs, recipe.batch_size, recipe.weight_decay) == (5, 256, 0.0)
     assert (preset.arch, preset.method, preset.dataset) == ("ddpm-unet", "ddpm", "mnist")
     net = DENOISERS.get(preset.arch)()
     assert sum(p.numel() for p in net.parameters()) <= 2_000_000
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU")])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_denoiser_and_method_on_a_device_match_the_cpu(device):
+    from smoothmix.methods import create_method
+
+    net = small_ddpm()
+    x = torch.rand(3, 1, 6, 6)
+    expected = net.one_shot(0.5)(x)
+    moved = net.to(device)
+    torch.testing.assert_close(moved.one_shot(0.5)(x.to(device)).cpu(), expected,
+                               rtol=1e-4, atol=1e-4)
+    method = create_method("ddpm", sigma=0.5, num_classes=10)
+    y = torch.zeros(3, dtype=torch.long, device=device)
+    out = method(moved, x.to(device), y, 0)
+    assert out.loss.device.type == device and torch.isfinite(out.loss)
+    assert set(method.monitor(moved, x.to(device), y)) == {"eps_mse", "psnr"}

@@ -220,10 +220,12 @@ def _catrs() -> list[Preset]:
 def _denoisers() -> list[Preset]:
     """Denoisers for denoised smoothing (issue 28). The DDPM's σ enters no loss: it is the
     level at which the training monitor reports the one-shot denoiser's PSNR."""
-    # ddpm-unet (0.64M parameters, 32x32 padded MNIST), 256 images per step: about 4 s per
-    # step on 2 busy CPU cores, so 4 epochs of 235 steps take about 1 to 1.5 hours.
-    # SGD (the loop's optimiser) with momentum 0.9 in place of the usual Adam at 2e-4.
-    return [_preset("mnist", "ddpm-unet", "ddpm", 0.50, _Schedule(epochs=4, lr=0.02, lr_step=3),
+    # ddpm-unet (0.64M parameters, 32x32 padded MNIST), 256 images per step, measured here
+    # (2 cores, nice 10): 2.6 s a step on a quiet machine, 6 s beside a load of 5, so the 5
+    # epochs of 235 steps take about 50 minutes to 2 hours. SGD (the loop's optimiser) with
+    # momentum 0.9 at lr 0.02 in place of the usual Adam at 2e-4: the ε-MSE falls from 1.05
+    # to 0.11 in 30 steps of 64 images (one-shot PSNR at σ = 0.5: 8.7 -> 16.7 dB).
+    return [_preset("mnist", "ddpm-unet", "ddpm", 0.50, _Schedule(epochs=5, lr=0.02, lr_step=4),
                     256, weight_decay=0.0, note="DDPM denoiser; sigma: the monitor's PSNR")]
 
 
