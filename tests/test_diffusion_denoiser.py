@@ -438,3 +438,37 @@ def test_denoiser_and_method_on_a_device_match_the_cpu(device):
     out = method(moved, x.to(device), y, 0)
     assert out.loss.device.type == device and torch.isfinite(out.loss)
     assert set(method.monitor(moved, x.to(device), y)) == {"eps_mse", "psnr"}
+
+
+@pytest.mark.slow
+def test_a_few_ddpm_steps_on_mnist_make_a_denoiser_that_beats_the_noisy_input(tmp_path):
+    # The whole route by hand (until the loop trains denoiser kinds by --arch): build the
+    # kind, train with the method, save a smoothmix checkpoint, load it as the denoiser.
+    from smoothmix.checkpoint import Checkpoint, save_checkpoint
+    from smoothmix.data import load_dataset
+    from smoothmix.methods import create_method
+
+    torch.manual_seed(0)
+    settings = {"block_out_channels": [8, 16], "norm_num_groups": 4}
+    net = DENOISERS.get("ddpm-unet")(**settings)
+    images = load_dataset("mnist", "train").images[:640].float() / 255
+    method = create_method("ddpm", sigma=0.5, num_classes=10)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
+    losses = []
+    for step in range(20):
+        x = images[step * 32:(step + 1) * 32]
+        out = method(net, x, torch.zeros(len(x), dtype=torch.long), 0)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(out.loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
+    save_checkpoint(tmp_path / "ddpm.pth.tar", Checkpoint(
+        arch="ddpm-unet", arch_kwargs=settings, state_dict=net.state_dict()))
+    denoiser, record = load(str(tmp_path / "ddpm.pth.tar"), sigma=0.5)
+    x = images[-64:]
+    noisy = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        denoised_mse = (denoiser(noisy) - x).square().mean()
+    assert denoised_mse < 0.5 * (noisy.clamp(0, 1) - x).square().mean()
+    assert record["one_shot"]["timestep"] == 258
