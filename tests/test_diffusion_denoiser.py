@@ -233,6 +233,7 @@ def test_a_saved_unet_folder_loads_by_path(tmp_path, kind):
     assert shot["sigma_achieved"] == pytest.approx(0.5, rel=0.02)
     assert set(record["identity"]) == {"folder_sha256"}
     assert record == load(str(folder), sigma=0.5)[1]
+    assert json.loads(json.dumps(record)) == record  # JSON values only
 
 
 def test_per_sample_no_coupling_across_the_batch(tmp_path):
