@@ -7,6 +7,8 @@ inside the module that votes, and draws any randomness from the run's seeded gen
 
 from __future__ import annotations
 
+# Built-in kinds register themselves on import (diffusers is imported only when one is built).
+from smoothmix.denoisers import ddpm_unet as _ddpm_unet  # noqa: F401  registers "ddpm-unet"
 from smoothmix.denoisers.compose import (
     PROBE_ROWS,
     Denoised,

@@ -1,4 +1,5 @@
-"""Training methods by name: SmoothMix, the five baselines of docs/MATH.md §3 and CAT-RS (§3.8).
+"""Training methods by name: SmoothMix, the five baselines of docs/MATH.md §3, CAT-RS (§3.8)
+and DDPM (a diffusion denoiser, issue 28).
 
 >>> method = create_method("smoothmix", sigma=0.5, num_classes=10, eta=5.0)
 >>> out = method(model, x, y, epoch)      # StepOutput(loss, metrics)
@@ -69,13 +70,14 @@ def _register_builtin() -> None:
     # Imported here so that the base module does not depend on its implementations.
     from smoothmix.methods.catrs import CatRS
     from smoothmix.methods.consistency import Consistency
+    from smoothmix.methods.ddpm import DDPM
     from smoothmix.methods.gaussian import Gaussian
     from smoothmix.methods.macer import Macer
     from smoothmix.methods.smoothadv import SmoothAdv
     from smoothmix.methods.smoothmix import SmoothMix
     from smoothmix.methods.stability import Stability
 
-    for cls in (SmoothMix, Gaussian, Stability, SmoothAdv, Macer, Consistency, CatRS):
+    for cls in (SmoothMix, Gaussian, Stability, SmoothAdv, Macer, Consistency, CatRS, DDPM):
         register_method(cls)
 
 
