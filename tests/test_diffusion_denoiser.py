@@ -368,6 +368,24 @@ def test_a_smoothmix_checkpoint_of_ddpm_unet_is_a_diffusion_denoiser(tmp_path):
     assert record["one_shot"]["sample_size"] == [8, 8]
 
 
+def test_load_denoiser_routes_a_ddpm_unet_checkpoint_to_the_one_shot_denoiser(tmp_path):
+    """`--denoiser CHECKPOINT` of a noise predictor: the kind's registered loader turns it
+    into the one-shot denoiser at the run's sigma, as a folder or as the file itself."""
+    from smoothmix.checkpoint import Checkpoint, save_checkpoint
+    from smoothmix.denoisers import load_denoiser
+
+    net = small_ddpm()
+    settings = {"sample_size": 8, "block_out_channels": [4, 8], "norm_num_groups": 2}
+    save_checkpoint(tmp_path / "checkpoint.pth.tar",
+                    Checkpoint(arch="ddpm-unet", arch_kwargs=settings,
+                               state_dict=net.state_dict()))
+    x = torch.rand(2, 1, 6, 6)
+    for source in (tmp_path, tmp_path / "checkpoint.pth.tar"):
+        denoiser, record = load_denoiser(source, sigma=0.5)
+        torch.testing.assert_close(denoiser(x), net.one_shot(0.5)(x))
+        assert record["sigma"] == 0.5 and record["identity"]["arch"] == "ddpm-unet"
+
+
 def test_the_ddpm_method_loss_and_gradient(tmp_path):
     from smoothmix.methods import create_method
 

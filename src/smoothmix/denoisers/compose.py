@@ -276,9 +276,23 @@ def load_denoiser(source: str | os.PathLike, *, sigma: float | None = None,
     path = Path(text)
     if text.startswith(_HUB) or (path.is_dir() and not (path / CHECKPOINT_NAME).is_file()):
         return _load_diffusion(text, sigma, settings)
+    if _checkpoint_kind_has_loader(text):  # e.g. a ddpm-unet: one network for every sigma
+        return _load_diffusion(text, sigma, settings)
     require(not settings, f"settings {sorted(settings)} apply to diffusion denoisers; a "
             "checkpoint records its own")
     return _load_checkpoint(text)
+
+
+def _checkpoint_kind_has_loader(source: str) -> bool:
+    """Whether ``source`` is a checkpoint of a denoiser kind registered with its own
+    ``loader`` (a noise predictor that becomes a denoiser only at a given sigma, such as
+    ``ddpm-unet``), rather than a module that denoises as it is."""
+    from smoothmix.checkpoint import checkpoint_file, load_checkpoint
+
+    if not checkpoint_file(source).is_file():
+        return False
+    arch = load_checkpoint(source).get("arch")
+    return arch in DENOISERS and bool(DENOISERS.metadata(arch).get("loader"))
 
 
 def _load_diffusion(source: str, sigma: float | None, settings: dict[str, Any]
