@@ -24,7 +24,8 @@ from smoothmix.errors import SmoothmixError
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "results" / "2026-12-01-mnist-0.50-full"
-NAMES = ["mnist-consistency-0.50", "mnist-gaussian-0.50", "mnist-smoothmix-0.50"]
+NAMES = ["mnist-consistency-0.50", "mnist-gaussian-0.50", "mnist-smoothmix-0.50",
+         "mnist-stability-0.50"]
 FAST = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--noise-batch", "100", "--no-progress"]
 
 
