@@ -6,6 +6,8 @@ inside the module that votes, and draws any randomness from the run's seeded gen
 
 from __future__ import annotations
 
+# The built-in kinds register themselves when their modules are imported ("dncnn").
+from smoothmix.denoisers import dncnn as _dncnn  # noqa: F401
 from smoothmix.denoisers.registry import DENOISERS
 
 __all__ = ["DENOISERS"]
