@@ -553,7 +553,7 @@ def _check_init_needed(spec: TrainSpec, init: Any, resuming: bool) -> None:
         return
     preset = get_preset(spec.preset)
     require(not preset.needs_init, f"preset {preset.name} fine-tunes a trained model: pass "
-            f"--init CHECKPOINT ({preset.note})")
+            f"--init CHECKPOINT (the preset's note: {preset.note})")
 
 
 def _named_run(spec: TrainSpec, data_dir: Any, targets: Any
