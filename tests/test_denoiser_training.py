@@ -168,6 +168,18 @@ def test_plain_run_records_no_sigma_and_certify_needs_an_explicit_one(lenet, tmp
     err = capsys.readouterr().err.strip()
     assert "trained without noise" in err and "--sigma" in err and len(err.splitlines()) == 1
     assert not out.exists()
+    assert main(["certify", str(lenet), "--sigma", "0.25", "--out", str(out), "--n", "10",
+                 "--n0", "10", "--max", "1", "--no-progress"]) == 0
+    assert out.is_file()
+
+
+def test_plain_run_resumes_without_a_sigma(tmp_path):
+    out = tmp_path / "plain"
+    quick(out, method="plain", lr=0.05)
+    quick(out, epochs=2, resume=True)
+    ckpt = load_checkpoint(out)
+    assert ckpt["epoch"] == 2 and ckpt["sigma"] is None and ckpt["config"]["noise"] == "none"
+    assert "optimizer" not in ckpt["config"]  # SGD runs keep the keys they always had
 
 
 def test_mse_run_records_the_denoiser_and_monitors_psnr_and_the_pair(lenet, tmp_path):
