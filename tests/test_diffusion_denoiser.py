@@ -427,9 +427,9 @@ def test_the_ddpm_monitor_is_deterministic():
 
 def test_the_mnist_ddpm_preset():
     from smoothmix.methods import create_method
-    from smoothmix.training.presets import DENOISER_PRESETS
+    from smoothmix.training.presets import PRESETS
 
-    preset = DENOISER_PRESETS["mnist-ddpm-0.50"]
+    preset = PRESETS["mnist-ddpm-0.50"]
     create_method(preset.method, preset.sigma, 10, **preset.options)
     recipe = preset.recipe()
     assert (recipe.epochs, recipe.batch_size, recipe.weight_decay) == (5, 256, 0.0)

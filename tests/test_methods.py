@@ -338,11 +338,11 @@ def test_mix_step_zero_anchor_is_the_clean_input():
 def all_methods(**small):
     opts = {"smoothmix": dict(num_noise=2, num_steps=2), "smoothadv": dict(num_noise=2,
             num_steps=2), "macer": dict(num_noise=4), "consistency": {}, "gaussian": {},
-            "stability": {}}
-    # Methods that need per-example side data (CAT-RS) are checked in their own test file.
-    # Denoiser-training methods (trains = "denoiser", e.g. ddpm) are checked in their own files.
+            "stability": {}, "plain": {}}
+    # Methods that need per-example side data (CAT-RS) are checked in their own test file,
+    # the denoiser methods (trains = "denoiser") in theirs.
     plain = {name for name, cls in METHODS.items()
-             if not cls.side_data and getattr(cls, "trains", "classifier") != "denoiser"}
+             if not cls.side_data and cls.trains == "classifier"}
     assert set(opts) == plain
     return [(name, create_method(name, SIGMA, K, **opts[name])) for name in sorted(plain)]
 

@@ -205,8 +205,10 @@ def test_every_preset_exists_and_its_options_are_valid_for_its_method():
         options = dict(p.options)
         if p.deferred:
             options["deferred_epochs"] = p.lr_step
+        if p.method == "denoise-stability":
+            continue  # needs a classifier checkpoint: tests/test_denoiser_training.py
         create_method(p.method, p.sigma, 10, **options)  # raises on a bad option
-        assert p.name.endswith(f"{p.sigma:.2f}")
+        assert p.sigma is None or p.name.endswith(f"{p.sigma:.2f}")
 
 
 def test_preset_batches_follow_the_reference_recipes():

@@ -323,6 +323,10 @@ def _named_arch(arch: Any, path: str | os.PathLike) -> str:
     if not isinstance(arch, str):
         raise SmoothmixError(f"checkpoint {path} has a non-string 'arch' entry: {arch!r}")
     if arch not in list_models():
+        from smoothmix.denoisers import DENOISERS
+
+        require(arch not in DENOISERS, f"checkpoint {path} is a denoiser ({arch}), not a "
+                "classifier: pass it as --denoiser, with a classifier checkpoint")
         raise SmoothmixError(
             f"checkpoint {path} is of unknown architecture {arch!r} (registered: "
             f"{', '.join(list_models())}); if it is your own network, import the module that "

@@ -358,6 +358,10 @@ def _defaults_from_checkpoint(args: argparse.Namespace, record: Any) -> None:
                 "(a reference or own-architecture checkpoint): pass --dataset")
         taken.append(f"--dataset {args.dataset}")
     if args.sigma is None:
+        # A model trained without noise (method plain) has no sigma of its own to default to.
+        require(record.config.get("noise") != "none", f"{args.checkpoint} was trained "
+                f"without noise (method {record.method}): pass --sigma, the noise level to "
+                "certify at")
         require(record.sigma is not None, f"{args.checkpoint} does not record the sigma it "
                 "was trained at (a reference checkpoint?): pass --sigma")
         args.sigma = check_sigma(float(record.sigma))

@@ -60,9 +60,12 @@ def add_deferred_flags(group: argparse._ActionsContainer) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train a base classifier for randomized smoothing (SmoothMix or a baseline)",
+        help="train a base classifier for randomized smoothing (SmoothMix or a baseline), "
+        "or a denoiser for denoised smoothing",
         description="Train a base classifier with SmoothMix, Gaussian, Stability, SmoothAdv, "
-        "MACER, Consistency or CAT-RS (with --targets). Writes OUTDIR/checkpoint.pth.tar "
+        "MACER, Consistency or CAT-RS (with --targets), a plain classifier without noise "
+        "(--method plain), or a denoiser for a frozen classifier (--method denoise-mse / "
+        "denoise-stability --arch dncnn). Writes OUTDIR/checkpoint.pth.tar "
         "every epoch (atomically), "
         "OUTDIR/log.csv and TensorBoard events; --resume continues a stopped run exactly. "
         "Explicit flags override --preset. Multi-GPU: torchrun --nproc_per_node=K -m "
@@ -73,10 +76,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "sets dataset, arch, method, sigma, schedule, batch and method options")
     run_g.add_argument("--dataset", help=one_of(dataset_choices()))
     run_g.add_argument("--arch", help=f"{one_of(model_names())} (default: the dataset's "
-                       "published model)")
+                       "published model); for a denoiser method (denoise-mse, "
+                       "denoise-stability) a denoiser kind: dncnn")
     run_g.add_argument("--method", help=f"{one_of(method_names())} (catrs needs --targets)")
     run_g.add_argument("--sigma", type=float,
-                       help="noise level sigma in [0,1] pixel units (e.g. 0.25, 0.5, 1.0)")
+                       help="noise level sigma in [0,1] pixel units (e.g. 0.25, 0.5, 1.0); "
+                       "none for --method plain (trained without noise)")
+    run_g.add_argument("--init", metavar="CHECKPOINT",
+                       help="start from the weights of this checkpoint (same architecture; "
+                       "recorded with its SHA-256), e.g. stability fine-tuning of an "
+                       "MSE-trained denoiser")
     run_g.add_argument("--targets", metavar="FILE",
                        help="CAT-RS soft targets built by `smoothmix targets` (from a Gaussian "
                        "sigma 0.25 model) on the whole training set; --train-subset takes its "
@@ -103,6 +112,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     opt_g.add_argument("--lr-step", type=int,
                        help="multiply the learning rate by 0.1 every this many epochs")
     opt_g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    opt_g.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
+                       help="sgd (default; every classifier recipe) or adam (the published "
+                       "denoiser recipes); part of the recipe: a resume keeps it")
     opt_g.add_argument("--weight-decay", type=float, help="SGD weight decay (default 1e-4)")
     opt_g.add_argument("--seed", type=int,
                        help="random seed of weights, data order and noise (default 0); runs "
@@ -177,9 +189,10 @@ def run(args: argparse.Namespace) -> int:
             preset=args.preset, method_options=options, deferred=args.deferred,
             resume=args.resume, data_dir=args.data_dir,
             train_subset=args.train_subset, test_subset=args.test_subset,
-            targets=args.targets,
+            targets=args.targets, init=args.init,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
-            momentum=args.momentum, weight_decay=args.weight_decay, seed=args.seed,
+            momentum=args.momentum, optimizer=args.optimizer,
+            weight_decay=args.weight_decay, seed=args.seed,
             device=args.device, precision=_resolve_precision(args), compile=args.compile,
             cuda_graphs=args.cuda_graphs,
             channels_last=args.channels_last, workers=args.workers, progress=not args.no_progress,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 # Built-in kinds register themselves on import (diffusers is imported only when one is built).
 from smoothmix.denoisers import ddpm_unet as _ddpm_unet  # noqa: F401  registers "ddpm-unet"
+from smoothmix.denoisers import dncnn as _dncnn  # noqa: F401  registers "dncnn"
 from smoothmix.denoisers.compose import (
     PROBE_ROWS,
     Denoised,

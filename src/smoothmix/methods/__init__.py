@@ -1,5 +1,6 @@
-"""Training methods by name: SmoothMix, the five baselines of docs/MATH.md §3, CAT-RS (§3.8)
-and DDPM (a diffusion denoiser, issue 28).
+"""Training methods by name: SmoothMix, the five baselines of docs/MATH.md §3, CAT-RS (§3.8),
+plain training without noise, and the denoiser objectives of denoised smoothing
+(``denoise-mse``, ``denoise-stability``, ``ddpm``; their methods declare ``trains = "denoiser"``).
 
 >>> method = create_method("smoothmix", sigma=0.5, num_classes=10, eta=5.0)
 >>> out = method(model, x, y, epoch)      # StepOutput(loss, metrics)
@@ -53,7 +54,8 @@ def list_methods() -> list[str]:
     return _METHODS.names()
 
 
-def create_method(name: str, sigma: float, num_classes: int, **options: Any) -> TrainingMethod:
+def create_method(name: str, sigma: float | None, num_classes: int,
+                  **options: Any) -> TrainingMethod:
     """Build a registered method; unknown names or bad options raise SmoothmixError.
 
     An option given as ``None`` takes its default (convenient for CLI flags left unset).
@@ -71,13 +73,17 @@ def _register_builtin() -> None:
     from smoothmix.methods.catrs import CatRS
     from smoothmix.methods.consistency import Consistency
     from smoothmix.methods.ddpm import DDPM
+    from smoothmix.methods.denoise_mse import DenoiseMSE
+    from smoothmix.methods.denoise_stability import DenoiseStability
     from smoothmix.methods.gaussian import Gaussian
     from smoothmix.methods.macer import Macer
+    from smoothmix.methods.plain import Plain
     from smoothmix.methods.smoothadv import SmoothAdv
     from smoothmix.methods.smoothmix import SmoothMix
     from smoothmix.methods.stability import Stability
 
-    for cls in (SmoothMix, Gaussian, Stability, SmoothAdv, Macer, Consistency, CatRS, DDPM):
+    for cls in (SmoothMix, Gaussian, Stability, SmoothAdv, Macer, Consistency, CatRS, Plain,
+                DenoiseMSE, DenoiseStability, DDPM):
         register_method(cls)
 
 

@@ -17,7 +17,7 @@ import abc
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,9 @@ from smoothmix.errors import SmoothmixError
 __all__ = [
     "LOG_CLAMP", "Option", "OptionInfo", "StepOutput", "TrainingMethod", "accuracy", "at_least",
     "check_batch", "cross_entropy_copies", "forward_groups", "full_precision",
-    "has_batch_statistics", "kl_divergence", "mean_over_copies", "method_side_data",
-    "noisy_copies", "non_negative", "positive", "soft_cross_entropy", "unwrap_ddp",
-    "warmup_factor",
+    "has_batch_statistics", "kl_divergence", "logit_sums", "mean_over_copies",
+    "method_side_data", "noisy_accuracy_sums", "noisy_copies", "non_negative", "positive",
+    "soft_cross_entropy", "unwrap_ddp", "warmup_factor",
 ]
 
 # Anything below this is treated as 0 inside a log (docs/MATH.md §3.3/3.5/3.6 clamp at 1e-20).
@@ -143,9 +143,18 @@ class TrainingMethod(abc.ABC):
     # up by dataset index, on the batch's device) and passes them as keyword arguments:
     # ``method(model, x, y, epoch, soft_target=...)``. Empty for methods that need none.
     side_data: ClassVar[tuple[str, ...]] = ()
+    # What the method trains: "classifier" (the model maps images to logits; ``--arch``
+    # names an architecture of smoothmix.models) or "denoiser" (the model maps images to
+    # images of the same shape; ``--arch`` names a kind of smoothmix.denoisers.DENOISERS,
+    # built without a normalisation layer). The loop checks the model's output against it.
+    trains: ClassVar[str] = "classifier"
+    # False for methods that train without Gaussian noise (``plain``): they take no sigma
+    # (``sigma`` is None) and their checkpoints record ``sigma: None``.
+    uses_noise: ClassVar[bool] = True
 
-    def __init__(self, sigma: float, num_classes: int, **options: Any) -> None:
-        sigma = check_sigma(sigma)  # the same rule (and message) as Smooth and the CLI
+    def __init__(self, sigma: float | None, num_classes: int, **options: Any) -> None:
+        if self.uses_noise or sigma is not None:
+            sigma = check_sigma(sigma)  # the same rule (and message) as Smooth and the CLI
         classes = check_num_classes(num_classes)
         unknown = sorted(set(options) - set(self.options))
         if unknown:
@@ -154,7 +163,8 @@ class TrainingMethod(abc.ABC):
                 f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for "
                 f"method {self.name}; valid options: {valid}"
             )
-        self.sigma = sigma
+        # None only for methods with ``uses_noise = False``, which never read it.
+        self.sigma: float = cast(float, sigma)
         self.num_classes = classes
         for key, option in self.options.items():
             setattr(self, key, _coerce(self.name, key, option, options.get(key)))
@@ -162,6 +172,25 @@ class TrainingMethod(abc.ABC):
     def config(self) -> dict[str, Any]:
         """All option values, for checkpoints and logs."""
         return {key: getattr(self, key) for key in self.options}
+
+    def identity(self) -> dict[str, Any]:
+        """Plain values identifying what the method read besides its options (e.g. the
+        SHA-256 of a frozen classifier's checkpoint): stored in the checkpoint's ``config``
+        and compared on resume, so a run never continues with other inputs. Empty here."""
+        return {}
+
+    def monitor(self, model: nn.Module, x: Tensor, y: Tensor,
+                generator: torch.Generator) -> dict[str, Tensor]:
+        """The epoch-end test metrics of one test batch, as SUMS over its examples (scalar
+        tensors; the caller sums them over batches and ranks and divides by the number of
+        examples, then logs each as ``test_<name>``). Runs under ``torch.no_grad`` with the
+        model in eval mode; noise must come from ``generator`` (seeded per epoch and rank,
+        so the evaluation never moves the training RNG).
+
+        Default: the base classifier's accuracy and cross-entropy on one Gaussian draw of
+        noise level sigma per image (``test_noisy_acc`` / ``test_noisy_loss``).
+        """
+        return noisy_accuracy_sums(model, x, y, self.sigma, generator)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -177,6 +206,23 @@ class TrainingMethod(abc.ABC):
                  **side: Tensor) -> StepOutput:
         """Loss of one batch (see class docstring); ``side`` holds the rows of the batch's
         examples for every name in :attr:`side_data` (nothing for most methods)."""
+
+
+def noisy_accuracy_sums(model: nn.Module, x: Tensor, y: Tensor, sigma: float,
+                        generator: torch.Generator) -> dict[str, Tensor]:
+    """Correct predictions and the summed cross-entropy of ``model`` on ``x`` plus one
+    Gaussian draw (std ``sigma``, from ``generator``) per image: the default
+    :meth:`TrainingMethod.monitor`."""
+    noisy = x + sigma * torch.randn(x.shape, generator=generator, device=x.device,
+                                    dtype=x.dtype)
+    return logit_sums(model(noisy), y)
+
+
+def logit_sums(logits: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """``{"noisy_acc": correct, "noisy_loss": summed cross-entropy}`` of a batch's logits."""
+    logits = logits.float()
+    return {"noisy_acc": (logits.argmax(1) == y).sum(),
+            "noisy_loss": F.cross_entropy(logits, y, reduction="sum")}
 
 
 def method_side_data(method: Any) -> tuple[str, ...]:

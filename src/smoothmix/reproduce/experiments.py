@@ -91,12 +91,15 @@ class Experiment:
 def _preset_rows(dataset: str, sigma: float) -> list[str]:
     """The method ids (the middle of ``{dataset}-{method}-{sigma}``) of the presets of one
     dataset and σ, in the presets' order."""
+    from smoothmix.training.kinds import method_trains
     from smoothmix.training.presets import PRESETS
 
     prefix, suffix = f"{dataset}-", f"-{sigma:.2f}"
+    # Rows are smoothed classifiers: the denoiser presets (which need a classifier) are not.
     return [name[len(prefix):-len(suffix)] for name, p in PRESETS.items()
             if p.dataset == dataset and p.sigma == sigma
-            and name.startswith(prefix) and name.endswith(suffix)]
+            and name.startswith(prefix) and name.endswith(suffix)
+            and method_trains(p.method) == "classifier"]
 
 
 def list_experiments() -> list[str]:

@@ -41,6 +41,14 @@ from smoothmix.checks import check_count, check_sigma
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.storage import differing_keys
 from smoothmix.training.callbacks import Callback
+from smoothmix.training.kinds import (
+    build_denoiser,
+    check_arch,
+    init_record,
+    load_init,
+    method_trains,
+    method_uses_noise,
+)
 from smoothmix.training.loop import TrainConfig, fit
 from smoothmix.training.presets import Preset, get_preset
 from smoothmix.training.recipe import (
@@ -106,8 +114,8 @@ class TrainSpec:
         return self.recipe.method
 
     @property
-    def sigma(self) -> float:
-        assert self.recipe.sigma is not None  # resolve() requires one
+    def sigma(self) -> float | None:
+        """The run's sigma; None only for a method that trains without noise (``plain``)."""
         return self.recipe.sigma
 
     method_options = _recipe_field("method_options")
@@ -250,18 +258,34 @@ def _model_settings(values: dict[str, Any], saved: Mapping[str, Any] | None,
 
     dataset = _given(values.get("dataset"), "no dataset given: pass --dataset (or --preset)")
     info = dataset_defaults(dataset)
+    values["arch_kwargs"] = _plain_kwargs(values.get("arch_kwargs") or {})
+    schedule = SCHEDULE_DEFAULTS.get(dataset, _FALLBACK_SCHEDULE)
+    if method_trains(values["method"]) == "denoiser":  # a denoiser kind, no normalisation
+        check_arch(values["method"], values.get("arch"))
+        return None, schedule
     values["arch"] = _given(values.get("arch") or info.arch, f"dataset {dataset!r} has no "
                             "default architecture: pass --arch")
+    check_arch(values["method"], values["arch"])
     arch_info = model_defaults(values["arch"])  # validates the name
     # A registered architecture (dataset None) brings its own normalisation.
     normalization = (saved or {}).get("normalization") or (
         info.normalization if info.normalization != "none" and arch_info.dataset
         else arch_info.normalization)
-    values["arch_kwargs"] = _plain_kwargs(values.get("arch_kwargs") or {})
-    return normalization, SCHEDULE_DEFAULTS.get(dataset, _FALLBACK_SCHEDULE)
+    return normalization, schedule
 
 
 _T = TypeVar("_T")
+
+
+def _sigma(values: Mapping[str, Any]) -> float | None:
+    """The run's sigma: required for a method with noise, refused for one without."""
+    method = values["method"]
+    if method_uses_noise(method):
+        return check_sigma(_given(values.get("sigma"), "no noise level given: pass --sigma "
+                                  "(in [0, 1] pixel units)"))
+    require(values.get("sigma") is None, f"method {method} trains without noise: it takes no "
+            "--sigma (the noise level is chosen when certifying: smoothmix certify --sigma)")
+    return None
 
 
 def _given(value: _T | None, message: str) -> _T:
@@ -283,6 +307,7 @@ def resolve(
     epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
     lr_step: int | None = None, lr_gamma: float | None = None,
     lr_milestones: Sequence[int] | None = None, momentum: float | None = None,
+    optimizer: str | None = None,
     weight_decay: float | None = None, seed: int | None = None,
     precision: str | None = None, amp: bool = False,
     runtime: Runtime | None = None, device: str | None = None, compile: bool | None = None,
@@ -302,7 +327,7 @@ def resolve(
                     "method": method, "sigma": sigma, "train_subset": train_subset,
                     "test_subset": test_subset, "epochs": epochs, "batch_size": batch_size,
                     "lr": lr, "lr_step": lr_step, "lr_gamma": lr_gamma,
-                    "lr_milestones": lr_milestones, "momentum": momentum,
+                    "lr_milestones": lr_milestones, "momentum": momentum, "optimizer": optimizer,
                     "weight_decay": weight_decay, "seed": seed, "precision": precision}, amp)
     run = _runtime(runtime, {"device": device, "compile": compile,
                              "channels_last": channels_last, "cuda_graphs": cuda_graphs,
@@ -315,8 +340,7 @@ def resolve(
     p = _checked_preset(preset, flags)
     saved = _saved_settings(outdir) if resume else None
     values, sources = _merged_values(flags, p, saved, explicit_opts)
-    values["sigma"] = check_sigma(_given(values.get("sigma"), "no noise level given: pass "
-                                         "--sigma (in [0, 1] pixel units)"))
+    values["sigma"] = _sigma(values)
     normalization, schedule = _model_settings(values, saved, custom_model)
     recipe = _recipe(values, schedule, deferred, p, saved, sources)
     for name in ("train_subset", "test_subset"):
@@ -409,7 +433,7 @@ def train(
     epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
     lr_step: int | None = None, lr_gamma: float | None = None,
     lr_milestones: Sequence[int] | None = None, momentum: float | None = None,
-    weight_decay: float | None = None, seed: int | None = None,
+    optimizer: str | None = None, weight_decay: float | None = None, seed: int | None = None,
     precision: str | None = None, amp: bool = False,
     runtime: Runtime | None = None, device: str | None = None, compile: bool | None = None,
     channels_last: bool | None = None, cuda_graphs: bool | None = None,
@@ -419,10 +443,10 @@ def train(
     data_dir: str | os.PathLike | None = None,
     model: nn.Module | None = None, train_set: Any | None = None,
     test_set: Any | None = None, num_classes: int | None = None,
-    targets: str | os.PathLike | None = None,
+    targets: str | os.PathLike | None = None, init: str | os.PathLike | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> Path:
-    """Train a smoothed classifier's base model; return the final checkpoint's path.
+    """Train a smoothed classifier's base model (or a denoiser); return the checkpoint path.
 
     The recipe (:class:`~smoothmix.training.recipe.Recipe`; ``None``: the preset's, a resumed
     run's, else the default): ``dataset``, ``arch``, ``arch_kwargs`` (to the architecture's
@@ -431,14 +455,16 @@ def train(
     ``deferred`` (MACER's robustness term from this 0-based epoch; ``True``: the first
     learning-rate drop, ``False``/0: from the start), ``train_subset``, ``test_subset``,
     ``epochs``, ``batch_size``, ``lr``, ``lr_step``, ``lr_gamma``, ``lr_milestones``,
-    ``momentum``, ``weight_decay``, ``seed`` and ``precision`` (``amp=True``: deprecated
-    spelling of ``"bf16"``). The execution (:class:`~smoothmix.training.recipe.Runtime`):
-    ``runtime``, or any of its fields as keywords (``device``, ``compile``, ``channels_last``,
-    ``cuda_graphs``, ``workers``, ``test_batch_size``, ``log_every``, ``progress``).
-    ``targets`` is the soft-target file (``smoothmix targets``) of methods that need one
-    (CAT-RS), built on the whole training set of ``dataset``. ``callbacks`` run after the
-    default ones (:class:`~smoothmix.training.callbacks.Callback`). An epoch count shorter
-    than the method's warm-up or deferral is announced in one warning line.
+    ``momentum``, ``optimizer`` ("sgd" or "adam"), ``weight_decay``, ``seed`` and
+    ``precision`` (``amp=True``: deprecated spelling of ``"bf16"``). The execution
+    (:class:`~smoothmix.training.recipe.Runtime`): ``runtime``, or any of its fields as
+    keywords (``device``, ``compile``, ``channels_last``, ``cuda_graphs``, ``workers``,
+    ``test_batch_size``, ``log_every``, ``progress``). ``targets`` is the soft-target file
+    (``smoothmix targets``) of methods that need one (CAT-RS), built on the whole training
+    set of ``dataset``. ``init``: start from this checkpoint's weights
+    (:mod:`~smoothmix.training.kinds`). ``callbacks`` run after the default ones
+    (:class:`~smoothmix.training.callbacks.Callback`). An epoch count shorter than the
+    method's warm-up or deferral is announced in one warning line.
     """
     custom = _check_own_model(model, train_set, test_set)
     spec = resolve(
@@ -446,38 +472,50 @@ def train(
         method=method, sigma=sigma, method_options=method_options, deferred=deferred,
         train_subset=train_subset, test_subset=test_subset, epochs=epochs,
         batch_size=batch_size, lr=lr, lr_step=lr_step, lr_gamma=lr_gamma,
-        lr_milestones=lr_milestones, momentum=momentum, weight_decay=weight_decay, seed=seed,
-        precision=precision, amp=amp, runtime=runtime, device=device, compile=compile,
-        channels_last=channels_last, cuda_graphs=cuda_graphs, workers=workers,
+        lr_milestones=lr_milestones, momentum=momentum, optimizer=optimizer,
+        weight_decay=weight_decay, seed=seed, precision=precision, amp=amp, runtime=runtime,
+        device=device, compile=compile, channels_last=channels_last, cuda_graphs=cuda_graphs,
+        workers=workers,
         test_batch_size=test_batch_size, log_every=log_every, progress=progress,
         resume=resume, custom_model=custom)
     return _train_spec(spec, Path(outdir), resume, data_dir=data_dir, model=model,
                        train_set=train_set, test_set=test_set, num_classes=num_classes,
-                       targets=targets, callbacks=callbacks)
+                       targets=targets, init=init, callbacks=callbacks)
 
 
 def _train_spec(spec: TrainSpec, outdir: Path, resume: bool, *, data_dir: Any,
                 model: nn.Module | None, train_set: Any, test_set: Any,
-                num_classes: int | None, targets: Any, callbacks: Sequence[Callback]) -> Path:
+                num_classes: int | None, targets: Any, init: Any,
+                callbacks: Sequence[Callback]) -> Path:
     """Load what the spec names (or take the caller's model and data), then :func:`fit`."""
     from smoothmix.methods import create_method
 
     custom = model is not None
     _check_targets(spec, targets, custom)
     resuming = check_outdir(outdir, resume)  # fail before loading data when the outdir is taken
+    _check_init_needed(spec, init, resuming)
+    arch_kwargs = None
     if model is None:
-        model, train_set, test_set = _named_run(spec, data_dir, targets)
+        model, train_set, test_set, arch_kwargs = _named_run(spec, data_dir, targets)
         num_classes = train_set.num_classes
     else:
         num_classes = _given(num_classes or getattr(train_set, "num_classes", None),
                              "num_classes= is needed: the training set has no num_classes "
                              "attribute")
     method_obj = create_method(spec.method, spec.sigma, int(num_classes), **spec.method_options)
+    if resuming:
+        start = init_record(init, _saved_settings(outdir), outdir)
+    else:
+        start = {} if init is None else {"init": str(init),
+                                         "init_sha256": load_init(model, init, spec.arch)}
 
     _announce(spec, train_set, outdir, resuming, restart=resume and not resuming)
     metadata = spec.metadata(int(num_classes))
+    if arch_kwargs is not None:
+        metadata["arch_kwargs"] = arch_kwargs  # complete (a denoiser's channels filled in)
     # The targets' hash takes part in the resume check: a resumed CAT-RS run keeps its pi.
     metadata.update(spec.extra.get("targets", {}))
+    metadata.update(start)
     return fit(model, method_obj, train_set, test_set, spec.recipe, outdir, resume=resume,
                runtime=spec.runtime, sigma=spec.sigma, metadata=metadata, callbacks=callbacks)
 
@@ -509,9 +547,20 @@ def _check_targets(spec: TrainSpec, targets: Any, custom: bool) -> None:
             "model trained at sigma 0.25")
 
 
-def _named_run(spec: TrainSpec, data_dir: Any, targets: Any) -> tuple[nn.Module, Any, Any]:
+def _check_init_needed(spec: TrainSpec, init: Any, resuming: bool) -> None:
+    """A preset that fine-tunes (``needs_init``) starts from ``--init``; one line if not."""
+    if spec.preset is None or init is not None or resuming:
+        return
+    preset = get_preset(spec.preset)
+    require(not preset.needs_init, f"preset {preset.name} fine-tunes a trained model: pass "
+            f"--init CHECKPOINT (the preset's note: {preset.note})")
+
+
+def _named_run(spec: TrainSpec, data_dir: Any, targets: Any
+               ) -> tuple[nn.Module, Any, Any, dict[str, Any]]:
     """The model, training and test sets of a run named by dataset and architecture (the
-    soft targets attached to the training set when given)."""
+    soft targets attached to the training set when given), and the model's complete
+    construction arguments."""
     from smoothmix.data import load_dataset
     from smoothmix.models import create_model
 
@@ -528,9 +577,12 @@ def _named_run(spec: TrainSpec, data_dir: Any, targets: Any) -> tuple[nn.Module,
     if spec.test_subset is not None:
         test_set = test_set.subset(spec.test_subset)
     seed_everything(spec.recipe.seed)  # the initial weights depend on the seed only
+    if method_trains(spec.method) == "denoiser":
+        model, kwargs = build_denoiser(spec.arch, spec.recipe.arch_kwargs, train_set)
+        return model, train_set, test_set, kwargs
     model = create_model(spec.arch, num_classes=train_set.num_classes,
                          normalization=spec.normalization, **spec.recipe.arch_kwargs)
-    return model, train_set, test_set
+    return model, train_set, test_set, dict(spec.recipe.arch_kwargs)
 
 
 def _soft_targets(spec: TrainSpec, train_set: Any, targets: Any) -> Any:
@@ -567,7 +619,8 @@ def _announce(spec: TrainSpec, train_set: Any, outdir: Path, resume: bool,
         print(f"smoothmix train: --resume: {outdir} holds no checkpoint yet (the run stopped "
               "before its first epoch ended); starting it from the beginning", flush=True)
     schedule, warnings = schedule_notes(r)
-    print(f"smoothmix train: {what} ({len(train_set)} images), {spec.method} sigma={spec.sigma}"
+    noise = f"sigma={spec.sigma}" if spec.sigma is not None else "without noise"
+    print(f"smoothmix train: {what} ({len(train_set)} images), {spec.method} {noise}"
           f"{' ' + opts if opts else ''}; {_count(r.epochs, 'epoch')}"
           f"{''.join(', ' + part for part in schedule)}, batch {r.batch_size}, "
           f"lr {r.lr:g}, {r.precision}{' (resume)' if resume else ''}"

@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smoothmix.methods.base import noisy_accuracy_sums
 from smoothmix.storage import atomic_write
-from smoothmix.training.evaluation import evaluate_noisy
+from smoothmix.training.evaluation import Monitor, evaluate_monitor
 from smoothmix.training.rundir import LOG_NAME, CheckpointIO
 from smoothmix.training.seeding import rank_seed, set_loader_epoch
 
@@ -53,7 +54,7 @@ class Callback:
         """After the last epoch, or after an error (release resources here)."""
 
 
-def default_callbacks(test_set: Any | None, sigma: float) -> list[Callback]:
+def default_callbacks(test_set: Any | None, sigma: float | None) -> list[Callback]:
     """The run folder's writers, in the order the loop has always written them: the noisy
     test evaluation (adds its columns), then checkpoint, ``log.csv`` and TensorBoard."""
     return [NoisyEvaluation(test_set, sigma), Checkpointing(), CsvLogger(), TensorBoardLogger()]
@@ -63,11 +64,15 @@ def default_callbacks(test_set: Any | None, sigma: float) -> list[Callback]:
 
 
 class NoisyEvaluation(Callback):
-    """``test_noisy_acc`` / ``test_noisy_loss``: the base classifier on one Gaussian draw of
-    noise level ``sigma`` per test image, from a generator of its own (seeded by the run's
-    seed and the epoch), so it never moves the training RNG. Nothing without a test set."""
+    """The test metrics of the run's method, from its monitor
+    (:meth:`smoothmix.methods.base.TrainingMethod.monitor`), each logged as ``test_<name>``:
+    by default ``test_noisy_acc`` / ``test_noisy_loss``, the base classifier on one Gaussian
+    draw of noise level ``sigma`` per test image (a method object without a ``monitor``
+    gets this too). The monitor's noise comes from a generator of its own (seeded by the
+    run's seed and the epoch), so it never moves the training RNG. Nothing without a test
+    set."""
 
-    def __init__(self, test_set: Any | None, sigma: float) -> None:
+    def __init__(self, test_set: Any | None, sigma: float | None) -> None:
         self.test_set, self.sigma = test_set, sigma
         self.loader: Any = None
 
@@ -87,16 +92,25 @@ class NoisyEvaluation(Callback):
         if self.loader is not None:
             set_loader_epoch(self.loader, epoch)
 
+    def _monitor(self, run: Run) -> Monitor:
+        monitor = getattr(run.method, "monitor", None)
+        if callable(monitor):
+            return monitor
+        sigma = self.sigma
+        assert sigma is not None, "a method without a monitor needs the run's sigma"
+        return lambda model, x, y, gen: noisy_accuracy_sums(model, x, y, sigma, gen)
+
     def on_train_epoch_end(self, run: Run, epoch: int, metrics: dict[str, Any]) -> None:
         if self.loader is None:
             return
         strategy = run.strategy
-        t = strategy.all_reduce_sum(evaluate_noisy(
-            run.raw_model, self.loader, self.sigma,
+        names, sums = evaluate_monitor(
+            run.raw_model, self.loader, self._monitor(run),
             seed=rank_seed(run.recipe.seed + epoch, strategy.rank), amp=strategy.amp,
-            channels_last=strategy.channels_last)).tolist()
-        metrics["test_noisy_acc"] = t[0] / max(t[2], 1)
-        metrics["test_noisy_loss"] = t[1] / max(t[2], 1)
+            channels_last=strategy.channels_last)
+        t = strategy.all_reduce_sum(sums).tolist()
+        for name, total in zip(names, t[:-1], strict=True):
+            metrics[f"test_{name}"] = total / max(t[-1], 1)
 
 
 # --------------------------------------------------------------------------- checkpoint

@@ -1,16 +1,71 @@
-"""The noisy test accuracy of a base classifier (what the per-epoch log reports)."""
+"""The epoch-end test evaluation: a method's monitor over the test set (what the per-epoch
+log reports as ``test_<name>``), and the classic noisy accuracy of a base classifier."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["evaluate_noisy"]
+__all__ = ["Monitor", "evaluate_monitor", "evaluate_noisy"]
+
+#: ``monitor(model, x, y, generator) -> {name: sum over the batch}``
+#: (:meth:`smoothmix.methods.base.TrainingMethod.monitor`).
+Monitor = Callable[[nn.Module, Tensor, Tensor, torch.Generator], dict[str, Tensor]]
+
+
+class _AsPlaced(nn.Module):
+    """``model`` as the training step runs it: inputs in the channels-last layout when the
+    model was placed in it, the forward under bf16 autocast with ``amp`` (the monitor's
+    own arithmetic, losses included, stays in full precision)."""
+
+    def __init__(self, model: nn.Module, amp: bool, channels_last: bool) -> None:
+        super().__init__()
+        self.inner, self.amp, self.channels_last = model, amp, channels_last
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.inner(x)
 
 
 @torch.no_grad()
+def evaluate_monitor(model: nn.Module, loader: Iterable, monitor: Monitor, seed: int,
+                     amp: bool = False, channels_last: bool = False
+                     ) -> tuple[list[str], Tensor]:
+    """Run ``monitor`` on every test batch (the model in eval mode; its forward under bf16
+    autocast with ``amp``, its inputs channels-last with ``channels_last``).
+
+    Returns the metric names and a device tensor ``[*sums, count]`` (summed, not averaged,
+    so that ranks can all-reduce it). The monitor's noise comes from a private generator
+    seeded by ``seed``, so the evaluation never moves the training RNG.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    run = _AsPlaced(model, amp, channels_last) if amp or channels_last else model
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    names: list[str] = []
+    totals: Tensor | None = None
+    count = 0
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        sums = monitor(run, x, y, gen)
+        names = list(sums) if totals is None else names
+        batch = torch.stack([sums[k].detach().to(dtype).reshape(()) for k in names])
+        totals = batch if totals is None else totals + batch
+        count += int(y.numel())
+    model.train(was_training)
+    if totals is None:
+        return [], torch.zeros(1, device=device, dtype=dtype)
+    return names, torch.cat([totals, totals.new_tensor([count])])
+
+
 def evaluate_noisy(model: nn.Module, loader: Iterable, sigma: float, seed: int,
                    amp: bool = False, channels_last: bool = False) -> torch.Tensor:
     """Top-1 accuracy and CE loss of the base classifier on one Gaussian draw per image.
@@ -18,24 +73,12 @@ def evaluate_noisy(model: nn.Module, loader: Iterable, sigma: float, seed: int,
     Returns a device tensor ``[correct, loss_sum, count]`` (summed, not averaged, so that
     ranks can all-reduce it). The noise comes from a private generator seeded by ``seed``.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    totals = torch.zeros(3, device=device, dtype=torch.float64 if device.type == "cpu"
-                         else torch.float32)
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        noisy = x + sigma * torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)
-        if channels_last:
-            noisy = noisy.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(noisy)
-        logits = logits.float()
-        totals[0] += (logits.argmax(1) == y).sum()
-        totals[1] += nn.functional.cross_entropy(logits, y, reduction="sum")
-        totals[2] += y.numel()
-    model.train(was_training)
+    from smoothmix.methods.base import noisy_accuracy_sums
+
+    def monitor(m: nn.Module, x: Tensor, y: Tensor, g: torch.Generator) -> dict[str, Tensor]:
+        return noisy_accuracy_sums(m, x, y, sigma, g)
+
+    names, totals = evaluate_monitor(model, loader, monitor, seed, amp, channels_last)
+    if not names:
+        return torch.zeros(3, device=totals.device, dtype=totals.dtype)
     return totals

@@ -106,6 +106,23 @@ class TrainConfig:
         return config_record(self.recipe, self.runtime)
 
 
+def _validate(recipe: Recipe, runtime: Runtime) -> None:
+    recipe.validate()
+    runtime.validate()
+    require(recipe.optimizer == "sgd" or not runtime.cuda_graphs,
+            "--cuda-graphs captures the SGD step; use it without --optimizer adam")
+
+
+def _run_sigma(method: Any, sigma: float | None) -> float | None:
+    """The run's sigma: ``sigma``, else the method's; None only for a method that trains
+    without noise (``uses_noise = False``), which takes none."""
+    if getattr(method, "uses_noise", True):
+        return check_sigma(sigma if sigma is not None else getattr(method, "sigma", None))
+    require(sigma is None, f"method {getattr(method, 'name', method)!r} trains without noise: "
+            "it takes no sigma")
+    return None
+
+
 def _recipe_and_runtime(config: Recipe | TrainConfig, runtime: Runtime | None
                         ) -> tuple[Recipe, Runtime]:
     if isinstance(config, TrainConfig):
@@ -129,25 +146,30 @@ def _make_scheduler(optimizer: torch.optim.Optimizer,
 
 def _make_optimizer(model: nn.Module, recipe: Recipe,
                     device: torch.device) -> torch.optim.Optimizer:
-    def sgd(**fused: bool) -> torch.optim.Optimizer:
+    def make(fused: bool | None = None) -> torch.optim.Optimizer:
+        if recipe.optimizer == "adam":  # the published denoiser recipes
+            return torch.optim.Adam(model.parameters(), lr=recipe.lr,
+                                    weight_decay=recipe.weight_decay, fused=fused)
         return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                               weight_decay=recipe.weight_decay, **fused)
+                               weight_decay=recipe.weight_decay, fused=fused)
 
     if device.type == "cuda":
         # One fused kernel for the whole update instead of a launch per parameter.
         try:
-            return sgd(fused=True)
+            return make(fused=True)
         except (RuntimeError, TypeError, ValueError):
             pass
-    return sgd()
+    return make()
 
 
 
 
 def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device,
-                         num_classes: int | None) -> int:
-    """A wrong arch/dataset pairing fails here with one line, not deep inside a method.
-    Returns the number of dimensions of one example (3 for C x H x W images)."""
+                         num_classes: int | None, trains: str = "classifier") -> int:
+    """A wrong arch/dataset pairing fails here with one line, not deep inside a method: a
+    classifier must output one logit per class, a denoiser (``trains == "denoiser"``) an
+    image of its input's shape. Returns the number of dimensions of one example (3 for
+    C x H x W images)."""
     try:
         x, _ = dataset[0]
     except Exception as exc:
@@ -165,6 +187,10 @@ def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device,
     finally:
         model.train(was_training)
     shape = tuple(getattr(out, "shape", ()))
+    if trains == "denoiser":
+        require(shape == (1, *x.shape), f"a denoiser must output an image of its input's "
+                f"shape {(1, *x.shape)}; this model outputs {shape}")
+        return x.dim()
     require(len(shape) == 2 and (num_classes is None or shape[1] == num_classes),
             f"the model must output one logit per class, shape (batch, {num_classes}); it "
             f"outputs {shape}")
@@ -204,6 +230,7 @@ class Run:
     config_dict: dict[str, Any]
     callbacks: list[Callback] = field(default_factory=list)
     bar: Progress | None = None
+    method: Any = None  # the training method (its ``monitor`` is the epoch-end evaluation)
 
     @property
     def config(self) -> TrainConfig:
@@ -253,10 +280,11 @@ def fit(
     ``config`` is the :class:`~smoothmix.training.recipe.Recipe` (schedule, batch, seed,
     precision) with ``runtime`` (default :class:`~smoothmix.training.recipe.Runtime`), or a
     flat :class:`TrainConfig` holding both.
-    ``sigma`` (default ``method.sigma``) is the noise level of the noisy test accuracy and is
-    stored with the run. ``metadata`` is stored in the checkpoint: ``arch``, ``arch_kwargs``,
-    ``normalization``, ``num_classes``, ``method``, ``method_options`` and any other plain
-    values (they also take part in the resume compatibility check). ``callbacks`` run after
+    ``sigma`` (default ``method.sigma``; None for a method with ``uses_noise = False``) is the
+    run's noise level, stored with it. The method's ``trains`` and ``monitor`` apply.
+    ``metadata`` is stored in the checkpoint: ``arch``, ``arch_kwargs``, ``normalization``,
+    ``num_classes``, ``method``, ``method_options`` and any other plain values (they also
+    take part in the resume compatibility check). ``callbacks`` run after
     the default ones (:mod:`smoothmix.training.callbacks`).
 
     Writes ``outdir/checkpoint.pth.tar`` (atomically, every epoch), ``outdir/log.csv`` and
@@ -268,9 +296,8 @@ def fit(
     The steps: :func:`_set_up`, then per epoch :func:`_train_epoch` and the callbacks.
     """
     recipe, runtime = _recipe_and_runtime(config, runtime)
-    recipe.validate()
-    runtime.validate()
-    sigma = check_sigma(sigma if sigma is not None else getattr(method, "sigma", None))
+    _validate(recipe, runtime)
+    sigma = _run_sigma(method, sigma)
     run = _set_up(model, method, train_set, TrainConfig.of(recipe, runtime), Path(outdir),
                   resume, sigma, metadata, [*default_callbacks(test_set, sigma), *callbacks])
     try:
@@ -291,7 +318,7 @@ def fit(
 
 
 def _set_up(model: nn.Module, method: TrainingMethod, train_set: Any, config: TrainConfig,
-            outdir: Path, resume: bool, sigma: float, metadata: Mapping[str, Any] | None,
+            outdir: Path, resume: bool, sigma: float | None, metadata: Mapping[str, Any] | None,
             callbacks: list[Callback]) -> Run:
     """The named steps before the first epoch, in this order: checks and the outdir (on
     every rank, before anything is written), device and processes, model, optimiser and
@@ -304,7 +331,8 @@ def _set_up(model: nn.Module, method: TrainingMethod, train_set: Any, config: Tr
     ckpt = checkpoints.open_resumed(resume, _resume_record(identity, meta, recipe))
     strategy.barrier()  # nobody writes until every rank has checked the outdir
 
-    raw_model = _place_model(model, train_set, strategy, runtime, identity["num_classes"])
+    raw_model = _place_model(model, train_set, strategy, runtime, identity["num_classes"],
+                             str(getattr(method, "trains", "classifier")))
     optimizer = _make_optimizer(raw_model, recipe, strategy.device)
     scheduler = _make_scheduler(optimizer, recipe)
     start_epoch = checkpoints.restore(ckpt, raw_model, optimizer, scheduler)
@@ -315,7 +343,7 @@ def _set_up(model: nn.Module, method: TrainingMethod, train_set: Any, config: Tr
               per_rank_batch=per_rank_batch, start_epoch=start_epoch,
               resumed=ckpt is not None, identity=identity,
               config_dict={**config.to_dict(), **meta, "world_size": strategy.world},
-              callbacks=callbacks)
+              callbacks=callbacks, method=method)
     if run.main:
         outdir.mkdir(parents=True, exist_ok=True)
     run.call("on_fit_start")
@@ -324,11 +352,17 @@ def _set_up(model: nn.Module, method: TrainingMethod, train_set: Any, config: Tr
     return run
 
 
-def _identity(method: TrainingMethod, train_set: Any, sigma: float,
+def _identity(method: TrainingMethod, train_set: Any, sigma: float | None,
               metadata: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """What the checkpoint stores about the run (arch, method, options, sigma...), and the
-    rest of ``metadata`` (stored in the checkpoint's ``config``)."""
+    rest of ``metadata`` (stored in the checkpoint's ``config``) with what the method read
+    besides its options (:meth:`~smoothmix.methods.base.TrainingMethod.identity`, e.g. a
+    frozen classifier's hash) and, for a run without noise, ``noise: "none"``."""
     meta = dict(metadata or {})
+    if callable(getattr(method, "identity", None)):
+        meta.update(method.identity())
+    if sigma is None:
+        meta["noise"] = "none"  # sigma None: trained without noise, not "not recorded"
     method_name = str(meta.pop("method", getattr(method, "name", type(method).__name__)))
     method_config = method.config() if callable(getattr(method, "config", None)) else None
     method_opts = dict(meta.pop("method_options", None) or method_config or {})
@@ -357,10 +391,10 @@ def _resume_record(identity: Mapping[str, Any], meta: Mapping[str, Any],
 
 
 def _place_model(model: nn.Module, train_set: Any, strategy: ExecutionStrategy,
-                 runtime: Runtime, num_classes: int | None) -> nn.Module:
+                 runtime: Runtime, num_classes: int | None, trains: str) -> nn.Module:
     """The model on the device, checked against the data, in its memory format."""
     placed = model.to(strategy.device)
-    input_dims = _check_accepts_input(placed, train_set, strategy.device, num_classes)
+    input_dims = _check_accepts_input(placed, train_set, strategy.device, num_classes, trains)
     # Auto (None): channels_last for image models: on a CPU the input gradient of a
     # 1-channel conv is slow in NCHW (benchmarks/train_throughput.py); on GPUs it is the
     # layout tensor cores want.
@@ -455,8 +489,12 @@ def _report_epoch(run: Run, row: Mapping[str, Any]) -> None:
     summary = f"epoch {row['epoch']}/{run.recipe.epochs}: loss {row['train_loss']:.4f}"
     if "train_acc" in row:
         summary += f" acc {row['train_acc']:.3f}"
+    if "test_psnr" in row:
+        summary += f" test PSNR {row['test_psnr']:.2f} dB"
     if "test_noisy_acc" in row:
         summary += f" noisy test acc {row['test_noisy_acc']:.3f}"
+    if "test_clean_acc" in row:
+        summary += f" clean test acc {row['test_clean_acc']:.3f}"
     summary += f" ({row['time_s']:.1f} s)"
     if run.bar is not None:
         run.bar.write(summary)

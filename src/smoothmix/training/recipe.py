@@ -30,10 +30,13 @@ from typing import Any
 
 from smoothmix.errors import require
 
-__all__ = ["OPTION_PREFIX", "RECIPE_FIELDS", "RUNTIME_FIELDS", "SCHEDULE_FIELDS", "Recipe",
-           "Runtime",
+__all__ = ["OPTIMIZERS", "OPTION_PREFIX", "RECIPE_FIELDS", "RUNTIME_FIELDS", "SCHEDULE_FIELDS",
+           "Recipe", "Runtime",
            "comparable", "compared", "fold_amp", "merge", "option_flag", "recipe_values",
            "schedule_notes", "show", "split_settings"]
+
+#: The optimisers a recipe may name (:attr:`Recipe.optimizer`).
+OPTIMIZERS = ("sgd", "adam")
 
 #: Prefix of a method option in the flat comparison record (``method_options.eta``).
 OPTION_PREFIX = "method_options."
@@ -56,7 +59,10 @@ class Recipe:
     epochs, or at ``lr_milestones`` when given. ``batch_size`` counts images per optimiser
     step over all ranks (each expanded to the method's noise copies inside the method).
     ``precision`` "bf16" runs the method's forward passes under bfloat16 autocast; it changes
-    the trajectory, so a resume keeps it. ``method_options`` maps option names to values.
+    the trajectory, so a resume keeps it. ``optimizer`` is "sgd" (with ``momentum``; every
+    classifier recipe) or "adam" (default betas; the published denoiser recipes of Salman
+    et al. 2020); both take ``weight_decay`` and the step schedule. ``method_options`` maps
+    option names to values.
     """
 
     method: str | None = None
@@ -73,6 +79,7 @@ class Recipe:
     lr_gamma: float = _schedule(0.1)
     lr_milestones: tuple[int, ...] | None = _schedule(None)
     momentum: float = _schedule(0.9)
+    optimizer: str = _schedule("sgd")
     weight_decay: float = _schedule(1e-4)
     seed: int = _schedule(0)
     precision: str = _schedule("fp32")
@@ -105,6 +112,8 @@ class Recipe:
         require(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         require(self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr}")
         require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        require(self.optimizer in OPTIMIZERS, f"optimizer must be one of "
+                f"{', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         require(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         require(self.lr_step >= 1, f"lr step must be >= 1 epoch, got {self.lr_step}")
         require(0 < self.lr_gamma <= 1, f"lr gamma must be in (0, 1], got {self.lr_gamma}")

@@ -108,6 +108,8 @@ def config_record(recipe: Recipe, runtime: Runtime) -> dict[str, Any]:
         "channels_last": runtime.channels_last, "cuda_graphs": runtime.cuda_graphs,
         "workers": runtime.workers, "test_batch_size": runtime.test_batch_size,
         "log_every": runtime.log_every, "progress": runtime.progress,
+        # Written only when not SGD: the configs of every SGD run keep their old keys.
+        **({"optimizer": recipe.optimizer} if recipe.optimizer != "sgd" else {}),
     }
 
 
