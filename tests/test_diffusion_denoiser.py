@@ -420,9 +420,15 @@ def test_the_ddpm_monitor_is_deterministic():
     net = small_ddpm()
     method = create_method("ddpm", sigma=0.5, num_classes=10)
     x = torch.rand(4, 1, 6, 6)
-    first = method.monitor(net, x, torch.zeros(4, dtype=torch.long))
+
+    def sums():  # the loop's contract: sums over the batch, draws from its generator
+        gen = torch.Generator().manual_seed(3)
+        return {k: float(v) for k, v in
+                method.monitor(net, x, torch.zeros(4, dtype=torch.long), gen).items()}
+
+    first = sums()
     assert set(first) == {"eps_mse", "psnr"} and all(math.isfinite(v) for v in first.values())
-    assert first == method.monitor(net, x, torch.zeros(4, dtype=torch.long))
+    assert first == sums()
 
 
 def test_the_mnist_ddpm_preset():
@@ -456,7 +462,25 @@ def test_denoiser_and_method_on_a_device_match_the_cpu(device):
     y = torch.zeros(3, dtype=torch.long, device=device)
     out = method(moved, x.to(device), y, 0)
     assert out.loss.device.type == device and torch.isfinite(out.loss)
-    assert set(method.monitor(moved, x.to(device), y)) == {"eps_mse", "psnr"}
+    gen = torch.Generator(device=device).manual_seed(0)
+    assert set(method.monitor(moved, x.to(device), y, gen)) == {"eps_mse", "psnr"}
+
+
+def test_the_mnist_ddpm_preset_trains_through_the_loop(tmp_path):
+    """`smoothmix train --preset mnist-ddpm-0.50` end to end (a few images): the loop builds
+    the ddpm-unet by --arch, checks it through the method's probe_output, logs the method's
+    monitor (ε-MSE, one-shot PSNR), and the checkpoint loads as the one-shot denoiser."""
+    from smoothmix.denoisers import load_denoiser
+    from smoothmix.training import train
+
+    out = tmp_path / "ddpm"
+    train(out, preset="mnist-ddpm-0.50", epochs=1, train_subset=64, test_subset=32,
+          batch_size=32, progress=False)
+    log = (out / "log.csv").read_text().splitlines()
+    assert log[0].split(",")[3:5] == ["test_eps_mse", "test_psnr"]
+    denoiser, record = load_denoiser(out, sigma=0.5)
+    x = torch.rand(2, 1, 28, 28)
+    assert denoiser(x).shape == x.shape and record["identity"]["arch"] == "ddpm-unet"
 
 
 @pytest.mark.slow

@@ -192,6 +192,13 @@ class TrainingMethod(abc.ABC):
         """
         return noisy_accuracy_sums(model, x, y, self.sigma, generator)
 
+    def probe_output(self, model: nn.Module, x: Tensor) -> Tensor:
+        """The model's output on a batch ``x`` as the loop's first-batch check sees it:
+        logits for a classifier, an image of ``x``'s shape for a denoiser. ``model(x)``
+        here; a method that calls its model otherwise (``ddpm``: ``model(x_t, t)``)
+        overrides it."""
+        return model(x)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}(sigma={self.sigma}, num_classes={self.num_classes}, {args})"

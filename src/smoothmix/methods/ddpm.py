@@ -31,8 +31,11 @@ _MONITOR_SEED = 0
 def diffusion_of(model: nn.Module) -> Any:
     """The DDPM module inside DDP / torch.compile wrappers: it has ``alphas_cumprod``,
     ``sample_size`` and ``one_shot``. Anything else is a one-line error."""
-    inner = unwrap_ddp(model)
-    inner = getattr(inner, "_orig_mod", inner)
+    inner = model
+    for _ in range(4):  # DDP, torch.compile and the monitor's placed view, in any nesting
+        inner = unwrap_ddp(inner)
+        inner = getattr(inner, "_orig_mod", inner)
+        inner = getattr(inner, "inner", inner)  # training.evaluation's placed view
     if not all(hasattr(inner, a) for a in ("alphas_cumprod", "sample_size", "one_shot")):
         raise SmoothmixError(f"method ddpm trains a DDPM denoiser (e.g. --arch ddpm-unet), got "
                              f"{type(inner).__name__}")
@@ -72,6 +75,11 @@ class DDPM(TrainingMethod):
     def epsilon_mse(self, model: nn.Module, net: Any, x: Tensor, t: Tensor,
                     draw: Any) -> Tensor:
         """The loss at steps ``t`` with ε from ``draw(x0)`` (the image region only)."""
+        return self.epsilon_errors(model, net, x, t, draw).mean()
+
+    def epsilon_errors(self, model: nn.Module, net: Any, x: Tensor, t: Tensor,
+                       draw: Any) -> Tensor:
+        """Per image, the mean squared ε error over its own pixels (not the padding)."""
         size = net.sample_size
         x0 = pad_images(2 * x - 1, size, value=-1.0)
         mask = _padding_mask(x, size)
@@ -80,27 +88,34 @@ class DDPM(TrainingMethod):
         x_t = (alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps).to(x.dtype)
         pred = model(x_t, t).float()
         error = (pred - eps.float()).square() * mask
-        return error.sum() / (mask.sum() * x0.shape[0] * x0.shape[1])
+        return error.flatten(1).sum(1) / (mask.sum() * x0.shape[1])
+
+    def probe_output(self, model: nn.Module, x: Tensor) -> Tensor:
+        """The loop's first-batch check calls the model as a denoiser would be used: the
+        one-shot denoiser at the run's σ (``model(x_t, t)`` is the noise predictor)."""
+        return diffusion_of(model).one_shot(self.sigma)(x)
 
     @torch.no_grad()
-    def monitor(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
-        """On a test batch, with draws fixed by their own seed: ``eps_mse``, the loss at
-        uniform steps; ``psnr``, of the one-shot denoiser at the run's σ on x + δ (dB,
-        mean over images; absent when σ is outside the schedule)."""
+    def monitor(self, model: nn.Module, x: Tensor, y: Tensor,
+                generator: torch.Generator) -> dict[str, Tensor]:
+        """Sums over a test batch, with draws from the loop's ``generator``: ``eps_mse``,
+        the loss at uniform steps; ``psnr``, of the one-shot denoiser at the run's σ on
+        x + δ (dB; absent when σ is outside the schedule)."""
         net = diffusion_of(model)
-        gen = torch.Generator().manual_seed(_MONITOR_SEED)
-        t = torch.randint(0, len(net.alphas_cumprod), (len(x),), generator=gen)
+        t = torch.randint(0, len(net.alphas_cumprod), (len(x),), generator=generator,
+                          device=x.device)
 
         def draw(x0: Tensor) -> Tensor:
-            return torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)
+            return torch.randn(x0.shape, generator=generator, device=x0.device,
+                               dtype=x0.dtype)
 
-        out = {"eps_mse": float(self.epsilon_mse(model, net, x, t.to(x.device), draw))}
+        out = {"eps_mse": self.epsilon_errors(model, net, x, t, draw).sum()}
         try:
             one_shot_timestep(net.alphas_cumprod, self.sigma)
         except SmoothmixError:
             return out
-        noise = torch.randn(x.shape, generator=gen).to(x.device, x.dtype) * self.sigma
+        noise = draw(x) * self.sigma
         denoised = net.one_shot(self.sigma)(x + noise)
         mse = (denoised - x).float().square().flatten(1).mean(1).clamp_min(1e-12)
-        out["psnr"] = float((-10 * mse.log10()).mean())
+        out["psnr"] = (-10 * mse.log10()).sum()
         return out

@@ -24,11 +24,12 @@ class _AsPlaced(nn.Module):
         super().__init__()
         self.inner, self.amp, self.channels_last = model, amp, channels_last
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *rest: Tensor) -> Tensor:
+        # ``rest``: further inputs of models called otherwise (a DDPM's steps t).
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.inner(x)
+            return self.inner(x, *rest)
 
 
 @torch.no_grad()

@@ -165,7 +165,7 @@ def _make_optimizer(model: nn.Module, recipe: Recipe,
 
 
 def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device,
-                         num_classes: int | None, trains: str = "classifier") -> int:
+                         num_classes: int | None, method: Any = None) -> int:
     """A wrong arch/dataset pairing fails here with one line, not deep inside a method: a
     classifier must output one logit per class, a denoiser (``trains == "denoiser"``) an
     image of its input's shape. Returns the number of dimensions of one example (3 for
@@ -180,14 +180,16 @@ def _check_accepts_input(model: nn.Module, dataset: Any, device: torch.device,
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x.unsqueeze(0).to(device=device, dtype=torch.float32))
+            batch = x.unsqueeze(0).to(device=device, dtype=torch.float32)
+            probe = getattr(method, "probe_output", None)
+            out = probe(model, batch) if probe is not None else model(batch)
     except (RuntimeError, ValueError, IndexError) as exc:
         raise SmoothmixError(f"the model does not accept this dataset's images of shape "
                              f"{tuple(x.shape)}: {first_line(exc)}") from exc
     finally:
         model.train(was_training)
     shape = tuple(getattr(out, "shape", ()))
-    if trains == "denoiser":
+    if getattr(method, "trains", "classifier") == "denoiser":
         require(shape == (1, *x.shape), f"a denoiser must output an image of its input's "
                 f"shape {(1, *x.shape)}; this model outputs {shape}")
         return x.dim()
@@ -332,7 +334,7 @@ def _set_up(model: nn.Module, method: TrainingMethod, train_set: Any, config: Tr
     strategy.barrier()  # nobody writes until every rank has checked the outdir
 
     raw_model = _place_model(model, train_set, strategy, runtime, identity["num_classes"],
-                             str(getattr(method, "trains", "classifier")))
+                             method)
     optimizer = _make_optimizer(raw_model, recipe, strategy.device)
     scheduler = _make_scheduler(optimizer, recipe)
     start_epoch = checkpoints.restore(ckpt, raw_model, optimizer, scheduler)
@@ -391,10 +393,11 @@ def _resume_record(identity: Mapping[str, Any], meta: Mapping[str, Any],
 
 
 def _place_model(model: nn.Module, train_set: Any, strategy: ExecutionStrategy,
-                 runtime: Runtime, num_classes: int | None, trains: str) -> nn.Module:
-    """The model on the device, checked against the data, in its memory format."""
+                 runtime: Runtime, num_classes: int | None, method: Any) -> nn.Module:
+    """The model on the device, checked against the data (through the method's
+    ``probe_output``), in its memory format."""
     placed = model.to(strategy.device)
-    input_dims = _check_accepts_input(placed, train_set, strategy.device, num_classes, trains)
+    input_dims = _check_accepts_input(placed, train_set, strategy.device, num_classes, method)
     # Auto (None): channels_last for image models: on a CPU the input gradient of a
     # 1-channel conv is slow in NCHW (benchmarks/train_throughput.py); on GPUs it is the
     # layout tensor cores want.
