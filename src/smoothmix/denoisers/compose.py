@@ -292,7 +292,8 @@ def _checkpoint_kind_has_loader(source: str) -> bool:
     if not checkpoint_file(source).is_file():
         return False
     arch = load_checkpoint(source).get("arch")
-    return arch in DENOISERS and bool(DENOISERS.metadata(arch).get("loader"))
+    return (isinstance(arch, str) and arch in DENOISERS
+            and bool(DENOISERS.metadata(arch).get("loader")))
 
 
 def _load_diffusion(source: str, sigma: float | None, settings: dict[str, Any]
