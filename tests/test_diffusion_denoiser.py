@@ -515,3 +515,19 @@ def test_a_few_ddpm_steps_on_mnist_make_a_denoiser_that_beats_the_noisy_input(tm
         denoised_mse = (denoiser(noisy) - x).square().mean()
     assert denoised_mse < 0.5 * (noisy.clamp(0, 1) - x).square().mean()
     assert record["one_shot"]["timestep"] == 258
+
+
+def test_a_diffusion_denoiser_without_the_runs_sigma_is_one_line(tmp_path):
+    """A DDPM serves every sigma: without one (certify with --denoiser and no --sigma) it
+    says so in one line instead of a sigma check's "got None"."""
+    from smoothmix.checkpoint import Checkpoint, save_checkpoint
+    from smoothmix.denoisers import load_denoiser
+
+    net = small_ddpm()
+    settings = {"sample_size": 8, "block_out_channels": [4, 8], "norm_num_groups": 2}
+    save_checkpoint(tmp_path / "checkpoint.pth.tar",
+                    Checkpoint(arch="ddpm-unet", arch_kwargs=settings,
+                               state_dict=net.state_dict()))
+    with pytest.raises(SmoothmixError, match="serves every noise level") as err:
+        load_denoiser(tmp_path)
+    assert "\n" not in str(err.value)

@@ -248,6 +248,8 @@ def load(source: str, *, sigma: float, **settings: Any) -> tuple[nn.Module, dict
     """
     from smoothmix.denoisers import diffusion_sources as sources
 
+    require(sigma is not None, f"the diffusion denoiser {source} serves every noise level: "
+            "give the run's sigma (--sigma), from which it picks its step t*")
     sigma = check_sigma(sigma)
     chosen = _check_settings(settings)
     model = sources.resolve(source)
