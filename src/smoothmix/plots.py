@@ -41,9 +41,10 @@ def paper_curves(results: Sequence[CertificationResults], labels: Sequence[str] 
     without one. A file's experiment is ``experiment`` (``analyze --published``) or the one
     its ``.json`` records (``reproduce`` writes ``experiment`` and ``method``); its method
     the recorded one, else its label or file stem (``certify_`` removed) when that is a row
-    of the experiment. The fine ``curve`` of published.json where there is one, else the
-    published values at the experiment's radii. A file at another σ than the experiment's
-    gets no curve (warned)."""
+    of the experiment. The authors' values on the file's own images (every ``skip``-th, the
+    ``subsets`` of published.json) where the logs give them, else the fine ``curve`` where
+    there is one, else the full-test-set values at the experiment's radii. A file at another
+    σ than the experiment's gets no curve (warned)."""
     from smoothmix.reproduce.experiments import get_experiment
 
     labels = _labels(results, labels)
@@ -60,8 +61,13 @@ def paper_curves(results: Sequence[CertificationResults], labels: Sequence[str] 
         candidates = [settings.get("method"), label, stem, stem.removeprefix("certify_")]
         method = next((m for m in candidates if m in exp.published), None)
         pub = exp.published.get(method or "") or {}
-        curve = pub.get("curve") or ({"radii": exp.radii, "certified": pub["certified"]}
-                                     if pub.get("certified") else None)
+        same = (pub.get("subsets") or {}).get(str(settings.get("skip")), {})
+        # On the file's own images (every skip-th) where the authors' logs give them, else
+        # their full-test-set curve.
+        curve = ({"radii": exp.radii, "certified": same["certified"]}
+                 if same.get("certified") else pub.get("curve")
+                 or ({"radii": exp.radii, "certified": pub["certified"]}
+                     if pub.get("certified") else None))
         if curve is None:
             warnings.append(f"{label}: no published curve in {exp.name} for "
                             f"{method or 'its method (name it by --labels)'}")
