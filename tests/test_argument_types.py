@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +77,25 @@ def test_sigma_message_states_the_valid_range_not_the_pixel_range():
         check_sigma(0)
     assert "(0, 4]" in str(info.value) and "[0, 1] pixel units" not in str(info.value)
     assert check_sigma(2.0) == 2.0
+
+
+def test_sigma_and_alpha_messages_state_their_intervals():
+    """Issue 27 item 8: sigma is in (0, 4] and alpha in (0, 1); the image range [0, 1] is
+    never written as if it were sigma's."""
+    from smoothmix.checks import check_alpha, check_sigma
+    from smoothmix.cli import SIGMA_HELP, build_parser
+
+    with pytest.raises(SmoothmixError) as info:
+        check_sigma(128)
+    assert str(info.value).startswith("sigma must be in (0, 4], got 128")
+    assert "sigma is in [0, 1]" not in str(info.value) and "0..255" in str(info.value)
+    for bad in (0, 1, 1.5):
+        with pytest.raises(SmoothmixError, match=r"alpha must lie in \(0, 1\)"):
+            check_alpha(bad)
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {name: action.help for name, p in sub.choices.items() for action in p._actions
+             if "--sigma" in action.option_strings}
+    assert {"train", "certify", "predict", "diagnose", "demo", "targets"} <= set(helps)
+    for name, text in helps.items():
+        assert text.startswith(SIGMA_HELP) and "(0, 4]" in text, name

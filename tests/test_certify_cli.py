@@ -255,8 +255,8 @@ def _error(capsys, argv: list[str]) -> str:
         (["--sigma", "-0.5"], "sigma must be a positive number"),
         (["--sigma", "inf"], "sigma must be a positive number"),
         (["--sigma", "64"], "not 0..255"),
-        (["--alpha", "0"], "alpha must lie strictly between 0 and 1"),
-        (["--alpha", "1.5"], "alpha must lie strictly between 0 and 1"),
+        (["--alpha", "0"], "alpha must lie in (0, 1)"),
+        (["--alpha", "1.5"], "alpha must lie in (0, 1)"),
         (["--n0", "0"], "n0 must be an integer >= 1"),
         (["--n", "0"], "n=0 can never certify"),
         (["--n", "5", "--alpha", "0.001"], "n=5 can never certify at alpha=0.001: use n >= 10"),
@@ -399,13 +399,26 @@ def test_dataset_and_sigma_default_to_the_checkpoints_and_the_run_ends_with_a_su
     printed = capsys.readouterr()
     assert "--dataset mnist and --sigma 0.5 from the checkpoint" in printed.err
     assert "| ACR |" in printed.out and "r = 0.25" in printed.out
-    assert json.loads(out.with_name("c.tsv.json").read_text())["settings"]["sigma"] == 0.5
+    record = json.loads(out.with_name("c.tsv.json").read_text())
+    assert record["settings"]["sigma"] == 0.5
+    # The model's sigma is information, not a setting a resume compares.
+    assert record["info"]["model_sigma"] == 0.5 and "model_sigma" not in record["settings"]
+    assert "certified at sigma" not in printed.out
     assert main(argv) == 0  # a rerun of a finished file says so
     assert "already complete: nothing to do" in capsys.readouterr().out
-    # Another sigma than the model's is allowed, and warned about.
+    # Another sigma than the model's is allowed, and warned about: before the run, below
+    # the summary, and in the result file's info.
     assert main([*argv[:-1], str(tmp_path / "d.tsv"), "--sigma", "0.25"]) == 0
-    assert "warning: certifying at sigma=0.25 a model trained at sigma=0.5" in \
-        capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "warning: certifying at sigma=0.25 a model trained at sigma=0.5" in printed.err
+    assert printed.out.rstrip().splitlines()[-1] == \
+        "warning: d.tsv: certified at sigma=0.25, its model was trained at sigma=0.5"
+    record = json.loads((tmp_path / "d.tsv.json").read_text())
+    assert (record["settings"]["sigma"], record["info"]["model_sigma"]) == (0.25, 0.5)
+    assert main(["analyze", str(out), str(tmp_path / "d.tsv")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert notes == ["smoothmix analyze: note: d.tsv: certified at sigma=0.25, its model was "
+                     "trained at sigma=0.5"]
     # A checkpoint that does not record sigma (the reference code's) needs --sigma.
     ref = tmp_path / "ref.pth"
     save_checkpoint(ref, {"arch": "lenet", "state_dict": create_model("lenet").state_dict()})

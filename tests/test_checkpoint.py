@@ -145,7 +145,7 @@ def test_missing_corrupt_truncated_and_foreign_files(tmp_path):
     with pytest.raises(SmoothmixError, match="cannot read checkpoint .*cut.pth"):
         load_checkpoint(tmp_path / "cut.pth")
     torch.save(create_model("lenet").state_dict(), tmp_path / "bare.pth")
-    with pytest.raises(SmoothmixError, match="not a smoothmix/reference checkpoint.*'arch'"):
+    with pytest.raises(SmoothmixError, match="weights-only state_dict, not a checkpoint.*'arch'"):
         load_checkpoint(tmp_path / "bare.pth")
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(SmoothmixError, match="found a Tensor"):

@@ -130,6 +130,15 @@ def test_a_typo_in_a_required_flag_is_named_with_the_flag_meant(capsys):
     with pytest.raises(SystemExit):
         main(["certify", "ckpt", "--sigma", "0.5"])
     assert "did you mean" not in capsys.readouterr().err  # no typo, no guess
+    # A mistyped optional flag beside a missing required one: argparse stops at the missing
+    # one, so the typo is named there (issue 27: `--sigam 0.5` got no "did you mean").
+    with pytest.raises(SystemExit):
+        main(["certify", "ckpt", "--sigam", "0.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "required: --out (did you mean --sigma for --sigam?)" in err[0]
+    with pytest.raises(SystemExit):
+        main(["certify", "ckpt", "--sigam", "0.5", "--outt", "x.tsv"])
+    assert "(did you mean --sigma for --sigam, --out for --outt?)" in capsys.readouterr().err
     # An optional flag mistyped is answered with the nearest flag as before.
     with pytest.raises(SystemExit):
         main(["certify", "ckpt", "--sigam", "0.5", "--out", "x.tsv"])

@@ -219,7 +219,7 @@ def test_stability_run_resumes_and_refuses_another_classifier(lenet, tmp_path):
     assert load_checkpoint(out)["epoch"] == 2  # nothing overwritten
 
 
-def test_mse_then_stability_starts_from_the_mse_weights(lenet, tmp_path):
+def test_mse_then_stability_starts_from_the_mse_weights(lenet, tmp_path, capsys):
     mse = quick(tmp_path / "mse", method="denoise-mse", arch="dncnn", sigma=0.5,
                 optimizer="adam", lr=1e-2)
     preset = "mnist-dncnn-mse-stability-0.50"
@@ -237,8 +237,11 @@ def test_mse_then_stability_starts_from_the_mse_weights(lenet, tmp_path):
         def __getattr__(self, name):
             return lambda *a: None
 
+    capsys.readouterr()
     quick(out, preset=preset, init=str(mse), method_options={"classifier": str(lenet)},
           callbacks=[Probe()])
+    header = capsys.readouterr().out.splitlines()[0]  # says what the run fine-tunes
+    assert header.startswith("smoothmix train: dncnn on mnist") and f"init={mse};" in header
     start = load_checkpoint(mse)["state_dict"]
     assert all(torch.equal(seen[k], start[k]) for k in start)
     ckpt = load_checkpoint(out)

@@ -482,7 +482,7 @@ def test_published_defaults_and_option_table():
     ("smoothmix", {"sigma": 0.0}, "sigma must be a positive number"),
     ("smoothmix", {"sigma": -0.5}, "sigma must be a positive number"),
     ("gaussian", {"sigma": float("nan")}, "sigma must be a positive number"),
-    ("gaussian", {"sigma": 10}, "sigma 10.0 is far above 1"),  # Smooth's check (checks.py)
+    ("gaussian", {"sigma": 10}, "sigma must be in (0, 4], got 10"),  # checks.py
     ("smoothmix", {"num_noise": 0}, "num_noise must be at least 1"),
     ("macer", {"num_noise": 0}, "num_noise must be at least 1"),
     ("consistency", {"num_noise": 1}, "num_noise must be at least 2"),

@@ -192,6 +192,26 @@ def test_cli_certify_pretrained(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and "did you mean 'mnist-gaussian-0.50'" in err
 
 
+def test_cli_certify_pretrained_needs_no_flags_and_ends_with_a_summary(tmp_path, capsys):
+    # Issue 27: `certify pretrained:NAME --max 5 --n 1000 --out x.tsv`, no --dataset/--sigma.
+    out = tmp_path / "x.tsv"
+    assert main(["certify", "pretrained:mnist-smoothmix-0.50", "--max", "2", *FAST,
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "--dataset mnist and --sigma 0.5 from the model card" in printed.err
+    assert "| ACR |" in printed.out and "warning" not in printed.out + printed.err
+    info = json.loads(Path(f"{out}.json").read_text())["info"]
+    assert info["model_sigma"] == 0.5  # the card's sigma, beside the run's
+
+
+def test_a_weights_file_given_as_a_checkpoint_names_its_pretrained_model(tmp_path):
+    # weights/NAME.pt is a bare state_dict: say which model it is and how to load it.
+    with pytest.raises(SmoothmixError) as info:
+        load_checkpoint(_copy("mnist-stability-0.50", tmp_path))
+    assert "weights-only file of pretrained model mnist-stability-0.50: pass " \
+        "pretrained:mnist-stability-0.50" in _one_line(info)
+
+
 @pytest.mark.slow
 def test_torch_hub_from_a_plain_checkout(tmp_path):
     """hubconf.py puts the checkout's src/ on sys.path itself: no PYTHONPATH, cwd elsewhere."""

@@ -244,7 +244,8 @@ def test_changed_budget_is_refused_and_nothing_is_touched(finished, tmp_path: Pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["mnist-0.3"], "unknown experiment 'mnist-0.3'; valid experiments: mnist-0.25, "),
+    (["mnist-0.3"], "unknown experiment 'mnist-0.3' (did you mean 'mnist-0.50' or "
+     "'mnist-0.25'?); valid experiments: mnist-0.25, "),
     (["mnist-0.50", "--methods", "smoothmixx"], "unknown method 'smoothmixx' for mnist-0.50; "
      "its methods: gaussian, stability"),
     (["mnist-0.50", "--methods", "gaussian,gaussian"], "repeats"),

@@ -167,3 +167,40 @@ def test_the_denoiser_record_must_be_a_json_mapping():
         RunSpec.of(0.5, denoiser={"model": nn.Identity()})
     with pytest.raises(TypeError, match="denoiser"):  # new in 0.5: only through a RunSpec
         as_spec(0.5, {"denoiser": {"sha256": "ab"}}, "certify_dataset")
+
+
+def test_the_models_sigma_is_recorded_in_the_info_and_never_compared(tmp_path):
+    # Issue 27 item 4: a run at another sigma than the model's is recorded beside the run's
+    # sigma; as information only, so that a resume (of any release's file) does not need it.
+    import json
+
+    from smoothmix.analysis import read_run_info
+    from smoothmix.cli.analyze import model_sigma_note
+
+    out = tmp_path / "c.tsv"
+    spec = RunSpec.of(0.25, batch_size=50, progress=False, max_idx=2, model_sigma=0.5)
+    certify_dataset(net(), data(), spec, out, n0=10, n=100, alpha=0.01)
+    record = json.loads((tmp_path / "c.tsv.json").read_text())
+    assert record["info"]["model_sigma"] == 0.5 and "model_sigma" not in record["settings"]
+    run = read_run_info(out)
+    assert run is not None and (run.sigma, run.model_sigma) == (0.25, 0.5)
+    assert model_sigma_note(out, run) == ("c.tsv: certified at sigma=0.25, its model was "
+                                          "trained at sigma=0.5")
+    # Extended without it (as by Python code that does not know it): the file resumes.
+    certify_dataset(net(), data(), spec.replace(model_sigma=None, max_idx=4), out, n0=10,
+                    n=100, alpha=0.01)
+    assert len(out.read_text().splitlines()) == 5
+    # Unknown (the default) is not recorded; the same sigma is recorded and not flagged.
+    plain = certify_dataset(net(), data(1), RunSpec.of(0.5, progress=False),
+                            tmp_path / "p.tsv", n0=10, n=100, alpha=0.01)
+    assert "model_sigma" not in json.loads((tmp_path / "p.tsv.json").read_text())["info"]
+    assert model_sigma_note(plain, read_run_info(plain)) is None
+    same = certify_dataset(net(), data(1), RunSpec.of(0.5, progress=False, model_sigma=0.5),
+                           tmp_path / "s.tsv", n0=10, n=100, alpha=0.01)
+    assert model_sigma_note(same, read_run_info(same)) is None
+    for bad in (0, -1.0, float("nan"), "0.5", True):
+        with pytest.raises(SmoothmixError, match="model_sigma must be a positive number"):
+            RunSpec.of(0.5, model_sigma=bad)
+    with pytest.raises(TypeError, match="model_sigma"):  # no old-style keyword for it
+        certify_dataset(net(), data(1), 0.5, tmp_path / "k.tsv", n0=10, n=100, alpha=0.01,
+                        model_sigma=0.5)

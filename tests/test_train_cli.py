@@ -234,6 +234,11 @@ def test_presets_command_lists_every_preset(capsys):
     lines = capsys.readouterr().out.strip().splitlines()[1:]
     assert lines and all("macer" in line for line in lines)
     assert main(["presets", "nothing-like-this"]) == 2
+    err = capsys.readouterr().err
+    assert "mnist-gaussian-0.50" not in err and "lists all" in err  # not all names on a line
+    # A typo gets the nearest names or families (issue 27 item 3).
+    assert main(["presets", "mnist-smothmix"]) == 2
+    assert "(did you mean 'mnist-smoothmix'" in capsys.readouterr().err
 
 
 def test_preset_with_overrides_trains(tmp_path, capsys):
@@ -263,7 +268,8 @@ def test_epochs_shorter_than_the_warmup_is_said(tmp_path, capsys):
     assert code == 0, captured.err
     header = [line for line in captured.out.splitlines()
               if line.startswith("smoothmix train: lenet on mnist")]
-    assert len(header) == 1 and "1 epoch, warm-up 10 epochs," in header[0], captured.out
+    assert len(header) == 1, captured.out
+    assert "1 epoch, warm-up 10 epochs (cut short: weight 0.1 at epoch 1)," in header[0]
     warnings = [line for line in captured.err.splitlines() if "warning" in line]
     assert len(warnings) == 1, captured.err
     assert "--epochs 1 is shorter than smoothmix's 10-epoch warm-up" in warnings[0]

@@ -354,15 +354,23 @@ def test_schedule_notes_show_the_effective_warmup_and_deferral(tmp_path):
 
     parts, warnings = schedule_notes(resolve(outdir=tmp_path, preset="mnist-smoothmix-0.50",
                                              epochs=1).recipe)
-    assert parts == ["warm-up 10 epochs"] and len(warnings) == 1
+    # The header shows where the schedule is cut, not only the preset's warm-up (issue 27).
+    assert parts == ["warm-up 10 epochs (cut short: weight 0.1 at epoch 1)"]
+    assert len(warnings) == 1
+    assert schedule_notes(resolve(outdir=tmp_path, preset="mnist-smoothmix-0.50",
+                                  epochs=5).recipe)[0] == [
+        "warm-up 10 epochs (cut short: weight 0.5 at epoch 5)"]
     assert schedule_notes(resolve(outdir=tmp_path, preset="mnist-smoothmix-0.50").recipe)[1] == []
     assert schedule_notes(resolve(outdir=tmp_path, preset="mnist-smoothmix-0.50", epochs=1,
                                   method_options={"warmup": 1}).recipe) == ([], [])
     # MACER's deferral to the first LR drop (epoch 30) never comes in a 2-epoch run.
     parts, warnings = schedule_notes(resolve(outdir=tmp_path, preset="mnist-macer-0.50",
                                              epochs=2).recipe)
-    assert parts == ["robustness term from epoch 31"]
+    assert parts == ["robustness term from epoch 31 (never on in a 2-epoch run)"]
     assert len(warnings) == 1 and "never on" in warnings[0] and "--no-deferred" in warnings[0]
+    assert "pass --deferred 1 (or fewer) or --no-deferred" in warnings[0]
+    one = schedule_notes(resolve(outdir=tmp_path, preset="mnist-macer-0.50", epochs=1).recipe)
+    assert one[1][0].endswith("pass --no-deferred")  # no --deferred below 1 to offer
     assert schedule_notes(resolve(outdir=tmp_path, preset="mnist-macer-0.50", epochs=2,
                                   deferred=1).recipe) == (["robustness term from epoch 2"], [])
     assert schedule_notes(resolve(outdir=tmp_path, dataset="mnist", method="gaussian",

@@ -66,6 +66,9 @@ class RunInfo:
     skip_wrong: bool = False
     # The denoiser in front of the classifier (denoised smoothing), in short; "none" without.
     denoiser: str = "none"
+    # The sigma the model was trained at, from the companion's info (0.6 on, where the
+    # certifying run knew it; not a setting: a resume does not compare it); None if absent.
+    model_sigma: float | None = None
 
     @property
     def radius_cap(self) -> float | None:
@@ -92,8 +95,8 @@ def read_run_info(path: str | os.PathLike) -> RunInfo | None:
     except (KeyError, TypeError, ValueError, SmoothmixError):
         selected = None  # a companion without the selection: completeness is not checked
 
-    def get(key: str, kind: type) -> Any:
-        value = settings.get(key)
+    def get(key: str, kind: type, where: Mapping[str, Any] = settings) -> Any:
+        value = where.get(key)
         try:
             return kind(value) if value is not None else None
         except (TypeError, ValueError):
@@ -106,7 +109,8 @@ def read_run_info(path: str | os.PathLike) -> RunInfo | None:
                    precision=get("precision", str) or "fp32",
                    noise=f"grid{settings['grid']}" if settings.get("grid") else "gaussian",
                    n0=get("n0", int), skip_wrong=settings.get("skip_wrong") is True,
-                   denoiser=_denoiser(settings.get("denoiser")))
+                   denoiser=_denoiser(settings.get("denoiser")),
+                   model_sigma=get("model_sigma", float, meta.get("info") or {}))
 
 
 def _denoiser(record: object) -> str:

@@ -19,7 +19,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 
 from smoothmix.errors import SmoothmixError, first_line, require
 from smoothmix.models import NORMALIZATIONS, create_model, list_models, model_defaults
-from smoothmix.pretrained import pretrained_checkpoint, pretrained_name
+from smoothmix.pretrained import pretrained_checkpoint, pretrained_name, pretrained_of_file
 from smoothmix.storage import atomic_write_with
 
 __all__ = ["CHECKPOINT_NAME", "CHECKPOINT_VERSION", "Checkpoint", "capture_rng_state",
@@ -165,15 +165,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             f"cannot read checkpoint {path}: {reason} (is it a complete PyTorch checkpoint?)"
         ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "arch" not in ckpt:
-        what = (
-            f"a dict with keys {sorted(map(str, ckpt))[:6]}"
-            if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
-        )
-        raise SmoothmixError(
-            f"{path} is not a smoothmix/reference checkpoint: expected a dict with 'arch' and "
-            f"'state_dict', found {what}"
-        )
+        _not_a_checkpoint(path, ckpt)
     return ckpt
+
+
+def _not_a_checkpoint(path: Path, ckpt: object) -> NoReturn:
+    """The one-line error for a file without 'arch' and 'state_dict'; a bare state_dict is
+    named as such (a pretrained model's weights/*.pt loads with its card as pretrained:NAME)."""
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor)
+                                               for v in ckpt.values()):
+        name = pretrained_of_file(path)
+        require(name is None, f"{path} is the weights-only file of pretrained model {name}: "
+                f"pass pretrained:{name}, which loads it with its model card")
+        raise SmoothmixError(f"{path} is a weights-only state_dict, not a checkpoint: it "
+                             "records no architecture (save {'arch': NAME, 'state_dict': "
+                             "...} or load it into your model yourself)")
+    what = (f"a dict with keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict)
+            else f"a {type(ckpt).__name__}")
+    raise SmoothmixError(f"{path} is not a smoothmix/reference checkpoint: expected a dict "
+                         f"with 'arch' and 'state_dict', found {what}")
 
 
 def capture_rng_state() -> dict[str, Any]:

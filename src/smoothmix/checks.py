@@ -39,24 +39,26 @@ def _real(value: object) -> float | None:
 
 
 def check_sigma(sigma: object) -> float:
-    """sigma, the noise standard deviation in [0, 1] pixel units: finite, > 0 and at most
-    :data:`SIGMA_LIMIT` (a larger value is a 0..255-units mistake). Returns it as a float."""
+    """sigma, the noise standard deviation for images scaled to [0, 1]: in (0, SIGMA_LIMIT]
+    (:data:`SIGMA_LIMIT`; a larger value is a 0..255-units mistake). Returns it as a float."""
     value = _real(sigma)
     if value is None or not math.isfinite(value) or value <= 0:
         raise SmoothmixError(f"sigma must be a positive number in (0, {SIGMA_LIMIT:g}] (the "
                              "noise's standard deviation, for images scaled to [0, 1]), got "
                              f"{sigma!r}")
     require(value <= SIGMA_LIMIT,
-            f"sigma {value} is far above 1; sigma is in [0, 1] pixel units, not 0..255 "
-            "(docs/MATH.md §1: sigma 0.5 means N(0, 0.25 I) noise)")
+            f"sigma must be in (0, {SIGMA_LIMIT:g}], got {value:g}: sigma is in pixel units of "
+            "images scaled to [0, 1], not 0..255 (docs/MATH.md §1: sigma 0.5 means "
+            "N(0, 0.25 I) noise)")
     return value
 
 
 def check_alpha(alpha: object, name: str = "alpha") -> float:
-    """A failure probability strictly between 0 and 1."""
+    """A failure probability in (0, 1): strictly between 0 and 1."""
     value = _real(alpha)
     if value is None or not 0 < value < 1:
-        raise SmoothmixError(f"{name} must lie strictly between 0 and 1, got {alpha!r}")
+        raise SmoothmixError(f"{name} must lie in (0, 1), strictly between 0 and 1, got "
+                             f"{alpha!r}")
     return value
 
 

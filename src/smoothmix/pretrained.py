@@ -41,7 +41,8 @@ from typing import Any
 from smoothmix.errors import SmoothmixError, first_line, require
 
 __all__ = ["DEFAULT_URL", "PREFIX", "hub_name", "list_pretrained", "load_pretrained",
-           "pretrained_checkpoint", "pretrained_info", "pretrained_name", "weights_file"]
+           "pretrained_checkpoint", "pretrained_info", "pretrained_name", "pretrained_of_file",
+           "weights_file"]
 
 #: What marks a pretrained model where the CLI expects a checkpoint: ``pretrained:NAME``.
 PREFIX = "pretrained:"
@@ -96,6 +97,15 @@ def pretrained_name(reference: object) -> str | None:
     if isinstance(text, str) and text.startswith(PREFIX):
         return text[len(PREFIX):]
     return None
+
+
+def pretrained_of_file(path: str | os.PathLike) -> str | None:
+    """The name of the pretrained model whose weights file ``path`` is (by its SHA-256), or
+    None: a weights-only file given where a checkpoint is expected is then named for what
+    it is (``pretrained:NAME`` loads it with its model card)."""
+    digest = _sha256(Path(path))
+    return next((name for name, entry in sorted(_index().items())
+                 if entry.get("sha256") == digest), None)
 
 
 def _checkout_weights() -> Path | None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from smoothmix.checks import check_count
+from smoothmix.checks import check_count, is_real
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.execution import EXECUTION_KEYS
 from smoothmix.noise import Noise, make_noise
@@ -48,6 +49,12 @@ class RunSpec:
     that is a :class:`smoothmix.denoisers.Denoised` fills it from its record when unset.
     ``allow_denoiser_sigma_mismatch`` (0.6): run with a denoiser built for another sigma
     than the noise's (refused otherwise; :func:`smoothmix.denoisers.denoiser_for_run`).
+    ``model_sigma`` (0.6): the sigma the model was trained at, where the caller knows it (the
+    CLI passes a checkpoint's, or a pretrained model card's; from Python, e.g.
+    ``pretrained_info(name)["sigma"]``). Recorded in the result file's ``info``, not its
+    settings: it does not decide a row, so a resume neither compares it nor needs it (files
+    of 0.5 and earlier keep resuming), and ``smoothmix analyze`` flags a file certified at
+    another sigma than its model's. None (the default): not recorded.
     """
 
     noise: Noise
@@ -62,6 +69,7 @@ class RunSpec:
     progress: bool = True
     denoiser: Mapping[str, object] | None = None
     allow_denoiser_sigma_mismatch: bool = False
+    model_sigma: float | None = None
 
     def __post_init__(self) -> None:
         require(isinstance(self.noise, Noise),
@@ -81,6 +89,13 @@ class RunSpec:
                 f"{self.allow_denoiser_sigma_mismatch!r}")
         if self.denoiser is not None:
             object.__setattr__(self, "denoiser", _json_record(self.denoiser))
+        if self.model_sigma is not None:
+            object.__setattr__(self, "model_sigma", _model_sigma(self.model_sigma))
+
+    def info(self) -> dict[str, object]:
+        """What the spec adds to a result file's ``info`` (never compared on resume): the
+        model's training sigma when known."""
+        return {} if self.model_sigma is None else {"model_sigma": self.model_sigma}
 
     @classmethod
     def of(cls, sigma: float | Noise, *, grid: int | None = None, **fields: Any) -> RunSpec:
@@ -97,6 +112,16 @@ class RunSpec:
         return {} if self.denoiser is None else {"denoiser": dict(self.denoiser)}
 
 
+def _model_sigma(value: object) -> float:
+    """A model's training sigma as recorded: a positive finite number (any size: it is what
+    a checkpoint says, not an input to check against the sigma limit)."""
+    number = float(value) if is_real(value) else math.nan  # type: ignore[arg-type]
+    require(math.isfinite(number) and number > 0,
+            f"RunSpec.model_sigma must be a positive number (the sigma the model was trained "
+            f"at) or None, got {value!r}")
+    return number
+
+
 def _json_record(denoiser: object) -> dict[str, Any]:
     """``denoiser`` as the settings file will read it back (tuples become lists, ...), so
     that a resume compares like with like; a one-line error when it is not a JSON mapping."""
@@ -110,10 +135,11 @@ def _json_record(denoiser: object) -> dict[str, Any]:
     return record
 
 
-# The fields the entry points took as keyword arguments before 0.5 (the denoiser's are new:
-# only through a RunSpec).
+# The fields the entry points took as keyword arguments before 0.5 (the denoiser's and
+# model_sigma are new: only through a RunSpec).
 _LEGACY = frozenset({f.name for f in dataclasses.fields(RunSpec)}
-                    - {"noise", "denoiser", "allow_denoiser_sigma_mismatch"} | {"grid"})
+                    - {"noise", "denoiser", "allow_denoiser_sigma_mismatch", "model_sigma"}
+                    | {"grid"})
 
 
 def as_spec(spec: RunSpec | float | Noise, legacy: Mapping[str, Any], caller: str) -> RunSpec:

@@ -269,8 +269,10 @@ def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples
     # Refused before any write: inputs off the grid, or an unsound denoiser (read only then).
     if len(expected) and (spec.noise.restricts_inputs or isinstance(model, Denoised)):
         _check_first_input(model, spec, dataset[expected[0]][0])
+    # How it ran, and what the caller knows that decides no row (RunSpec.info: the model's
+    # training sigma): recorded when the file starts, never compared on resume.
     info: dict[str, object] = {"batch_size": spec.batch_size, "device": str(device),
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **spec.info()}
     rows = store.open(target, settings, expected, info)
     todo = [idx for idx in expected if idx not in rows.done]
     bar = Progress(len(expected), initial=len(expected) - len(todo), unit="img",

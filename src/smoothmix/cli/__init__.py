@@ -23,10 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from smoothmix.checks import SIGMA_LIMIT
 from smoothmix.errors import SmoothmixError, first_line
 
 __all__ = [
-    "DeprecatedAlias", "add_deprecated_alias", "add_device_argument", "add_threads_argument",
+    "SIGMA_HELP", "DeprecatedAlias", "add_deprecated_alias", "add_device_argument",
+    "add_threads_argument",
     "apply_threads", "build_parser",
     "dataset_choices", "import_modules", "main", "method_names", "model_names", "one_of",
     "warn_deprecated",
@@ -48,6 +50,11 @@ _RESUME_HINTS = {
 
 # Flags renamed so that one name has one meaning in every command (suggested when used).
 _RENAMED = {"--quiet": "--no-progress", "--max": "--max-images"}
+
+
+#: How every --sigma help begins: sigma's own interval, then the scale of the images it is
+#: measured on ("sigma in [0, 1] pixel units" read as if sigma itself were in [0, 1]).
+SIGMA_HELP = f"noise level sigma, in (0, {SIGMA_LIMIT:g}] for images scaled to [0, 1]"
 
 
 def warn_deprecated(old: str, new: str) -> None:
@@ -143,17 +150,22 @@ class _OneLineParser(argparse.ArgumentParser):
                   f"(see {self.prog} --help)\n")
 
     def _typo_hint(self, message: str) -> str:
-        """For "the following arguments are required: --sigma": the flag given instead, if
-        one is close (``--sigam 0.5`` is not known, so argparse only saw --sigma missing)."""
+        """For "the following arguments are required: --out": the flag meant by each unknown
+        one given (``--outt`` is not known, so argparse only saw --out missing, and stops
+        before the unknown flags, ``--sigam 0.5`` too, are reported): the closest required
+        flag, else the closest of all."""
         if "arguments are required" not in message:
             return ""
         required = [f for f in message.split(":", 1)[1].replace(",", " ").split()
                     if f.startswith("--")]
+        flags = sorted(f for f in self._option_string_actions if f.startswith("--"))
         given = [t.split("=", 1)[0] for t in _ARGV if t.startswith("--")
                  and t.split("=", 1)[0] not in self._option_string_actions]
         pairs = [(g, near[0]) for g in given
-                 if (near := difflib.get_close_matches(g, required, n=1, cutoff=0.6))]
-        return "".join(f" (did you mean {want} for {typo}?)" for typo, want in pairs)
+                 if (near := difflib.get_close_matches(g, required, n=1, cutoff=0.6)
+                     or difflib.get_close_matches(g, flags, n=1, cutoff=0.6))]
+        meant = ", ".join(f"{want} for {typo}" for typo, want in pairs)
+        return f" (did you mean {meant}?)" if pairs else ""
 
 
 def build_parser() -> argparse.ArgumentParser:

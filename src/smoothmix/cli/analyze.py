@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from smoothmix.analysis import (
     FORMATS,
+    RunInfo,
     compare_results,
     default_radii,
     format_attacks,
@@ -26,7 +29,7 @@ from smoothmix.errors import SmoothmixError, require
 from smoothmix.label_probability import format_p_label, require_p_label
 from smoothmix.plots import paper_curves, plot_certified_accuracy, plot_p_label
 
-__all__ = ["register", "run"]
+__all__ = ["model_sigma_note", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     warnings = compare_results(results, labels).warnings
     for warning in warnings:
         print(f"smoothmix analyze: warning: {warning}", file=sys.stderr)
+    _note_model_sigma((res.path, res.run) for res in results)
     require(not (args.strict and warnings),
             f"--strict: {len(warnings)} warning(s) above; no table was written")
     curves, curve_warnings = (paper_curves(results, labels, args.published) if args.plot
@@ -137,6 +141,7 @@ def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> in
         run = read_run_info(path) if kind != "certify" else None
         if run is not None and run.denoiser != "none":
             print(f"smoothmix analyze: {path}: denoiser {run.denoiser}", file=sys.stderr)
+    _note_model_sigma((path, read_run_info(path)) for path, _ in files)
     decisions = [read_decisions(path) for path, kind in files if kind == "decide"]
     attacks = [read_attack(path) for path, kind in files if kind == "attack"]
     certified = [read_results(path) for path, kind in files if kind == "certify"]
@@ -147,6 +152,26 @@ def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> in
     if attacks:
         print(format_attacks(attacks, certified, args.format), end="")
     return 0
+
+
+def model_sigma_note(path: str | os.PathLike, run: RunInfo | None) -> str | None:
+    """One short line for a file certified at another sigma than its model was trained at
+    (None otherwise, or when the file does not record its model's sigma): its certificates
+    hold, but for a model under noise it was not trained for, usually far less accurate."""
+    if run is None or run.sigma is None or run.model_sigma is None \
+            or math.isclose(run.sigma, run.model_sigma):
+        return None
+    return (f"{Path(path).name}: certified at sigma={run.sigma:g}, its model was trained at "
+            f"sigma={run.model_sigma:g}")
+
+
+def _note_model_sigma(files: Iterable[tuple[str, RunInfo | None]]) -> None:
+    """One line per file certified at another sigma than its model was trained at (not a
+    warning for --strict: such a run is a legitimate experiment, but easy to misread)."""
+    for path, run in files:
+        note = model_sigma_note(path, run)
+        if note is not None:
+            print(f"smoothmix analyze: note: {note}", file=sys.stderr)
 
 
 def _parse_figsize(text: str) -> tuple[float, float]:

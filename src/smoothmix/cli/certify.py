@@ -10,7 +10,7 @@ from typing import Any
 
 from smoothmix.certification import certify_dataset, predict_dataset
 from smoothmix.checks import check_radii, check_sigma
-from smoothmix.cli import DeprecatedAlias, add_device_argument, dataset_choices
+from smoothmix.cli import SIGMA_HELP, DeprecatedAlias, add_device_argument, dataset_choices
 from smoothmix.core import check_bound, check_certify_args, check_predict_args
 from smoothmix.decisions import decide_dataset
 from smoothmix.distributed import distributed_env
@@ -94,7 +94,7 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                         help="dataset to evaluate on (default: the one the checkpoint was "
                         "trained on)")
     parser.add_argument("--sigma", type=float, default=None,
-                        help="noise level sigma, for images in [0, 1] (default: the "
+                        help=f"{SIGMA_HELP} (default: the "
                         "checkpoint's training sigma; another value is warned about)")
     if with_n0:
         parser.add_argument("--n0", "--N0", type=int, default=100,
@@ -103,7 +103,8 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                         help="noise samples for the bound (certify) or the vote (predict); "
                         f"it caps the radius (default {n_default})")
     parser.add_argument("--alpha", type=float, default=0.001,
-                        help="failure probability of the certificate (default 0.001)")
+                        help="failure probability of the certificate, in (0, 1) (default "
+                        "0.001)")
     parser.add_argument("--noise-batch", "--batch", type=int, default=1000, dest="batch",
                         action=DeprecatedAlias, metavar="ROWS",
                         help="most noisy images in memory at once (default 1000; --batch: "
@@ -258,14 +259,25 @@ def _rows(path: Path) -> int:
 def _summary(out: Path, sigma: float, decisions: bool) -> None:
     """What `smoothmix analyze` would print for the file: certified accuracy at a few radii
     and the ACR (or the decisions' certified accuracy per radius)."""
-    from smoothmix.analysis import format_decisions, format_table, read_decisions, read_results
+    from smoothmix.analysis import (
+        format_decisions,
+        format_table,
+        read_decisions,
+        read_results,
+        read_run_info,
+    )
+    from smoothmix.cli.analyze import model_sigma_note
 
     if decisions:
         print(format_decisions([read_decisions(out)]))
-        return
-    results = read_results(out)
-    radii = [k * sigma / 2 for k in range(5)]  # 0 to 2 sigma
-    print(format_table([results], radii, "markdown", [out.name]))
+    else:
+        results = read_results(out)
+        radii = [k * sigma / 2 for k in range(5)]  # 0 to 2 sigma
+        print(format_table([results], radii, "markdown", [out.name]))
+    # Said again below the table: the warning before the run has scrolled away by now.
+    note = model_sigma_note(out, read_run_info(out))
+    if note is not None:
+        print(f"warning: {note}")
 
 
 def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
@@ -317,6 +329,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
         identity=identity, progress=not args.no_progress, execution=execution_options(args),
         allow_denoiser_sigma_mismatch=bool(getattr(args, "allow_denoiser_sigma_mismatch",
                                                    False)),
+        model_sigma=_model_sigma(args, record),
     )
     if denoiser is not None:
         from smoothmix.denoisers import Denoised
@@ -374,10 +387,20 @@ def _defaults_from_checkpoint(args: argparse.Namespace, record: Any) -> None:
     denoised = getattr(args, "denoised", False)
     if record.sigma is not None and float(record.sigma) != args.sigma and main_rank \
             and not denoised:
-        print(f"warning: certifying at sigma={args.sigma:g} a model trained at "
+        print(f"smoothmix: warning: certifying at sigma={args.sigma:g} a model trained at "
               f"sigma={float(record.sigma):g}: the certificate is sound for the smoothed "
               "classifier at the sigma certified, but such a model is usually far less "
-              "accurate under that noise", file=sys.stderr)
+              "accurate under that noise (the result file records model_sigma)",
+              file=sys.stderr)
+
+
+def _model_sigma(args: argparse.Namespace, record: Any) -> float | None:
+    """The sigma the model was trained at, for the result file's info (None when the
+    checkpoint does not record one, or a denoiser stands in front: then the classifier's
+    training sigma is not the one the certificate depends on)."""
+    if getattr(args, "denoised", False) or record.sigma is None:
+        return None
+    return float(record.sigma)
 
 
 def _check_grid_dataset(args: argparse.Namespace) -> None:

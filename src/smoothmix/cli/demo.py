@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from smoothmix.cli import (
+    SIGMA_HELP,
     add_deprecated_alias,
     add_device_argument,
     add_threads_argument,
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="where checkpoints, certificates, table, plot and summary go "
                    "(default: ./smoothmix-demo)")
     p.add_argument("--sigma", type=float, default=defaults.sigma,
-                   help="noise level in [0,1] pixel units: 0.25, 0.5 or 1.0, the published "
+                   help=f"{SIGMA_HELP}: 0.25, 0.5 or 1.0, the published "
                    f"MNIST tables (default {defaults.sigma})")
     p.add_argument("--train-subset", type=int, dest="train_images", metavar="N",
                    default=defaults.train_images,

@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from smoothmix.cli import add_device_argument, dataset_choices
+from smoothmix.cli import SIGMA_HELP, add_device_argument, dataset_choices
 from smoothmix.device import resolve_device
 from smoothmix.errors import require
 
@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="model checkpoint")
     p.add_argument("--dataset", required=True, choices=dataset_choices(),
                    help="dataset of the test images")
-    p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
+    p.add_argument("--sigma", type=float, required=True, help=SIGMA_HELP)
     p.add_argument("--split", default="test", help="train or test (default test)")
     p.add_argument("--data-dir", help="dataset root (default: $SMOOTHMIX_DATA; MNIST: embedded)")
     p.add_argument("--skip", type=int, default=20, help="use every k-th image (default 20)")

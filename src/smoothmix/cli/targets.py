@@ -8,6 +8,7 @@ import sys
 
 from smoothmix.checks import check_count, check_sigma
 from smoothmix.cli import (
+    SIGMA_HELP,
     DeprecatedAlias,
     add_device_argument,
     dataset_choices,
@@ -35,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, choices=dataset_choices(),
                    help="training set to label")
     p.add_argument("--sigma", type=float, default=0.25,
-                   help="noise level in [0,1] pixel units (CAT-RS: 0.25 for every training "
+                   help=f"{SIGMA_HELP} (CAT-RS: 0.25 for every training "
                    "sigma; default 0.25)")
     p.add_argument("--n", "--N", "--num-samples", dest="n", type=int, default=10_000,
                    help="votes per image (default 10000, as the reference); under torchrun "

@@ -11,6 +11,7 @@ from typing import Any
 
 from smoothmix import distributed
 from smoothmix.cli import (
+    SIGMA_HELP,
     add_device_argument,
     add_threads_argument,
     apply_threads,
@@ -80,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "denoise-stability) a denoiser kind: dncnn")
     run_g.add_argument("--method", help=f"{one_of(method_names())} (catrs needs --targets)")
     run_g.add_argument("--sigma", type=float,
-                       help="noise level sigma in [0,1] pixel units (e.g. 0.25, 0.5, 1.0); "
+                       help=f"{SIGMA_HELP} (e.g. 0.25, 0.5, 1.0); "
                        "none for --method plain (trained without noise)")
     run_g.add_argument("--init", metavar="CHECKPOINT",
                        help="start from the weights of this checkpoint (same architecture; "

@@ -11,6 +11,7 @@ declared once.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -107,9 +108,12 @@ def list_experiments() -> list[str]:
 
 
 def get_experiment(name: str) -> Experiment:
-    """The experiment called ``name``; unknown names are a one-line error listing all."""
+    """The experiment called ``name``; an unknown name is a one-line error with the nearest
+    names and all of them (a handful)."""
     data = _published()["experiments"]
-    require(name in data, f"unknown experiment {name!r}; valid experiments: "
+    near = difflib.get_close_matches(str(name), data, n=2) if name not in data else []
+    guess = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+    require(name in data, f"unknown experiment {name!r}{guess}; valid experiments: "
             f"{', '.join(data)} (`smoothmix reproduce --list` describes them)")
     e = data[name]
     figures = {key: (str(fig["title"]), tuple(fig["rows"]))

@@ -37,7 +37,7 @@ from torch import nn
 
 from smoothmix import distributed
 from smoothmix.checkpoint import CHECKPOINT_NAME, read_checkpoint
-from smoothmix.checks import check_count, check_sigma
+from smoothmix.checks import SIGMA_LIMIT, check_count, check_sigma
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.storage import differing_keys
 from smoothmix.training.callbacks import Callback
@@ -282,7 +282,7 @@ def _sigma(values: Mapping[str, Any]) -> float | None:
     method = values["method"]
     if method_uses_noise(method):
         return check_sigma(_given(values.get("sigma"), "no noise level given: pass --sigma "
-                                  "(in [0, 1] pixel units)"))
+                                  f"(in (0, {SIGMA_LIMIT:g}], for images scaled to [0, 1])"))
     require(values.get("sigma") is None, f"method {method} trains without noise: it takes no "
             "--sigma (the noise level is chosen when certifying: smoothmix certify --sigma)")
     return None
@@ -509,7 +509,8 @@ def _train_spec(spec: TrainSpec, outdir: Path, resume: bool, *, data_dir: Any,
         start = {} if init is None else {"init": str(init),
                                          "init_sha256": load_init(model, init, spec.arch)}
 
-    _announce(spec, train_set, outdir, resuming, restart=resume and not resuming)
+    _announce(spec, train_set, outdir, resuming, restart=resume and not resuming,
+              init=start.get("init"))
     metadata = spec.metadata(int(num_classes))
     if arch_kwargs is not None:
         metadata["arch_kwargs"] = arch_kwargs  # complete (a denoiser's channels filled in)
@@ -602,14 +603,16 @@ def _soft_targets(spec: TrainSpec, train_set: Any, targets: Any) -> Any:
 
 
 def _announce(spec: TrainSpec, train_set: Any, outdir: Path, resume: bool,
-              restart: bool = False) -> None:
-    """The header line (with the effective warm-up and deferral), and a warning line for
-    each the run's epochs do not reach (rank 0)."""
+              restart: bool = False, init: str | None = None) -> None:
+    """The header line (with the effective warm-up and deferral, and the checkpoint a
+    fine-tuning run starts from), and a warning line for each schedule the run's epochs do
+    not reach (rank 0)."""
     rank, world, _ = distributed.distributed_env()  # the process group is not up yet
     if rank != 0:
         return
     r = spec.recipe
-    opts = " ".join(f"{k}={v}" for k, v in spec.method_options.items())
+    opts = " ".join(f"{k}={v}" for k, v in
+                    {**spec.method_options, **({"init": init} if init else {})}.items())
     what = f"{spec.arch} on {spec.dataset}" if spec.dataset else "custom model"
     extends = spec.extra.get("extends_from_epochs")
     if extends is not None:

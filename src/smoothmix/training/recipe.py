@@ -242,7 +242,11 @@ def schedule_notes(recipe: Recipe) -> tuple[list[str], list[str]]:
     warnings: list[str] = []
     warmup = options.get("warmup")
     if isinstance(warmup, int) and warmup > 1:
-        parts.append(f"warm-up {warmup} epochs")
+        # The weight of epoch e (from 0) is min(1, (e + 1) / warmup): the last epoch's says
+        # how far a short run gets.
+        cut = (f" (cut short: weight {recipe.epochs / warmup:.2g} at epoch {recipe.epochs})"
+               if recipe.epochs < warmup else "")
+        parts.append(f"warm-up {warmup} epochs{cut}")
         if recipe.epochs < warmup:
             warnings.append(
                 f"--epochs {recipe.epochs} is shorter than {recipe.method}'s {warmup}-epoch "
@@ -250,12 +254,15 @@ def schedule_notes(recipe: Recipe) -> tuple[list[str], list[str]]:
                 f"weight; pass --warmup {recipe.epochs} (or fewer) to reach it")
     deferred = options.get("deferred_epochs")
     if isinstance(deferred, int) and deferred > 0:
-        parts.append(f"robustness term from epoch {deferred + 1}")
+        never = f" (never on in a {recipe.epochs}-epoch run)" if recipe.epochs <= deferred else ""
+        parts.append(f"robustness term from epoch {deferred + 1}{never}")
         if recipe.epochs <= deferred:
             warnings.append(
                 f"--epochs {recipe.epochs} ends before {recipe.method}'s deferral of "
                 f"{deferred} epochs: the robustness term is never on (plain Gaussian "
-                f"training); pass --deferred below {recipe.epochs} or --no-deferred")
+                f"training); pass "
+                + (f"--deferred {recipe.epochs - 1} (or fewer) or " if recipe.epochs > 1 else "")
+                + "--no-deferred")
     return parts, warnings
 
 
