@@ -3,7 +3,7 @@
 An image x in [0, 1] enters the model as z = 2x - 1, so noise of std σ becomes noise of std
 2σ there. The forward process is x_t = √ᾱ_t x₀ + √(1 - ᾱ_t) ε, so √ᾱ_t (2(x + δ) - 1) is a
 sample of it at the t where (1 - ᾱ_t)/ᾱ_t = 4σ², that is ᾱ* = 1/(1 + 4σ²)
-(changes/diffusion-math.md derives it; √(1 - ᾱ) = 2σ is the common mistake). D takes the
+(docs/MATH.md §7.3 derives it; √(1 - ᾱ) = 2σ is the common mistake). D takes the
 schedule's step t* nearest to ᾱ*, scales the input by √ᾱ_t*, runs the UNet once at t*,
 turns its prediction (ε, v or x₀) into x̂₀ and maps it back to [0, 1].
 
