@@ -247,7 +247,8 @@ def test_mse_then_stability_starts_from_the_mse_weights(lenet, tmp_path, capsys)
     ckpt = load_checkpoint(out)
     assert ckpt["config"]["init"] == str(mse)
     assert ckpt["config"]["init_sha256"] == file_sha256(mse)
-    assert ckpt["method"] == "denoise-stability" and ckpt["arch_kwargs"] == {"channels": 1}
+    assert ckpt["method"] == "denoise-stability"
+    assert ckpt["arch_kwargs"] == {"channels": 1, "depth": 10, "width": 32}  # complete
     quick(out, epochs=2, resume=True)  # a resume keeps the recorded init
     assert load_checkpoint(out)["config"]["init_sha256"] == file_sha256(mse)
     with pytest.raises(SmoothmixError, match="--init") as info:

@@ -19,6 +19,8 @@ resumed run continues from its own checkpoint and keeps the recorded values.
 
 from __future__ import annotations
 
+import inspect
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,16 +75,38 @@ def build_denoiser(arch: str, arch_kwargs: Mapping[str, Any], train_set: Any
     settings (``channels`` from the first image unless given)."""
     from smoothmix.denoisers import DENOISERS
 
-    kwargs = dict(arch_kwargs)
+    # Complete: the factory's defaults are written out, so that a checkpoint (and a result
+    # file's denoiser record) still says what it is if a default changes later.
+    factory = DENOISERS.get(arch)
+    kwargs = {**_json_defaults(factory), **arch_kwargs}
     if "channels" not in kwargs:
         x, _ = train_set[0]
         kwargs["channels"] = int(x.shape[0])
     try:
-        model = DENOISERS.get(arch)(**kwargs)
+        model = factory(**kwargs)
     except TypeError as exc:
         raise SmoothmixError(f"denoiser {arch!r}: bad settings {kwargs}: {first_line(exc)}") \
             from None
     return model, kwargs
+
+
+def _json_defaults(factory: Any) -> dict[str, Any]:
+    """The keyword defaults of ``factory`` that are plain JSON values."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for p in params:
+        if p.default is inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = list(p.default) if isinstance(p.default, tuple) else p.default
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            continue
+        out[p.name] = value
+    return out
 
 
 def load_init(model: nn.Module, path: str | Path, arch: str | None) -> str:
