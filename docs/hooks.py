@@ -43,6 +43,7 @@ API_GROUPS: dict[str, tuple[str, ...]] = {
     "Certify, predict, decide and attack a dataset": (
         "RunSpec", "certify_dataset", "predict_dataset", "decide_dataset", "attack_dataset",
         "read_results"),
+    "Denoised smoothing": ("Denoised", "load_denoiser"),
     "Train": ("train", "create_method", "register_method"),
     "Data": ("load_dataset", "register_dataset"),
     "Errors and version": ("SmoothmixError", "__version__"),

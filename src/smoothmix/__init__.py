@@ -48,9 +48,12 @@ _LAZY: dict[str, str] = {
     "register_method": "smoothmix.methods",
     "load_dataset": "smoothmix.data",
     "register_dataset": "smoothmix.data",
+    "Denoised": "smoothmix.denoisers.compose",
+    "load_denoiser": "smoothmix.denoisers.compose",
 }
 
 __all__ = [
+    "Denoised",
     "RunSpec",
     "Smooth",
     "SmoothmixError",
@@ -64,6 +67,7 @@ __all__ = [
     "decide_dataset",
     "list_pretrained",
     "load_dataset",
+    "load_denoiser",
     "load_model",
     "load_pretrained",
     "predict_dataset",
@@ -81,6 +85,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from smoothmix.core import Smooth, certified_radius, clopper_pearson_lower
     from smoothmix.data import load_dataset, register_dataset
     from smoothmix.decisions import decide_dataset
+    from smoothmix.denoisers.compose import Denoised, load_denoiser
     from smoothmix.empirical import attack_dataset
     from smoothmix.methods import create_method, register_method
     from smoothmix.models import create_model, register_model
