@@ -149,6 +149,9 @@ def measure(pipe: Pipeline, images, sigma: float, n0: int, batch: int) -> Timing
         start = time.perf_counter()
         timing.published_samples = published_run(published, chosen, sigma, n0, pipe.n, batch)
         timing.published_seconds = time.perf_counter() - start
+    # smoothmix votes with a converted copy; the published loop's weights must stay NCHW.
+    assert all(m.weight.is_contiguous() for m in published.modules()
+               if isinstance(m, nn.Conv2d)), "the published loop's model left NCHW"
     return timing
 
 
