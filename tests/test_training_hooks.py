@@ -89,10 +89,13 @@ class FolderProbe(Callback):
             sum(p.stat().st_size for p in run.outdir.glob("events.out.tfevents.*"))))
 
 
-def test_default_callbacks_write_the_run_folder_in_the_old_order(tmp_path, monkeypatch):
+def test_default_callbacks_write_the_logs_before_the_checkpoint(tmp_path, monkeypatch):
     # A probe after each default callback sees what that callback did: the noisy evaluation
-    # adds its columns first (so the checkpoint and both logs record them), then the
-    # checkpoint, log.csv and the TensorBoard events are written, each in turn.
+    # adds its columns first (so both logs and the checkpoint record them), then log.csv, the
+    # TensorBoard events and last the checkpoint. Logs first: a kill between the two leaves a
+    # row past the checkpoint, which a resume drops and writes again; the old order
+    # (checkpoint first) lost the row of the epoch in between for good (the SIGKILL test
+    # of test_train_cli.py caught it).
     rows, folders = [], []
     monkeypatch.setattr(loop, "default_callbacks", lambda test_set, sigma: [
         c for cb in default_callbacks(test_set, sigma) for c in (cb, FolderProbe(rows, folders))])
@@ -102,9 +105,47 @@ def test_default_callbacks_write_the_run_folder_in_the_old_order(tmp_path, monke
     assert "test_noisy_acc" in rows[0]
     header_only = folders[0][2]  # the event file's header, written when the writer opened
     assert [(epoch, logged, events > header_only) for epoch, logged, events in folders] == [
-        (0, 0, False), (1, 0, False), (1, 1, False), (1, 1, True)]
+        (0, 0, False), (0, 1, False), (0, 1, True), (1, 1, True)]
     assert "test_noisy_acc" in read_checkpoint(tmp_path / "r" / "checkpoint.pth.tar").metrics
     assert "test_noisy_acc" in (tmp_path / "r" / "log.csv").read_text().splitlines()[0]
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAtEpoch(Callback):
+    """Dies in the ``at``-th epoch's end, at its place among the writers (a SIGKILL there)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.calls = at, 0
+
+    def on_epoch_end(self, run, epoch, metrics):
+        self.calls += 1
+        if self.calls == self.at:
+            raise _Killed
+
+
+@pytest.mark.parametrize("place", [1, 2, 3])  # after the evaluation, after each writer
+def test_a_kill_anywhere_among_the_writers_loses_no_log_row(tmp_path, monkeypatch, place):
+    # With the checkpoint written before log.csv (the order before 0.6), a kill between the
+    # two lost that epoch's row for good: the resume starts after the checkpoint.
+    out = tmp_path / "r"
+
+    def run(resume, kill=None):
+        def callbacks(test_set, sigma):
+            cbs = default_callbacks(test_set, sigma)
+            return [*cbs[:place], *([kill] if kill else []), *cbs[place:]]
+
+        monkeypatch.setattr(loop, "default_callbacks", callbacks)
+        fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), tiny_data(16, 2),
+            tiny_config(epochs=3), out, resume=resume, metadata={"arch": None})
+
+    with pytest.raises(_Killed):
+        run(False, _KillAtEpoch(2))
+    run(True)
+    with open(out / "log.csv", newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
 
 
 def test_strategy_runs_one_step_on_cpu():

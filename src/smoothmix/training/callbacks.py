@@ -55,9 +55,12 @@ class Callback:
 
 
 def default_callbacks(test_set: Any | None, sigma: float | None) -> list[Callback]:
-    """The run folder's writers, in the order the loop has always written them: the noisy
-    test evaluation (adds its columns), then checkpoint, ``log.csv`` and TensorBoard."""
-    return [NoisyEvaluation(test_set, sigma), Checkpointing(), CsvLogger(), TensorBoardLogger()]
+    """The run folder's writers: the noisy test evaluation (adds its columns), then
+    ``log.csv`` and TensorBoard, and the checkpoint last. Logs before the checkpoint, so that
+    a kill between them loses nothing: a resume drops log rows (and events) past the
+    checkpoint's epoch and writes them again, while a row never written after a checkpoint
+    (the order before 0.6) was lost for good."""
+    return [NoisyEvaluation(test_set, sigma), CsvLogger(), TensorBoardLogger(), Checkpointing()]
 
 
 # --------------------------------------------------------------------------- evaluation
