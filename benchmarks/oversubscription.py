@@ -81,6 +81,7 @@ def main() -> None:
     os.environ.pop("OMP_WAIT_POLICY", None)
     half = max(1, args.threads // 2)
     setups = [("alone", 1, args.threads, {}),
+              ("alone, passive", 1, args.threads, {"OMP_WAIT_POLICY": "PASSIVE"}),
               ("shared", 2, args.threads, {}),
               ("shared, passive", 2, args.threads, {"OMP_WAIT_POLICY": "PASSIVE"}),
               ("shared, half threads", 2, half, {})]
@@ -93,7 +94,7 @@ def main() -> None:
     for name, count, threads, env in setups:
         timings = run(count, args.steps, threads, env)
         cpu = sum(t["cpu"] for t in timings) / len(timings)
-        reference = reference or cpu
+        reference = reference or cpu  # "alone", the first set-up
         walls = ", ".join(f"{t['wall']:.3f}" for t in timings)
         cpus = ", ".join(f"{t['cpu']:.3f}" for t in timings)
         print(f"| {name} | {count} x {threads} | {walls} | {cpus} | {cpu / reference:.2f}x |",
