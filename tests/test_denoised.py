@@ -273,6 +273,42 @@ def test_unsound_denoisers_are_refused_before_anything_is_written(tmp_path, deno
         Smooth(Denoised(net, denoiser), 3, 0.25).predict(data[0][0], 100, 0.01, 50)
 
 
+def test_a_first_batch_too_small_to_show_a_coupling_is_not_the_probe():
+    # One row per forward: batch and row-by-row agree trivially, so the probe must not be
+    # spent on it (before the fix it was, and later blocks of 50 ran the coupled D).
+    net = small_classifier()
+    with pytest.raises(SmoothmixError, match="couples the images of a batch"):
+        Smooth(Denoised(net, Coupled()), 3, 0.25).predict(small_images()[0][0], 20, 0.1, 1)
+
+
+def test_a_wrapped_denoised_model_still_records_checks_and_probes_its_denoiser(tmp_path):
+    data, net = small_images(), small_classifier()
+    spec = RunSpec.of(0.25, batch_size=64, progress=False)
+    record = module_record(IdentityDenoiser(), sigma=0.25)
+    out = certify_dataset(nn.Sequential(Denoised(net, IdentityDenoiser(), record)), data, spec,
+                          tmp_path / "c.tsv", n0=10, n=100, alpha=0.01)
+    assert settings_of(out)["denoiser"] == record  # so a resume with another D is refused
+    with pytest.raises(SmoothmixError, match="built for sigma=0.25"):
+        certify_dataset(nn.Sequential(Denoised(net, IdentityDenoiser(), record)), data,
+                        RunSpec.of(0.5, batch_size=64, progress=False), tmp_path / "d.tsv",
+                        n0=10, n=100, alpha=0.01)
+    bad = tmp_path / "bad.tsv"
+    with pytest.raises(SmoothmixError, match="couples the images"):
+        certify_dataset(nn.Sequential(Denoised(net, Coupled())), data, spec, bad, n0=10,
+                        n=100, alpha=0.01)
+    assert not bad.exists()  # probed before anything is written, as unwrapped
+
+
+def test_a_record_sigma_that_is_not_a_number_does_not_skip_the_sigma_check(tmp_path):
+    record = {"kind": "dncnn", "identity": {"sha256": "a"}, "settings": {}, "sigma": "0.5"}
+    spec = RunSpec.of(0.25, batch_size=64, progress=False, denoiser=record)
+    out = tmp_path / "c.tsv"
+    with pytest.raises(SmoothmixError, match="sigma must be a number or None, got '0.5'"):
+        certify_dataset(small_classifier(), small_images(), spec, out, n0=10, n=100,
+                        alpha=0.01)
+    assert not out.exists()
+
+
 def test_the_denoiser_stays_in_eval_mode():
     torch.manual_seed(0)
     bn = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.BatchNorm2d(1))

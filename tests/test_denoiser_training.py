@@ -81,6 +81,16 @@ def test_dncnn_has_no_normalisation_layer_and_acts_per_sample():
         assert not torch.equal(batch, x)
 
 
+def test_the_denoiser_takes_the_datas_channels_unless_given():
+    from smoothmix.training.kinds import build_denoiser
+
+    pytest.importorskip("diffusers")
+    rgb = [(torch.rand(3, 32, 32), 0)]
+    for kind in ("dncnn", "ddpm-unet"):  # ddpm-unet has a default of 1: not the data's
+        assert build_denoiser(kind, {}, rgb)[1]["channels"] == 3
+        assert build_denoiser(kind, {"channels": 1}, rgb)[1]["channels"] == 1
+
+
 def test_dncnn_bad_settings_are_one_line_errors():
     with pytest.raises(SmoothmixError, match="dncnn depth") as info:
         DnCNN(1, depth=1)

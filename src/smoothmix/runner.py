@@ -36,7 +36,7 @@ from torch import nn
 from smoothmix.checks import num_classes_of
 from smoothmix.core import Smooth
 from smoothmix.data.datasets import Examples
-from smoothmix.denoisers.compose import Denoised, denoiser_for_run
+from smoothmix.denoisers.compose import denoised_in, denoiser_for_run
 from smoothmix.device import module_device
 from smoothmix.errors import SmoothmixError, require
 from smoothmix.execution import Execution, resolve_execution
@@ -267,7 +267,7 @@ def run_dataset(kind: str, compute: Compute, model: nn.Module, dataset: Examples
     settings = {**base, "shard": f"{part[0]}/{part[1]}"}
     expected = selected_indices(len(dataset), spec.skip, spec.max_idx, part)
     # Refused before any write: inputs off the grid, or an unsound denoiser (read only then).
-    if len(expected) and (spec.noise.restricts_inputs or isinstance(model, Denoised)):
+    if len(expected) and (spec.noise.restricts_inputs or denoised_in(model) is not None):
         _check_first_input(model, spec, dataset[expected[0]][0])
     # How it ran, and what the caller knows that decides no row (RunSpec.info: the model's
     # training sigma): recorded when the file starts, never compared on resume.
@@ -308,9 +308,10 @@ def _check_first_input(model: nn.Module, spec: RunSpec, x: torch.Tensor) -> None
     deterministically (:func:`smoothmix.denoisers.probe_denoiser`)."""
     if spec.noise.restricts_inputs:
         spec.noise.prepare(x)
-    if isinstance(model, Denoised):
-        device = module_device(model, torch.device("cpu"))
-        model.probe(x.to(device), spec.noise.sigma)
+    denoised = denoised_in(model)
+    if denoised is not None:
+        device = module_device(denoised, torch.device("cpu"))
+        denoised.probe(x.to(device), spec.noise.sigma)
 
 
 def _expected(settings: Mapping[str, object]) -> range:

@@ -44,7 +44,7 @@ from smoothmix.errors import SmoothmixError, first_line, require
 if TYPE_CHECKING:
     from smoothmix.run import RunSpec
 
-__all__ = ["PROBE_ROWS", "Denoised", "IdentityDenoiser", "denoiser_for_run",
+__all__ = ["PROBE_ROWS", "Denoised", "IdentityDenoiser", "denoised_in", "denoiser_for_run",
            "describe_denoiser", "load_denoiser", "module_record", "probe_denoiser"]
 
 #: Noisy rows the probe runs D on (as a batch, then one by one, then again as a batch).
@@ -102,7 +102,10 @@ class Denoised(nn.Module):
         if self.denoiser.training:  # switched on its own, past train()
             self.denoiser.eval()
         if not self.probed:
-            self.probe(z[:PROBE_ROWS], noisy=True)
+            if len(z) >= PROBE_ROWS:
+                self.probe(z[:PROBE_ROWS], noisy=True)
+            else:  # too few rows to see a coupling: noisy copies around the first one
+                self.probe(z[0])
         return self.classifier(_denoise(self.denoiser, z))
 
     def probe(self, x: torch.Tensor, sigma: float | None = None, *, noisy: bool = False
@@ -233,11 +236,19 @@ def describe_denoiser(record: Mapping[str, Any] | None) -> str:
     return " ".join(p for p in (str(record.get("kind", "?")), ident) if p) + built
 
 
+def denoised_in(model: nn.Module) -> Denoised | None:
+    """The :class:`Denoised` that ``model`` is or wraps (torch.compile, DataParallel, a
+    Sequential, ...), else None: a wrapper must not hide the denoiser from the run."""
+    return next((m for m in model.modules() if isinstance(m, Denoised)), None)
+
+
 def denoiser_for_run(model: nn.Module, spec: RunSpec) -> dict[str, Any] | None:
-    """The denoiser record a dataset run records: the spec's, else the model's when it is a
-    :class:`Denoised` (both given: they must agree). The one place where a denoiser built
-    for another σ than the run's is refused, unless ``spec.allow_denoiser_sigma_mismatch``."""
-    mine = model.record if isinstance(model, Denoised) else None
+    """The denoiser record a dataset run records: the spec's, else the model's when it is
+    or wraps a :class:`Denoised` (both given: they must agree). The one place where a
+    denoiser built for another σ than the run's is refused, unless
+    ``spec.allow_denoiser_sigma_mismatch``."""
+    denoised = denoised_in(model)
+    mine = denoised.record if denoised is not None else None
     record = dict(spec.denoiser) if spec.denoiser is not None else mine
     require(mine is None or record == mine,
             f"RunSpec.denoiser {spec.denoiser} is not the model's denoiser {mine}; leave "
@@ -245,6 +256,9 @@ def denoiser_for_run(model: nn.Module, spec: RunSpec) -> dict[str, Any] | None:
     if record is None:
         return None
     built, sigma = record.get("sigma"), spec.noise.sigma
+    # A sigma that is not a number (e.g. the string "0.25") would skip the check below.
+    require(built is None or (isinstance(built, (int, float)) and not isinstance(built, bool)),
+            f"the denoiser record's sigma must be a number or None, got {built!r}")
     if isinstance(built, (int, float)) and not math.isclose(built, sigma, rel_tol=1e-9):
         require(spec.allow_denoiser_sigma_mismatch,
                 f"the denoiser ({describe_denoiser(record)}) was built for sigma={built:g}, not "

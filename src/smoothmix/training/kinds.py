@@ -79,7 +79,9 @@ def build_denoiser(arch: str, arch_kwargs: Mapping[str, Any], train_set: Any
     # file's denoiser record) still says what it is if a default changes later.
     factory = DENOISERS.get(arch)
     kwargs = {**_json_defaults(factory), **arch_kwargs}
-    if "channels" not in kwargs:
+    # Not given: the data's, even where the factory has a default (ddpm-unet's is 1, which
+    # would build a grayscale model for RGB images).
+    if "channels" not in arch_kwargs:
         x, _ = train_set[0]
         kwargs["channels"] = int(x.shape[0])
     try:
