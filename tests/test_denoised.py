@@ -521,3 +521,13 @@ def test_cli_certify_with_a_denoiser(tmp_path, tiny_kind, capsys):
     assert main(["certify", str(classifier), "--allow-denoiser-sigma-mismatch", *FAST,
                  "--out", str(tmp_path / "x.tsv")]) == 2
     assert math.isfinite(float(rows_of(out)[0]["radius"]))
+
+
+def test_a_submodule_of_the_denoiser_switched_to_training_is_put_back_in_eval():
+    """D votes in eval mode even when a submodule was switched on its own (a dropout layer
+    in training mode would make D random)."""
+    inner = nn.Sequential(nn.Identity(), nn.Dropout(0.5))
+    model = Denoised(nn.Flatten(), nn.Sequential(inner))
+    inner[1].train()  # past Denoised.train(): only the submodule
+    z = torch.ones(4, 1, 2, 2)
+    assert torch.equal(model(z), model(z)) and not inner[1].training

@@ -531,3 +531,20 @@ def test_a_diffusion_denoiser_without_the_runs_sigma_is_one_line(tmp_path):
     with pytest.raises(SmoothmixError, match="serves every noise level") as err:
         load_denoiser(tmp_path)
     assert "\n" not in str(err.value)
+
+
+def test_a_one_shot_denoiser_wrapped_in_python_records_its_sigma_and_settings():
+    """Denoised(f, net.one_shot(σ)) without a record: the record carries σ (so a run at
+    another σ is refused) and t*/clip (so a resume with another clip is refused)."""
+    from torch import nn
+
+    from smoothmix.denoisers import Denoised
+
+    net = small_ddpm()
+    model = Denoised(nn.Flatten(), net.one_shot(0.5, clip=False))
+    assert model.record["sigma"] == 0.5
+    assert model.record["settings"]["clip"] is False
+    assert model.record["settings"]["one_shot"]["timestep"] == one_shot_timestep(
+        net.alphas_cumprod, 0.5).timestep
+    other = Denoised(nn.Flatten(), net.one_shot(0.5, clip=True))
+    assert other.record != model.record

@@ -99,7 +99,7 @@ class Denoised(nn.Module):
         return self
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.denoiser.training:  # switched on its own, past train()
+        if any(m.training for m in self.denoiser.modules()):  # switched past train()
             self.denoiser.eval()
         if not self.probed:
             if len(z) >= PROBE_ROWS:
@@ -189,8 +189,17 @@ def _gap(a: torch.Tensor, b: torch.Tensor) -> str | None:
 def module_record(denoiser: nn.Module, *, sigma: float | None = None,
                   settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The record of a denoiser built in Python: its class as ``kind``, a SHA-256 of its
-    state dict (names, dtypes, shapes and bytes) as ``identity``, and ``sigma`` (None: not
-    built for one, so no run is refused for its σ)."""
+    state dict (names, dtypes, shapes and bytes) as ``identity``, and ``sigma`` (by default
+    the module's own numeric ``sigma`` attribute, as a one-shot diffusion denoiser has;
+    None: not built for one, so no run is refused for its σ). ``settings`` default to the
+    module's ``record_settings()`` where it has one (what changes its output besides the
+    weights, e.g. a diffusion denoiser's step t* and clipping)."""
+    own = getattr(denoiser, "sigma", None)
+    if sigma is None and isinstance(own, (int, float)) and not isinstance(own, bool):
+        sigma = float(own)
+    record_settings = getattr(denoiser, "record_settings", None)
+    if settings is None and callable(record_settings):
+        settings = record_settings()
     digest = hashlib.sha256()
     for name, tensor in denoiser.state_dict().items():
         data = tensor.detach().cpu().contiguous()

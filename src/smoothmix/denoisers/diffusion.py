@@ -169,6 +169,12 @@ class DiffusionDenoiser(nn.Module):
         self.sample_size = _size(sample_size)
         self.clip = clip
 
+    def record_settings(self) -> dict[str, Any]:
+        """What changes this denoiser's output besides the weights, for its record when it
+        is wrapped in Python (:func:`smoothmix.denoisers.compose.module_record`)."""
+        return {"clip": bool(self.clip), "one_shot": self.one_shot.as_dict(),
+                "prediction_type": self.prediction_type}
+
     def extra_repr(self) -> str:
         shot = self.one_shot
         return (f"sigma={self.sigma:g}, t*={shot.timestep}, alpha_bar={shot.alpha_bar:.4f}, "
