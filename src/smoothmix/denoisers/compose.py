@@ -31,6 +31,7 @@ import importlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -258,6 +259,13 @@ def denoiser_for_run(model: nn.Module, spec: RunSpec) -> dict[str, Any] | None:
     ``spec.allow_denoiser_sigma_mismatch``."""
     denoised = denoised_in(model)
     mine = denoised.record if denoised is not None else None
+    if spec.denoiser is not None and denoised is None:
+        # Allowed since 0.5 (a model that composes its own denoiser), but then nothing here
+        # probes D or keeps it in eval mode: say so once.
+        warnings.warn("RunSpec.denoiser describes a denoiser, but the model holds no "
+                      "smoothmix Denoised: nothing checks that the denoiser acts per sample, "
+                      "deterministically and in eval mode; wrap the model as "
+                      "Denoised(classifier, denoiser, record)", UserWarning, stacklevel=3)
     record = dict(spec.denoiser) if spec.denoiser is not None else mine
     require(mine is None or record == mine,
             f"RunSpec.denoiser {spec.denoiser} is not the model's denoiser {mine}; leave "
