@@ -122,16 +122,18 @@ def _model_sigma(value: object) -> float:
     return number
 
 
-def _json_record(denoiser: object) -> dict[str, Any]:
+def _json_record(denoiser: object, what: str = "RunSpec.denoiser") -> dict[str, Any]:
     """``denoiser`` as the settings file will read it back (tuples become lists, ...), so
-    that a resume compares like with like; a one-line error when it is not a JSON mapping."""
+    that a resume compares like with like; a one-line error naming ``what`` when it is not
+    a JSON mapping. Also the JSON check of :func:`smoothmix.denoisers.compose.Denoised`'s
+    records."""
     if not isinstance(denoiser, Mapping) or not denoiser:
-        raise SmoothmixError("RunSpec.denoiser must be a non-empty mapping (identity, "
+        raise SmoothmixError(f"{what} must be a non-empty mapping (identity, "
                              f"settings, sigma), got {denoiser!r}")
     try:
         record: dict[str, Any] = json.loads(json.dumps(dict(denoiser), allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise SmoothmixError(f"RunSpec.denoiser must hold JSON values only ({exc})") from None
+        raise SmoothmixError(f"{what} must hold JSON values only ({exc})") from None
     return record
 
 

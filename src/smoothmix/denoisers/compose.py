@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import json
 import math
 import os
 import warnings
@@ -222,11 +221,9 @@ def _checked_record(record: Mapping[str, Any]) -> dict[str, Any]:
     require(sigma is None or (isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
                               and math.isfinite(sigma) and sigma >= 0),
             f"the denoiser record's sigma must be a number >= 0 or None, got {sigma!r}")
-    try:
-        checked: dict[str, Any] = json.loads(json.dumps(dict(record), allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise SmoothmixError(f"the denoiser record must hold JSON values only ({exc})") from None
-    return checked
+    from smoothmix.run import _json_record  # deferred: run.py's imports need not load here
+
+    return _json_record(record, "the denoiser record")
 
 
 def describe_denoiser(record: Mapping[str, Any] | None) -> str:
