@@ -7,9 +7,12 @@ plain classes and functions live here, because a test module must not import ``c
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.stats import binom
 from torch import nn
 
+from smoothmix.core import clopper_pearson_lower
 from smoothmix.data import TensorImageDataset
 from smoothmix.methods import StepOutput
 from smoothmix.models import wrap_model
@@ -29,6 +32,21 @@ class Linear2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x.flatten(1) @ self.w + self.b
         return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+def exact_false_certification_rate(p_a: float, n0: int, n: int, alpha: float) -> float:
+    """P(CERTIFY certifies a wrong class or a radius > the true one), computed exactly.
+
+    Selection picks class 1 iff it wins the n0 votes (n0 odd: no ties). Given class 1, a
+    certificate exceeds the true radius iff the bound exceeds p_a; given class 0 (probability
+    1 - p_a), any certificate at all (bound >= 1/2) is false.
+    """
+    k = np.arange(n + 1)
+    lower = np.array([clopper_pearson_lower(int(i), n, alpha) for i in k])
+    select_right = binom.sf(n0 // 2, n0, p_a)
+    over = binom.pmf(k, n, p_a)[lower > p_a].sum()
+    wrong = binom.pmf(k, n, 1 - p_a)[lower >= 0.5].sum()
+    return float(select_right * over + (1 - select_right) * wrong)
 
 
 # Tiny stand-ins for the training loop's tests (test_training, test_training_hooks).

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import Linear2, exact_false_certification_rate
 from scipy.stats import binom, binomtest, norm
 from torch import nn
 
@@ -29,41 +30,11 @@ from smoothmix.core import (
 )
 from smoothmix.errors import SmoothmixError
 
-W = torch.tensor([3.0, -4.0])  # ||w|| = 5
-
-
-class Linear2(nn.Module):
-    """Binary linear classifier on 1x1x2 images: class 1 iff w.x + b > 0."""
-
-    def __init__(self, b: float) -> None:
-        super().__init__()
-        self.register_buffer("w", W.clone())
-        self.b = b
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = x.flatten(1) @ self.w + self.b
-        return torch.stack([torch.zeros_like(z), z], dim=1)
-
 
 def linear_case(p_a: float, sigma: float) -> tuple[Linear2, torch.Tensor, float]:
     """A classifier and an image x = 0 whose top class 1 has probability p_a; true radius."""
     margin = sigma * 5.0 * norm.ppf(p_a)  # w.x + b at x = 0
     return Linear2(margin), torch.zeros(1, 1, 2), margin / 5.0
-
-
-def exact_false_certification_rate(p_a: float, n0: int, n: int, alpha: float) -> float:
-    """P(CERTIFY certifies a wrong class or a radius > the true one), computed exactly.
-
-    Selection picks class 1 iff it wins the n0 votes (n0 odd: no ties). Given class 1, a
-    certificate exceeds the true radius iff the bound exceeds p_a; given class 0 (probability
-    1 - p_a), any certificate at all (bound >= 1/2) is false.
-    """
-    k = np.arange(n + 1)
-    lower = np.array([clopper_pearson_lower(int(i), n, alpha) for i in k])
-    select_right = binom.sf(n0 // 2, n0, p_a)
-    over = binom.pmf(k, n, p_a)[lower > p_a].sum()
-    wrong = binom.pmf(k, n, 1 - p_a)[lower >= 0.5].sum()
-    return float(select_right * over + (1 - select_right) * wrong)
 
 
 def false_certifications(p_a: float, sigma: float, n0: int, n: int, alpha: float,

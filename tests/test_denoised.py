@@ -16,11 +16,10 @@ import sys
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from helpers import Linear2
-from scipy.stats import binom, binomtest, norm
+from helpers import Linear2, exact_false_certification_rate
+from scipy.stats import binomtest, norm
 from torch import nn
 
 from smoothmix.certification import (
@@ -31,7 +30,7 @@ from smoothmix.certification import (
 )
 from smoothmix.checkpoint import file_sha256, save_checkpoint
 from smoothmix.cli import main
-from smoothmix.core import Smooth, clopper_pearson_lower
+from smoothmix.core import Smooth
 from smoothmix.data import TensorImageDataset
 from smoothmix.denoisers import (
     DENOISERS,
@@ -83,16 +82,6 @@ def affine_case(p_a: float) -> tuple[Linear2, float]:
     m = SIGMA * norm_atw * norm.ppf(p_a)  # w.(AX + b) + c
     c = m - float(W @ (A @ X.flatten() + B))
     return Linear2(c), m / norm_atw
-
-
-def exact_false_certification_rate(p_a: float, n0: int, n: int, alpha: float) -> float:
-    """P(CERTIFY certifies the wrong class, or the right one beyond the true radius)."""
-    k = np.arange(n + 1)
-    lower = np.array([clopper_pearson_lower(int(i), n, alpha) for i in k])
-    select_right = binom.sf(n0 // 2, n0, p_a)
-    over = binom.pmf(k, n, p_a)[lower > p_a].sum()
-    wrong = binom.pmf(k, n, 1 - p_a)[lower >= 0.5].sum()
-    return float(select_right * over + (1 - select_right) * wrong)
 
 
 def rows_of(path: Path) -> list[dict[str, str]]:
