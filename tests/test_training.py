@@ -394,6 +394,28 @@ def test_resolve_and_train_take_explicit_keywords(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_train_and_resolve_declare_the_same_settings_as_the_recipe_and_runtime():
+    # train() and resolve() spell their settings as explicit keywords (issue 26: help(), IDEs
+    # and Python's own TypeError for a mistyped name), so each setting is written in the
+    # Recipe/Runtime dataclass and in these two signatures. This keeps the copies from
+    # drifting: a new Recipe or Runtime field must reach both signatures and train's docs.
+    import dataclasses
+    import inspect
+
+    from smoothmix.training import Recipe, Runtime, train
+
+    fields = {f.name for f in dataclasses.fields(Recipe)} | {
+        f.name for f in dataclasses.fields(Runtime)}
+    beside = {"preset", "method_options", "deferred", "amp", "runtime", "resume"}
+    settings = fields | beside
+    of_train = set(inspect.signature(train).parameters)
+    of_resolve = set(inspect.signature(resolve).parameters)
+    assert settings <= of_train, settings - of_train
+    assert of_resolve - {"outdir", "custom_model"} == settings, of_resolve ^ settings
+    documented = {name for name in settings if f"``{name}``" in (train.__doc__ or "")}
+    assert documented >= fields | beside - {"resume"}, settings - documented
+
+
 def test_method_options_table_covers_cli_flags():
     from smoothmix.cli.train import method_option_flags
 

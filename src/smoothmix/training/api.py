@@ -448,6 +448,11 @@ def train(
 ) -> Path:
     """Train a smoothed classifier's base model (or a denoiser); return the checkpoint path.
 
+    ``preset`` names a recipe of :data:`~smoothmix.training.PRESETS` (its values apply where
+    a keyword is ``None``); ``resume=True`` continues the run in ``outdir`` from its last
+    checkpoint, whose saved recipe fills what is not given (a conflicting value is refused).
+    ``data_dir`` holds the dataset's files (default: ``$SMOOTHMIX_DATA``, else, for MNIST, the
+    copy shipped in the package).
     The recipe (:class:`~smoothmix.training.recipe.Recipe`; ``None``: the preset's, a resumed
     run's, else the default): ``dataset``, ``arch``, ``arch_kwargs`` (to the architecture's
     constructor, stored in the checkpoint so that ``load_model`` rebuilds the same network),
@@ -456,7 +461,7 @@ def train(
     learning-rate drop, ``False``/0: from the start), ``train_subset``, ``test_subset``,
     ``epochs``, ``batch_size``, ``lr``, ``lr_step``, ``lr_gamma``, ``lr_milestones``,
     ``momentum``, ``optimizer`` ("sgd" or "adam"), ``weight_decay``, ``seed`` and
-    ``precision`` (``amp=True``: deprecated spelling of ``"bf16"``). The execution
+    ``precision`` (``amp``: ``True`` is the deprecated spelling of ``"bf16"``). The execution
     (:class:`~smoothmix.training.recipe.Runtime`): ``runtime``, or any of its fields as
     keywords (``device``, ``compile``, ``channels_last``, ``cuda_graphs``, ``workers``,
     ``test_batch_size``, ``log_every``, ``progress``). ``targets`` is the soft-target file
