@@ -374,6 +374,10 @@ def test_same_generator_seed_gives_same_answer():
         (dict(x=torch.zeros(2, 2)), "C x H x W"),
         (dict(x=torch.zeros(1, 2, 2, dtype=torch.uint8)), "float"),
         (dict(x=[[0.0]]), "torch.Tensor"),
+        (dict(x=torch.full((1, 2, 2), math.nan)), "NaN or infinite"),
+        (dict(x=torch.tensor([[[0.0, math.inf], [0.0, 0.0]]])), "NaN or infinite"),
+        (dict(x=torch.full((1, 2, 2), 255.0)), r"\[0, 1\].*0\.\.255\? divide by 255"),
+        (dict(x=torch.full((1, 2, 2), -0.4)), r"in \[0, 1\] .*got pixels in \[-0.4, -0.4\]"),
         (dict(num_classes=3), "logits of shape"),
         (dict(num_classes=1), "num_classes must be an integer >= 2"),
     ],
@@ -386,6 +390,15 @@ def test_bad_input_gives_one_line_smoothmix_error(kwargs, message):
         smooth = Smooth(Constant(0, 2), args["num_classes"], args["sigma"])
         smooth.certify(args["x"], args["n0"], args["n"], args["alpha"], args["batch_size"])
     assert "\n" not in str(info.value)
+
+
+def test_a_nan_image_is_refused_not_certified():
+    # NaN logits vote argmax = 0 on every draw: without the check this "certifies" class 0
+    # at the largest radius the budget allows.
+    smooth = Smooth(Linear2(0.0), num_classes=2, sigma=0.5)
+    with pytest.raises(SmoothmixError, match="NaN"):
+        smooth.certify(torch.full((1, 1, 2), math.nan), n0=10, n=100, alpha=0.001,
+                       batch_size=100)
 
 
 def test_certified_radius_and_bound_validate_their_inputs():

@@ -473,7 +473,9 @@ class BandData:
     votes spread over three or four classes, some confident, some on a threshold."""
 
     num_classes = 4
-    firsts = [-0.6, -0.2, 0.0, 0.15, 0.3, 0.45, 0.8, 1.2, -1.0, 0.05, 3.0]
+    # Pixels stay in [0, 1] (Smooth refuses others): the first pixel of each image, from
+    # -1..3 mapped onto 0..1 with the thresholds and sigma, which leaves every probability as it is.
+    firsts = [(f + 1) / 4 for f in (-0.6, -0.2, 0.0, 0.15, 0.3, 0.45, 0.8, 1.2, -1.0, 0.05, 3.0)]
 
     def __len__(self) -> int:
         return len(self.firsts)
@@ -481,12 +483,13 @@ class BandData:
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x = torch.full((1, 2, 2), 0.5)
         x[0, 0, 0] = self.firsts[i]
-        label = sum(t < self.firsts[i] for t in (-0.3, 0.0, 0.3))
+        label = sum(t < self.firsts[i] for t in THRESHOLDS)
         return x, int(label)
 
 
 FILE_SETTINGS = dict(n0=20, n=400, alpha=0.01, batch_size=128, progress=False, seed=5)
-FILE_SIGMA = 0.5
+FILE_SIGMA = 0.5 / 4
+THRESHOLDS = [(t + 1) / 4 for t in (-0.3, 0.0, 0.3)]
 
 
 def file_rows(path) -> dict[int, dict[str, str]]:
@@ -499,7 +502,7 @@ def file_rows(path) -> dict[int, dict[str, str]]:
 @pytest.fixture(scope="module")
 def result_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("two_sided")
-    model = Bands([-0.3, 0.0, 0.3])
+    model = Bands(THRESHOLDS)
     files = {bound: certify_dataset(model, BandData(), FILE_SIGMA, root / f"{bound}.tsv",
                                     bound=bound, **FILE_SETTINGS)
              for bound in ("cohen", "two-sided")}

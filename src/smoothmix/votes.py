@@ -16,6 +16,7 @@ drawn block advances the open bar; the draws are the same with or without one.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -165,3 +166,12 @@ def check_image(x: object) -> None:
     hint = " (a batch? pass one image x[i])" if x.dim() == 4 else ""
     require(x.dim() == 3, f"x must be one image of shape C x H x W, got {tuple(x.shape)}{hint}")
     require(x.is_floating_point(), f"x must be a float image in [0, 1], got dtype {x.dtype}")
+    # A NaN pixel makes every logit NaN, and argmax then votes class 0 on every draw: a
+    # "certificate" at the largest radius for garbage. Pixels past [0, 1] (a 0..255 image, a
+    # normalised one) would be certified in units the user did not mean.
+    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    require(math.isfinite(low) and math.isfinite(high), "x has NaN or infinite pixels")
+    scale = " (0..255? divide by 255)" if high > 1.5 else ""
+    require(low >= 0.0 and high <= 1.0,
+            f"x must be an image in [0, 1] (normalise inside the model), got pixels in "
+            f"[{low:.4g}, {high:.4g}]{scale}")
