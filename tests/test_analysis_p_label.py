@@ -20,13 +20,13 @@ from smoothmix.plots import paper_curves, plot_certified_accuracy
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 HEADER = ("idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tstatus\tn_a\tn_b\tbound\t"
           "selected\tn_label\n")
-# n0 = 10, N = 100: p_y = n_label / 100 is 1.0, 0.995 (a row the early abstain stopped at
-# 200 draws: 199/200), 0.95, 0.6 and 0.3 (selection chose class 0, the label is 1).
-ROWS = [(0, 1, 1, 1.2, 100, 110, "certified", 100, 0, 1, 100),
+# n0 = 10, N = 200: p_y = n_label / draws is 1.0, 0.995, 0.95, 0.6 (an abstain the early
+# stop ended after 100 draws: 60/100) and 0.3 (selection chose class 0, the label is 1).
+ROWS = [(0, 1, 1, 1.2, 200, 210, "certified", 200, 0, 1, 200),
         (1, 1, 1, 0.9, 199, 210, "certified", 199, 1, 1, 199),
-        (2, 0, 0, 0.5, 95, 110, "certified", 95, 5, 0, 95),
+        (2, 0, 0, 0.5, 190, 210, "certified", 190, 10, 0, 190),
         (3, 1, -1, 0.0, 60, 110, "abstain", 60, 40, 1, 60),
-        (4, 1, -1, 0.0, 30, 110, "abstain", 70, 30, 0, 30)]
+        (4, 1, -1, 0.0, 60, 210, "abstain", 140, 60, 0, 60)]
 
 
 def write_file(path: Path, rows=ROWS, **settings) -> Path:
@@ -35,7 +35,7 @@ def write_file(path: Path, rows=ROWS, **settings) -> Path:
         f"{i}\t{y}\t{p}\t{r}\t{int(p == y)}\t0.1\t{s}\t{st}\t{a}\t{b}\tcohen\t{sel}\t{k}\n"
         for i, y, p, r, k, s, st, a, b, sel, k in rows))
     record = {"smoothmix": "0.5.0", "kind": "certify", "settings": {
-        "sigma": 0.5, "n0": 10, "n": 100, "alpha": 0.01, "skip": 1, "max_idx": -1, "seed": 0,
+        "sigma": 0.5, "n0": 10, "n": 200, "alpha": 0.01, "skip": 1, "max_idx": -1, "seed": 0,
         "num_examples": len(rows), "precision": "fp32", "shard": "0/1", **settings},
         "info": {}}
     Path(f"{path}.json").write_text(json.dumps(record))
@@ -61,8 +61,11 @@ def test_the_distribution_of_p_y_by_hand(tmp_path):
     x, share = dist.ecdf()
     assert x.tolist() == [0.3, 0.6, 0.95, 0.995, 1.0] and share[-1] == 1.0
     lower = p_label(res, lower=True)
-    assert lower.values.tolist() == [clopper_pearson_lower(k, n, 0.01) for k, n in
-                                     ((100, 100), (199, 200), (95, 100), (60, 100), (30, 100))]
+    # Over the planned N = 200 for every row: the stopped row's 60 votes count over 200, not
+    # over its 100 draws (the stop depends on the counts; a bound over the draws made would
+    # not hold at level alpha).
+    assert lower.values.tolist() == [clopper_pearson_lower(k, 200, 0.01)
+                                     for k in (200, 199, 190, 60, 60)]
     assert np.all(lower.values < dist.values) and lower.kind == "lower (α=0.01)"
     table = format_p_label([res], labels=["a"], lower=True)
     point_row, lower_row = table.splitlines()[2:4]

@@ -15,8 +15,12 @@ columns (older releases, the reference code, ``--skip-wrong`` runs) are refused 
 that names all of them (:func:`require_p_label`): never skipped.
 
 After an early abstain the estimate is over the draws made before the stop, so it is a
-stopped estimate (slightly biased low for images near the certification threshold), and
-the lower bound then holds for the draws made, not at a fixed N.
+stopped estimate (slightly biased low for images near the certification threshold). The
+lower bound does not take the stopped count over the draws made: the stop depends on the
+counts, so that bound would not hold at level α. It takes the count over the planned N
+instead, CP(k_t, N, α). The full run's count K_N is at least k_t, and the bound grows with
+the count, so CP(k_t, N, α) <= CP(K_N, N, α), a fixed-N bound with coverage >= 1 - α.
+Rows that drew all N samples are unchanged.
 """
 
 from __future__ import annotations
@@ -94,16 +98,19 @@ def require_p_label(results: Sequence[CertificationResults],
 
 def p_label(res: CertificationResults, lower: bool = False) -> LabelProbability:
     """p_y per image of ``res``: ``n_label / draws``, or (``lower``) its one-sided
-    Clopper-Pearson lower bound at the file's α (with probability >= 1 - α per image, p_y
-    is at least that)."""
+    Clopper-Pearson lower bound at the file's α over the planned N, early-stopped rows
+    included (with probability >= 1 - α per image, p_y is at least that; see the module
+    docstring for why a stopped row's count is set over N, not over its draws)."""
     point = res.p_label()  # the one-line error for a file without the column
     if not lower:
         return LabelProbability(point, False, None)
     alpha = res.run.alpha if res.run is not None else None
-    require(alpha is not None, f"{res.path}.json records no alpha for the lower bound of p_y")
-    assert alpha is not None and res.n_label is not None and res.draws is not None
-    bound = np.array([clopper_pearson_lower(int(k), int(n), alpha) if np.isfinite(p) else np.nan
-                      for k, n, p in zip(res.n_label, res.draws, point, strict=True)])
+    planned = res.run.n if res.run is not None else None
+    require(alpha is not None and planned is not None,
+            f"{res.path}.json records no alpha or N for the lower bound of p_y")
+    assert alpha is not None and planned is not None and res.n_label is not None
+    bound = np.array([clopper_pearson_lower(int(k), planned, alpha) if np.isfinite(p) else np.nan
+                      for k, p in zip(res.n_label, point, strict=True)])
     return LabelProbability(bound, True, alpha)
 
 
