@@ -59,16 +59,6 @@ class _Table:
     build_dps: int  # mpmath digits the masses were computed with
 
 
-def _tail_units(sigma: float, levels: int, radius: int) -> float:
-    """Gaussian mass beyond +-radius grid steps, both sides, in units of 2^-60 (float64
-    estimate for reporting; the table itself never uses it)."""
-    from mpmath import mp
-
-    with mp.workdps(40):
-        s = mp.mpf(levels) * mp.mpf(sigma)
-        return float(mp.ldexp(mp.erfc((radius + mp.mpf(0.5)) / (s * mp.sqrt(2))), UNIT_BITS))
-
-
 def _atom_units(sigma: float, levels: int, dps: int) -> tuple[int, list[int]] | None:
     """(J, [m_0, ..., m_J]) at ``dps`` digits, or None if some floor(2^60 P(j)) is too close
     to an integer to be decided at that precision. P(-j) = P(j), so only j >= 0 is built,
@@ -182,16 +172,6 @@ class GridNoise:
     def atoms(self) -> torch.Tensor:
         """The noise values j = -J..J (int64), in grid steps of 1 / levels."""
         return torch.arange(-self.radius, self.radius + 1, dtype=torch.int64)
-
-    def rejection_bound(self, coordinates: int) -> float:
-        """An upper bound on the probability that a sample of ``coordinates`` pixels is
-        rejected: coordinates x rejected_units x 2^-60."""
-        return min(1.0, coordinates * self.rejected_units / _UNITS)
-
-    def tail_units(self) -> float:
-        """The true Gaussian mass beyond +-J (both sides) in units of 2^-60: the part of the
-        rejection that is not flooring (for reports; below 1 by the choice of J)."""
-        return _tail_units(self.sigma, self.levels, self.radius)
 
     # -- the grid ------------------------------------------------------------------------
 

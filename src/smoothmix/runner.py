@@ -58,7 +58,7 @@ from smoothmix.storage.table import (
 
 __all__ = ["Compute", "Emit", "Row", "Rows", "RunSpec", "Store", "TableStore", "as_spec",
            "example_seed", "merge_results", "per_example", "run_dataset", "run_settings",
-           "settings_noise", "spec_settings"]
+           "spec_settings"]
 
 # What a classify callback returns for one example: prediction, radius (nan when the kind
 # has no radius column), and the values of the columns after ``time``.
@@ -101,14 +101,6 @@ def spec_settings(spec: RunSpec, counts: Mapping[str, object], dataset: Examples
     (:meth:`smoothmix.run.RunSpec.denoiser_settings`: none without one)."""
     return {**run_settings(spec.noise, counts, spec.skip, spec.max_idx, spec.seed, dataset,
                            spec.identity), **spec.denoiser_settings()}
-
-
-def settings_noise(settings: Mapping[str, object]) -> Noise:
-    """The noise a run's settings describe (:meth:`smoothmix.noise.Noise.from_settings`)."""
-    sigma = settings.get("sigma")
-    if not isinstance(sigma, (int, float)):
-        raise SmoothmixError(f"the settings' sigma must be a number, got {sigma!r}")
-    return Noise.from_settings(float(sigma), settings)
 
 
 def per_example(kind: str, classify: Classify, model: nn.Module, dataset: Examples,

@@ -23,11 +23,6 @@ from smoothmix.methods.base import StepOutput, TrainingMethod, check_batch, unwr
 
 __all__ = ["DDPM", "diffusion_of"]
 
-# The monitor's draws come from their own generator, so that its numbers compare across
-# epochs and runs and do not move the training stream.
-_MONITOR_SEED = 0
-
-
 def diffusion_of(model: nn.Module) -> Any:
     """The DDPM module inside DDP / torch.compile wrappers: it has ``alphas_cumprod``,
     ``sample_size`` and ``one_shot``. Anything else is a one-line error."""

@@ -448,13 +448,10 @@ def train(
 ) -> Path:
     """Train a smoothed classifier's base model (or a denoiser); return the checkpoint path.
 
-    ``preset`` names a recipe of :data:`~smoothmix.training.PRESETS` (its values apply where
-    a keyword is ``None``); ``resume=True`` continues the run in ``outdir`` from its last
-    checkpoint, whose saved recipe fills what is not given (a conflicting value is refused).
-    ``data_dir`` holds the dataset's files (default: ``$SMOOTHMIX_DATA``, else, for MNIST, the
-    copy shipped in the package).
-    The recipe (:class:`~smoothmix.training.recipe.Recipe`; ``None``: the preset's, a resumed
-    run's, else the default): ``dataset``, ``arch``, ``arch_kwargs`` (to the architecture's
+    ``preset``: a recipe of :data:`~smoothmix.training.PRESETS`; ``resume``: continue the
+    run in ``outdir``; ``data_dir``: the dataset's files. The recipe
+    (:class:`~smoothmix.training.recipe.Recipe`; ``None``: the preset's, a resumed run's,
+    else the default): ``dataset``, ``arch``, ``arch_kwargs`` (to the architecture's
     constructor, stored in the checkpoint so that ``load_model`` rebuilds the same network),
     ``method``, ``sigma``, ``method_options`` (e.g. ``{"num_noise": 4, "eta": 5.0}``),
     ``deferred`` (MACER's robustness term from this 0-based epoch; ``True``: the first
@@ -468,9 +465,7 @@ def train(
     (``smoothmix targets``) of methods that need one (CAT-RS), built on the whole training
     set of ``dataset``. ``init``: start from this checkpoint's weights
     (:mod:`~smoothmix.training.kinds`). ``callbacks`` run after the default ones
-    (:class:`~smoothmix.training.callbacks.Callback`). An epoch count shorter than the
-    method's warm-up or deferral is announced in one warning line.
-    """
+    (:class:`~smoothmix.training.callbacks.Callback`)."""
     custom = _check_own_model(model, train_set, test_set)
     spec = resolve(
         outdir=outdir, preset=preset, dataset=dataset, arch=arch, arch_kwargs=arch_kwargs,
