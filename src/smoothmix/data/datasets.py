@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -247,8 +248,8 @@ class FolderImageDataset(ImageDataset):
         return FolderImageDataset(self.folder, self.name, self.input_shape, self.indices[:n])
 
 
-def read_image_folder(directory: Path, name: str, transform, mode: str,
-                      input_shape: tuple[int, int, int]) -> FolderImageDataset:
+def read_image_folder(directory: Path, name: str, transform: Callable[[Any], torch.Tensor],
+                      mode: str, input_shape: tuple[int, int, int]) -> FolderImageDataset:
     from functools import partial
 
     from torchvision.datasets import ImageFolder
