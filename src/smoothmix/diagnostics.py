@@ -31,8 +31,8 @@ from smoothmix.progress import Progress
 
 __all__ = ["VOTE_BATCH", "ConfidenceRow", "format_rows", "overconfidence", "vote_fractions"]
 
-# Noisy copies of one image in memory at once while its votes are counted.
 VOTE_BATCH = 1000
+"""Noisy copies of one image in memory at once while its votes are counted."""
 
 
 @dataclass(frozen=True)
