@@ -49,11 +49,11 @@ def vote_fractions(model: nn.Module, x: torch.Tensor, sigma: float | Noise, num_
                    n: int, chunk: int = VOTE_BATCH, *,
                    generators: Sequence[torch.Generator] | None = None,
                    precision: str = "fp32") -> torch.Tensor:
-    """Monte-Carlo estimate of P_delta(f(x_b + delta) = c) for a batch: B x num_classes, the
-    votes of :meth:`smoothmix.core.Smooth.votes` on ``n`` noisy copies of each image
-    (``chunk`` of them in memory at once) over ``n`` (float64); a rejected draw votes for no
-    class.
-    Image b draws from ``generators[b]`` (on the model's device; None: the global RNG)."""
+    """Monte-Carlo estimate of P_delta(f(x_b + delta) = c) for a batch: B x num_classes
+    (float64), the votes of :meth:`smoothmix.core.Smooth.votes` on ``n`` noisy copies of each
+    image (``chunk`` of them in memory at once) over ``n``; a rejected draw votes for no
+    class. Image b draws from ``generators[b]`` (on the model's device; None: the global
+    RNG)."""
     smooth = Smooth(model, num_classes, sigma, precision=precision)
     return _fractions(smooth, x, n, chunk, generators)
 
