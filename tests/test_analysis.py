@@ -314,6 +314,29 @@ def test_plot_states_settings_in_percent_and_marks_caps(runs, tmp_path):
     assert (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) == (200, 150)
 
 
+def test_a_failed_plot_leaves_the_previous_file(runs, tmp_path, monkeypatch):
+    # Plots are written through storage like the tables beside them: a savefig that dies
+    # half-way leaves the previous figure, not a torn one, and no temporary file.
+    from matplotlib.figure import Figure
+
+    results = [read_results(runs["a"])]
+    png = plot_certified_accuracy(results, tmp_path / "curves.png", dpi=30)
+    before = png.read_bytes()
+
+    def dies(self, fname, **kwargs):
+        if hasattr(fname, "write"):
+            fname.write(b"\x89PNG half")
+        else:  # the former direct savefig(path)
+            with open(fname, "wb") as fh:
+                fh.write(b"\x89PNG half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", dies)
+    with pytest.raises(SmoothmixError, match="cannot write plot .*No space left"):
+        plot_certified_accuracy(results, png, dpi=30)
+    assert png.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [png.name]
+
+
 def test_analyze_cli_plot_options(runs, tmp_path, capsys):
     code, _, err = analyze(capsys, runs["a"], "--plot", tmp_path / "x.pdf", "--figsize", "3.3,2.5")
     assert code == 0 and (tmp_path / "x.pdf").read_bytes()[:4] == b"%PDF"

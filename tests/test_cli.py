@@ -110,11 +110,14 @@ def test_diagnose_counts_images_with_max_images(tmp_path, capsys):
 
     save_checkpoint(tmp_path / "c.pth", {"arch": "lenet", "num_classes": 10,
                                          "state_dict": create_model("lenet").state_dict()})
-    out = tmp_path / "d.csv"
+    out = tmp_path / "new" / "d.csv"  # --out is written whole through storage (folder made)
     assert main(["diagnose", str(tmp_path / "c.pth"), "--dataset", "mnist", "--sigma", "0.5",
                  "--max-images", "3", "--skip", "7", "--num-steps", "1", "--num-noise", "1",
                  "--n", "8", "--device", "cpu", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.startswith("3 images of mnist/test")
+    printed = capsys.readouterr().out
+    assert printed.startswith("3 images of mnist/test") and "seed=0" in printed
+    lines = out.read_text().splitlines()
+    assert lines[0] == "path_length,mean_distance,true_class,max_other_class" and len(lines) == 3
     assert main(["diagnose", str(tmp_path / "c.pth"), "--dataset", "mnist", "--sigma", "0.5",
                  "--max-images", "0"]) == 2
     assert "--max-images must be >= 1" in capsys.readouterr().err

@@ -72,3 +72,69 @@ def test_bad_input_is_a_clear_error() -> None:
         overconfidence(model, x, y, sigma=0.0, num_classes=2)
     with pytest.raises(SmoothmixError, match="labels"):
         overconfidence(model, x, y[:1], sigma=0.5, num_classes=2)
+
+
+def _halfspace_case() -> tuple[Halfspace, torch.Tensor, torch.Tensor]:
+    w = torch.zeros(1, 4, 4)
+    w[0, 0, 0] = 1.0
+    x = torch.full((5, 1, 4, 4), 0.5)
+    x[:, 0, 0, 0] = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4])
+    return Halfspace(w, -0.5), x, torch.zeros(5, dtype=torch.long)
+
+
+def test_rows_come_from_the_seed_whatever_the_batch_size_or_global_rng() -> None:
+    # Each image draws from its own (seed, idx) stream, as certify's examples do.
+    model, x, y = _halfspace_case()
+    kw = dict(sigma=0.25, num_classes=2, step_size=0.25, num_steps=2, n=200, progress=False)
+    torch.manual_seed(1)
+    a = overconfidence(model, x, y, batch_size=2, seed=7, **kw)
+    torch.manual_seed(2)
+    b = overconfidence(model, x, y, batch_size=5, seed=7, **kw)
+    # Equal votes; the means differ at most in float64 rounding (summed in other groups).
+    assert [list(r.__dict__.values()) for r in a] == [
+        pytest.approx(list(r.__dict__.values()), rel=1e-9, abs=1e-9) for r in b]
+    assert overconfidence(model, x, y, seed=8, **kw) != a
+    # Dataset indices name the streams: the same image at another index draws other noise.
+    assert overconfidence(model, x, y, seed=7, indices=[10, 11, 12, 13, 14], **kw) != a
+
+
+def test_the_diagnostic_restores_the_model_mode() -> None:
+    model, x, y = _halfspace_case()
+    model.train()
+    overconfidence(model, x, y, sigma=0.25, num_classes=2, num_steps=1, n=20, progress=False)
+    assert model.training
+    model.eval()
+    overconfidence(model, x, y, sigma=0.25, num_classes=2, num_steps=1, n=20, progress=False)
+    assert not model.training
+
+
+def test_votes_are_counted_by_the_one_vote_counter() -> None:
+    # The vote counter's own check names a classifier with the wrong number of classes
+    # (the diagnostic's former one-hot count failed with a torch error).
+    class ThreeLogits(Halfspace):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = super().forward(x)
+            return torch.cat([s, s[:, :1]], dim=1)
+
+    model, x, y = _halfspace_case()
+    bad = ThreeLogits(model.w.detach(), -0.5)
+    with pytest.raises(SmoothmixError, match="base classifier returned logits of shape"):
+        overconfidence(bad, x, y, sigma=0.25, num_classes=2, num_steps=1, n=20,
+                       progress=False)
+    gens = [torch.Generator().manual_seed(3) for _ in range(len(x))]
+    again = [torch.Generator().manual_seed(3) for _ in range(len(x))]
+    assert torch.equal(vote_fractions(model, x, 0.25, 2, 50, generators=gens),
+                       vote_fractions(model, x, 0.25, 2, 50, generators=again))
+
+
+def test_grid_noise_votes_at_the_snapped_point() -> None:
+    from smoothmix.noise import GridGaussianNoise
+
+    model, x, y = _halfspace_case()
+    x = (x * 255).round() / 255
+    rows = overconfidence(model, x, y, GridGaussianNoise(0.25), 2, step_size=0.3, num_steps=2,
+                          n=400, progress=False)
+    for r in rows:
+        assert r.true_class + r.max_other_class == pytest.approx(1.0)
+        # The voted point is the search's point rounded to the grid (<= half a step per pixel).
+        assert r.mean_distance <= r.path_length + 4 * 0.5 / 255

@@ -133,6 +133,25 @@ def test_file_url_downloads_into_the_cache(no_local, monkeypatch, tmp_path):
     assert again["path"] == info["path"]
 
 
+def test_a_download_is_written_through_storage(no_local, monkeypatch, tmp_path):
+    # storage.atomic_write_with: the file gets the umask's mode (the former writer forced
+    # 0644, readable by all whatever the umask) and is fsync'ed before it is renamed.
+    from smoothmix import storage
+
+    served = _copy("mnist-consistency-0.50", tmp_path / "served")
+    monkeypatch.setenv("SMOOTHMIX_WEIGHTS_URL", (tmp_path / "served").as_uri())
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(storage.os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    old = os.umask(0o077)
+    try:
+        path = pretrained.weights_file("mnist-consistency-0.50")
+    finally:
+        os.umask(old)
+    assert path == no_local / served.name and path.stat().st_mode & 0o777 == 0o600
+    assert synced and [p.name for p in no_local.iterdir()] == [served.name]
+
+
 def test_tampered_file_is_refused(no_local, monkeypatch, tmp_path):
     copy = _copy("mnist-gaussian-0.50", tmp_path / "mine")
     data = bytearray(copy.read_bytes())

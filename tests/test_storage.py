@@ -84,3 +84,25 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
         os.umask(old)
     for name in ("a.json", "b.bin"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode
+
+
+def test_atomic_append_adds_whole_lines_or_nothing(tmp_path, monkeypatch):
+    from smoothmix import storage
+
+    log = tmp_path / "sub" / "log.csv"
+    storage.atomic_append(log, "epoch,loss\r\n")  # a missing file (and folder) starts empty
+    storage.atomic_append(log, "1,0.5\r\n")
+    assert log.read_bytes() == b"epoch,loss\r\n1,0.5\r\n"
+
+    # Killed in the middle of the write: the file is as it was, no half line, no temp file.
+    real = os.fsync
+
+    def killed(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(storage.os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        storage.atomic_append(log, "2,0.4\r\n")
+    monkeypatch.setattr(storage.os, "fsync", real)
+    assert log.read_bytes() == b"epoch,loss\r\n1,0.5\r\n"
+    assert [p.name for p in log.parent.iterdir()] == ["log.csv"]

@@ -148,6 +148,68 @@ def test_a_kill_anywhere_among_the_writers_loses_no_log_row(tmp_path, monkeypatc
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
 
 
+def test_a_kill_inside_the_log_append_leaves_no_half_row(tmp_path, monkeypatch):
+    # log.csv rows are added through storage (the whole file replaced): a kill while the
+    # second epoch's row is written leaves the first row alone, and the resume logs 2 and 3.
+    import io
+
+    from smoothmix import storage
+
+    out, real = tmp_path / "r", storage.atomic_write_with
+
+    def torn(path, write):
+        if path.name == "log.csv" and b"\n2," in _bytes_of(write):
+            def half(fh):
+                fh.write(_bytes_of(write)[:-7])  # the row cut short, then the kill
+                raise _Killed
+            return real(path, half)
+        return real(path, write)
+
+    def _bytes_of(write):
+        buffer = io.BytesIO()
+        write(buffer)
+        return buffer.getvalue()
+
+    monkeypatch.setattr(storage, "atomic_write_with", torn)
+    with pytest.raises(_Killed):
+        fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), None, tiny_config(epochs=3), out,
+            metadata={"arch": None})
+    monkeypatch.setattr(storage, "atomic_write_with", real)
+    with open(out / "log.csv", newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]  # whole, as before the kill
+    fit(tiny_model(), NoisyCE(0.25), tiny_data(32, 1), None, tiny_config(epochs=3), out,
+        resume=True, metadata={"arch": None})
+    with open(out / "log.csv", newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def test_a_resume_drops_a_torn_last_log_line(tmp_path):
+    # What an in-place append (0.5) killed mid-row may leave: epoch 10's row cut after "1",
+    # which a resume from epoch 9 must not keep as a row of epoch 1.
+    from smoothmix.training.callbacks import CsvLog
+
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss\n" + "".join(f"{e},0.5\n" for e in range(1, 10)) + "1")
+    CsvLog(log, resume_epoch=9).append({"epoch": 10, "loss": 0.25})
+    with open(log, newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == [str(e) for e in range(1, 11)]
+
+
+def test_resume_starts_afresh_after_a_kill_in_the_first_log_write(tmp_path):
+    # The first row goes with the header through an atomic write; a kill there leaves its
+    # temporary file, which is ours (like a torn checkpoint's).
+    from smoothmix.training.rundir import check_outdir
+
+    out = tmp_path / "early"
+    out.mkdir()
+    (out / ".log.csv.abc123.tmp").write_text("epoch,lo")
+    (out / "events.out.tfevents.1.host.1.0").write_bytes(b"\0" * 40)
+    assert check_outdir(out, resume=True) is False
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SmoothmixError, match="holds files other than"):
+        check_outdir(out, resume=True)
+
+
 def test_strategy_runs_one_step_on_cpu():
     strategy = ExecutionStrategy(torch.device("cpu"))
     assert strategy.main and strategy.per_rank_batch(16) == 16

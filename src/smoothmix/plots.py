@@ -18,6 +18,7 @@ import numpy as np
 
 from smoothmix.analysis import CertificationResults, _labels, _setting, describe_settings
 from smoothmix.errors import SmoothmixError, require
+from smoothmix.storage import atomic_write_with
 from smoothmix.storage.records import read_meta
 
 __all__ = ["PaperCurve", "paper_curves", "plot_certified_accuracy", "plot_p_label"]
@@ -187,10 +188,13 @@ def _figure(figsize: tuple[float, float]) -> Iterator[tuple[Any, Any]]:
 
 
 def _save(fig: Any, out_path: str | os.PathLike, dpi: int) -> Path:
+    """Write the figure to ``out_path`` whole or not at all (:func:`atomic_write_with`), in
+    the format its suffix names (matplotlib's default format without one)."""
     fig.tight_layout()
     out = Path(out_path)
+    fmt = out.suffix[1:].lower() or None
     try:
-        fig.savefig(out, dpi=dpi)
+        atomic_write_with(out, lambda fh: fig.savefig(fh, dpi=dpi, format=fmt))
     except (OSError, ValueError) as exc:
         raise SmoothmixError(f"cannot write plot {out}: {exc}") from None
     return out

@@ -31,14 +31,14 @@ import difflib
 import hashlib
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from smoothmix.errors import SmoothmixError, first_line, require
+from smoothmix.storage import atomic_write_with
 
 __all__ = ["DEFAULT_URL", "PREFIX", "hub_name", "list_pretrained", "load_pretrained",
            "pretrained_checkpoint", "pretrained_info", "pretrained_name", "pretrained_of_file",
@@ -160,32 +160,30 @@ def weights_file(name: str, source: str | None = None) -> Path:
 
 
 def _download(name: str, file: str, sha256: str) -> Path:
-    """Fetch ``file`` from ``$SMOOTHMIX_WEIGHTS_URL`` into the cache, checked before it is
-    moved into place (a failed or tampered download leaves nothing behind)."""
+    """Fetch ``file`` from ``$SMOOTHMIX_WEIGHTS_URL`` into the cache through storage
+    (:func:`smoothmix.storage.atomic_write_with`: fsync'ed, the umask's mode), checked before
+    it is moved into place (a failed or tampered download leaves nothing behind)."""
     url = (os.environ.get("SMOOTHMIX_WEIGHTS_URL") or DEFAULT_URL).rstrip("/") + "/" + file
-    cache = _cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{file}.", dir=cache)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
-                    for block in iter(lambda: response.read(1 << 20), b""):
-                        out.write(block)
-            except (OSError, urllib.error.URLError, ValueError) as exc:
-                raise SmoothmixError(
-                    f"cannot download the weights of pretrained model {name!r} from {url} "
-                    f"({first_line(exc)}); with no network, point $SMOOTHMIX_WEIGHTS at a "
-                    f"folder holding {file} (e.g. a clone's weights/)") from None
-        found = _sha256(tmp)
+
+    def fetch(out: IO[bytes]) -> None:
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            raise SmoothmixError(
+                f"cannot download the weights of pretrained model {name!r} from {url} "
+                f"({first_line(exc)}); with no network, point $SMOOTHMIX_WEIGHTS at a "
+                f"folder holding {file} (e.g. a clone's weights/)") from None
+        found = digest.hexdigest()
         require(found == sha256, f"downloaded weights {url} fail their hash check: SHA-256 "
                 f"{found[:12]}..., the index says {sha256[:12]}... (not kept)")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, cache / file)
-        return cache / file
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    target = _cache_dir() / file
+    atomic_write_with(target, fetch)
+    return target
 
 
 def _state_dict(path: Path) -> dict[str, Any]:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from smoothmix.cli import SIGMA_HELP, add_device_argument, dataset_choices
 from smoothmix.device import resolve_device
 from smoothmix.errors import require
+
+if TYPE_CHECKING:
+    from smoothmix.diagnostics import ConfidenceRow
 
 __all__ = ["register", "run"]
 
@@ -50,8 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=50, help="images per search batch (default 50)")
     p.add_argument("--normalization", help="override the checkpoint's normalisation layer")
     add_device_argument(p)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", help="also write the rows to this CSV file")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed: image idx draws its noise from the stream (seed, idx), "
+                   "as certify's examples do (default 0)")
+    p.add_argument("--out", help="also write the rows to this CSV file (replaced whole)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="fp32 (default) or bf16 autocast for every forward pass")
     p.set_defaults(func=run)
@@ -61,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from smoothmix.checkpoint import check_model_fits_dataset, load_model
     from smoothmix.data import load_dataset
     from smoothmix.diagnostics import format_rows, overconfidence
+    from smoothmix.storage import atomic_write
 
     require(args.skip >= 1, f"--skip must be >= 1, got {args.skip}")
     require(args.max_images >= 1, f"--max-images must be >= 1, got {args.max_images}")
@@ -72,17 +81,22 @@ def run(args: argparse.Namespace) -> int:
     items = [dataset[i] for i in indices]
     images = torch.stack([x for x, _ in items]).to(device)
     labels = torch.tensor([y for _, y in items], device=device)
-    torch.manual_seed(args.seed)
     rows = overconfidence(model, images, labels, args.sigma, dataset.num_classes,
                           step_size=args.step_size, num_steps=args.num_steps,
                           num_noise=args.num_noise, n=args.n, batch_size=args.batch,
-                          precision=args.precision)
+                          precision=args.precision, seed=args.seed, indices=indices)
     print(f"{len(images)} images of {args.dataset}/{args.split}, sigma={args.sigma}, "
-          f"n={args.n}, {args.precision}\n")
+          f"n={args.n}, {args.precision}, seed={args.seed}\n")
     print(format_rows(rows))
     if args.out:
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[fl.name for fl in dataclasses.fields(rows[0])])
-            writer.writeheader()
-            writer.writerows(dataclasses.asdict(r) for r in rows)
+        atomic_write(args.out, _rows_csv(rows))
     return 0
+
+
+def _rows_csv(rows: Sequence[ConfidenceRow]) -> str:
+    """The diagnostic's rows as CSV text, one column per field of ConfidenceRow."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=[f.name for f in dataclasses.fields(rows[0])])
+    writer.writeheader()
+    writer.writerows(dataclasses.asdict(r) for r in rows)
+    return text.getvalue()

@@ -3,6 +3,8 @@
 - :func:`atomic_write` / :func:`atomic_write_with`: a file is replaced whole or not at all
   (temporary file in the same folder, fsync, rename), so a killed process never leaves a
   half-written checkpoint, settings record or table behind.
+- :func:`atomic_append`: the same for adding a line to a small log (a training run's
+  ``log.csv``): the file holds the line whole or not at all.
 - :func:`differing_keys` / :func:`settings_diff`: the one comparison of two settings records,
   used by every resume, shard merge and refusal, so that all of them name the differing
   fields the same way.
@@ -16,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_with", "differing_keys", "settings_diff",
+__all__ = ["atomic_append", "atomic_write", "atomic_write_with", "differing_keys", "settings_diff",
            "settings_differences"]
 
 
@@ -52,6 +54,23 @@ def atomic_write(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` whole or not at all."""
     data = text.encode("utf-8")
     atomic_write_with(path, lambda fh: fh.write(data))
+
+
+def atomic_append(path: str | os.PathLike, text: str) -> None:
+    """Append ``text`` (UTF-8) to ``path`` (created if missing) whole or not at all: the old
+    bytes and ``text`` are written to a new file that replaces ``path`` (:func:`atomic_write_with`),
+    so a process killed mid-append leaves the file as it was, never a half line that a resume
+    would misread. Each append rewrites the file: meant for small logs, not result tables
+    (those are :class:`smoothmix.storage.table.RowWriter`'s)."""
+    path = Path(path)
+    old = path.read_bytes() if path.is_file() else b""
+    data = text.encode("utf-8")
+
+    def write(fh: IO[bytes]) -> None:
+        fh.write(old)
+        fh.write(data)
+
+    atomic_write_with(path, write)
 
 
 def differing_keys(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:

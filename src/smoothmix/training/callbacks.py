@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smoothmix.methods.base import noisy_accuracy_sums
-from smoothmix.storage import atomic_write
+from smoothmix.storage import atomic_append, atomic_write
 from smoothmix.training.evaluation import Monitor, evaluate_monitor
 from smoothmix.training.rundir import LOG_NAME, CheckpointIO
 from smoothmix.training.seeding import rank_seed, set_loader_epoch
@@ -131,31 +131,49 @@ class Checkpointing(Callback):
 
 
 class CsvLog:
-    """``log.csv``, one row per epoch; on resume rows after the checkpoint are dropped."""
+    """``log.csv``, one row per epoch; on resume rows after the checkpoint are dropped.
+
+    Each row is added whole or not at all (:func:`smoothmix.storage.atomic_append`; the
+    header goes with the first row), so a run killed while logging leaves the rows before,
+    which its resume keeps up to the checkpoint. A torn last line (a file written by 0.5 or
+    earlier, which appended in place) is dropped on resume: it is past the checkpoint, since
+    rows are logged before it."""
 
     def __init__(self, path: Path, resume_epoch: int | None) -> None:
         self.path = path
         self.columns: list[str] | None = None
         if resume_epoch is not None and path.is_file():
             with path.open(newline="") as f:
-                rows = list(csv.reader(f))
+                text = f.read()
+            rows = list(csv.reader(io.StringIO(_whole_lines(text), newline="")))
             if rows:
                 self.columns = rows[0]
                 kept = [r for r in rows[1:] if r and int(r[0]) <= resume_epoch]
                 self._write_all([rows[0], *kept])
 
     def _write_all(self, rows: list[list[str]]) -> None:
-        text = io.StringIO(newline="")
-        csv.writer(text).writerows(rows)
-        atomic_write(self.path, text.getvalue())
+        atomic_write(self.path, _csv_text(rows))
 
     def append(self, row: Mapping[str, Any]) -> None:
         if self.columns is None:
             self.columns = list(row)
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([_csv_value(row.get(c, "")) for c in self.columns])
+            self._write_all([self.columns, self._values(row)])
+        else:
+            atomic_append(self.path, _csv_text([self._values(row)]))
+
+    def _values(self, row: Mapping[str, Any]) -> list[str]:
+        return [_csv_value(row.get(c, "")) for c in self.columns or ()]
+
+
+def _whole_lines(text: str) -> str:
+    """``text`` without a last line that lacks its newline (torn by a kill)."""
+    return text if text.endswith("\n") else text[:text.rfind("\n") + 1]
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    return text.getvalue()
 
 
 def _csv_value(v: Any) -> str:

@@ -65,7 +65,8 @@ def check_outdir(outdir: Path, resume: bool) -> bool:
 
 def _stopped_before_first_checkpoint(outdir: Path) -> bool:
     """Whether ``outdir`` holds only what a run killed during its first epoch leaves: a
-    ``log.csv`` without rows, TensorBoard event files and a torn checkpoint temp file.
+    ``log.csv`` without rows, TensorBoard event files and the temporary file of a killed
+    atomic write of the checkpoint or of ``log.csv``.
     ``--resume`` starts such a run from the beginning; anything else is not ours to reuse."""
     for entry in outdir.iterdir():
         name = entry.name
@@ -75,10 +76,16 @@ def _stopped_before_first_checkpoint(outdir: Path) -> bool:
                     return False  # logged epochs: not a run that never checkpointed
         elif not (entry.is_file() and (name.startswith("events.out.tfevents.")
                                        or name == LOG_NAME + ".tmp"
-                                       or (name.startswith(f".{CHECKPOINT_NAME}.")
-                                           and name.endswith(".tmp")))):
+                                       or _torn_temp(name, CHECKPOINT_NAME)
+                                       or _torn_temp(name, LOG_NAME))):
             return False
     return True
+
+
+def _torn_temp(name: str, target: str) -> bool:
+    """Whether ``name`` is the temporary file of a killed atomic write of ``target``
+    (:func:`smoothmix.storage.atomic_write_with`)."""
+    return name.startswith(f".{target}.") and name.endswith(".tmp")
 
 
 def check_compatible(ckpt: Checkpoint | Mapping[str, Any], current: Mapping[str, Any],
