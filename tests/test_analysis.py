@@ -71,7 +71,7 @@ def test_our_runner_output_agrees_with_a_pandas_reading(tmp_path):
 
     class Data:
         num_classes = 2
-        x = torch.linspace(-1, 1, 8).reshape(8, 1, 1, 1)
+        x = torch.linspace(0, 1, 8).reshape(8, 1, 1, 1)
 
         def __len__(self):
             return 8
@@ -175,21 +175,35 @@ def test_certified_accuracy_is_monotone_in_radius(files):
 
 
 class Line:
-    """20 one-pixel images on a line; the label is the side of 0 (a linear base classifier
-    then has a closed-form smoothed classifier, but here only the files matter)."""
+    """20 images of 2 x 2 equal pixels v in [0, 1]; the label is the side of 1/2. Under
+    LINE_MODEL class 1 wins a draw iff the pixels' sum exceeds 2, so p_1 = Φ((2v - 1)/σ):
+    the one-pixel line -1..1 with its boundary at 0, kept inside [0, 1]."""
 
     num_classes = 2
 
     def __init__(self):
         import torch
 
-        self.x = torch.linspace(-1, 1, 20).reshape(20, 1, 1, 1)
+        self.x = torch.linspace(0, 1, 20).reshape(20, 1, 1, 1).expand(20, 1, 2, 2)
 
     def __len__(self):
         return 20
 
     def __getitem__(self, i):
-        return self.x[i], int(self.x[i].item() > 0)
+        return self.x[i], int(self.x[i, 0, 0, 0].item() > 0.5)
+
+
+def line_model(boundary: float):
+    """Line's base classifier that says 1 iff the line's coordinate x = 2v - 1 (-1..1) plus
+    noise exceeds ``boundary``: the pixels' sum must exceed 2 * boundary + 2."""
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[-1.0] * 4, [1.0] * 4]))
+        model[1].bias.copy_(torch.tensor([boundary + 1.0, -boundary - 1.0]))
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -198,16 +212,10 @@ def runs(tmp_path_factory):
     n (N 500) and the first 6 of c's 20 rows as an interrupted run would leave them."""
     import shutil
 
-    import torch
-    from torch import nn
-
     from smoothmix.certification import certify_dataset
 
     root = tmp_path_factory.mktemp("runs")
-    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
-    with torch.no_grad():
-        model[1].weight.copy_(torch.tensor([[-5.0], [5.0]]))
-        model[1].bias.zero_()
+    model = line_model(0.0)
     data = Line()
     paths = {}
     for name, sigma, n, seed in (("a", 0.5, 1000, 0), ("c", 0.5, 1000, 1), ("b", 0.25, 1000, 0),
@@ -392,16 +400,12 @@ def test_p_label_is_the_estimations_share_of_votes_for_the_label(tmp_path):
     estimation ran to the end, over the draws before the stop after an early abstain; the
     label's votes also when the n0 step selected another class."""
     import torch
-    from torch import nn
 
     from smoothmix.certification import certify_dataset
     from smoothmix.core import Smooth
     from smoothmix.runner import example_seed
 
-    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
-    with torch.no_grad():
-        model[1].weight.copy_(torch.tensor([[-2.0], [2.0]]))
-        model[1].bias.copy_(torch.tensor([0.0, 0.4]))  # images just below 0 mostly say 1
+    model = line_model(-0.1)  # images just below 0 mostly say 1
     data = Line()
     out = certify_dataset(model, data, 1.0, tmp_path / "c.tsv", n0=10, n=1000, alpha=0.01,
                           batch_size=100, progress=False)
@@ -453,7 +457,7 @@ def test_p_label_of_a_file_without_n_label_is_a_one_line_error(tmp_path, files, 
         shutil.copy(f"{fixture}.json", f"{path}.json")
     else:
         torch.manual_seed(0)
-        path = certify_dataset(nn.Sequential(nn.Flatten(), nn.Linear(1, 2)), Line(), 0.5,
+        path = certify_dataset(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), Line(), 0.5,
                                tmp_path / "s.tsv", n0=10, n=100, alpha=0.01, batch_size=100,
                                skip_wrong=True, progress=False)
     res = read_results(path)
