@@ -262,7 +262,9 @@ def _error(capsys, argv: list[str]) -> str:
         (["--n", "5", "--alpha", "0.001"], "n=5 can never certify at alpha=0.001: use n >= 10"),
         (["--noise-batch", "0"], "batch_size must be an integer >= 1"),
         (["--shard", "2/2"], "0 <= I < K"),
-        (["--skip", "0"], "--skip must be >= 1"),
+        (["--skip", "0"], "skip must be >= 1, got 0"),
+        (["--max", "0"], "max_idx (--max) must be -1 (all) or an integer >= 1, got 0"),
+        (["--max", "-2"], "max_idx (--max) must be -1 (all) or an integer >= 1, got -2"),
     ],
 )
 def test_bad_numbers_exit_2_with_one_line(tmp_path, ckpts, capsys, extra, message):
