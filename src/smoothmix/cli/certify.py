@@ -325,8 +325,6 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     _defaults_from_checkpoint(args, record)
     _check_grid_dataset(args)
     check_checkpoint_for_dataset(ckpt, args.dataset, args.checkpoint)
-    dataset = load_dataset(args.dataset, args.split, args.data_dir)
-    check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
     identity = {  # a pretrained model: its weights file's hash, and its name
         "checkpoint_sha256": ckpt.get("weights_sha256") or file_sha256(args.checkpoint),
         **({"pretrained": ckpt["pretrained"]} if "pretrained" in ckpt else {}),
@@ -335,8 +333,12 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
         "dataset": args.dataset,
         "split": args.split,
     }
-    spec = RunSpec.of(args.sigma, num_classes=dataset.num_classes, identity=identity,
-                      model_sigma=_model_sigma(args, record), **fields)
+    # Before the dataset is loaded (the spec checks its fields), its classes after.
+    spec = RunSpec.of(args.sigma, identity=identity, model_sigma=_model_sigma(args, record),
+                      **fields)
+    dataset = load_dataset(args.dataset, args.split, args.data_dir)
+    check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
+    spec = spec.replace(num_classes=dataset.num_classes)
     if denoiser is not None:
         from smoothmix.denoisers import Denoised
 
