@@ -262,7 +262,9 @@ def _error(capsys, argv: list[str]) -> str:
         (["--n", "5", "--alpha", "0.001"], "n=5 can never certify at alpha=0.001: use n >= 10"),
         (["--noise-batch", "0"], "batch_size must be an integer >= 1"),
         (["--shard", "2/2"], "0 <= I < K"),
-        (["--skip", "0"], "--skip must be >= 1"),
+        (["--skip", "0"], "skip must be >= 1, got 0"),
+        (["--max", "0"], "max_idx (--max) must be -1 (all) or an integer >= 1, got 0"),
+        (["--max", "-2"], "max_idx (--max) must be -1 (all) or an integer >= 1, got -2"),
     ],
 )
 def test_bad_numbers_exit_2_with_one_line(tmp_path, ckpts, capsys, extra, message):
@@ -270,6 +272,30 @@ def test_bad_numbers_exit_2_with_one_line(tmp_path, ckpts, capsys, extra, messag
             "--out", str(tmp_path / "c.tsv"), *extra]
     assert message in _error(capsys, argv)
     assert not (tmp_path / "c.tsv").exists()
+
+
+def test_a_bad_selection_without_sigma_fails_before_the_dataset_loads(tmp_path, capsys,
+                                                                      monkeypatch):
+    # The RunSpec checks --skip/--max once; without --sigma (the checkpoint's) it is built as
+    # soon as the checkpoint is read, before the (slow) dataset loading.
+    ckpt = tmp_path / "g.pth"
+    save_checkpoint(ckpt, {"arch": "lenet", "state_dict": create_model("lenet").state_dict(),
+                           "num_classes": 10, "normalization": "mnist", "sigma": 0.25,
+                           "epoch": 1})
+    import smoothmix.data
+
+    def never(*args, **kwargs):
+        raise AssertionError("the dataset was loaded")
+
+    monkeypatch.setattr(smoothmix.data, "load_dataset", never)
+    for extra, message in ((["--skip", "0"], "skip must be >= 1, got 0"),
+                           (["--max", "0"], "max_idx (--max) must be -1 (all)")):
+        argv = ["certify", str(ckpt), "--dataset", "mnist", *FAST, "--out",
+                str(tmp_path / "c.tsv"), *extra]
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()  # the sigma taken, then the error
+        assert len(err) == 2 and "Traceback" not in err[-1] and message in err[-1], err
 
 
 def test_bad_files_exit_2_with_one_line(tmp_path, ckpts, capsys, monkeypatch):

@@ -167,3 +167,45 @@ def test_train_and_demo_take_threads(monkeypatch):
     assert seen == [3]
     with pytest.raises(SmoothmixError, match="--threads must be an integer >= 1"):
         apply_threads(0)
+
+
+def test_each_default_is_declared_once_for_python_and_the_shell():
+    """The commands' defaults are the entry points' own, declared once beside them, and the
+    help texts state them."""
+    import inspect
+
+    from smoothmix.certification import certify_dataset, predict_dataset
+    from smoothmix.decisions import decide_dataset
+    from smoothmix.empirical import attack_dataset
+    from smoothmix.run import RunSpec
+    from smoothmix.targets import build_targets, targets_from_checkpoint
+
+    def signature(function):
+        return {k: p.default for k, p in inspect.signature(function).parameters.items()}
+
+    def defaults(command):
+        sub = subparsers()[command]
+        return {a.dest: a.default for a in sub._actions}, " ".join(sub.format_help().split())
+
+    certify, certify_help = defaults("certify")
+    for function in (certify_dataset, decide_dataset):
+        assert {k: signature(function)[k] for k in ("n0", "n", "alpha")} == \
+            {k: certify[k] for k in ("n0", "n", "alpha")}
+    assert {k: signature(predict_dataset)[k] for k in ("n", "alpha")} == \
+        {k: defaults("predict")[0][k] for k in ("n", "alpha")}
+    assert certify["batch"] == RunSpec.batch_size == defaults("targets")[0]["batch"]
+    for text in ("(default 100)", "(default 100000)", "(default 0.001)", "(default 1000;",
+                 "(default: 250 on CPU", "{cohen,two-sided}", "{kt,union,staged}",
+                 "{channels_last,contiguous}", "{fp32,bf16}"):
+        assert text in certify_help, text
+    attack, attack_help = defaults("attack")
+    assert {k: signature(attack_dataset)[k] for k in ("num_steps", "num_noise", "n", "alpha")} \
+        == {k: attack[k] for k in ("num_steps", "num_noise", "n", "alpha")}
+    for text in ("default 20)", "(default 128)", "(default 10000)"):
+        assert text in attack_help, text
+    targets, targets_help = defaults("targets")
+    assert (targets["n"], targets["sigma"]) == (signature(build_targets)["n"],
+                                                signature(targets_from_checkpoint)["sigma"])
+    assert targets["precision"] is None  # a resumed run takes the recorded one
+    for text in ("default 0.25)", "(default 10000, as the reference)", "N = 10,000;"):
+        assert text in targets_help, text

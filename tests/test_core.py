@@ -240,6 +240,14 @@ def test_chunks_respect_batch_size():
     assert sum(sizes) == 200 and max(sizes) == 64
 
 
+@pytest.mark.parametrize("chunk", [0, -3, 1.5, True, np.int64(64), "64"])
+def test_a_bad_chunk_size_is_one_error_where_it_enters(chunk):
+    # One check (the execution's), so Smooth(chunk_size=...) and --chunk say the same thing;
+    # a recorded chunk is a plain int, so a numpy integer is refused rather than recorded.
+    with pytest.raises(SmoothmixError, match=r"chunk \(rows per forward\) must be an integer"):
+        Smooth(Constant(0, 2), 2, 0.5, chunk_size=chunk)
+
+
 def test_cpu_chunk_is_a_fixed_rule_never_timing():
     # Separate processes must vote identically, so the chunk never depends on a timing:
     # every forward is CPU_CHUNK rows (the block's tail excepted), in every call.

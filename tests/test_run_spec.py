@@ -76,6 +76,29 @@ def test_spec_checks_and_misuse():
     assert spec.identity == {"a": 1} and spec.replace(seed=4).seed == 4
 
 
+@pytest.mark.parametrize("max_idx", [0, -2, 1.5, None, True, "3"])
+def test_spec_refuses_a_max_idx_that_is_neither_all_nor_a_bound(max_idx):
+    # 0 selected nothing without a word, -2 meant "all" by accident, 1.5 ended in range()'s
+    # TypeError: the spec is where a selection enters, for every kind of run.
+    with pytest.raises(SmoothmixError, match=r"max_idx \(--max\) must be -1 \(all\) or an "
+                       "integer >= 1"):
+        RunSpec.of(0.5, max_idx=max_idx)
+    with pytest.raises(SmoothmixError, match="max_idx"):
+        RunSpec.of(0.5).replace(max_idx=max_idx)
+    with pytest.raises(SmoothmixError, match="max_idx"):  # the legacy keywords too
+        certify_dataset(net(), data(2), 0.5, "never-written.tsv", max_idx=max_idx)
+
+
+def test_spec_selection_is_kept_as_plain_ints():
+    import numpy as np
+
+    spec = RunSpec.of(0.5, skip=np.int64(2), max_idx=np.int64(7))
+    assert (spec.skip, spec.max_idx) == (2, 7) and type(spec.skip) is type(spec.max_idx) is int
+    assert RunSpec.of(0.5).max_idx == -1
+    with pytest.raises(SmoothmixError, match="skip must be >= 1"):
+        RunSpec.of(0.5, skip=True)
+
+
 def test_targets_record_the_resolved_execution_and_old_files_keep_their_format(tmp_path):
     from smoothmix.execution import EXECUTION_KEYS
     from smoothmix.storage.arrays import write_arrays

@@ -369,3 +369,26 @@ def test_reproduce_runs_the_catrs_prerequisites_first(tmp_path, monkeypatch, cap
     assert rep.Budget(targets_n=10_000).normalised(rep.get_experiment("mnist-0.25")).is_full()
     with pytest.raises(SmoothmixError, match="--targets-n must be an integer >= 1"):
         rep.Budget(targets_n=0).validate()
+
+
+def test_an_interrupted_bf16_run_resumes_without_the_flag(tiny_mnist, tmp_path, monkeypatch):
+    # `--precision` not given means "the recorded one" on resume (as certify's), so rerunning
+    # the same job without the flag resumes it; with its default fp32 it was refused.
+    out = tmp_path / "bf16.npz"
+    command = ["targets", str(tiny_mnist["ckpt"]), "--dataset", "mnist", "--data-dir",
+               str(tiny_mnist["d40"]), "--n", "10", "--out", str(out), "--no-progress"]
+    real, calls = targets_module._votes, []
+
+    def dies_after_four(*args):
+        calls.append(1)
+        if len(calls) > 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(targets_module, "_votes", dies_after_four)
+    assert main([*command, "--precision", "bf16"]) != 0  # interrupted: the rows so far kept
+    assert not out.exists() and len(calls) == 5
+    monkeypatch.setattr(targets_module, "_votes", real)
+    assert main(command) == 0
+    assert load_targets(out).meta["precision"] == "bf16"
+    assert main([*command, "--precision", "fp32"]) == 2  # a contradicting flag: refused

@@ -49,6 +49,7 @@ from smoothmix.runner import (  # noqa: F401 - re-exported
     run_settings,
     spec_settings,
 )
+from smoothmix.statistics import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0
 from smoothmix.storage import atomic_write, settings_diff  # noqa: F401 - re-exported
 from smoothmix.storage.records import read_meta  # noqa: F401 - re-exported
 from smoothmix.storage.shards import (  # noqa: F401 - re-exported
@@ -70,9 +71,9 @@ def certify_dataset(
     spec: RunSpec | float | Noise,
     out_path: str | os.PathLike,
     *,
-    n0: int = 100,
-    n: int = 100_000,
-    alpha: float = 0.001,
+    n0: int = DEFAULT_N0,
+    n: int = DEFAULT_N,
+    alpha: float = DEFAULT_ALPHA,
     skip_wrong: bool = False,
     bound: str = "cohen",
     **legacy: Any,
@@ -120,8 +121,8 @@ def predict_dataset(
     spec: RunSpec | float | Noise,
     out_path: str | os.PathLike,
     *,
-    n: int = 100_000,
-    alpha: float = 0.001,
+    n: int = DEFAULT_N,
+    alpha: float = DEFAULT_ALPHA,
     **legacy: Any,
 ) -> Path:
     """PREDICT over the examples ``spec`` selects into ``out_path``: per example the

@@ -163,10 +163,9 @@ class Smooth(SmoothAliases):
         self.base_classifier = base_classifier
         self.num_classes = check_num_classes(num_classes)
         self.noise = make_noise(sigma, grid)
-        if chunk_size is not None:
-            check_count("chunk_size", chunk_size)
         self.chunk_size = chunk_size
-        # Checked by name now, resolved per device at the first image (nothing printed here).
+        # Checked by name now (chunk_size too: the one check of it), resolved per device at
+        # the first image (nothing printed here).
         check_request(precision=precision, layout=layout, chunk=chunk_size, compile=compile)
         self._request: dict[str, Any] = {"precision": precision, "layout": layout,
                                          "chunk": chunk_size, "compile": compile}

@@ -26,7 +26,8 @@ from smoothmix.execution import Execution
 from smoothmix.noise import Noise
 from smoothmix.run import RunSpec, as_spec
 from smoothmix.runner import Compute, Emit, example_generator, run_dataset, spec_settings
-from smoothmix.sequences import SEQUENCES, PoolItem, make_procedure, run_pool
+from smoothmix.sequences import CERTIFIED, SEQUENCES, PoolItem, make_procedure, run_pool
+from smoothmix.statistics import DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0
 
 __all__ = ["decide_dataset"]
 
@@ -39,9 +40,9 @@ def decide_dataset(
     *,
     radii: Sequence[float],
     sequence: str = "kt",
-    n0: int = 100,
-    n: int = 100_000,
-    alpha: float = 0.001,
+    n0: int = DEFAULT_N0,
+    n: int = DEFAULT_N,
+    alpha: float = DEFAULT_ALPHA,
     use_label: bool = True,
     **legacy: Any,
 ) -> Path:
@@ -101,7 +102,7 @@ def _decisions(model: nn.Module, dataset: Examples, spec: RunSpec, radii: list[f
             proc = item.procedure
             elapsed = f"{time.perf_counter() - started.pop(idx):.4f}"
             emit([(idx, label, proc.cls, repr(r), decision,
-                   int(decision == "certified" and proc.cls == label), used, elapsed)
+                   int(decision == CERTIFIED and proc.cls == label), used, elapsed)
                   for r, decision, used in zip(radii, proc.decisions, proc.samples,
                                                strict=True)])
 

@@ -38,11 +38,19 @@ from smoothmix.methods.attacks import pgd_attack
 from smoothmix.noise import Noise
 from smoothmix.run import RunSpec, as_spec
 from smoothmix.runner import Row, per_example, run_dataset, spec_settings
+from smoothmix.statistics import DEFAULT_ALPHA
 
 __all__ = [
-    "attack_and_predict", "attack_dataset", "attack_outcome", "check_attack_args",
-    "smoothed_attack",
+    "ATTACK_N", "ATTACK_NOISE", "ATTACK_STEPS", "attack_and_predict", "attack_dataset",
+    "attack_outcome", "check_attack_args", "smoothed_attack",
 ]
+
+# The attack's defaults, for :func:`attack_dataset` and `smoothmix attack` alike: PGD steps,
+# noise draws of the smoothed soft classifier, and PREDICT's samples at x and at the attacked
+# point.
+ATTACK_STEPS = 20
+ATTACK_NOISE = 128
+ATTACK_N = 10_000
 
 
 def attack_dataset(
@@ -52,10 +60,10 @@ def attack_dataset(
     out_path: str | os.PathLike,
     *,
     epsilon: float,
-    num_steps: int = 20,
-    num_noise: int = 128,
-    n: int = 10_000,
-    alpha: float = 0.001,
+    num_steps: int = ATTACK_STEPS,
+    num_noise: int = ATTACK_NOISE,
+    n: int = ATTACK_N,
+    alpha: float = DEFAULT_ALPHA,
     **legacy: Any,
 ) -> Path:
     """Attack the smoothed classifier at every example ``spec`` selects (PGD in the l2 ball

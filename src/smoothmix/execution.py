@@ -111,10 +111,15 @@ def check_request(*, precision: object = None, layout: object = None, chunk: obj
         check_precision(precision)
     require(layout is None or layout in LAYOUTS,
             f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    require(chunk is None or (isinstance(chunk, int) and chunk >= 1),
-            f"chunk must be an integer >= 1, got {chunk!r}")
-    require(threads is None or (isinstance(threads, int) and threads >= 1),
+    require(chunk is None or _positive_int(chunk),
+            f"chunk (rows per forward) must be an integer >= 1, got {chunk!r}")
+    require(threads is None or _positive_int(threads),
             f"threads must be an integer >= 1, got {threads!r}")
+
+
+def _positive_int(value: object) -> bool:
+    # A plain int (recorded as such in a result file), not a bool.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def resolve_execution(

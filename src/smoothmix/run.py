@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smoothmix.checks import check_count, is_real
-from smoothmix.errors import SmoothmixError, require
+from smoothmix.errors import SmoothmixError, is_integer, require
 from smoothmix.execution import EXECUTION_KEYS
 from smoothmix.noise import Noise, make_noise
 from smoothmix.storage.shards import Shard
 
-__all__ = ["RunSpec", "as_spec"]
+__all__ = ["NOISE_BATCH", "RunSpec", "as_spec"]
+
+# Noisy copies per block by default (RunSpec.batch_size, the CLI's --noise-batch): the most
+# noisy images held in memory at once.
+NOISE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,8 @@ class RunSpec:
     """What a dataset run shares with every kind of run.
 
     ``noise``: the smoothing noise (:mod:`smoothmix.noise`). ``batch_size``: noisy copies per
-    block. ``skip`` / ``max_idx``: every ``skip``-th example with idx < ``max_idx`` (-1: all).
+    block (default :data:`NOISE_BATCH`). ``skip`` / ``max_idx``: every ``skip``-th example
+    with idx < ``max_idx`` (-1: all; else an integer >= 1).
     ``shard=(i, k)``: every k-th of those from the i-th (None: all, or under torchrun each
     rank its share, merged by rank 0). ``seed``: of the (seed, idx) noise streams.
     ``num_classes``: default the dataset's. ``identity``: what the caller knows about the
@@ -58,7 +63,7 @@ class RunSpec:
     """
 
     noise: Noise
-    batch_size: int = 1000
+    batch_size: int = NOISE_BATCH
     skip: int = 1
     max_idx: int = -1
     shard: Shard | None = None
@@ -76,8 +81,13 @@ class RunSpec:
                 f"RunSpec.noise must be a smoothmix.noise.Noise, got {self.noise!r} (use "
                 "RunSpec.of(sigma, ...) for Gaussian noise)")
         check_count("batch_size", self.batch_size)
-        require(isinstance(self.skip, int) and self.skip >= 1,
-                f"skip must be >= 1, got {self.skip}")
+        require(is_integer(self.skip) and self.skip >= 1, f"skip must be >= 1, got {self.skip!r}")
+        # 0 would select nothing and another negative mean "all" by accident: only -1 says so.
+        require(is_integer(self.max_idx) and (self.max_idx == -1 or self.max_idx >= 1),
+                f"max_idx (--max) must be -1 (all) or an integer >= 1, got {self.max_idx!r}")
+        # Plain ints: the settings file records them (a numpy integer is no JSON value).
+        object.__setattr__(self, "skip", int(self.skip))
+        object.__setattr__(self, "max_idx", int(self.max_idx))
         unknown = sorted(set(self.execution or {}) - set(EXECUTION_KEYS))
         require(not unknown, f"unknown execution option(s) {unknown}; known: "
                 f"{', '.join(EXECUTION_KEYS)}")

@@ -87,8 +87,9 @@ def run_settings(sigma: float | Noise, counts: Mapping[str, object], skip: int, 
     """Everything that decides a row's value: a resumed or merged file must agree on it.
     The noise (``sigma``: a :class:`smoothmix.noise.Noise`, or Gaussian noise's sigma;
     ``grid``: older callers' grid levels) records its own keys after the rest (none for
-    Gaussian noise, so that older files keep their settings)."""
-    require(skip >= 1, f"skip must be >= 1, got {skip}")
+    Gaussian noise, so that older files keep their settings). The selection (``skip``,
+    ``max_idx``) is recorded as given: :class:`smoothmix.run.RunSpec` checks it where a run
+    enters (:func:`spec_settings`)."""
     noise = make_noise(sigma, grid)
     return {"sigma": noise.sigma, **counts, "skip": skip, "max_idx": max_idx,
             "seed": seed, "num_examples": len(dataset), **dict(identity or {}),

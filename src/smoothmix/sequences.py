@@ -63,12 +63,6 @@ __all__ = ["CERTIFIED", "DECISIONS", "NOT_CERTIFIED", "PROCEDURES", "SEQUENCES",
            "kt_log_evidence", "make_procedure", "null_probabilities", "run_pool",
            "stage_sizes", "union_alpha", "union_checkpoints"]
 
-__all__ = [
-    "DECISIONS", "PROCEDURES", "SEQUENCES", "KTProcedure", "PoolItem", "Procedure",
-    "StagedProcedure", "UnionProcedure", "kt_log_evidence", "make_procedure", "null_probabilities",
-    "run_pool", "stage_sizes", "union_alpha", "union_checkpoints",
-]
-
 SEQUENCES = ("kt", "union", "staged")
 CERTIFIED, NOT_CERTIFIED, UNDECIDED = "certified", "not-certified", "undecided"
 DECISIONS = (CERTIFIED, NOT_CERTIFIED, UNDECIDED)

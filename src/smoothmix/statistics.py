@@ -20,10 +20,18 @@ from scipy.stats import binomtest
 from smoothmix.checks import check_alpha, check_count
 from smoothmix.errors import require
 
-__all__ = ["BOUNDS", "certifying_votes", "check_bound", "check_certify_args",
-           "check_predict_args", "smallest_certifying_n", "smallest_predicting_n"]
+__all__ = ["BOUNDS", "DEFAULT_ALPHA", "DEFAULT_N", "DEFAULT_N0", "certifying_votes",
+           "check_bound", "check_certify_args", "check_predict_args", "smallest_certifying_n",
+           "smallest_predicting_n"]
 
 BOUNDS = ("cohen", "two-sided")
+
+# CERTIFY's and PREDICT's defaults everywhere (the Python entry points and the CLI): Cohen et
+# al.'s protocol, n0 selection samples, n estimation samples, failure probability alpha.
+# ``smoothmix reproduce`` reads the published protocol from its own data (published.json).
+DEFAULT_N0 = 100
+DEFAULT_N = 100_000
+DEFAULT_ALPHA = 0.001
 
 
 def _lower(n_a: int, n: int, alpha: float) -> float:

@@ -66,14 +66,15 @@ from smoothmix.storage.merge import same_run
 from smoothmix.storage.shards import Shard, selected_indices, shard_path
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "REFERENCE_N", "Targets", "build_targets", "check_targets",
-    "covered_rows", "load_targets", "merge_targets", "shard_file", "soft_targets_for",
-    "targets_from_checkpoint",
+    "FORMAT", "FORMAT_VERSION", "REFERENCE_N", "REFERENCE_SIGMA", "Targets", "build_targets",
+    "check_targets", "covered_rows", "load_targets", "merge_targets", "shard_file",
+    "soft_targets_for", "targets_from_checkpoint",
 ]
 
 FORMAT = "smoothmix-targets"
 FORMAT_VERSION = 1
 REFERENCE_N = 10_000  # the CAT-RS reference's N
+REFERENCE_SIGMA = 0.25  # the CAT-RS reference's sigma (of the Gaussian model that votes)
 
 
 @dataclass
@@ -130,9 +131,7 @@ def build_targets(
         spec = spec.replace(execution={**spec.execution, "precision": precision})
     check_count("n", n)
     require(len(dataset) >= 1, "the dataset is empty")
-    max_idx = spec.max_idx
-    require(isinstance(max_idx, int) and (max_idx == -1 or max_idx >= 1),
-            f"--max must be -1 (all) or >= 1, got {max_idx!r}")
+    max_idx = spec.max_idx  # -1 or >= 1 (RunSpec checks it)
     require(spec.skip == 1, f"targets cover every example; skip must be 1, got {spec.skip}")
     classes = num_classes_of(dataset, spec.num_classes)
     if augment is None:
@@ -272,7 +271,7 @@ def targets_from_checkpoint(
     dataset_name: str,
     out_path: str | os.PathLike,
     *,
-    sigma: float = 0.25,
+    sigma: float = REFERENCE_SIGMA,
     n: int = REFERENCE_N,
     data_dir: str | os.PathLike | None = None,
     device: str | None = None,

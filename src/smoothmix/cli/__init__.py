@@ -29,7 +29,7 @@ from smoothmix.errors import SmoothmixError, first_line
 __all__ = [
     "SIGMA_HELP", "DeprecatedAlias", "add_deprecated_alias", "add_device_argument",
     "add_threads_argument",
-    "apply_threads", "build_parser",
+    "apply_threads", "build_parser", "choices_metavar",
     "dataset_choices", "import_modules", "main", "method_names", "model_names", "one_of",
     "warn_deprecated",
 ]
@@ -117,6 +117,12 @@ def one_of(names: Sequence[str]) -> str:
     """``a, b or c``: a list of names for help text."""
     names = list(names)
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def choices_metavar(names: Sequence[str]) -> str:
+    """``{a,b}``: argparse's spelling of the choices, for an option that checks its own value
+    (with a one-line error naming the valid ones) instead of taking ``choices``."""
+    return "{" + ",".join(names) + "}"
 
 
 def dataset_choices() -> list[str]:

@@ -7,7 +7,13 @@ import argparse
 
 from smoothmix.cli.certify import add_run_options, prepare_run, report
 from smoothmix.core import check_predict_args
-from smoothmix.empirical import attack_dataset, check_attack_args
+from smoothmix.empirical import (
+    ATTACK_N,
+    ATTACK_NOISE,
+    ATTACK_STEPS,
+    attack_dataset,
+    check_attack_args,
+)
 
 __all__ = ["register", "run_attack"]
 
@@ -25,13 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "class changed (bounded by alpha_CERTIFY + alpha_PREDICT; abstentions are not "
         "bounded). Resumes like certify.",
     )
-    add_run_options(attack, with_n0=False, n_default=10_000)  # --n: PREDICT's samples
+    add_run_options(attack, with_n0=False, n_default=ATTACK_N)  # --n: PREDICT's samples
     attack.add_argument("--epsilon", type=float, required=True,
                         help="l2 radius of the attack, in [0, 1] pixel units")
-    attack.add_argument("--num-steps", type=int, default=20,
-                        help="PGD steps (step 2*epsilon/steps; default 20)")
-    attack.add_argument("--num-noise", type=int, default=128,
-                        help="noise draws for the smoothed soft classifier (default 128)")
+    attack.add_argument("--num-steps", type=int, default=ATTACK_STEPS,
+                        help=f"PGD steps (step 2*epsilon/steps; default {ATTACK_STEPS})")
+    attack.add_argument("--num-noise", type=int, default=ATTACK_NOISE,
+                        help="noise draws for the smoothed soft classifier (default "
+                        f"{ATTACK_NOISE})")
     attack.set_defaults(func=run_attack)
 
 

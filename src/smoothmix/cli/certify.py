@@ -10,12 +10,21 @@ from typing import Any
 
 from smoothmix.certification import certify_dataset, predict_dataset
 from smoothmix.checks import check_radii, check_sigma
-from smoothmix.cli import SIGMA_HELP, DeprecatedAlias, add_device_argument, dataset_choices
+from smoothmix.cli import (
+    SIGMA_HELP,
+    DeprecatedAlias,
+    add_device_argument,
+    choices_metavar,
+    dataset_choices,
+)
 from smoothmix.core import check_bound, check_certify_args, check_predict_args
 from smoothmix.decisions import decide_dataset
 from smoothmix.distributed import distributed_env
 from smoothmix.errors import SmoothmixError, require
-from smoothmix.run import RunSpec
+from smoothmix.execution import CPU_CHUNK, LAYOUTS, PRECISIONS
+from smoothmix.run import NOISE_BATCH, RunSpec
+from smoothmix.sequences import SEQUENCES
+from smoothmix.statistics import BOUNDS, DEFAULT_ALPHA, DEFAULT_N, DEFAULT_N0
 from smoothmix.storage.shards import parse_shard
 
 __all__ = [
@@ -48,14 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          "usually far fewer samples; --n is then the sample cap (undecided = "
                          "not certified); the file has one row per example and radius "
                          "(--radius: the deprecated spelling)")
-    certify.add_argument("--sequence", choices=("kt", "union", "staged"), default="kt",
+    certify.add_argument("--sequence", choices=SEQUENCES, default="kt",
                          help="with --radii: betting (Krichevsky-Trofimov) confidence "
                          "sequence, union-bound sequence, or Horvath et al.'s staged "
                          "procedure (default kt)")
     certify.add_argument("--no-label", action="store_true",
                          help="with --radii: test the class selected on --n0 samples "
                          "(deployment) instead of the label (evaluation)")
-    certify.add_argument("--bound", default="cohen", metavar="{cohen,two-sided}",
+    certify.add_argument("--bound", default="cohen", metavar=choices_metavar(BOUNDS),
                          help="radius formula: cohen (CERTIFY, as in the published tables; "
                          "default) or two-sided (Cohen's theorem in full: the runner-up "
                          "bounded on its own votes, alpha split in halves; larger where votes "
@@ -85,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
-                    n_default: int = 100_000) -> None:
+                    n_default: int = DEFAULT_N) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
                         help="model checkpoint (smoothmix's or the reference code's), a "
                         "training --outdir, or pretrained:NAME (smoothmix.list_pretrained(): "
@@ -97,17 +106,19 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
                         help=f"{SIGMA_HELP} (default: the "
                         "checkpoint's training sigma; another value is warned about)")
     if with_n0:
-        parser.add_argument("--n0", "--N0", type=int, default=100,
-                            help="noise samples used to select the class (default 100)")
+        parser.add_argument("--n0", "--N0", type=int, default=DEFAULT_N0,
+                            help="noise samples used to select the class (default "
+                            f"{DEFAULT_N0})")
     parser.add_argument("--n", "--N", "--num-samples", type=int, default=n_default, dest="n",
                         help="noise samples for the bound (certify) or the vote (predict); "
                         f"it caps the radius (default {n_default})")
-    parser.add_argument("--alpha", type=float, default=0.001,
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                         help="failure probability of the certificate, in (0, 1) (default "
-                        "0.001)")
-    parser.add_argument("--noise-batch", "--batch", type=int, default=1000, dest="batch",
+                        f"{DEFAULT_ALPHA})")
+    parser.add_argument("--noise-batch", "--batch", type=int, default=NOISE_BATCH, dest="batch",
                         action=DeprecatedAlias, metavar="ROWS",
-                        help="most noisy images in memory at once (default 1000; --batch: "
+                        help=f"most noisy images in memory at once (default {NOISE_BATCH}; "
+                        "--batch: "
                         "the deprecated spelling, which in train means images per step)")
     parser.add_argument("--skip", type=int, default=1,
                         help="evaluate every SKIP-th example (default 1: all)")
@@ -163,16 +174,17 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
     (these flags' defaults); a value contradicting the file is refused."""
     group = parser.add_argument_group(
         "execution (recorded in the result file; a resume reuses the recorded values)")
-    group.add_argument("--precision", default=None, metavar="{fp32,bf16}",
+    group.add_argument("--precision", default=None, metavar=choices_metavar(PRECISIONS),
                        help="fp32 (default) or bf16 autocast: on CPUs with AMX or "
                        "AVX-512-BF16 (and GPUs) faster; the certificate is then about the "
                        "classifier as run in bf16")
-    group.add_argument("--layout", default=None, choices=("channels_last", "contiguous"),
+    group.add_argument("--layout", default=None, choices=LAYOUTS,
                        help="memory layout of model and noisy batch (default: channels_last "
                        "for convolutional models on CPU, the faster one there)")
     group.add_argument("--chunk", type=int, default=None, metavar="ROWS",
-                       help="noisy images per forward pass (default: 250 on CPU, the whole "
-                       "--noise-batch on GPU; fixed, never timed, so shards vote identically)")
+                       help=f"noisy images per forward pass (default: {CPU_CHUNK} on CPU, the "
+                       "whole --noise-batch on GPU; fixed, never timed, so shards vote "
+                       "identically)")
     group.add_argument("--compile", action="store_true", default=None,
                        help="torch.compile the model (opt-in; see the README's benchmark)")
     group.add_argument("--threads", type=int, default=None, metavar="T",
@@ -284,16 +296,16 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     """Check the options of :func:`add_run_options`, load the model and the dataset, and
     return (model, dataset, the :class:`smoothmix.run.RunSpec` the dataset runners take)."""
     # Cheap checks before the (slow) model and data loading.
-    if args.sigma is not None:
-        check_sigma(args.sigma)
     if args.dataset is not None:  # else once the checkpoint has named it
         _check_grid_dataset(args)
     if getattr(args, "precision", None) is not None:
         from smoothmix.execution import check_precision
 
         check_precision(args.precision)
-    require(args.skip >= 1, f"--skip must be >= 1, got {args.skip}")
     shard = parse_shard(args.shard) if args.shard is not None else None
+    fields = _spec_fields(args, shard)
+    if args.sigma is not None:  # the spec, built now, checks its fields (sigma, skip, max, ...)
+        RunSpec.of(args.sigma, **fields)
     from smoothmix.checkpoint import (
         Checkpoint,
         check_checkpoint_for_dataset,
@@ -313,8 +325,6 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
     _defaults_from_checkpoint(args, record)
     _check_grid_dataset(args)
     check_checkpoint_for_dataset(ckpt, args.dataset, args.checkpoint)
-    dataset = load_dataset(args.dataset, args.split, args.data_dir)
-    check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
     identity = {  # a pretrained model: its weights file's hash, and its name
         "checkpoint_sha256": ckpt.get("weights_sha256") or file_sha256(args.checkpoint),
         **({"pretrained": ckpt["pretrained"]} if "pretrained" in ckpt else {}),
@@ -323,19 +333,27 @@ def prepare_run(args: argparse.Namespace) -> tuple[Any, Any, RunSpec]:
         "dataset": args.dataset,
         "split": args.split,
     }
-    spec = RunSpec.of(
-        args.sigma, grid=getattr(args, "grid", None), batch_size=args.batch, skip=args.skip,
-        max_idx=args.max_idx, shard=shard, seed=args.seed, num_classes=dataset.num_classes,
-        identity=identity, progress=not args.no_progress, execution=execution_options(args),
-        allow_denoiser_sigma_mismatch=bool(getattr(args, "allow_denoiser_sigma_mismatch",
-                                                   False)),
-        model_sigma=_model_sigma(args, record),
-    )
+    # Before the dataset is loaded (the spec checks its fields), its classes after.
+    spec = RunSpec.of(args.sigma, identity=identity, model_sigma=_model_sigma(args, record),
+                      **fields)
+    dataset = load_dataset(args.dataset, args.split, args.data_dir)
+    check_model_fits_dataset(model, ckpt, dataset, args.dataset, args.checkpoint)
+    spec = spec.replace(num_classes=dataset.num_classes)
     if denoiser is not None:
         from smoothmix.denoisers import Denoised
 
         model = Denoised(model, denoiser[0].to(device), denoiser[1])
     return model, dataset, spec
+
+
+def _spec_fields(args: argparse.Namespace, shard: Any) -> dict[str, Any]:
+    """The :class:`smoothmix.run.RunSpec` fields the options give (the noise's grid too)."""
+    return {"grid": getattr(args, "grid", None), "batch_size": args.batch, "skip": args.skip,
+            "max_idx": args.max_idx, "shard": shard, "seed": args.seed,
+            "progress": not args.no_progress, "execution": execution_options(args),
+            "allow_denoiser_sigma_mismatch": bool(getattr(args,
+                                                          "allow_denoiser_sigma_mismatch",
+                                                          False))}
 
 
 def _load_denoiser(args: argparse.Namespace) -> tuple[Any, dict[str, Any]] | None:

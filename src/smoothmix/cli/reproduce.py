@@ -8,6 +8,8 @@ from smoothmix import distributed
 from smoothmix.cli import add_device_argument
 from smoothmix.cli.train import add_deferred_flags
 from smoothmix.errors import require
+from smoothmix.execution import PRECISIONS
+from smoothmix.statistics import BOUNDS
 
 __all__ = ["register", "run"]
 
@@ -55,10 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--max", "--max-idx", type=int, dest="max_idx", metavar="IDX",
                    help="certify only test images with index below IDX (spell it --max-idx "
                    "under torchrun)")
-    b.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+    b.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="train and certify in bf16 autocast (published: fp32); stated in "
                    "the table")
-    b.add_argument("--bound", choices=("cohen", "two-sided"), default=None,
+    b.add_argument("--bound", choices=BOUNDS, default=None,
                    help="CERTIFY's radius formula (published: cohen)")
     b.add_argument("--decide-radii", type=_radii, default=None, metavar="R,R2,...",
                    help="also decide 'robust at R' with the KT confidence sequence (label "

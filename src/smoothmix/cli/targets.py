@@ -14,6 +14,9 @@ from smoothmix.cli import (
     dataset_choices,
     warn_deprecated,
 )
+from smoothmix.execution import PRECISIONS
+from smoothmix.run import NOISE_BATCH, RunSpec
+from smoothmix.targets import REFERENCE_N, REFERENCE_SIGMA
 
 __all__ = ["register", "run", "run_merge"]
 
@@ -27,25 +30,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "on one augmented view of every training image and store pi = votes / N, keyed by "
         "dataset index, with the dataset, N, sigma and the checkpoint's SHA-256 (for "
         "`smoothmix train --method catrs --targets FILE`). CAT-RS uses a Gaussian model "
-        "trained at sigma 0.25 and N = 10,000; smaller N is allowed (pi becomes coarser, in "
-        "steps of 1/N). Rerunning the same command resumes; --shard I/K splits the work "
-        "between jobs (merge with `smoothmix merge`); under torchrun the ranks split "
-        "it and rank 0 merges.",
+        f"trained at sigma {REFERENCE_SIGMA:g} and N = {REFERENCE_N:,}; smaller N is allowed "
+        "(pi becomes coarser, in steps of 1/N). Rerunning the same command resumes; --shard "
+        "I/K splits the work between jobs (merge with `smoothmix merge`); under torchrun the "
+        "ranks split it and rank 0 merges.",
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="the (Gaussian) model checkpoint")
     p.add_argument("--dataset", required=True, choices=dataset_choices(),
                    help="training set to label")
-    p.add_argument("--sigma", type=float, default=0.25,
-                   help=f"{SIGMA_HELP} (CAT-RS: 0.25 for every training "
-                   "sigma; default 0.25)")
-    p.add_argument("--n", "--N", "--num-samples", dest="n", type=int, default=10_000,
-                   help="votes per image (default 10000, as the reference); under torchrun "
-                   "spell it --num-samples (torchrun takes --n for one of its own options)")
+    p.add_argument("--sigma", type=float, default=REFERENCE_SIGMA,
+                   help=f"{SIGMA_HELP} (CAT-RS: {REFERENCE_SIGMA:g} for every training "
+                   f"sigma; default {REFERENCE_SIGMA:g})")
+    p.add_argument("--n", "--N", "--num-samples", dest="n", type=int, default=REFERENCE_N,
+                   help=f"votes per image (default {REFERENCE_N}, as the reference); under "
+                   "torchrun spell it --num-samples (torchrun takes --n for one of its own "
+                   "options)")
     p.add_argument("--out", required=True, help="targets file to write or resume (.npz)")
-    p.add_argument("--noise-batch", "--batch", type=int, default=1000, dest="batch",
+    p.add_argument("--noise-batch", "--batch", type=int, default=NOISE_BATCH, dest="batch",
                    action=DeprecatedAlias, metavar="ROWS",
-                   help="most noisy images in memory at once (default 1000; --batch: the "
-                   "deprecated spelling, which in train means images per step)")
+                   help=f"most noisy images in memory at once (default {NOISE_BATCH}; "
+                   "--batch: the deprecated spelling, which in train means images per step)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the views and the noise; image idx uses a stream derived "
                    "from (seed, idx), so the result does not depend on sharding (default 0)")
@@ -64,8 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "dataset's)")
     add_device_argument(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="fp32 (default) or bf16 autocast for the votes (recorded in the file)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32 (default) or bf16 autocast for the votes (recorded in the file; "
+                   "a resumed run takes the recorded one)")
     p.set_defaults(func=run)
 
     merge = subparsers.add_parser(
@@ -85,11 +90,15 @@ def run(args: argparse.Namespace) -> int:
     check_count("--noise-batch", args.batch)
     from smoothmix.checkpoint import read_checkpoint
     from smoothmix.distributed import distributed_env
-    from smoothmix.run import RunSpec
     from smoothmix.storage.shards import parse_shard
-    from smoothmix.targets import REFERENCE_N, targets_from_checkpoint
+    from smoothmix.targets import targets_from_checkpoint
 
     shard = parse_shard(args.shard) if args.shard is not None else None
+    # --precision not given: the execution's default, or a resumed file's recorded one.
+    execution = {} if args.precision is None else {"precision": args.precision}
+    spec = RunSpec.of(args.sigma, batch_size=args.batch, seed=args.seed, shard=shard,
+                      max_idx=args.max_idx, progress=not args.no_progress,
+                      execution=execution)
     main = distributed_env()[0] == 0
     if main and args.n < REFERENCE_N:
         print(f"note: N = {args.n} votes per image (the reference uses {REFERENCE_N}): pi is "
@@ -99,9 +108,6 @@ def run(args: argparse.Namespace) -> int:
         if trained is not None and float(trained) != args.sigma:
             print(f"note: the checkpoint was trained with sigma={trained}, voting at "
                   f"sigma={args.sigma}", file=sys.stderr)
-    spec = RunSpec.of(args.sigma, batch_size=args.batch, seed=args.seed, shard=shard,
-                      max_idx=args.max_idx, progress=not args.no_progress,
-                      execution={"precision": args.precision})
     out = targets_from_checkpoint(
         args.checkpoint, args.dataset, args.out, n=args.n, data_dir=args.data_dir,
         device=args.device, normalization=args.normalization, spec=spec,

@@ -55,8 +55,9 @@ class Budget:
                 check_count(f"--{flag(name)}", value, minimum)
         if self.n is not None:
             from smoothmix.core import check_certify_args
+            from smoothmix.run import NOISE_BATCH
 
-            check_certify_args(N0, self.n, ALPHA, 1000)
+            check_certify_args(N0, self.n, ALPHA, NOISE_BATCH)
         if self.precision is not None:
             from smoothmix.execution import check_precision
 
