@@ -400,6 +400,18 @@ def test_bad_input_gives_one_line_smoothmix_error(kwargs, message):
     assert "\n" not in str(info.value)
 
 
+def test_a_resolved_execution_with_a_request_beside_it_is_refused():
+    # The execution fixes precision, layout, chunk and compile; a request beside it used to
+    # be ignored without a word.
+    from smoothmix.execution import resolve_execution
+
+    model = Linear2(0.0)
+    ex = resolve_execution(model, torch.device("cpu"), 100)
+    Smooth(model, 2, 0.5, execution=ex)  # alone: fine
+    with pytest.raises(SmoothmixError, match="drop precision, chunk_size"):
+        Smooth(model, 2, 0.5, execution=ex, precision="bf16", chunk_size=10)
+
+
 def test_a_nan_image_is_refused_not_certified():
     # NaN logits vote argmax = 0 on every draw: without the check this "certifies" class 0
     # at the largest radius the budget allows.

@@ -169,6 +169,11 @@ class Smooth(SmoothAliases):
         check_request(precision=precision, layout=layout, chunk=chunk_size, compile=compile)
         self._request: dict[str, Any] = {"precision": precision, "layout": layout,
                                          "chunk": chunk_size, "compile": compile}
+        given = [name if name != "chunk" else "chunk_size"
+                 for name, value in self._request.items() if value is not None]
+        # A resolved execution already fixes all four; a request beside it would be ignored.
+        require(execution is None or not given, f"execution= already fixes how the model runs; "
+                f"drop {', '.join(given)} (or drop execution=)")
         self._execution = execution
         self._resolved: dict[tuple[str, int], Execution] = {}
 
