@@ -28,7 +28,7 @@ from smoothmix._deprecated import SmoothAliases
 from smoothmix.checks import check_alpha, check_count, check_num_classes, check_sigma
 from smoothmix.device import module_device
 from smoothmix.errors import require
-from smoothmix.execution import Execution, check_request, resolve_execution
+from smoothmix.execution import Execution, check_alone, check_request, resolve_execution
 from smoothmix.noise import Noise, make_noise
 from smoothmix.statistics import (
     certifying_votes,
@@ -169,11 +169,7 @@ class Smooth(SmoothAliases):
         check_request(precision=precision, layout=layout, chunk=chunk_size, compile=compile)
         self._request: dict[str, Any] = {"precision": precision, "layout": layout,
                                          "chunk": chunk_size, "compile": compile}
-        given = [name if name != "chunk" else "chunk_size"
-                 for name, value in self._request.items() if value is not None]
-        # A resolved execution already fixes all four; a request beside it would be ignored.
-        require(execution is None or not given, f"execution= already fixes how the model runs; "
-                f"drop {', '.join(given)} (or drop execution=)")
+        check_alone(execution, self._request)
         self._execution = execution
         self._resolved: dict[tuple[str, int], Execution] = {}
 

@@ -30,7 +30,7 @@ from torch import nn
 from smoothmix.errors import require
 
 __all__ = ["CPU_CHUNK", "EXECUTION_KEYS", "LAYOUTS", "LEGACY_EXECUTION", "PRECISIONS",
-           "Execution", "check_precision", "check_request", "cpu_bf16_support",
+           "Execution", "check_alone", "check_precision", "check_request", "cpu_bf16_support",
            "describe_cpu", "is_convolutional", "prepare_model", "resolve_execution",
            "warn_if_bf16_emulated"]
 
@@ -115,6 +115,15 @@ def check_request(*, precision: object = None, layout: object = None, chunk: obj
             f"chunk (rows per forward) must be an integer >= 1, got {chunk!r}")
     require(threads is None or _positive_int(threads),
             f"threads must be an integer >= 1, got {threads!r}")
+
+
+def check_alone(execution: Execution | None, request: dict[str, object]) -> None:
+    """SmoothmixError when a resolved ``execution`` comes with a request beside it: it
+    already fixes precision, layout, chunk and compile, so the request would be ignored."""
+    given = [name if name != "chunk" else "chunk_size"
+             for name, value in request.items() if value is not None]
+    require(execution is None or not given, "execution= already fixes how the model runs; "
+            f"drop {', '.join(given)} (or drop execution=)")
 
 
 def _positive_int(value: object) -> bool:

@@ -169,7 +169,7 @@ def check_image(x: object) -> None:
     # A NaN pixel makes every logit NaN, and argmax then votes class 0 on every draw: a
     # "certificate" at the largest radius for garbage. Pixels past [0, 1] (a 0..255 image, a
     # normalised one) would be certified in units the user did not mean.
-    low, high = (float(v) for v in torch.aminmax(x.detach()))
+    low, high = torch.stack(torch.aminmax(x.detach())).tolist()  # one host read
     require(math.isfinite(low) and math.isfinite(high), "x has NaN or infinite pixels")
     scale = " (0..255? divide by 255)" if high > 1.5 else ""
     require(low >= 0.0 and high <= 1.0,
