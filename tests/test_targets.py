@@ -392,3 +392,22 @@ def test_an_interrupted_bf16_run_resumes_without_the_flag(tiny_mnist, tmp_path, 
     assert main(command) == 0
     assert load_targets(out).meta["precision"] == "bf16"
     assert main([*command, "--precision", "fp32"]) == 2  # a contradicting flag: refused
+
+
+def test_a_folder_datasets_transform_draws_apart_from_the_noise_stream():
+    # Seeded with the noise stream's own seed, the transform's torch.rand would repeat the
+    # noise generator's first words (both are CPU mt19937); its seed is derived instead.
+    from smoothmix.targets import _view
+
+    class RandomView:
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, idx):
+            return torch.rand(1, 2, 2), 0
+
+    generator = torch.Generator().manual_seed(123)
+    x = _view(RandomView(), 0, True, generator, torch.device("cpu"))
+    assert torch.equal(x, _view(RandomView(), 0, True, generator, torch.device("cpu")))
+    same_words = torch.rand(1, 2, 2, generator=torch.Generator().manual_seed(123))
+    assert not torch.equal(x, same_words)

@@ -335,8 +335,11 @@ def _view(dataset: Examples, idx: int, augment: bool, generator: torch.Generator
         if augment:
             x = random_crop_flip(x.unsqueeze(0), 4, generator)[0]
         return x.float().div_(255)
+    # The transform's own seed, derived from the example's: seeded with the noise stream's
+    # seed itself, both CPU mt19937 streams would start with the same words.
+    seed = np.random.SeedSequence([generator.initial_seed(), 1]).generate_state(1, np.uint64)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(generator.initial_seed()))
+        torch.manual_seed(int(seed[0] >> 1))
         x, _ = dataset[idx]
     return torch.as_tensor(x).to(device)
 
