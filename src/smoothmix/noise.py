@@ -84,8 +84,9 @@ class Noise(abc.ABC):
     @staticmethod
     def from_settings(sigma: float, settings: Mapping[str, object]) -> Noise:
         """The noise a result file's ``settings`` recorded (Gaussian when no noise key is
-        there, as in every file written before a noise was recorded). ``sigma`` is taken as
-        recorded: an old file's sigma is what it is."""
+        there, as in every file written before a noise was recorded). ``sigma`` is checked as
+        any sigma is (every file smoothmix wrote passes; analysis reads a file's sigma without
+        building its noise, so an unusual one still analyses)."""
         for kind in Noise._kinds:
             if kind.key is not None and settings.get(kind.key) is not None:
                 return kind._from_settings(sigma, settings)
