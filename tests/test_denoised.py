@@ -292,7 +292,7 @@ def test_a_record_sigma_that_is_not_a_number_does_not_skip_the_sigma_check(tmp_p
     record = {"kind": "dncnn", "identity": {"sha256": "a"}, "settings": {}, "sigma": "0.5"}
     spec = RunSpec.of(0.25, batch_size=64, progress=False, denoiser=record)
     out = tmp_path / "c.tsv"
-    with pytest.raises(SmoothmixError, match="sigma must be a number or None, got '0.5'"):
+    with pytest.raises(SmoothmixError, match="sigma must be a number >= 0 or None, got '0.5'"):
         certify_dataset(small_classifier(), small_images(), spec, out, n0=10, n=100,
                         alpha=0.01)
     assert not out.exists()

@@ -210,6 +210,17 @@ def module_record(denoiser: nn.Module, *, sigma: float | None = None,
             "settings": dict(settings or {}), "sigma": sigma}
 
 
+def _record_sigma(sigma: object) -> float | None:
+    """A denoiser record's sigma (the one rule for it): a finite number >= 0, or None."""
+    if sigma is None:
+        return None
+    require(isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
+            and math.isfinite(sigma) and sigma >= 0,
+            f"the denoiser record's sigma must be a number >= 0 or None, got {sigma!r}")
+    assert isinstance(sigma, (int, float))
+    return float(sigma)
+
+
 def _checked_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """``record`` as JSON reads it back, with its four keys; one line otherwise."""
     require(isinstance(record, Mapping), f"a denoiser record must be a mapping, got "
@@ -217,10 +228,7 @@ def _checked_record(record: Mapping[str, Any]) -> dict[str, Any]:
     missing = [k for k in ("kind", "identity", "settings", "sigma") if k not in record]
     require(not missing, f"the denoiser record lacks {', '.join(missing)} (it needs kind, "
             "identity, settings and sigma)")
-    sigma = record["sigma"]
-    require(sigma is None or (isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
-                              and math.isfinite(sigma) and sigma >= 0),
-            f"the denoiser record's sigma must be a number >= 0 or None, got {sigma!r}")
+    _record_sigma(record["sigma"])
     from smoothmix.run import _json_record  # deferred: run.py's imports need not load here
 
     return _json_record(record, "the denoiser record")
@@ -269,11 +277,9 @@ def denoiser_for_run(model: nn.Module, spec: RunSpec) -> dict[str, Any] | None:
             "RunSpec.denoiser unset to record the model's")
     if record is None:
         return None
-    built, sigma = record.get("sigma"), spec.noise.sigma
     # A sigma that is not a number (e.g. the string "0.25") would skip the check below.
-    require(built is None or (isinstance(built, (int, float)) and not isinstance(built, bool)),
-            f"the denoiser record's sigma must be a number or None, got {built!r}")
-    if isinstance(built, (int, float)) and not math.isclose(built, sigma, rel_tol=1e-9):
+    built, sigma = _record_sigma(record.get("sigma")), spec.noise.sigma
+    if built is not None and not math.isclose(built, sigma, rel_tol=1e-9):
         require(spec.allow_denoiser_sigma_mismatch,
                 f"the denoiser ({describe_denoiser(record)}) was built for sigma={built:g}, not "
                 f"the run's sigma={sigma:g}; allow it explicitly with "
