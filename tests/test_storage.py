@@ -106,3 +106,12 @@ def test_atomic_append_adds_whole_lines_or_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(storage.os, "fsync", real)
     assert log.read_bytes() == b"epoch,loss\r\n1,0.5\r\n"
     assert [p.name for p in log.parent.iterdir()] == ["log.csv"]
+
+
+def test_the_storage_layers_value_lists_are_the_libraries():
+    # storage keeps them as literals so that it imports neither scipy nor torch.
+    from smoothmix.sequences import DECISIONS
+    from smoothmix.statistics import BOUNDS
+    from smoothmix.storage.table import _CHOICES
+
+    assert _CHOICES["bound"] == BOUNDS and _CHOICES["decision"] == DECISIONS

@@ -14,6 +14,7 @@ import torch
 from smoothmix.cli import SIGMA_HELP, add_device_argument, dataset_choices
 from smoothmix.device import resolve_device
 from smoothmix.errors import require
+from smoothmix.execution import PRECISIONS
 
 if TYPE_CHECKING:
     from smoothmix.diagnostics import ConfidenceRow
@@ -60,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="random seed: image idx draws its noise from the stream (seed, idx), "
                    "as certify's examples do (default 0)")
     p.add_argument("--out", help="also write the rows to this CSV file (replaced whole)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (default) or bf16 autocast for every forward pass")
     p.set_defaults(func=run)
 

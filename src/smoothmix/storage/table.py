@@ -65,8 +65,10 @@ LEGACY: dict[str, tuple[tuple[str, ...], ...]] = {
                 "robust"),),
 }
 ATTACK_OUTCOMES = ("kept", "abstained", "changed")
+# Literals, not imports: storage loads neither scipy (statistics) nor torch (sequences);
+# tests/test_storage.py holds them equal to those modules' lists.
 _CHOICES = {"status": ("certified", "abstain", "skipped"),
-            "bound": ("cohen", "two-sided"),  # smoothmix.core.BOUNDS
+            "bound": ("cohen", "two-sided"),  # smoothmix.statistics.BOUNDS
             "decision": ("certified", "not-certified", "undecided"),  # sequences.DECISIONS
             "adv_outcome": ATTACK_OUTCOMES}
 _INTEGER = ("idx", "label", "predict", "tested", "selected", "n_label")
