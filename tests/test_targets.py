@@ -109,9 +109,9 @@ def test_shards_merged_equal_one_run_and_rerun_is_idempotent(tmp_path, capsys):
         build(data, tmp_path / "pi.npz", n=100)
 
 
-def test_killed_run_resumes_to_the_same_file(tmp_path, monkeypatch):
-    data = halfspace_data(10)
-    whole = load_targets(build(data, tmp_path / "whole.npz", seed=3)).counts
+def die_after_four_votes(monkeypatch) -> list[int]:
+    """Make the fifth image's vote count raise KeyboardInterrupt (a kill mid-run); the list
+    of calls made."""
     real, calls = targets_module._votes, []
 
     def dies_after_four(*args):
@@ -121,6 +121,14 @@ def test_killed_run_resumes_to_the_same_file(tmp_path, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(targets_module, "_votes", dies_after_four)
+    return calls
+
+
+def test_killed_run_resumes_to_the_same_file(tmp_path, monkeypatch):
+    data = halfspace_data(10)
+    whole = load_targets(build(data, tmp_path / "whole.npz", seed=3)).counts
+    real = targets_module._votes
+    die_after_four_votes(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         build(data, tmp_path / "pi.npz", seed=3)
     assert not (tmp_path / "pi.npz").exists()
@@ -377,15 +385,8 @@ def test_an_interrupted_bf16_run_resumes_without_the_flag(tiny_mnist, tmp_path, 
     out = tmp_path / "bf16.npz"
     command = ["targets", str(tiny_mnist["ckpt"]), "--dataset", "mnist", "--data-dir",
                str(tiny_mnist["d40"]), "--n", "10", "--out", str(out), "--no-progress"]
-    real, calls = targets_module._votes, []
-
-    def dies_after_four(*args):
-        calls.append(1)
-        if len(calls) > 4:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(targets_module, "_votes", dies_after_four)
+    real = targets_module._votes
+    calls = die_after_four_votes(monkeypatch)
     assert main([*command, "--precision", "bf16"]) != 0  # interrupted: the rows so far kept
     assert not out.exists() and len(calls) == 5
     monkeypatch.setattr(targets_module, "_votes", real)
