@@ -23,6 +23,7 @@ kept).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -86,6 +87,12 @@ def one_run(out: Path, preset: str, precision: str, seed: int, args: argparse.Na
         # Certified in full already (perhaps on another machine, from the committed files:
         # checkpoints are not committed), so neither the training nor the model is needed.
         return read_results(tsv).acr()
+    if run.exists() and not (run / CHECKPOINT_NAME).exists():
+        # A training cut before this machine saw it: its committed log has no checkpoint
+        # beside it (checkpoints are not committed), so it restarts from scratch.
+        print(f"  {run.name}: no checkpoint here; its partial files are removed and it "
+              "trains from scratch", flush=True)
+        shutil.rmtree(run)
     start = time.perf_counter()
     train(run, preset=preset, epochs=args.epochs, train_subset=args.train_subset,
           test_subset=500, seed=seed, precision=precision, resume=run.exists(),
