@@ -4,6 +4,7 @@ counted conservatively, and the grid setting of result files (recorded, resumed,
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -468,3 +469,28 @@ def test_grid_refuses_datasets_off_the_grid_in_one_line(tmp_path, capsys, datase
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--grid needs inputs on the 8-bit grid" in err[0]
     assert not (tmp_path / "g.tsv").exists()
+
+
+def test_grid_early_refusal_follows_the_registered_on_grid_flag(tmp_path, capsys, monkeypatch):
+    """A user's dataset is refused before loading only when registered off the grid; one of
+    unknown kind (on_grid=None) passes the early check, left to the check of each image."""
+    import smoothmix.data
+    from smoothmix.cli.certify import _check_grid_dataset
+    from smoothmix.data import dataset_defaults, register_dataset
+
+    monkeypatch.setattr(smoothmix.data, "_DATASETS", smoothmix.data._DATASETS.copy())
+
+    def loader(split, data_dir):
+        raise AssertionError("never loaded by the early check")
+
+    register_dataset("user-float", loader, on_grid=False)
+    register_dataset("user-unknown", loader)
+    assert dataset_defaults("mnist").on_grid and dataset_defaults("cifar10").on_grid
+    assert dataset_defaults("user-unknown").on_grid is None
+    _check_grid_dataset(argparse.Namespace(dataset="user-unknown", grid=255))
+    capsys.readouterr()
+    assert main(["certify", "missing.pth", "--dataset", "user-float", "--sigma", "0.5",
+                 "--grid", "255", "--out", str(tmp_path / "g.tsv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "user-float images go through float" in err[0]
+    assert "use mnist or cifar10" in err[0]

@@ -422,8 +422,13 @@ def _model_sigma(args: argparse.Namespace, record: Any) -> float | None:
 
 
 def _check_grid_dataset(args: argparse.Namespace) -> None:
-    """Only the in-memory datasets keep the decoded 8-bit pixels; folder datasets resize and
-    crop in float, which leaves the grid (each image is checked again as it is certified)."""
-    require(getattr(args, "grid", None) is None or args.dataset in ("mnist", "cifar10"),
+    """Refuse --grid early for a dataset registered off the grid (folder datasets resize and
+    crop in float); an unknown one is left to the check of each image as it is certified."""
+    if getattr(args, "grid", None) is None:
+        return
+    from smoothmix.data import dataset_defaults, list_datasets
+
+    on_grid = [n for n in list_datasets() if dataset_defaults(n).on_grid]
+    require(dataset_defaults(args.dataset).on_grid is not False,
             f"--grid needs inputs on the 8-bit grid; {args.dataset} images go through float "
-            "transforms (resize/crop), so they are not: use mnist or cifar10")
+            f"transforms (resize/crop), so they are not: use {' or '.join(on_grid)}")

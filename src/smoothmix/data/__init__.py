@@ -72,6 +72,10 @@ class DatasetInfo:
     input_shape: tuple[int, int, int] | None
     description: str
     loader: Loader | None = field(default=None, repr=False, compare=False)
+    # True: every image is exactly k/255 (decoded 8-bit pixels kept as they are), so grid
+    # noise applies; False: float transforms leave the grid; None: unknown (each image is
+    # checked as it is certified).
+    on_grid: bool | None = None
 
 
 _DATASETS: Registry[DatasetInfo] = Registry(
@@ -89,6 +93,7 @@ def register_dataset(
     normalization: str = "none",
     input_shape: Sequence[int] | None = None,
     description: str = "",
+    on_grid: bool | None = None,
     overwrite: bool = False,
 ) -> Any:
     """Add a dataset under ``name``, after which :func:`load_dataset`, ``train(dataset=name)``
@@ -99,7 +104,10 @@ def register_dataset(
     ``name``, ``num_classes`` and ``input_shape``; :class:`TensorImageDataset` wraps uint8
     tensors). ``data_dir`` is ``--data-dir`` (or ``None``). ``num_classes``, ``arch`` (the
     default architecture), ``normalization`` and ``input_shape`` (C, H, W) are the
-    dataset's defaults, ``None`` when unknown. Use it
+    dataset's defaults, ``None`` when unknown. ``on_grid`` says whether every image is
+    exactly k/255 (8-bit pixels, as :class:`TensorImageDataset` keeps them), which grid
+    noise (``--grid``) needs: ``False`` refuses ``--grid`` before anything loads, ``None``
+    (unknown) leaves it to the check of each image. Use it
     as a call or as a decorator; either returns ``loader`` unchanged. A name already
     registered is an error unless ``overwrite=True``.
     """
@@ -117,7 +125,8 @@ def register_dataset(
     def add(fn: _L) -> _L:
         require(callable(fn), f"register_dataset({name!r}): the loader must be a function "
                 f"(split, data_dir) -> dataset, got {fn!r}")
-        info = DatasetInfo(name, num_classes, arch, normalization, shape, description, fn)
+        info = DatasetInfo(name, num_classes, arch, normalization, shape, description, fn,
+                           on_grid)
         _DATASETS.register(name, info, overwrite=overwrite)
         return fn
 
@@ -251,15 +260,15 @@ def _load_imagefolder(split: str, data_dir) -> FolderImageDataset:
 
 # The built-ins, through the same door as users' datasets.
 register_dataset("mnist", _load_mnist, num_classes=10, arch="lenet", normalization="mnist",
-                 input_shape=(1, 28, 28),
+                 input_shape=(1, 28, 28), on_grid=True,
                  description="MNIST idx files (embedded copy used when no data dir is given)")
 register_dataset("cifar10", _load_cifar10, num_classes=10, arch="cifar_resnet110",
-                 normalization="cifar10", input_shape=(3, 32, 32),
+                 normalization="cifar10", input_shape=(3, 32, 32), on_grid=True,
                  description="CIFAR-10 python batches (cifar-10-batches-py)")
 register_dataset("imagenet", _load_imagenet, num_classes=1000, arch="resnet50",
-                 normalization="imagenet", input_shape=(3, 224, 224),
+                 normalization="imagenet", input_shape=(3, 224, 224), on_grid=False,
                  description="ImageNet train/ and val/ class folders")
-register_dataset("imagefolder", _load_imagefolder,
+register_dataset("imagefolder", _load_imagefolder, on_grid=False,
                  description="any class-folder dataset: DIR/train and DIR/test (or DIR/val)")
 
 
