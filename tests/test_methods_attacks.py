@@ -177,6 +177,20 @@ def test_pgds_random_direction_comes_from_the_callers_generator():
     assert (norms(runs[0] - x) > 0).all()
 
 
+@pytest.mark.parametrize("attack", [pgd_attack, ddn_attack])
+def test_attacks_with_a_generator_leave_the_global_rng_alone(attack):
+    """Both attacks draw their fallback direction from the caller's generator, so a caller
+    that passes one (reproducible per-example streams) keeps torch's global RNG untouched."""
+    model = tiny_model()
+    x, y, noise = batch()
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    attack(model, x, y, noise, 0.3, 2, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), before)
+    attack(model, x, y, noise, 0.3, 2)  # without one, the global RNG supplies it
+    assert not torch.equal(torch.get_rng_state(), before)
+
+
 def test_ddn_stays_in_the_ball_and_finds_adversaries_of_a_weak_model():
     model = tiny_model()
     x, y, noise = batch()

@@ -196,6 +196,7 @@ def ddn_attack(
     init_norm: float = 1.0,
     gamma: float = 0.05,
     levels: int = 256,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """SmoothAdv's DDN attack on the smoothed classifier (Rony et al. 2019, as adapted by
     Salman et al. 2019 to several noise draws).
@@ -208,7 +209,9 @@ def ddn_attack(
     perturbation found (none found: ``x`` itself), projected onto the epsilon-ball.
     ``init_norm`` defaults to 1.0, SmoothAdv's ``--init-norm-DDN 256`` (in 1/256 units),
     which applies outside training only: SmoothAdv training passes the warmed-up epsilon
-    (its training script overwrites the init norm every epoch, docs/MATH.md §3.3).
+    (its training script overwrites the init norm every epoch, docs/MATH.md §3.3). Where a
+    gradient vanishes the step follows a random unit direction drawn from ``generator``
+    (the global RNG if None), as in :func:`pgd_attack`.
     """
     norm = torch.full((x.shape[0],), init_norm, device=x.device,
                       dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
@@ -216,7 +219,7 @@ def ddn_attack(
     best_norm = worst.clone()
     best_delta = torch.zeros_like(x)
     delta = torch.zeros_like(x)
-    fallback = _unit(torch.randn_like(x))
+    fallback = _random_direction(x, generator)
     m = noise.shape[0]
     with frozen_eval(model) as net:
         for i in range(num_steps):
