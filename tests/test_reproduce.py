@@ -358,6 +358,37 @@ def test_a_longer_row_list_adds_rows_and_a_shorter_one_is_refused(finished, tmp_
     assert rep.held_rows(out, "mnist-0.50") == ["consistency", "gaussian", "stability"]
 
 
+def test_rows_trained_first_are_certified_as_they_are(finished, tmp_path: Path,
+                                                      capsys) -> None:
+    # The full-budget workflow: scripts/full-budget-train trains a row into OUT/<row>/ with
+    # reproduce's arguments (its log beside it), then reproduce certifies it. The folder has
+    # no reproduce.json yet; the training is picked up, not redone.
+    out = tmp_path / "r"
+    out.mkdir()
+    shutil.copytree(finished[0] / "gaussian", out / "gaussian")
+    (out / "train.log").write_text("== train mnist-gaussian-0.50\n")
+    ckpt = out / "gaussian" / "checkpoint.pth.tar"
+    trained = ckpt.stat().st_mtime_ns
+    assert run(out, "--methods", "gaussian") == 0
+    assert ckpt.stat().st_mtime_ns == trained
+    assert (read_results(out / "certify_gaussian.tsv").idx.tolist()
+            == read_results(finished[0] / "certify_gaussian.tsv").idx.tolist())
+    assert (out / "train.log").read_text() == "== train mnist-gaussian-0.50\n"
+    # A training folder of a row not asked for, or any other file, is not picked up.
+    for name, make in (("consistency", lambda p: shutil.copytree(finished[0] / "consistency", p)),
+                       ("notes.txt", lambda p: p.write_text("mine"))):
+        other = tmp_path / f"other-{name}"
+        other.mkdir()
+        shutil.copytree(finished[0] / "gaussian", other / "gaussian")
+        make(other / name)
+        before = {p: p.stat().st_mtime_ns for p in other.rglob("*")}
+        capsys.readouterr()
+        assert run(other, "--methods", "gaussian") == 2
+        err = one_line_error(capsys)
+        assert "not a reproduce folder" in err and f"it holds {name}" in err
+        assert {p: p.stat().st_mtime_ns for p in other.rglob("*")} == before
+
+
 def test_a_row_folder_of_another_preset_is_refused_before_anything_runs(finished,
                                                                         tmp_path: Path,
                                                                         capsys) -> None:

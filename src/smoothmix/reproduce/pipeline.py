@@ -285,14 +285,24 @@ def _soft_targets(exp: Experiment, out: Path, budget: Budget, data_dir: Any, dev
 
 
 def _check_outdir(out: Path, state: dict[str, Any], chosen: list[str]) -> None:
-    """A fresh or empty folder, or one of this experiment with this budget whose rows are
-    all among ``chosen``: else one line."""
+    """A fresh or empty folder, a folder of training runs of ``chosen`` rows that was never
+    certified, or one of this experiment with this budget whose rows are all among
+    ``chosen``: else one line."""
     require(not out.exists() or out.is_dir(), f"--outdir {out} exists and is not a folder")
     path = out / STATE_NAME
     if not path.is_file():
-        require(not out.is_dir() or not any(out.iterdir()),
+        # Rows trained first (scripts/full-budget-train trains into the folders reproduce
+        # uses, with its arguments) are picked up as they are; nothing else is: reproduce
+        # would write over it, or it belongs to something else.
+        others = sorted(p.name for p in out.iterdir()
+                        if not (p.is_dir() and p.name in chosen) and p.suffix != ".log"
+                        ) if out.is_dir() else []
+        require(not others,
                 f"--outdir {out} is not empty and holds no {STATE_NAME}: not a reproduce "
-                "folder; choose a new --outdir (nothing was overwritten)")
+                f"folder (besides *.log files, it may hold only the training folders of the "
+                f"rows asked for; it holds {', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}); choose a new --outdir (nothing was "
+                "overwritten)")
         return
     try:
         old = json.loads(path.read_text("utf-8"))
