@@ -24,7 +24,7 @@ from smoothmix.errors import SmoothmixError
 
 # The one place the version is declared: pyproject.toml reads it from here (a plain literal,
 # read without importing the package).
-__version__ = "0.5.0"
+__version__ = "0.6.0.dev0"
 """The smoothmix release, a PEP 440 version string; every result file records it."""
 
 # name -> the module that defines it.
