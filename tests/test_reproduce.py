@@ -361,22 +361,27 @@ def test_a_longer_row_list_adds_rows_and_a_shorter_one_is_refused(finished, tmp_
 def test_rows_trained_first_are_certified_as_they_are(finished, tmp_path: Path,
                                                       capsys) -> None:
     # The full-budget workflow: scripts/full-budget-train trains a row into OUT/<row>/ with
-    # reproduce's arguments (its log beside it), then reproduce certifies it. The folder has
-    # no reproduce.json yet; the training is picked up, not redone.
+    # reproduce's arguments (its log and the machine notes beside it), then reproduce
+    # certifies it. The folder has no reproduce.json yet; the training is picked up, not
+    # redone, and the user's files are left as they are.
     out = tmp_path / "r"
     out.mkdir()
     shutil.copytree(finished[0] / "gaussian", out / "gaussian")
-    (out / "train.log").write_text("== train mnist-gaussian-0.50\n")
+    mine = {"train.log": "== train mnist-gaussian-0.50\n", "machine.txt": "a CPU\n"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
     ckpt = out / "gaussian" / "checkpoint.pth.tar"
     trained = ckpt.stat().st_mtime_ns
     assert run(out, "--methods", "gaussian") == 0
     assert ckpt.stat().st_mtime_ns == trained
     assert (read_results(out / "certify_gaussian.tsv").idx.tolist()
             == read_results(finished[0] / "certify_gaussian.tsv").idx.tolist())
-    assert (out / "train.log").read_text() == "== train mnist-gaussian-0.50\n"
-    # A training folder of a row not asked for, or any other file, is not picked up.
+    assert all((out / name).read_text() == text for name, text in mine.items())
+    # Refused, naming it: a training folder of a row not asked for, a file reproduce would
+    # write; and a folder holding no row at all (someone else's).
     for name, make in (("consistency", lambda p: shutil.copytree(finished[0] / "consistency", p)),
-                       ("notes.txt", lambda p: p.write_text("mine"))):
+                       ("table.md", lambda p: p.write_text("mine")),
+                       ("certify_gaussian.tsv", lambda p: p.write_text("mine"))):
         other = tmp_path / f"other-{name}"
         other.mkdir()
         shutil.copytree(finished[0] / "gaussian", other / "gaussian")
@@ -387,6 +392,12 @@ def test_rows_trained_first_are_certified_as_they_are(finished, tmp_path: Path,
         err = one_line_error(capsys)
         assert "not a reproduce folder" in err and f"it holds {name}" in err
         assert {p: p.stat().st_mtime_ns for p in other.rglob("*")} == before
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "train.log").write_text("mine")
+    assert run(lonely, "--methods", "gaussian") == 2
+    assert "nor a training folder of the rows asked for, gaussian" in one_line_error(capsys)
+    assert [p.name for p in lonely.iterdir()] == ["train.log"]
 
 
 def test_a_row_folder_of_another_preset_is_refused_before_anything_runs(finished,

@@ -291,18 +291,7 @@ def _check_outdir(out: Path, state: dict[str, Any], chosen: list[str]) -> None:
     require(not out.exists() or out.is_dir(), f"--outdir {out} exists and is not a folder")
     path = out / STATE_NAME
     if not path.is_file():
-        # Rows trained first (scripts/full-budget-train trains into the folders reproduce
-        # uses, with its arguments) are picked up as they are; nothing else is: reproduce
-        # would write over it, or it belongs to something else.
-        others = sorted(p.name for p in out.iterdir()
-                        if not (p.is_dir() and p.name in chosen) and p.suffix != ".log"
-                        ) if out.is_dir() else []
-        require(not others,
-                f"--outdir {out} is not empty and holds no {STATE_NAME}: not a reproduce "
-                f"folder (besides *.log files, it may hold only the training folders of the "
-                f"rows asked for; it holds {', '.join(others[:3])}"
-                f"{', ...' if len(others) > 3 else ''}); choose a new --outdir (nothing was "
-                "overwritten)")
+        _check_new_outdir(out, chosen)
         return
     try:
         old = json.loads(path.read_text("utf-8"))
@@ -322,6 +311,28 @@ def _check_outdir(out: Path, state: dict[str, Any], chosen: list[str]) -> None:
             f"for ({','.join(chosen)}) leave out {', '.join(left_out)}: name every row it "
             f"holds (--methods {','.join(chosen + left_out)}) or "
             "choose a new --outdir (nothing was overwritten)")
+
+
+def _check_new_outdir(out: Path, chosen: list[str]) -> None:
+    """A folder without ``reproduce.json``: empty, or holding rows trained first
+    (scripts/full-budget-train trains into the folders reproduce uses, with its arguments),
+    which are picked up as they are. Anything of its own beside them (notes, logs, the
+    results folder's machine.txt) is left alone; a name reproduce would write, or another
+    folder, is refused. A folder with no row of ``chosen`` is not a reproduce folder."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    entries = sorted(out.iterdir())
+    rows = [p.name for p in entries if p.is_dir() and p.name in chosen]
+    written = {TABLE_NAME, PLOT_NAME, SUMMARY_NAME, TARGETS_NAME}
+    prefixes = tuple(f"{kind}_{m}.tsv" for kind in ("certify", "decide") for m in chosen)
+    clashes = [p.name for p in entries if p.name not in rows
+               and (p.is_dir() or p.name in written or p.name.startswith(prefixes))]
+    require(bool(rows) and not clashes,
+            f"--outdir {out} is not empty and holds no {STATE_NAME}: not a reproduce folder "
+            + (f"(it holds {', '.join(clashes[:3])}{', ...' if len(clashes) > 3 else ''}, "
+               "which reproduce would write or is no training folder of the rows asked for)"
+               if rows else f"(nor a training folder of the rows asked for, {', '.join(chosen)})")
+            + "; choose a new --outdir (nothing was overwritten)")
 
 
 def _check_row_folders(out: Path, exp: Experiment, chosen: list[str]) -> None:
