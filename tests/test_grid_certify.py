@@ -459,16 +459,29 @@ def test_cli_grid_end_to_end_and_analyze_warns_about_mixed_noise(tmp_path, mnist
     assert "differ in noise" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("dataset", ["imagenet", "imagefolder"])
-def test_grid_refuses_datasets_off_the_grid_in_one_line(tmp_path, capsys, dataset):
-    from smoothmix.cli import main
+def test_the_folder_loaders_keep_images_on_the_grid(tmp_path):
+    """ImageNet's and the image folder's transforms (resize, crop, flip) act on PIL uint8
+    images before ToTensor, so images of several sizes still land exactly on k/255: --grid
+    takes them (it refused them before 0.6, wrongly)."""
+    import numpy as np
+    from PIL import Image
 
-    capsys.readouterr()
-    assert main(["certify", "missing.pth", "--dataset", dataset, "--sigma", "0.5",
-                 "--grid", "255", "--out", str(tmp_path / "g.tsv")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--grid needs inputs on the 8-bit grid" in err[0]
-    assert not (tmp_path / "g.tsv").exists()
+    from smoothmix.data import dataset_defaults, load_dataset
+
+    rng = np.random.default_rng(0)
+    for root, split in ((tmp_path / "imagenet", "train"), (tmp_path / "imagenet", "val"),
+                        (tmp_path / "folder", "train"), (tmp_path / "folder", "test")):
+        for c, (h, w) in (("a", (300, 260)), ("b", (233, 301))):
+            (root / split / c).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                root / split / c / "0.png")
+    noise = GridNoise(0.5)
+    for name, root in (("imagenet", tmp_path), ("imagefolder", tmp_path / "folder")):
+        assert dataset_defaults(name).on_grid
+        for split in ("train", "test"):
+            data = load_dataset(name, split, root)
+            for k in range(len(data)):
+                noise.to_codes(data[k][0])  # raises off the grid
 
 
 def test_grid_early_refusal_follows_the_registered_on_grid_flag(tmp_path, capsys, monkeypatch):
@@ -492,5 +505,6 @@ def test_grid_early_refusal_follows_the_registered_on_grid_flag(tmp_path, capsys
     assert main(["certify", "missing.pth", "--dataset", "user-float", "--sigma", "0.5",
                  "--grid", "255", "--out", str(tmp_path / "g.tsv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "user-float images go through float" in err[0]
-    assert "use mnist or cifar10" in err[0]
+    assert err == ["smoothmix certify: error: --grid needs inputs on the 8-bit grid; dataset "
+                   "user-float is registered with on_grid=False (its images go through float "
+                   "transforms), so they are not"]

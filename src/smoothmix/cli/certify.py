@@ -422,13 +422,12 @@ def _model_sigma(args: argparse.Namespace, record: Any) -> float | None:
 
 
 def _check_grid_dataset(args: argparse.Namespace) -> None:
-    """Refuse --grid early for a dataset registered off the grid (folder datasets resize and
-    crop in float); an unknown one is left to the check of each image as it is certified."""
+    """Refuse --grid early for a dataset registered off the grid (``on_grid=False``: float
+    transforms); an unknown one is left to the check of each image as it is certified."""
     if getattr(args, "grid", None) is None:
         return
-    from smoothmix.data import dataset_defaults, list_datasets
+    from smoothmix.data import dataset_defaults
 
-    on_grid = [n for n in list_datasets() if dataset_defaults(n).on_grid]
     require(dataset_defaults(args.dataset).on_grid is not False,
-            f"--grid needs inputs on the 8-bit grid; {args.dataset} images go through float "
-            f"transforms (resize/crop), so they are not: use {' or '.join(on_grid)}")
+            f"--grid needs inputs on the 8-bit grid; dataset {args.dataset} is registered "
+            "with on_grid=False (its images go through float transforms), so they are not")

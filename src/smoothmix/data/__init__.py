@@ -72,9 +72,9 @@ class DatasetInfo:
     input_shape: tuple[int, int, int] | None
     description: str
     loader: Loader | None = field(default=None, repr=False, compare=False)
-    # True: every image is exactly k/255 (decoded 8-bit pixels kept as they are), so grid
-    # noise applies; False: float transforms leave the grid; None: unknown (each image is
-    # checked as it is certified).
+    # True: every image is exactly k/255 (8-bit pixels, transformed as integers if at all),
+    # so grid noise applies; False: float transforms leave the grid; None: unknown (each
+    # image is checked as it is certified).
     on_grid: bool | None = None
 
 
@@ -258,7 +258,9 @@ def _load_imagefolder(split: str, data_dir) -> FolderImageDataset:
     return dataset
 
 
-# The built-ins, through the same door as users' datasets.
+# The built-ins, through the same door as users' datasets. All four are on the 8-bit grid:
+# the folder loaders resize, crop and flip PIL uint8 images and only then divide by 255
+# (ToTensor), so every pixel is still k/255 (docs/grid.md).
 register_dataset("mnist", _load_mnist, num_classes=10, arch="lenet", normalization="mnist",
                  input_shape=(1, 28, 28), on_grid=True,
                  description="MNIST idx files (embedded copy used when no data dir is given)")
@@ -266,9 +268,9 @@ register_dataset("cifar10", _load_cifar10, num_classes=10, arch="cifar_resnet110
                  normalization="cifar10", input_shape=(3, 32, 32), on_grid=True,
                  description="CIFAR-10 python batches (cifar-10-batches-py)")
 register_dataset("imagenet", _load_imagenet, num_classes=1000, arch="resnet50",
-                 normalization="imagenet", input_shape=(3, 224, 224), on_grid=False,
+                 normalization="imagenet", input_shape=(3, 224, 224), on_grid=True,
                  description="ImageNet train/ and val/ class folders")
-register_dataset("imagefolder", _load_imagefolder, on_grid=False,
+register_dataset("imagefolder", _load_imagefolder, on_grid=True,
                  description="any class-folder dataset: DIR/train and DIR/test (or DIR/val)")
 
 
