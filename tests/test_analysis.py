@@ -16,6 +16,7 @@ from smoothmix.analysis import (
     read_results,
 )
 from smoothmix.errors import SmoothmixError
+from smoothmix.run import RunSpec
 
 # Reference certify.py output: radius "{:.3}", time str(timedelta).
 REFERENCE = """idx\tlabel\tpredict\tradius\tcorrect\ttime
@@ -81,8 +82,8 @@ def test_our_runner_output_agrees_with_a_pandas_reading(tmp_path):
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
-    out = certify_dataset(model, Data(), 0.5, tmp_path / "c.tsv", n0=10, n=500, alpha=0.01,
-                          batch_size=100, progress=False)
+    out = certify_dataset(model, Data(), RunSpec.of(0.5, batch_size=100, progress=False),
+                          tmp_path / "c.tsv", n0=10, n=500, alpha=0.01)
     frame = pandas.read_csv(out, sep="\t")
     expected_acr = float((frame["radius"] * (frame["predict"] == frame["label"])).mean())
     assert read_results(out).acr() == pytest.approx(expected_acr, rel=1e-15)
@@ -220,8 +221,9 @@ def runs(tmp_path_factory):
     paths = {}
     for name, sigma, n, seed in (("a", 0.5, 1000, 0), ("c", 0.5, 1000, 1), ("b", 0.25, 1000, 0),
                                  ("n", 0.5, 500, 0)):
-        paths[name] = certify_dataset(model, data, sigma, root / f"{name}.tsv", n0=10, n=n,
-                                      alpha=0.01, batch_size=500, seed=seed, progress=False)
+        spec = RunSpec.of(sigma, batch_size=500, seed=seed, progress=False)
+        paths[name] = certify_dataset(model, data, spec, root / f"{name}.tsv", n0=10, n=n,
+                                      alpha=0.01)
     partial = root / "partial.tsv"
     partial.write_text("".join(paths["c"].read_text().splitlines(keepends=True)[:7]))
     shutil.copy(root / "c.tsv.json", root / "partial.tsv.json")
@@ -407,8 +409,8 @@ def test_p_label_is_the_estimations_share_of_votes_for_the_label(tmp_path):
 
     model = line_model(-0.1)  # images just below 0 mostly say 1
     data = Line()
-    out = certify_dataset(model, data, 1.0, tmp_path / "c.tsv", n0=10, n=1000, alpha=0.01,
-                          batch_size=100, progress=False)
+    out = certify_dataset(model, data, RunSpec.of(1.0, batch_size=100, progress=False),
+                          tmp_path / "c.tsv", n0=10, n=1000, alpha=0.01)
     res = read_results(out)
     assert res.run.n0 == 10 and not res.run.skip_wrong
     assert res.draws.tolist() == (res.samples - 10).tolist()
@@ -457,9 +459,9 @@ def test_p_label_of_a_file_without_n_label_is_a_one_line_error(tmp_path, files, 
         shutil.copy(f"{fixture}.json", f"{path}.json")
     else:
         torch.manual_seed(0)
-        path = certify_dataset(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), Line(), 0.5,
-                               tmp_path / "s.tsv", n0=10, n=100, alpha=0.01, batch_size=100,
-                               skip_wrong=True, progress=False)
+        path = certify_dataset(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), Line(),
+                               RunSpec.of(0.5, batch_size=100, progress=False),
+                               tmp_path / "s.tsv", n0=10, n=100, alpha=0.01, skip_wrong=True)
     res = read_results(path)
     assert (res.n_label is None) == (kind != "skip_wrong")
     with pytest.raises(SmoothmixError, match=message) as error:

@@ -19,8 +19,15 @@ from smoothmix.certification import (
 )
 from smoothmix.core import Smooth
 from smoothmix.errors import SmoothmixError
+from smoothmix.run import RunSpec
 
-SETTINGS = dict(n0=10, n=200, alpha=0.01, batch_size=64, progress=False)
+CERTIFY = dict(n0=10, n=200, alpha=0.01)  # certify_dataset's own arguments
+
+
+def spec(sigma: float = 0.25, **fields: object) -> RunSpec:
+    """The run of these tests: ``sigma``, 64 noisy copies per block, no progress bar, and
+    ``fields`` (max_idx, skip, shard, ...)."""
+    return RunSpec.of(sigma, batch_size=64, progress=False, **fields)
 
 
 class ToyDataset:
@@ -67,7 +74,7 @@ def test_result_file_format_and_per_example_seeding(tmp_path, model):
     ds = ToyDataset()
     pause = 0.002
     start = time.perf_counter()
-    out = certify_dataset(Pausing(model, pause), ds, 0.25, tmp_path / "c.tsv", **SETTINGS)
+    out = certify_dataset(Pausing(model, pause), ds, spec(), tmp_path / "c.tsv", **CERTIFY)
     wall = time.perf_counter() - start
     lines = out.read_text().splitlines()
     assert lines[0] == ("idx\tlabel\tpredict\tradius\tcorrect\ttime\tsamples\tstatus"
@@ -112,8 +119,8 @@ def test_skip_and_max_follow_the_reference_semantics():
 
 
 def test_predict_file(tmp_path, model):
-    out = predict_dataset(model, ToyDataset(), 0.25, tmp_path / "p.tsv", n=200, alpha=0.01,
-                          batch_size=64, skip=3, progress=False)
+    out = predict_dataset(model, ToyDataset(), spec(skip=3), tmp_path / "p.tsv", n=200,
+                          alpha=0.01)
     lines = out.read_text().splitlines()
     assert lines[0] == "idx\tlabel\tpredict\tcorrect\ttime"
     assert [int(line.split("\t")[0]) for line in lines[1:]] == [0, 3, 6, 9]
@@ -121,33 +128,33 @@ def test_predict_file(tmp_path, model):
 
 def test_resume_skips_written_rows_and_repairs_a_torn_line(tmp_path, model):
     ds = ToyDataset()
-    full = certify_dataset(model, ds, 0.25, tmp_path / "full.tsv", **SETTINGS)
+    full = certify_dataset(model, ds, spec(), tmp_path / "full.tsv", **CERTIFY)
     part = tmp_path / "part.tsv"
-    certify_dataset(model, ds, 0.25, part, max_idx=-1, **SETTINGS)
+    certify_dataset(model, ds, spec(max_idx=-1), part, **CERTIFY)
     # Simulate a crash after 5 examples, in the middle of writing the 6th row.
     lines = part.read_text().splitlines(keepends=True)
     part.write_text("".join(lines[:6]) + lines[6][:5])
-    certify_dataset(model, ds, 0.25, part, **SETTINGS)
+    certify_dataset(model, ds, spec(), part, **CERTIFY)
     assert rows(part) == rows(full)
     # A complete run is a no-op.
     before = part.read_bytes()
-    certify_dataset(model, ds, 0.25, part, **SETTINGS)
+    certify_dataset(model, ds, spec(), part, **CERTIFY)
     assert part.read_bytes() == before
 
 
 def test_malformed_last_complete_line_is_repaired_but_a_damaged_middle_is_refused(tmp_path,
                                                                                   model):
     ds = ToyDataset()
-    full = certify_dataset(model, ds, 0.25, tmp_path / "full.tsv", **SETTINGS)
+    full = certify_dataset(model, ds, spec(), tmp_path / "full.tsv", **CERTIFY)
     path = tmp_path / "c.tsv"
     lines = full.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:4]) + "3\t1\n")
     (tmp_path / "c.tsv.json").write_text((tmp_path / "full.tsv.json").read_text())
-    certify_dataset(model, ds, 0.25, path, **SETTINGS)
+    certify_dataset(model, ds, spec(), path, **CERTIFY)
     assert rows(path) == rows(full)
     path.write_text("".join(lines[:3]) + "garbage\n" + "".join(lines[4:]))
     with pytest.raises(SmoothmixError, match="line 4 is damaged"):
-        certify_dataset(model, ds, 0.25, path, **SETTINGS)
+        certify_dataset(model, ds, spec(), path, **CERTIFY)
 
 
 @pytest.mark.parametrize(
@@ -164,12 +171,13 @@ def test_malformed_last_complete_line_is_repaired_but_a_damaged_middle_is_refuse
 def test_refuses_to_append_to_another_runs_file(tmp_path, model, change, word):
     ds = ToyDataset()
     path = tmp_path / "c.tsv"
-    certify_dataset(model, ds, 0.25, path, max_idx=4, **SETTINGS)
-    settings = {**SETTINGS, "max_idx": 4, **change}
+    certify_dataset(model, ds, spec(max_idx=4), path, **CERTIFY)
+    settings = {**CERTIFY, **change}
     sigma = settings.pop("sigma", 0.25)
+    fields = {k: settings.pop(k) for k in ("skip", "seed", "identity") if k in settings}
     before = path.read_bytes()
     with pytest.raises(SmoothmixError, match=word) as info:
-        certify_dataset(model, ds, sigma, path, **settings)
+        certify_dataset(model, ds, spec(sigma, max_idx=4, **fields), path, **settings)
     assert "\n" not in str(info.value)
     assert path.read_bytes() == before
 
@@ -179,44 +187,43 @@ def test_refuses_a_file_without_settings_and_a_predict_file(tmp_path, model):
     path = tmp_path / "c.tsv"
     path.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\t0.5\t1\t0.1\n")
     with pytest.raises(SmoothmixError, match="no settings file"):
-        certify_dataset(model, ds, 0.25, path, **SETTINGS)
-    p = predict_dataset(model, ds, 0.25, tmp_path / "p.tsv", n=200, alpha=0.01, batch_size=64,
-                        max_idx=2, progress=False)
+        certify_dataset(model, ds, spec(), path, **CERTIFY)
+    p = predict_dataset(model, ds, spec(max_idx=2), tmp_path / "p.tsv", n=200, alpha=0.01)
     with pytest.raises(SmoothmixError, match="another run"):
-        certify_dataset(model, ds, 0.25, p, **SETTINGS)
+        certify_dataset(model, ds, spec(), p, **CERTIFY)
 
 
 def test_a_file_with_only_a_header_is_started_afresh(tmp_path, model):
     ds = ToyDataset()
     path = tmp_path / "c.tsv"
-    certify_dataset(model, ds, 0.5, path, max_idx=1, **SETTINGS)
+    certify_dataset(model, ds, spec(0.5, max_idx=1), path, **CERTIFY)
     path.write_text(path.read_text().splitlines(keepends=True)[0])  # header only
-    certify_dataset(model, ds, 0.25, path, max_idx=3, **SETTINGS)
+    certify_dataset(model, ds, spec(max_idx=3), path, **CERTIFY)
     assert len(rows(path)) == 3
 
 
 def test_shards_merge_to_the_single_process_result(tmp_path, model):
     ds = ToyDataset(13)
-    single = certify_dataset(model, ds, 0.25, tmp_path / "all.tsv", skip=2, **SETTINGS)
-    parts = [certify_dataset(model, ds, 0.25, tmp_path / f"s{i}.tsv", skip=2, shard=(i, 3),
-                             **SETTINGS) for i in range(3)]
+    single = certify_dataset(model, ds, spec(skip=2), tmp_path / "all.tsv", **CERTIFY)
+    parts = [certify_dataset(model, ds, spec(skip=2, shard=(i, 3)), tmp_path / f"s{i}.tsv",
+                             **CERTIFY) for i in range(3)]
     merged = merge_results(tmp_path / "merged.tsv", parts[::-1])
     assert rows(merged) == rows(single)
     # The merged file is the single-process run: resuming into it has nothing to do.
     before = merged.read_bytes()
-    certify_dataset(model, ds, 0.25, merged, skip=2, **SETTINGS)
+    certify_dataset(model, ds, spec(skip=2), merged, **CERTIFY)
     assert merged.read_bytes() == before
 
 
 def test_merge_refuses_overlaps_gaps_and_other_runs(tmp_path, model):
     ds = ToyDataset()
-    s0, s1 = (certify_dataset(model, ds, 0.25, tmp_path / f"s{i}.tsv", shard=(i, 2), **SETTINGS)
+    s0, s1 = (certify_dataset(model, ds, spec(shard=(i, 2)), tmp_path / f"s{i}.tsv", **CERTIFY)
               for i in range(2))
     with pytest.raises(SmoothmixError, match="shard 1/2 is missing"):
         merge_results(tmp_path / "m.tsv", [s0])
     with pytest.raises(SmoothmixError, match="given more than once"):
         merge_results(tmp_path / "m.tsv", [s0, s1, s0])
-    other = certify_dataset(model, ds, 0.5, tmp_path / "o1.tsv", shard=(1, 2), **SETTINGS)
+    other = certify_dataset(model, ds, spec(0.5, shard=(1, 2)), tmp_path / "o1.tsv", **CERTIFY)
     with pytest.raises(SmoothmixError, match="another run"):
         merge_results(tmp_path / "m.tsv", [s0, other])
     # A gap: shard 1 lost its last row.
@@ -234,18 +241,18 @@ def test_merge_refuses_overlaps_gaps_and_other_runs(tmp_path, model):
 def test_torchrun_ranks_shard_and_rank_zero_merges(tmp_path, model, monkeypatch):
     # The logic of a 2-rank run, in one process: rank 1 first, then rank 0 merges.
     ds = ToyDataset()
-    single = certify_dataset(model, ds, 0.25, tmp_path / "single.tsv", **SETTINGS)
+    single = certify_dataset(model, ds, spec(), tmp_path / "single.tsv", **CERTIFY)
     out = tmp_path / "dist.tsv"
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    assert certify_dataset(model, ds, 0.25, out, **SETTINGS) == shard_path(out, 1, 2)
+    assert certify_dataset(model, ds, spec(), out, **CERTIFY) == shard_path(out, 1, 2)
     assert not out.exists()
     monkeypatch.setenv("RANK", "0")
-    assert certify_dataset(model, ds, 0.25, out, **SETTINGS) == out
+    assert certify_dataset(model, ds, spec(), out, **CERTIFY) == out
     assert rows(out) == rows(single)
     assert shard_path(out, 0, 2).name == "dist.rank0of2.tsv"
     with pytest.raises(SmoothmixError, match="leave --shard out"):
-        certify_dataset(model, ds, 0.25, out, shard=(0, 2), **SETTINGS)
+        certify_dataset(model, ds, spec(shard=(0, 2)), out, **CERTIFY)
 
 
 def test_parse_shard():
@@ -257,19 +264,19 @@ def test_parse_shard():
 
 def test_bad_counts_fail_before_any_file_is_written(tmp_path, model):
     with pytest.raises(SmoothmixError, match="use n >= 10"):
-        certify_dataset(model, ToyDataset(), 0.25, tmp_path / "c.tsv", n0=10, n=5,
-                        alpha=0.001, progress=False)
+        certify_dataset(model, ToyDataset(), RunSpec.of(0.25, progress=False),
+                        tmp_path / "c.tsv", n0=10, n=5, alpha=0.001)
     assert not (tmp_path / "c.tsv").exists()
 
 
 def test_an_older_six_column_file_resumes_in_its_own_format(tmp_path, model):
     ds = ToyDataset()
-    out = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", **SETTINGS)
+    out = certify_dataset(model, ds, spec(), tmp_path / "c.tsv", **CERTIFY)
     full = rows(out)
     lines = out.read_text().splitlines()
     legacy = ["\t".join(line.split("\t")[:6]) for line in lines[:6]]  # header + 5 rows
     out.write_text("\n".join(legacy) + "\n")
-    certify_dataset(model, ds, 0.25, out, **SETTINGS)
+    certify_dataset(model, ds, spec(), out, **CERTIFY)
     assert out.read_text().splitlines()[0] == "idx\tlabel\tpredict\tradius\tcorrect\ttime"
     assert rows(out) == [row[:5] for row in full]
 
@@ -279,9 +286,10 @@ def test_skip_wrong_gives_the_full_runs_metrics_on_real_mnist(tmp_path, mnist_mo
     from smoothmix.analysis import read_results
 
     net, test = mnist_model
-    opts = dict(n0=20, n=200, alpha=0.001, batch_size=100, max_idx=40, progress=False)
-    full = certify_dataset(net, test, 0.5, tmp_path / "full.tsv", **opts)
-    fast = certify_dataset(net, test, 0.5, tmp_path / "fast.tsv", skip_wrong=True, **opts)
+    run = RunSpec.of(0.5, batch_size=100, max_idx=40, progress=False)
+    opts = dict(n0=20, n=200, alpha=0.001)
+    full = certify_dataset(net, test, run, tmp_path / "full.tsv", **opts)
+    fast = certify_dataset(net, test, run, tmp_path / "fast.tsv", skip_wrong=True, **opts)
     full_rows, fast_rows = rows(full), rows(fast)
     skipped = [r for r in fast_rows if r[6] == "skipped"]
     assert len(skipped) >= 3  # the set has wrong rows, and they were skipped
@@ -301,13 +309,13 @@ def test_skip_wrong_gives_the_full_runs_metrics_on_real_mnist(tmp_path, mnist_mo
     meta = json.loads((tmp_path / "fast.tsv.json").read_text())
     assert meta["settings"]["skip_wrong"] is True
     with pytest.raises(SmoothmixError, match="skip_wrong"):  # a file of the other mode
-        certify_dataset(net, test, 0.5, full, skip_wrong=True, **opts)
+        certify_dataset(net, test, run, full, skip_wrong=True, **opts)
 
 
 def test_a_dataset_run_records_its_execution_and_resume_reuses_it(tmp_path, model):
     ds = ToyDataset()
-    out = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", **SETTINGS,
-                          execution={"chunk": 16, "layout": "contiguous"})
+    out = certify_dataset(model, ds, spec(execution={"chunk": 16, "layout": "contiguous"}),
+                          tmp_path / "c.tsv", **CERTIFY)
     settings = json.loads((tmp_path / "c.tsv.json").read_text())["settings"]
     assert {k: settings[k] for k in ("precision", "layout", "chunk", "compile")} == {
         "precision": "fp32", "layout": "contiguous", "chunk": 16, "compile": False}
@@ -315,13 +323,13 @@ def test_a_dataset_run_records_its_execution_and_resume_reuses_it(tmp_path, mode
     full = rows(out)
     lines = out.read_text().splitlines()
     out.write_text("\n".join(lines[:4]) + "\n")  # killed after three rows
-    certify_dataset(model, ds, 0.25, out, **SETTINGS)  # no flags: the recorded values
+    certify_dataset(model, ds, spec(), out, **CERTIFY)  # no flags: the recorded values
     assert rows(out) == full
     for bad, field in (({"chunk": 32}, "chunk"), ({"precision": "bf16"}, "precision"),
                        ({"layout": "channels_last"}, "layout")):
         before = out.read_bytes()
         with pytest.raises(SmoothmixError, match=field) as info:
-            certify_dataset(model, ds, 0.25, out, **SETTINGS, execution=bad)
+            certify_dataset(model, ds, spec(execution=bad), out, **CERTIFY)
         assert "\n" not in str(info.value) and out.read_bytes() == before
 
 
@@ -336,12 +344,11 @@ def test_arguments_are_checked_once_per_run_not_once_per_image(tmp_path, model, 
         real = getattr(core, name)
         monkeypatch.setattr(core, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
     ds = ToyDataset(4)
-    certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", **SETTINGS)
-    predict_dataset(model, ds, 0.25, tmp_path / "p.tsv", n=200, alpha=0.01, batch_size=64,
-                    progress=False)
-    attack_dataset(model, ds, 0.25, tmp_path / "a.tsv", epsilon=0.1, num_steps=2,
-                   num_noise=4, n=200, alpha=0.01, batch_size=64, progress=False)
-    decide_dataset(model, ds, 0.25, tmp_path / "d.tsv", radii=[0.1], **SETTINGS)
+    certify_dataset(model, ds, spec(), tmp_path / "c.tsv", **CERTIFY)
+    predict_dataset(model, ds, spec(), tmp_path / "p.tsv", n=200, alpha=0.01)
+    attack_dataset(model, ds, spec(), tmp_path / "a.tsv", epsilon=0.1, num_steps=2,
+                   num_noise=4, n=200, alpha=0.01)
+    decide_dataset(model, ds, spec(), tmp_path / "d.tsv", radii=[0.1], **CERTIFY)
     assert calls == []  # core's own checks never ran: the runners' ran once, by import
     smooth = Smooth(model, 3, 0.25)
     smooth.certificate(ds[0][0], 10, 200, 0.01, 64)
@@ -353,42 +360,42 @@ def test_a_larger_max_extends_a_finished_file(tmp_path, model):
     # Issue 27 item 5: --max 7 after --max 5, everything else unchanged, was refused as
     # "another run". The rows of a run depend only on its settings and (seed, idx).
     ds = ToyDataset()
-    whole = certify_dataset(model, ds, 0.25, tmp_path / "whole.tsv", max_idx=7, **SETTINGS)
-    path = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", max_idx=5, **SETTINGS)
+    whole = certify_dataset(model, ds, spec(max_idx=7), tmp_path / "whole.tsv", **CERTIFY)
+    path = certify_dataset(model, ds, spec(max_idx=5), tmp_path / "c.tsv", **CERTIFY)
     first = path.read_text().splitlines()
-    certify_dataset(model, ds, 0.25, path, max_idx=7, **SETTINGS)
+    certify_dataset(model, ds, spec(max_idx=7), path, **CERTIFY)
     assert path.read_text().splitlines()[:len(first)] == first  # appended, not rewritten
     assert rows(path) == rows(whole)
     record = json.loads((tmp_path / "c.tsv.json").read_text())
     assert record["settings"]["max_idx"] == 7
     assert record["info"]["extended_from_max_idx"] == [5]
     # ... and to all images (max_idx -1); rerunning it then has nothing to do.
-    certify_dataset(model, ds, 0.25, path, **SETTINGS)
+    certify_dataset(model, ds, spec(), path, **CERTIFY)
     assert [int(r[0]) for r in rows(path)] == list(range(12))
     before = path.read_bytes()
-    certify_dataset(model, ds, 0.25, path, **SETTINGS)
+    certify_dataset(model, ds, spec(), path, **CERTIFY)
     assert path.read_bytes() == before
 
 
 def test_a_smaller_max_than_the_files_is_refused(tmp_path, model):
     ds = ToyDataset()
-    path = certify_dataset(model, ds, 0.25, tmp_path / "c.tsv", max_idx=7, **SETTINGS)
+    path = certify_dataset(model, ds, spec(max_idx=7), tmp_path / "c.tsv", **CERTIFY)
     before = path.read_bytes(), (tmp_path / "c.tsv.json").read_bytes()
     with pytest.raises(SmoothmixError, match=r"max_idx: 7 in the file vs 5 now.*smaller max"):
-        certify_dataset(model, ds, 0.25, path, max_idx=5, **SETTINGS)
+        certify_dataset(model, ds, spec(max_idx=5), path, **CERTIFY)
     assert (path.read_bytes(), (tmp_path / "c.tsv.json").read_bytes()) == before
     # A larger max with another setting changed is still another run.
     with pytest.raises(SmoothmixError, match="another run"):
-        certify_dataset(model, ds, 0.25, path, max_idx=9, **{**SETTINGS, "n": 300})
+        certify_dataset(model, ds, spec(max_idx=9), path, **{**CERTIFY, "n": 300})
 
 
 def test_torchrun_extends_a_merged_file(tmp_path, model, monkeypatch):
     ds = ToyDataset()
-    single = certify_dataset(model, ds, 0.25, tmp_path / "single.tsv", max_idx=9, **SETTINGS)
+    single = certify_dataset(model, ds, spec(max_idx=9), tmp_path / "single.tsv", **CERTIFY)
     out = tmp_path / "dist.tsv"
     monkeypatch.setenv("WORLD_SIZE", "2")
     for max_idx in (5, 9):  # a merged 2-rank run, then the same job with a larger --max
         for rank in ("1", "0"):
             monkeypatch.setenv("RANK", rank)
-            certify_dataset(model, ds, 0.25, out, max_idx=max_idx, **SETTINGS)
+            certify_dataset(model, ds, spec(max_idx=max_idx), out, **CERTIFY)
     assert rows(out) == rows(single)

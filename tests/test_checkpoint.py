@@ -251,6 +251,7 @@ def test_registered_architecture_round_trips_through_train_load_and_certify(
     certify` (in a fresh process) certify it; without the import the CLI says what to do."""
     from smoothmix.certification import certify_dataset
     from smoothmix.data import load_dataset
+    from smoothmix.run import RunSpec
     from smoothmix.training import train
 
     exec(compile(CUSTOM_ARCH, "tiny_arch.py", "exec"), {})  # registers "tiny_cnn"
@@ -269,8 +270,8 @@ def test_registered_architecture_round_trips_through_train_load_and_certify(
             model.state_dict()["1.conv.weight"], saved["state_dict"]["1.conv.weight"])
 
     test_set = load_dataset("mnist", "test")
-    out = certify_dataset(model, test_set, 0.25, tmp_path / "c.tsv", n0=10, n=50,
-                          alpha=0.01, batch_size=50, max_idx=3, progress=False)
+    spec = RunSpec.of(0.25, batch_size=50, max_idx=3, progress=False)
+    out = certify_dataset(model, test_set, spec, tmp_path / "c.tsv", n0=10, n=50, alpha=0.01)
     rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
     assert [r[0] for r in rows] == ["0", "1", "2"]
 

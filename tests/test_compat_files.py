@@ -4,11 +4,13 @@ same file.
 
 The fixtures were written by ``tests/fixtures/results/make_fixtures.py`` running the old
 sources on a deterministic untrained lenet; ``calls.json`` beside them names each call, which
-these tests replay with the current code on the same model.
+these tests replay with the current code on the same model (in the 0.5 form: the recorded
+keywords of the run as a :class:`smoothmix.run.RunSpec`, see :func:`replay_args`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -20,12 +22,15 @@ import torch
 import smoothmix.certification as certification
 from smoothmix.analysis import read_attack, read_decisions, read_results, read_run_info
 from smoothmix.certification import merge_results, read_meta
+from smoothmix.run import RunSpec
 from smoothmix.storage.merge import merge
 from smoothmix.storage.records import read_record
 from smoothmix.targets import load_targets
 
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 VERSIONS = ("v0.2", "v0.3.0", "v0.4.0")
+# The keywords of a recorded call that belong to the run (RunSpec.of's), not to the entry point.
+RUN_KEYS = frozenset(f.name for f in dataclasses.fields(RunSpec)) | {"grid"}
 # The numbers the old code computed (its own analysis agreed when the files were written).
 CERTIFIED_AT = {0.0: 1 / 6, 0.4: 1 / 6, 0.45: 1 / 6, 0.5: 0.0}
 ACR = 0.49994145254589606 / 6
@@ -48,6 +53,15 @@ def datasets(version: str) -> tuple[object, object]:
     m = manifest(version)
     return (load_dataset("mnist", "test").subset(m["images"]),
             load_dataset("mnist", "train").subset(m["train_images"]))
+
+
+def replay_args(m: dict, kwargs: dict) -> tuple[RunSpec, dict]:
+    """A call recorded in ``calls.json`` (keywords as the releases before 0.5 took them) in
+    the 0.5 form, with the same values: the RunSpec of the manifest's sigma and identity and
+    the recorded run keywords, and the entry point's own keywords."""
+    spec = RunSpec.of(m["sigma"], identity=m["identity"],
+                      **{k: v for k, v in kwargs.items() if k in RUN_KEYS})
+    return spec, {k: v for k, v in kwargs.items() if k not in RUN_KEYS}
 
 
 def without_time(path: Path) -> list[list[str]]:
@@ -126,8 +140,8 @@ def test_a_truncated_copy_resumes_to_the_rows_the_old_code_wrote(old, name):
     (old / name).write_text("".join(lines[:keep]) + lines[keep][:7])
     test_set, _ = datasets(old.name)
     torch.set_num_threads(1)  # the fixtures ran on one thread (recorded in 0.3.0's files)
-    getattr(certification, call["function"])(model(), test_set, m["sigma"], old / name,
-                                             identity=m["identity"], **call["kwargs"])
+    spec, own = replay_args(m, call["kwargs"])
+    getattr(certification, call["function"])(model(), test_set, spec, old / name, **own)
     assert_same_rows(without_time(old / name), original)
     assert (old / name).read_text().splitlines()[:keep] == [
         line.rstrip("\n") for line in lines[:keep]]  # the old rows are kept as they were
@@ -153,11 +167,10 @@ def test_a_new_run_into_an_old_file_with_other_settings_is_refused(old):
     from smoothmix.errors import SmoothmixError
 
     m = manifest(old.name)
-    kwargs = {**m["calls"]["certify.tsv"]["kwargs"], "n": 300}
+    spec, own = replay_args(m, {**m["calls"]["certify.tsv"]["kwargs"], "n": 300})
     test_set, _ = datasets(old.name)
     with pytest.raises(SmoothmixError, match="another run"):
-        certification.certify_dataset(model(), test_set, m["sigma"], old / "certify.tsv",
-                                      identity=m["identity"], **kwargs)
+        certification.certify_dataset(model(), test_set, spec, old / "certify.tsv", **own)
 
 
 def test_a_new_run_writes_the_old_columns_as_the_old_code_did(old, tmp_path):
@@ -167,8 +180,8 @@ def test_a_new_run_writes_the_old_columns_as_the_old_code_did(old, tmp_path):
     call = m["calls"]["certify.tsv"]
     test_set, _ = datasets(old.name)
     torch.set_num_threads(1)
-    new = certification.certify_dataset(model(), test_set, m["sigma"], tmp_path / "new.tsv",
-                                        identity=m["identity"], **call["kwargs"])
+    spec, own = replay_args(m, call["kwargs"])
+    new = certification.certify_dataset(model(), test_set, spec, tmp_path / "new.tsv", **own)
     rows = without_time(new)
     original = without_time(FIXTURES / old.name / "certify.tsv")
     assert rows[0][-2:] == ["selected", "n_label"]

@@ -24,6 +24,7 @@ from smoothmix.cli import main
 from smoothmix.core import Smooth
 from smoothmix.empirical import smoothed_attack
 from smoothmix.errors import SmoothmixError
+from smoothmix.run import RunSpec
 
 SIGMA = 0.5
 HEADER = ("idx", "label", "predict", "correct", "time", "adv_predict", "distance",
@@ -76,9 +77,9 @@ def test_the_attacked_point_depends_on_the_example_seed_alone():
 
 def test_attack_file_resume_and_distances(tmp_path, mnist_model):  # noqa: F811
     net, test = mnist_model
-    opts = dict(epsilon=0.5, num_steps=5, num_noise=32, n=300, alpha=0.01, batch_size=300,
-                max_idx=6, progress=False)
-    out = attack_dataset(net, test, SIGMA, tmp_path / "a.tsv", **opts)
+    run = RunSpec.of(SIGMA, batch_size=300, max_idx=6, progress=False)
+    opts = dict(epsilon=0.5, num_steps=5, num_noise=32, n=300, alpha=0.01)
+    out = attack_dataset(net, test, run, tmp_path / "a.tsv", **opts)
     lines = out.read_text().splitlines()
     assert lines[0] == "\t".join(HEADER)
     rows = [line.split("\t") for line in lines[1:]]
@@ -92,7 +93,7 @@ def test_attack_file_resume_and_distances(tmp_path, mnist_model):  # noqa: F811
     assert meta["kind"] == "attack" and meta["settings"]["epsilon"] == 0.5
     # Resume: cut the last row in half, rerun, get the same rows back.
     out.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:3])
-    attack_dataset(net, test, SIGMA, out, **opts)
+    attack_dataset(net, test, run, out, **opts)
     again = [line.split("\t") for line in out.read_text().splitlines()[1:]]
     assert [r[:4] + r[5:] for r in again] == [r[:4] + r[5:] for r in rows]
 
@@ -106,7 +107,8 @@ def test_attack_file_resume_and_distances(tmp_path, mnist_model):  # noqa: F811
 def test_bad_attack_settings_are_one_line_errors(tmp_path, mnist_model, kwargs, message):  # noqa: F811
     net, test = mnist_model
     with pytest.raises(SmoothmixError, match=message):
-        attack_dataset(net, test, SIGMA, tmp_path / "a.tsv", progress=False, **kwargs)
+        attack_dataset(net, test, RunSpec.of(SIGMA, progress=False), tmp_path / "a.tsv",
+                       **kwargs)
     assert not (tmp_path / "a.tsv").exists()
 
 
@@ -129,11 +131,10 @@ def test_attack_cli(tmp_path):
 def test_analyze_puts_the_outcomes_beside_certified_accuracy(tmp_path, mnist_model,  # noqa: F811
                                                              capsys):
     net, test = mnist_model
-    attack = attack_dataset(net, test, SIGMA, tmp_path / "att.tsv", epsilon=0.25, num_steps=3,
-                            num_noise=16, n=300, alpha=0.01, batch_size=300, max_idx=8,
-                            progress=False)
-    cert = certify_dataset(net, test, SIGMA, tmp_path / "cert.tsv", n0=20, n=300,
-                           alpha=0.02, batch_size=300, max_idx=8, progress=False)
+    run = RunSpec.of(SIGMA, batch_size=300, max_idx=8, progress=False)
+    attack = attack_dataset(net, test, run, tmp_path / "att.tsv", epsilon=0.25, num_steps=3,
+                            num_noise=16, n=300, alpha=0.01)
+    cert = certify_dataset(net, test, run, tmp_path / "cert.tsv", n0=20, n=300, alpha=0.02)
     capsys.readouterr()
     assert main(["analyze", str(attack), str(cert), "--format", "csv"]) == 0
     header, row = capsys.readouterr().out.splitlines()
@@ -196,11 +197,11 @@ def test_certified_at_epsilon_is_no_lower_bound_on_the_kept_share(tmp_path, caps
     model, true_radius = linear_case(0.7, sigma)
     assert true_radius == pytest.approx(0.2622, abs=1e-4) and true_radius > eps
     data = Halves(images)
-    cert = certify_dataset(model, data, sigma, tmp_path / "cert.tsv", n0=100, n=100_000,
-                           alpha=alpha, batch_size=20_000, progress=False)
-    attack = attack_dataset(model, data, sigma, tmp_path / "att.tsv", epsilon=eps,
-                            num_steps=10, num_noise=64, n=10_000, alpha=alpha,
-                            batch_size=10_000, progress=False)
+    cert = certify_dataset(model, data, RunSpec.of(sigma, batch_size=20_000, progress=False),
+                           tmp_path / "cert.tsv", n0=100, n=100_000, alpha=alpha)
+    attack = attack_dataset(model, data, RunSpec.of(sigma, batch_size=10_000, progress=False),
+                            tmp_path / "att.tsv", epsilon=eps, num_steps=10, num_noise=64,
+                            n=10_000, alpha=alpha)
     crt, att = read_results(cert), read_attack(attack)
     assert np.allclose(att.distance, eps, atol=1e-5)  # the attack uses the whole ball
     certified = crt.correct & (crt.radius >= eps)
@@ -241,18 +242,19 @@ def test_files_of_the_old_format_resume_merge_and_analyse_in_their_own_format(tm
                                                                                capsys):
     model, _ = linear_case(0.7, 0.5)
     data = Halves(8)
-    opts = dict(epsilon=0.25, num_steps=4, num_noise=8, n=400, alpha=0.3, batch_size=400,
-                progress=False)
-    whole = attack_dataset(model, data, 0.5, tmp_path / "whole.tsv", **opts)
+    run = RunSpec.of(0.5, batch_size=400, progress=False)
+    opts = dict(epsilon=0.25, num_steps=4, num_noise=8, n=400, alpha=0.3)
+    whole = attack_dataset(model, data, run, tmp_path / "whole.tsv", **opts)
     assert len({line.split("\t")[7] for line in whole.read_text().splitlines()[1:]}) >= 2
     expected = to_legacy(whole)
     parts = []
     for i in range(2):
-        part = attack_dataset(model, data, 0.5, tmp_path / f"p{i}.tsv", shard=(i, 2), **opts)
+        part = attack_dataset(model, data, run.replace(shard=(i, 2)), tmp_path / f"p{i}.tsv",
+                              **opts)
         legacy = to_legacy(part)
         # An interrupted 0.1.0 run: its last row torn in half.
         part.write_text("\n".join(legacy[:-1]) + "\n" + legacy[-1][:5])
-        attack_dataset(model, data, 0.5, part, shard=(i, 2), **opts)  # resumes it
+        attack_dataset(model, data, run.replace(shard=(i, 2)), part, **opts)  # resumes it
         lines = part.read_text().splitlines()
         assert lines[0] == "\t".join(LEGACY)
         assert [drop_time(x) for x in lines] == [drop_time(x) for x in legacy]

@@ -24,6 +24,7 @@ from smoothmix.cli import main
 from smoothmix.core import ABSTAIN, Smooth, radius_from_counts
 from smoothmix.errors import SmoothmixError
 from smoothmix.grid import UNIT_BITS, GridNoise
+from smoothmix.run import RunSpec
 
 UNITS = 1 << UNIT_BITS
 SIGMA = 0.25
@@ -76,7 +77,7 @@ def test_float_noise_certifies_a_ball_that_predict_contradicts_inside():
     assert abs(float((X1 - X0).norm()) - 0.329) < 1e-3
     assert cert.prediction == 0 and cert.radius > 0.329
     assert smooth.predict(X1, 1000, 0.001, 1000, g) == 1  # inside the certified ball
-    counts, _ = smooth.sample_counts(X1, 1000, 1000, g)
+    counts = smooth.votes(X1, 1000, 1000, g).counts
     assert counts[1] > 950  # not a near tie: x1 votes 1 almost always
 
 
@@ -93,10 +94,10 @@ def test_grid_noise_removes_the_contradiction():
     g = torch.Generator().manual_seed(0)
     count = 2000
     for x, p in ((X0, p0), (X1, p1)):
-        counts, drawn = smooth.sample_counts(x, count, 1000, g, with_rejected=True)
-        assert drawn == count and int(counts[2]) == 0  # no rejection (4e-13 per sample)
+        votes = smooth.votes(x, count, 1000, g)
+        assert votes.drawn == count and int(votes.rejected) == 0  # no rejection (4e-13 each)
         sd = math.sqrt(p * (1 - p) / count)
-        assert abs(int(counts[1]) / count - p) < 4.5 * sd
+        assert abs(int(votes.counts[1]) / count - p) < 4.5 * sd
     cert = smooth.certificate(X0, 100, 2000, 0.001, 1000, g)
     assert cert.prediction == 1 and cert.radius >= 0.329
     # The contradiction of the float mode is impossible here: x1 is in the ball, and
@@ -208,7 +209,13 @@ def test_decide_pool_counts_rejections_as_failures():
 
 # -- dataset runners and CLI on real MNIST ------------------------------------------------
 
-OPTS = dict(n0=20, n=300, alpha=0.001, batch_size=300, progress=False)
+CERTIFY = dict(n0=20, n=300, alpha=0.001)  # certify_dataset's own arguments
+
+
+def spec(grid: int | None = None, **fields: object) -> RunSpec:
+    """A run at SIGMA (on the 8-bit grid with ``grid=255``), 300 noisy copies per block
+    unless ``fields`` say otherwise, without a progress bar."""
+    return RunSpec.of(SIGMA, grid=grid, **{"batch_size": 300, "progress": False, **fields})
 
 
 @pytest.fixture(scope="module")
@@ -287,8 +294,8 @@ def test_certify_dataset_records_grid_and_resume_refuses_the_other_mode(tmp_path
     from smoothmix.certification import example_seed
 
     net, test, _ = mnist
-    grid = certify_dataset(net, test, SIGMA, tmp_path / "grid.tsv", max_idx=6, grid=255, **OPTS)
-    float_ = certify_dataset(net, test, SIGMA, tmp_path / "float.tsv", max_idx=6, **OPTS)
+    grid = certify_dataset(net, test, spec(255, max_idx=6), tmp_path / "grid.tsv", **CERTIFY)
+    float_ = certify_dataset(net, test, spec(max_idx=6), tmp_path / "float.tsv", **CERTIFY)
     assert settings(grid)["grid"] == 255 and "grid" not in settings(float_)
     rows = data_rows(grid)
     assert [int(r[0]) for r in rows] == list(range(6))
@@ -306,13 +313,13 @@ def test_certify_dataset_records_grid_and_resume_refuses_the_other_mode(tmp_path
     for path, other in ((grid, None), (float_, 255)):
         before = snapshot(path)
         with pytest.raises(SmoothmixError, match="grid") as excinfo:
-            certify_dataset(net, test, SIGMA, path, max_idx=6, grid=other, **OPTS)
+            certify_dataset(net, test, spec(other, max_idx=6), path, **CERTIFY)
         one_line_error(excinfo)
         assert snapshot(path) == before
     # A grid run cut short resumes in grid mode to the same rows.
     lines = grid.read_text().splitlines(keepends=True)
     grid.write_text("".join(lines[:4]))
-    certify_dataset(net, test, SIGMA, grid, max_idx=6, grid=255, **OPTS)
+    certify_dataset(net, test, spec(255, max_idx=6), grid, **CERTIFY)
     assert data_rows(grid) == rows
 
 
@@ -321,18 +328,15 @@ def test_inputs_off_the_grid_are_refused_before_any_write(tmp_path, mnist):
     shifted = Shifted(test)
     worst = f"{float(shifted[0][0][0, 14, 14]):.5g}"
     runs = {
-        "certify": lambda ds, out: certify_dataset(net, ds, SIGMA, out, max_idx=2, grid=255,
-                                                   **OPTS),
-        "predict": lambda ds, out: predict_dataset(net, ds, SIGMA, out, n=100, alpha=0.001,
-                                                   batch_size=100, max_idx=2, grid=255,
-                                                   progress=False),
-        "attack": lambda ds, out: attack_dataset(net, ds, SIGMA, out, epsilon=0.25,
-                                                 num_steps=2, num_noise=8, n=100,
-                                                 batch_size=100, max_idx=2, grid=255,
-                                                 progress=False),
-        "decide": lambda ds, out: decide_dataset(net, ds, SIGMA, out, radii=[0.25], n=200,
-                                                 batch_size=100, max_idx=2, grid=255,
-                                                 progress=False),
+        "certify": lambda ds, out: certify_dataset(net, ds, spec(255, max_idx=2), out,
+                                                   **CERTIFY),
+        "predict": lambda ds, out: predict_dataset(net, ds, spec(255, batch_size=100, max_idx=2),
+                                                   out, n=100, alpha=0.001),
+        "attack": lambda ds, out: attack_dataset(net, ds, spec(255, batch_size=100, max_idx=2),
+                                                 out, epsilon=0.25, num_steps=2, num_noise=8,
+                                                 n=100),
+        "decide": lambda ds, out: decide_dataset(net, ds, spec(255, batch_size=100, max_idx=2),
+                                                 out, radii=[0.25], n=200),
     }
     for kind, run in runs.items():
         out = tmp_path / f"{kind}.tsv"
@@ -354,9 +358,8 @@ def test_inputs_off_the_grid_are_refused_before_any_write(tmp_path, mnist):
 @pytest.mark.slow
 def test_predict_attack_and_decide_run_on_the_grid(tmp_path, mnist):
     net, test, _ = mnist
-    common = dict(alpha=0.001, batch_size=300, max_idx=4, progress=False)
-    pred = {g: predict_dataset(net, test, SIGMA, tmp_path / f"p{g}.tsv", n=300, grid=g,
-                               **common) for g in (None, 255)}
+    pred = {g: predict_dataset(net, test, spec(g, max_idx=4), tmp_path / f"p{g}.tsv", n=300,
+                               alpha=0.001) for g in (None, 255)}
     assert settings(pred[255])["grid"] == 255
     grid_rows, float_rows = data_rows(pred[255]), data_rows(pred[None])
     assert sum(int(r[3]) for r in grid_rows) >= 3
@@ -364,8 +367,8 @@ def test_predict_attack_and_decide_run_on_the_grid(tmp_path, mnist):
     assert sum(a[2] == b[2] for a, b in zip(grid_rows, float_rows, strict=True)) >= 3
 
     epsilon = 0.5
-    attack = attack_dataset(net, test, SIGMA, tmp_path / "a.tsv", epsilon=epsilon, num_steps=3,
-                            num_noise=16, n=200, grid=255, **common)
+    attack = attack_dataset(net, test, spec(255, max_idx=4), tmp_path / "a.tsv",
+                            epsilon=epsilon, num_steps=3, num_noise=16, n=200, alpha=0.001)
     assert settings(attack)["grid"] == 255
     for row in data_rows(attack):
         distance = float(row[5])
@@ -389,8 +392,8 @@ def test_predict_attack_and_decide_run_on_the_grid(tmp_path, mnist):
                                          repr(distance)]
 
     radii = [0.25, 0.5]
-    decide = decide_dataset(net, test, SIGMA, tmp_path / "d.tsv", radii=radii, n=1000,
-                            grid=255, **{**common, "batch_size": 500})
+    decide = decide_dataset(net, test, spec(255, batch_size=500, max_idx=4), tmp_path / "d.tsv",
+                            radii=radii, n=1000, alpha=0.001)
     assert settings(decide)["grid"] == 255
     rows = data_rows(decide)
     assert [(int(r[0]), float(r[3])) for r in rows] == [(i, r) for i in range(4) for r in radii]
@@ -400,8 +403,8 @@ def test_predict_attack_and_decide_run_on_the_grid(tmp_path, mnist):
     assert all(0 < int(r[6]) <= 1000 for r in rows)
     before = snapshot(decide)
     with pytest.raises(SmoothmixError, match="grid"):  # resume in the other mode: refused
-        decide_dataset(net, test, SIGMA, decide, radii=radii, n=1000,
-                       **{**common, "batch_size": 500})
+        decide_dataset(net, test, spec(batch_size=500, max_idx=4), decide, radii=radii,
+                       n=1000, alpha=0.001)
     assert snapshot(decide) == before
 
 
@@ -421,8 +424,9 @@ def test_cli_grid_end_to_end_and_analyze_warns_about_mixed_noise(tmp_path, mnist
     assert settings(grid)["dataset"] == "mnist"
     # The CLI's rows are certify_dataset's with grid=255 on the checkpoint's model.
     model, _ = load_model(ckpt)
-    api = certify_dataset(model, test, SIGMA, tmp_path / "api.tsv", max_idx=4, grid=255,
-                          identity={"dataset": "mnist", "split": "test"}, **OPTS)
+    api = certify_dataset(model, test,
+                          spec(255, max_idx=4, identity={"dataset": "mnist", "split": "test"}),
+                          tmp_path / "api.tsv", **CERTIFY)
     assert data_rows(grid) == data_rows(api)
     # Resuming without --grid: one line, exit 2, the file unchanged.
     before = snapshot(grid)

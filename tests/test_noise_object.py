@@ -77,6 +77,7 @@ class UniformNoise(Noise):
 def test_a_third_noise_needs_one_class(tmp_path):
     from smoothmix.certification import certify_dataset
     from smoothmix.data.datasets import TensorImageDataset
+    from smoothmix.run import RunSpec
     from smoothmix.storage.records import read_meta
 
     noise = UniformNoise(0.5)
@@ -84,8 +85,8 @@ def test_a_third_noise_needs_one_class(tmp_path):
     assert votes.drawn == 100 and votes.rejected == 0 and int(votes.counts.sum()) == 100
     data = TensorImageDataset(torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8),
                               torch.zeros(3, dtype=torch.long), num_classes=3, name="t")
-    out = certify_dataset(net(), data, noise, tmp_path / "u.tsv", n0=10, n=100,
-                          alpha=0.01, batch_size=50, progress=False)
+    out = certify_dataset(net(), data, RunSpec(noise, batch_size=50, progress=False),
+                          tmp_path / "u.tsv", n0=10, n=100, alpha=0.01)
     assert read_meta(out, True)["settings"]["uniform"] is True
     assert isinstance(Noise.from_settings(0.5, {"uniform": True}), UniformNoise)
 
@@ -96,7 +97,7 @@ def test_votes_record_and_cohens_sample_noise():
     assert isinstance(votes, Votes) and votes.counts.shape == (3,) and votes.drawn == 300
     counts = smooth._sample_noise(image(), 300, 100)
     assert isinstance(counts, np.ndarray) and counts.shape == (3,) and counts.sum() == 300
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(DeprecationWarning, match="Smooth.sample_counts is deprecated"):
         old, drawn = smooth.sample_counts(image(), 300, 100, torch.Generator().manual_seed(1),
                                           with_rejected=True)
     assert old.tolist() == [*votes.counts.tolist(), 0] and drawn == 300

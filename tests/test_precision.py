@@ -15,6 +15,7 @@ from smoothmix.certification import certify_dataset, merge_results
 from smoothmix.checkpoint import load_checkpoint
 from smoothmix.cli import main
 from smoothmix.errors import SmoothmixError
+from smoothmix.run import RunSpec
 
 TINY = ["--dataset", "mnist", "--arch", "lenet", "--train-subset", "64", "--test-subset", "32",
         "--device", "cpu", "--no-progress", "--epochs", "1"]
@@ -42,7 +43,9 @@ def conv_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3)).eval()
 
 
-SETTINGS = dict(n0=10, n=200, alpha=0.01, batch_size=100, progress=False)
+CERTIFY = dict(n0=10, n=200, alpha=0.01)  # certify_dataset's own arguments
+RUN = RunSpec.of(0.25, batch_size=100, progress=False)
+BF16 = RUN.replace(execution={"precision": "bf16"})
 
 
 def one_line_error(capsys, argv: list[str]) -> str:
@@ -55,20 +58,20 @@ def one_line_error(capsys, argv: list[str]) -> str:
 
 def test_bf16_certification_is_recorded_and_resume_and_merge_refuse_another(tmp_path):
     model, data = conv_net(), Images()
-    out = certify_dataset(model, data, 0.25, tmp_path / "b.tsv", **SETTINGS,
-                          execution={"precision": "bf16"})
+    out = certify_dataset(model, data, BF16, tmp_path / "b.tsv", **CERTIFY)
     settings = json.loads((tmp_path / "b.tsv.json").read_text())["settings"]
     assert settings["precision"] == "bf16" and settings["layout"] == "channels_last"
     before = out.read_bytes()
     with pytest.raises(SmoothmixError, match="precision: 'bf16' in the file vs 'fp32'") as e:
-        certify_dataset(model, data, 0.25, out, **SETTINGS, execution={"precision": "fp32"})
+        certify_dataset(model, data, RUN.replace(execution={"precision": "fp32"}), out,
+                        **CERTIFY)
     assert "\n" not in str(e.value) and out.read_bytes() == before
-    certify_dataset(model, data, 0.25, out, **SETTINGS)  # no flag: the recorded bf16
+    certify_dataset(model, data, RUN, out, **CERTIFY)  # no flag: the recorded bf16
     assert out.read_bytes() == before  # complete already
     # Shards of one run in two precisions do not merge.
     for i, p in enumerate(("bf16", "fp32")):
-        certify_dataset(model, data, 0.25, tmp_path / f"s{i}.tsv", **SETTINGS, shard=(i, 2),
-                        execution={"precision": p})
+        certify_dataset(model, data, RUN.replace(shard=(i, 2), execution={"precision": p}),
+                        tmp_path / f"s{i}.tsv", **CERTIFY)
     with pytest.raises(SmoothmixError, match="precision"):
         merge_results(tmp_path / "m.tsv", [tmp_path / "s0.tsv", tmp_path / "s1.tsv"])
     assert not (tmp_path / "m.tsv").exists()
@@ -76,9 +79,8 @@ def test_bf16_certification_is_recorded_and_resume_and_merge_refuse_another(tmp_
 
 def test_bf16_changes_the_votes_little_on_the_same_noise(tmp_path):
     model, data = conv_net(), Images()
-    a = certify_dataset(model, data, 0.25, tmp_path / "a.tsv", **SETTINGS)
-    b = certify_dataset(model, data, 0.25, tmp_path / "b.tsv", **SETTINGS,
-                        execution={"precision": "bf16"})
+    a = certify_dataset(model, data, RUN, tmp_path / "a.tsv", **CERTIFY)
+    b = certify_dataset(model, data, BF16, tmp_path / "b.tsv", **CERTIFY)
     rows = [[line.split("\t") for line in p.read_text().splitlines()[1:]] for p in (a, b)]
     for ra, rb in zip(*rows, strict=True):
         assert abs(int(ra[8]) - int(rb[8])) <= 20  # n_a within 10 % of n on the same noise
@@ -86,9 +88,8 @@ def test_bf16_changes_the_votes_little_on_the_same_noise(tmp_path):
 
 def test_analyze_warns_when_files_differ_in_precision(tmp_path, capsys):
     model, data = conv_net(), Images()
-    certify_dataset(model, data, 0.25, tmp_path / "a.tsv", **SETTINGS)
-    certify_dataset(model, data, 0.25, tmp_path / "b.tsv", **SETTINGS,
-                    execution={"precision": "bf16"})
+    certify_dataset(model, data, RUN, tmp_path / "a.tsv", **CERTIFY)
+    certify_dataset(model, data, BF16, tmp_path / "b.tsv", **CERTIFY)
     capsys.readouterr()
     assert main(["analyze", str(tmp_path / "a.tsv"), str(tmp_path / "b.tsv")]) == 0
     captured = capsys.readouterr()
@@ -187,6 +188,7 @@ def test_diagnose_and_targets_take_the_precision(tmp_path):
     with pytest.raises(SmoothmixError, match="unknown precision"):
         overconfidence(model, x, y, 0.5, 10, num_steps=1, n=50, progress=False,
                        precision="half")
-    out = build_targets(model, test.subset(3), 0.25, tmp_path / "t.npz", n=20,
-                        progress=False, precision="bf16")
+    out = build_targets(model, test.subset(3),
+                        RunSpec.of(0.25, progress=False, execution={"precision": "bf16"}),
+                        tmp_path / "t.npz", n=20)
     assert Path(out).exists()

@@ -75,14 +75,15 @@ def test_certification_and_diagnostic_report_progress_in_logs(tmp_path, capsys,
     from smoothmix.certification import certify_dataset
     from smoothmix.data import TensorImageDataset
     from smoothmix.diagnostics import overconfidence
+    from smoothmix.run import RunSpec
 
     monkeypatch.setattr(progress_module, "INTERVAL_S", 0.0)  # a line on every update
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
     images = torch.randint(0, 255, (6, 1, 2, 2), dtype=torch.uint8)
     data = TensorImageDataset(images, torch.arange(6) % 3, 3, "tiny")
-    certify_dataset(model, data, 0.5, tmp_path / "c.tsv", n0=10, n=20, batch_size=20,
-                    skip=2)
+    certify_dataset(model, data, RunSpec.of(0.5, batch_size=20, skip=2), tmp_path / "c.tsv",
+                    n0=10, n=20)
     err = capsys.readouterr().err
     assert "certify c.tsv: 0/3 img (0%), ETA unknown" in err
     assert "certify c.tsv: 3/3 img (100%)" in err

@@ -17,6 +17,10 @@ from smoothmix.noise import GaussianNoise, GridGaussianNoise
 from smoothmix.run import RunSpec, as_spec
 from smoothmix.targets import build_targets, load_targets
 
+# The warning of the form before 0.5 (sigma and the spec's fields as keywords).
+DEPRECATED = (r"certify_dataset\(.*\) is deprecated; pass a smoothmix\.run\.RunSpec "
+              "instead of sigma")
+
 
 def net() -> nn.Module:
     torch.manual_seed(0)
@@ -34,7 +38,7 @@ def test_the_spec_and_the_old_keywords_write_the_same_file(tmp_path):
                    identity={"dataset": "t"})
     new = certify_dataset(net(), data(), spec, tmp_path / "new.tsv", n0=10, n=100,
                           alpha=0.01)
-    with pytest.warns(DeprecationWarning, match="RunSpec"):
+    with pytest.warns(DeprecationWarning, match=DEPRECATED):
         old = certify_dataset(net(), data(), 0.5, tmp_path / "old.tsv", n0=10, n=100,
                               alpha=0.01, batch_size=50, seed=3, skip=2, progress=False,
                               identity={"dataset": "t"})
@@ -85,7 +89,9 @@ def test_spec_refuses_a_max_idx_that_is_neither_all_nor_a_bound(max_idx):
         RunSpec.of(0.5, max_idx=max_idx)
     with pytest.raises(SmoothmixError, match="max_idx"):
         RunSpec.of(0.5).replace(max_idx=max_idx)
-    with pytest.raises(SmoothmixError, match="max_idx"):  # the legacy keywords too
+    # The legacy keywords too (they warn before the spec they build refuses the value).
+    with (pytest.warns(DeprecationWarning, match=DEPRECATED),
+          pytest.raises(SmoothmixError, match="max_idx")):
         certify_dataset(net(), data(2), 0.5, "never-written.tsv", max_idx=max_idx)
 
 

@@ -18,6 +18,7 @@ from torch import nn
 import smoothmix.sequences as seq
 from smoothmix.certification import decide_dataset
 from smoothmix.errors import SmoothmixError
+from smoothmix.run import RunSpec
 
 SIGMA = 1.0
 
@@ -96,9 +97,10 @@ def test_union_schedule_and_levels():
 def false_claim_rate(tmp_path, sequence: str, p: float, p0: float, alpha: float, images: int,
                      cap: int, use_label: bool = True, batch: int = 256) -> float:
     r0 = SIGMA * norm.ppf(p0)
-    out = decide_dataset(Bernoulli(p), Zeros(images), SIGMA, tmp_path / f"{sequence}{p}.tsv",
+    run = RunSpec.of(SIGMA, batch_size=batch, progress=False)
+    out = decide_dataset(Bernoulli(p), Zeros(images), run, tmp_path / f"{sequence}{p}.tsv",
                          radii=[0.0, r0], sequence=sequence, n0=9, n=cap, alpha=alpha,
-                         batch_size=batch, use_label=use_label, progress=False)
+                         use_label=use_label)
     return float(claims(out, r0).mean())
 
 
@@ -129,9 +131,9 @@ def test_the_harness_catches_an_unsound_sequence(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("sequence", seq.SEQUENCES)
 def test_confident_images_are_decided_in_few_samples(tmp_path, sequence):
-    out = decide_dataset(Bernoulli(0.999), Zeros(40), SIGMA, tmp_path / "c.tsv",
-                         radii=[0.5, 1.0], sequence=sequence, n=10_000, alpha=0.001,
-                         batch_size=256, progress=False)
+    out = decide_dataset(Bernoulli(0.999), Zeros(40),
+                         RunSpec.of(SIGMA, batch_size=256, progress=False), tmp_path / "c.tsv",
+                         radii=[0.5, 1.0], sequence=sequence, n=10_000, alpha=0.001)
     rows = read(out)
     assert all(r[4] == "certified" and r[5] == "1" for r in rows)
     used = np.array([int(r[6]) for r in rows])
@@ -146,9 +148,9 @@ def test_linear_classifier_end_to_end(tmp_path, sequence, linear2):
     true_radius = sigma * norm.ppf(0.9)
     model = linear2(5 * true_radius)
     radii = [0.5 * true_radius, 1.01 * true_radius, 1.5 * true_radius]
-    out = decide_dataset(model, Zeros(images), sigma, tmp_path / "lin.tsv", radii=radii,
-                         sequence=sequence, n=2000, alpha=alpha, batch_size=500,
-                         progress=False)
+    out = decide_dataset(model, Zeros(images), RunSpec.of(sigma, batch_size=500, progress=False),
+                         tmp_path / "lin.tsv", radii=radii, sequence=sequence, n=2000,
+                         alpha=alpha)
     beyond = np.concatenate([claims(out, r) for r in radii[1:]])
     assert beyond.reshape(2, -1).any(axis=0).mean() <= tolerance(alpha, images)
     assert claims(out, radii[0]).mean() > 0.9  # power well inside the true radius
@@ -166,8 +168,8 @@ def test_batches_are_full_while_images_remain(tmp_path):
             joined.append(len(model.batches))
             return super().__getitem__(i)
 
-    decide_dataset(model, Watched(200), SIGMA, tmp_path / "b.tsv", radii=[0.0, 1.0], n=500,
-                   alpha=0.01, batch_size=128, progress=False)
+    decide_dataset(model, Watched(200), RunSpec.of(SIGMA, batch_size=128, progress=False),
+                   tmp_path / "b.tsv", radii=[0.0, 1.0], n=500, alpha=0.01)
     sizes = model.batches
     assert len(joined) == 200 and joined[-1] > 100
     # Every batch before the one the last image joined is full; only the tail runs short.
@@ -175,22 +177,21 @@ def test_batches_are_full_while_images_remain(tmp_path):
 
 
 def test_rows_do_not_depend_on_batching_and_resume_after_a_torn_example(tmp_path):
-    kwargs = dict(radii=[0.0, 0.5, 1.0], n=400, alpha=0.01, progress=False)
-    whole = decide_dataset(Bernoulli(0.8), Zeros(30), SIGMA, tmp_path / "w.tsv",
-                           batch_size=64, **kwargs)
-    other = decide_dataset(Bernoulli(0.8), Zeros(30), SIGMA, tmp_path / "o.tsv",
-                           batch_size=1000, **kwargs)
+    kwargs = dict(radii=[0.0, 0.5, 1.0], n=400, alpha=0.01)
+    run = RunSpec.of(SIGMA, batch_size=64, progress=False)
+    whole = decide_dataset(Bernoulli(0.8), Zeros(30), run, tmp_path / "w.tsv", **kwargs)
+    other = decide_dataset(Bernoulli(0.8), Zeros(30), run.replace(batch_size=1000),
+                           tmp_path / "o.tsv", **kwargs)
     key = sorted  # rows are written in the order examples finish
     assert key(read(whole)) == key(read(other))
     # A crash in the middle of an example's rows: two of its three rows and half a line.
     lines = whole.read_text().splitlines(keepends=True)
     part = tmp_path / "w.tsv"
     part.write_text("".join(lines[:1 + 3 * 10 + 2]) + lines[1 + 3 * 10 + 2][:4])
-    decide_dataset(Bernoulli(0.8), Zeros(30), SIGMA, part, batch_size=64, **kwargs)
+    decide_dataset(Bernoulli(0.8), Zeros(30), run, part, **kwargs)
     assert key(read(part)) == key(read(other))
     with pytest.raises(SmoothmixError, match="another run"):
-        decide_dataset(Bernoulli(0.8), Zeros(30), SIGMA, part, batch_size=64,
-                       **{**kwargs, "radii": [0.0, 0.5]})
+        decide_dataset(Bernoulli(0.8), Zeros(30), run, part, **{**kwargs, "radii": [0.0, 0.5]})
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -202,16 +203,17 @@ def test_rows_do_not_depend_on_batching_and_resume_after_a_torn_example(tmp_path
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, kwargs, message):
     with pytest.raises(SmoothmixError, match=message):
-        decide_dataset(Bernoulli(0.9), Zeros(3), SIGMA, tmp_path / "x.tsv", progress=False,
-                       **kwargs)
+        decide_dataset(Bernoulli(0.9), Zeros(3), RunSpec.of(SIGMA, progress=False),
+                       tmp_path / "x.tsv", **kwargs)
     assert not (tmp_path / "x.tsv").exists()
 
 
 def test_analyze_reads_decisions(tmp_path, capsys):
     from smoothmix.cli import main
 
-    out = decide_dataset(Bernoulli(0.8), Zeros(20), SIGMA, tmp_path / "d.tsv",
-                         radii=[0.25, 1.0], n=300, alpha=0.05, batch_size=100, progress=False)
+    out = decide_dataset(Bernoulli(0.8), Zeros(20),
+                         RunSpec.of(SIGMA, batch_size=100, progress=False), tmp_path / "d.tsv",
+                         radii=[0.25, 1.0], n=300, alpha=0.05)
     rows = read(out)
     capsys.readouterr()
     assert main(["analyze", str(out), "--format", "csv"]) == 0
@@ -235,8 +237,9 @@ def test_a_release_02_radius_file_resumes_merges_and_analyses_to_the_same_number
     from smoothmix.analysis import read_decisions, read_results
     from smoothmix.cli import main
 
-    kwargs = dict(radii=[0.25, 1.0], n=300, alpha=0.05, batch_size=100, progress=False)
-    new = decide_dataset(Bernoulli(0.8), Zeros(12), SIGMA, tmp_path / "new.tsv", **kwargs)
+    run = RunSpec.of(SIGMA, batch_size=100, progress=False)
+    kwargs = dict(radii=[0.25, 1.0], n=300, alpha=0.05)
+    new = decide_dataset(Bernoulli(0.8), Zeros(12), run, tmp_path / "new.tsv", **kwargs)
     old = tmp_path / "old.tsv"
     lines = new.read_text().splitlines(keepends=True)
     old.write_text(LEGACY_HEADER + "\n" + "".join(lines[1:1 + 2 * 5]) + lines[11][:3])
@@ -244,7 +247,7 @@ def test_a_release_02_radius_file_resumes_merges_and_analyses_to_the_same_number
     for key in ("precision", "layout", "chunk", "compile", "threads"):
         del meta["settings"][key]
     (tmp_path / "old.tsv.json").write_text(json.dumps(meta))
-    decide_dataset(Bernoulli(0.8), Zeros(12), SIGMA, old, **kwargs)  # resumes, repairs
+    decide_dataset(Bernoulli(0.8), Zeros(12), run, old, **kwargs)  # resumes, repairs
     text = old.read_text().splitlines()
     assert text[0] == LEGACY_HEADER and len(text) == len(lines)
     a, b = read_decisions(new), read_decisions(old)

@@ -85,9 +85,9 @@ def image(i: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_sample_counts_and_certificates_are_pinned(name):
     smooth = Smooth(net(), 3, 0.5, **SETTINGS[name])
-    counts, drawn = smooth.sample_counts(image(0), 600, 100, torch.Generator().manual_seed(1),
-                                         with_rejected=True)
-    assert [counts.tolist(), drawn] == EXPECTED[f"counts_{name}"]
+    votes = smooth.votes(image(0), 600, 100, torch.Generator().manual_seed(1))
+    counts = [*votes.counts.tolist(), int(votes.rejected)]  # the rejected draws last
+    assert [counts, votes.drawn] == EXPECTED[f"counts_{name}"]
     cert = smooth.certificate(image(1), 20, 300, 0.001, 64, torch.Generator().manual_seed(2))
     assert list(cert[:6]) == EXPECTED[f"cert_{name}"]
     assert (cert.selected, cert.n_label) == (EXPECTED_SELECTED[name][0], -1)  # no label given

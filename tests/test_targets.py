@@ -20,6 +20,7 @@ from smoothmix.data import load_dataset
 from smoothmix.data.datasets import TensorImageDataset
 from smoothmix.errors import SmoothmixError
 from smoothmix.models import create_model
+from smoothmix.run import RunSpec
 from smoothmix.storage.arrays import write_arrays
 from smoothmix.targets import (
     build_targets,
@@ -56,11 +57,13 @@ def halfspace_model() -> HalfSpace:
     return HalfSpace(torch.tensor([1.0, -0.5, 0.8, 0.3]), 0.8)
 
 
-def build(data, path, **kw):
-    kw.setdefault("n", 200)
-    kw.setdefault("batch_size", 64)
-    kw.setdefault("identity", {"dataset": "halfspace", "split": "train"})
-    return build_targets(halfspace_model(), data, SIGMA, path, progress=False, **kw)
+def build(data, path, n: int = 200, augment: bool | None = None, **fields):
+    """build_targets of the half-space model at SIGMA; ``fields`` of the RunSpec over these
+    tests' (64 noisy copies per block, the half-space identity, no progress bar)."""
+    spec = RunSpec.of(SIGMA, **{"batch_size": 64, "progress": False,
+                                "identity": {"dataset": "halfspace", "split": "train"},
+                                **fields})
+    return build_targets(halfspace_model(), data, spec, path, n=n, augment=augment)
 
 
 # ---- the votes ---------------------------------------------------------------------------

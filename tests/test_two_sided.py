@@ -34,6 +34,7 @@ from smoothmix.certification import certify_dataset
 from smoothmix.cli import main
 from smoothmix.core import Smooth, clopper_pearson_lower, clopper_pearson_upper, radius_from_counts
 from smoothmix.errors import SmoothmixError
+from smoothmix.run import RunSpec
 
 PHI_INV = NormalDist().inv_cdf  # not scipy's: the hand computation shares nothing with core
 
@@ -487,8 +488,9 @@ class BandData:
         return x, int(label)
 
 
-FILE_SETTINGS = dict(n0=20, n=400, alpha=0.01, batch_size=128, progress=False, seed=5)
 FILE_SIGMA = 0.5 / 4
+FILE_SPEC = RunSpec.of(FILE_SIGMA, batch_size=128, progress=False, seed=5)
+FILE_SETTINGS = dict(n0=20, n=400, alpha=0.01)  # certify_dataset's own arguments
 THRESHOLDS = [(t + 1) / 4 for t in (-0.3, 0.0, 0.3)]
 
 
@@ -503,7 +505,7 @@ def file_rows(path) -> dict[int, dict[str, str]]:
 def result_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("two_sided")
     model = Bands(THRESHOLDS)
-    files = {bound: certify_dataset(model, BandData(), FILE_SIGMA, root / f"{bound}.tsv",
+    files = {bound: certify_dataset(model, BandData(), FILE_SPEC, root / f"{bound}.tsv",
                                     bound=bound, **FILE_SETTINGS)
              for bound in ("cohen", "two-sided")}
     return model, files
@@ -555,12 +557,12 @@ def test_resuming_with_another_bound_is_refused(tmp_path, result_files, written,
         files[written].with_name(files[written].name + ".json").read_text())
     before = (path.read_bytes(), path.with_name("part.tsv.json").read_bytes())
     with pytest.raises(SmoothmixError) as info:
-        certify_dataset(model, BandData(), FILE_SIGMA, path, bound=other, **FILE_SETTINGS)
+        certify_dataset(model, BandData(), FILE_SPEC, path, bound=other, **FILE_SETTINGS)
     message = str(info.value)
     assert "bound" in message and len(message.splitlines()) == 1, message
     assert (path.read_bytes(), path.with_name("part.tsv.json").read_bytes()) == before
     # The same bound resumes it.
-    certify_dataset(model, BandData(), FILE_SIGMA, path, bound=written, **FILE_SETTINGS)
+    certify_dataset(model, BandData(), FILE_SPEC, path, bound=written, **FILE_SETTINGS)
     untimed = lambda rows: {i: {k: v for k, v in r.items() if k != "time"}  # noqa: E731
                             for i, r in rows.items()}
     assert untimed(file_rows(path)) == untimed(file_rows(files[written]))
