@@ -24,6 +24,7 @@ from smoothmix.certification import certify_dataset
 from smoothmix.checkpoint import load_model
 from smoothmix.data import load_dataset
 from smoothmix.execution import describe_cpu
+from smoothmix.run import RunSpec
 
 
 def main() -> None:
@@ -44,9 +45,10 @@ def main() -> None:
     files = {}
     for precision in ("fp32", "bf16"):
         start = time.perf_counter()
-        files[precision] = certify_dataset(
-            model, test, args.sigma, out / f"certify_{precision}.tsv", n=args.n,
-            skip=args.skip, progress=False, execution={"precision": precision})
+        spec = RunSpec.of(args.sigma, skip=args.skip, progress=False,
+                          execution={"precision": precision})
+        files[precision] = certify_dataset(model, test, spec,
+                                           out / f"certify_{precision}.tsv", n=args.n)
         print(f"  {precision}: {time.perf_counter() - start:.0f} s (this invocation)")
     a, b = (read_results(files[p]) for p in ("fp32", "bf16"))
     assert (a.idx == b.idx).all()

@@ -32,6 +32,7 @@ from smoothmix.certification import certify_dataset, decide_dataset
 from smoothmix.checkpoint import load_model
 from smoothmix.data import load_dataset
 from smoothmix.device import resolve_device
+from smoothmix.run import RunSpec
 
 SIGMA = 0.5
 CERTIFY_COST = 100_100  # n0 + N of the published protocol
@@ -92,15 +93,15 @@ def main() -> None:
     model, _ = load_model(checkpoint, device)
     test = load_dataset("mnist", "test")
     skip = max(1, len(test) // args.images)
-    common = dict(alpha=args.alpha, batch_size=args.batch, skip=skip,
-                  max_idx=skip * args.images, progress=False)
+    spec = RunSpec.of(SIGMA, batch_size=args.batch, skip=skip, max_idx=skip * args.images,
+                      progress=False)
     print(f"device {device}, load average {os.getloadavg()[0]:.2f}; {args.images} test "
           f"images (every {skip}th), sigma={SIGMA}, alpha={args.alpha}, results in {outdir}")
 
     table = []
     start = time.perf_counter()
-    fixed = certify_dataset(model, test, SIGMA, outdir / f"certify_n{args.n}.tsv",
-                            n=args.n, **common)
+    fixed = certify_dataset(model, test, spec, outdir / f"certify_n{args.n}.tsv",
+                            n=args.n, alpha=args.alpha)
     seconds = time.perf_counter() - start
     res = read_results(fixed)
     samples = np.loadtxt(fixed, skiprows=1, usecols=6, ndmin=1)  # the samples column
@@ -110,10 +111,10 @@ def main() -> None:
         for name in sequences:
             start = time.perf_counter()
             suffix = "" if mode == "label" else "_deployment"
-            path = decide_dataset(model, test, SIGMA,
+            path = decide_dataset(model, test, spec,
                                   outdir / f"decide_{name}_cap{args.cap}{suffix}.tsv",
                                   radii=radii, sequence=name, n=args.cap,
-                                  use_label=mode == "label", **common)
+                                  use_label=mode == "label", alpha=args.alpha)
             seconds = time.perf_counter() - start
             for r, (mean, acc) in decision_table(path, radii).items():
                 table.append((f"{name} (cap {args.cap}, {mode} mode)", r, mean, acc, seconds))

@@ -34,6 +34,7 @@ from smoothmix.checkpoint import load_model
 from smoothmix.core import Smooth
 from smoothmix.data import load_dataset
 from smoothmix.execution import describe_cpu
+from smoothmix.run import RunSpec
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 
@@ -82,11 +83,10 @@ def acr(model, sigma: float, test, out_dir: Path, skip: int, n0: int, n: int, ba
     files = {}
     for mode, grid in (("gaussian", None), ("grid255", 255)):
         start = time.perf_counter()
-        files[mode] = certify_dataset(model, test, sigma, out_dir / f"certify_{mode}.tsv",
-                                      n0=n0, n=n, alpha=alpha, batch_size=batch, skip=skip,
-                                      grid=grid, identity={"dataset": "mnist",
-                                                           "split": "test"},
-                                      progress=False)
+        spec = RunSpec.of(sigma, grid=grid, batch_size=batch, skip=skip,
+                          identity={"dataset": "mnist", "split": "test"}, progress=False)
+        files[mode] = certify_dataset(model, test, spec, out_dir / f"certify_{mode}.tsv",
+                                      n0=n0, n=n, alpha=alpha)
         print(f"{mode}: certify_dataset {time.perf_counter() - start:.1f} s -> {files[mode]}",
               flush=True)
     results = {mode: read_results(path) for mode, path in files.items()}

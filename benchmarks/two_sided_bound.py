@@ -33,6 +33,7 @@ from smoothmix.checkpoint import file_sha256, load_model
 from smoothmix.core import radius_from_counts
 from smoothmix.data import load_dataset
 from smoothmix.device import resolve_device
+from smoothmix.run import RunSpec
 
 
 def read_rows(path: Path) -> dict[str, np.ndarray]:
@@ -89,10 +90,11 @@ def main() -> None:
           f"{args.images} test images (every {skip}th), sigma={sigma:g}, n0={args.n0}, "
           f"N={args.n}, alpha={args.alpha}; results in {out}")
     start = time.perf_counter()
-    certify_dataset(model, test, sigma, out, n0=args.n0, n=args.n, alpha=args.alpha,
-                    batch_size=args.batch, skip=skip, max_idx=skip * args.images,
-                    identity=identity, progress=False, bound="cohen",
-                    execution={"threads": args.threads} if args.threads else None)
+    spec = RunSpec.of(sigma, batch_size=args.batch, skip=skip, max_idx=skip * args.images,
+                      identity=identity, progress=False,
+                      execution={"threads": args.threads} if args.threads else {})
+    certify_dataset(model, test, spec, out, n0=args.n0, n=args.n, alpha=args.alpha,
+                    bound="cohen")
     seconds = time.perf_counter() - start
 
     rows = read_rows(out)
