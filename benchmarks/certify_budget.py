@@ -1,4 +1,4 @@
-"""Samples per decision: confidence sequences (``certify --radius``) against fixed-N CERTIFY.
+"""Samples per decision: confidence sequences (``certify --radii``) against fixed-N CERTIFY.
 
 On an MNIST sigma = 0.5 model (``--checkpoint``, or a small Gaussian-trained LeNet trained
 here through the training API) and the same test images, this runs

@@ -98,7 +98,7 @@ def test_skip_wrong_flag_reaches_the_file(tmp_path, ckpts):
 def test_radius_mode_writes_decisions_and_resumes(tmp_path, ckpts):
     out = tmp_path / "r.tsv"
     argv = ["certify", str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25",
-            "--max-idx", "4", "--radius", "0.1,0.2", "--sequence", "union", "--no-label",
+            "--max-idx", "4", "--radii", "0.1,0.2", "--sequence", "union", "--no-label",
             "--n0", "10", "--num-samples", "300", "--alpha", "0.01", "--noise-batch", "100",
             "--no-progress", "--out", str(out)]
     assert main(argv) == 0
@@ -141,24 +141,48 @@ def test_radius_shards_merge_to_a_single_run(tmp_path, ckpts, capsys):
     assert main(["merge", str(tmp_path / "m.tsv"), str(tmp_path / "s1.tsv"),
                  str(tmp_path / "s0.tsv")]) == 0
     assert data_rows(tmp_path / "m.tsv") == data_rows(tmp_path / "all.tsv")
-    capsys.readouterr()
-    assert main(["certify", *common[:-2], "--radius", "0.1,0.2",
-                 "--out", str(tmp_path / "all.tsv")]) == 0  # the old spelling still works
-    assert "smoothmix: --radius is deprecated (until 0.6); use --radii" in \
-        capsys.readouterr().err
 
 
-def test_batch_is_the_deprecated_spelling_of_noise_batch(tmp_path, ckpts, capsys):
+# The spellings deprecated in 0.4/0.5 and removed in 0.6 (CHANGELOG.md): each is now a usage
+# error, exit 2, on one line that names its replacement, before anything is read or written.
+@pytest.mark.parametrize("argv, old, new", [
+    (["certify", "m.pth", "--dataset", "mnist", "--radius", "0.1,0.2"], "--radius", "--radii"),
     # One meaning per flag name: --batch is images per optimiser step in train.
-    base = [str(ckpts["lenet"]), "--dataset", "mnist", "--sigma", "0.25", "--max-idx", "3",
-            "--device", "cpu", "--n0", "10", "--n", "100", "--alpha", "0.01", "--no-progress"]
-    capsys.readouterr()
-    assert main(["certify", *base, "--noise-batch", "50", "--out", str(tmp_path / "a.tsv")]) == 0
-    assert "deprecated" not in capsys.readouterr().err
-    assert main(["certify", *base, "--batch", "50", "--out", str(tmp_path / "b.tsv")]) == 0
-    assert "smoothmix: --batch is deprecated (until 0.6); use --noise-batch" in \
-        capsys.readouterr().err
-    assert data_rows(tmp_path / "a.tsv") == data_rows(tmp_path / "b.tsv")
+    (["certify", "m.pth", "--dataset", "mnist", "--batch", "50"], "--batch", "--noise-batch"),
+    (["predict", "m.pth", "--batch=50"], "--batch", "--noise-batch"),
+    (["attack", "m.pth", "--epsilon", "0.5", "--batch", "50"], "--batch", "--noise-batch"),
+    (["targets", "m.pth", "--dataset", "mnist", "--batch", "50"], "--batch", "--noise-batch"),
+])
+def test_removed_spellings_are_one_line_errors_naming_the_new_one(tmp_path, capsys, argv, old,
+                                                                  new):
+    out = tmp_path / ("out.npz" if argv[0] == "targets" else "out.tsv")
+    with pytest.raises(SystemExit) as excinfo:
+        main([*argv, "--out", str(out)])
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"smoothmix {argv[0]}: error: unrecognized arguments: "
+                   f"{' '.join(argv[argv.index(old) if old in argv else -1:])} ({old} is now "
+                   f"{new}; the old spelling was removed in 0.6) (see smoothmix {argv[0]} "
+                   "--help)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_removed_targets_merge_command_names_merge(tmp_path, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main(["targets-merge", str(tmp_path / "t.npz"), str(tmp_path / "t.rank0of2.npz")])
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("smoothmix: error: ")
+    assert "invalid choice: 'targets-merge'" in err
+    assert "(targets-merge is now merge; the old spelling was removed in 0.6)" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_removed_spelling_beside_a_missing_option_is_named_too(capsys):
+    # argparse stops at the missing --out before it lists the unknown flags.
+    with pytest.raises(SystemExit):
+        main(["certify", "m.pth", "--radius", "0.1"])
+    assert "(did you mean --radii for --radius?)" in capsys.readouterr().err
 
 
 def test_shard_jobs_and_merge_equal_a_single_run(tmp_path, ckpts):

@@ -194,7 +194,7 @@ def test_each_default_is_declared_once_for_python_and_the_shell():
     assert {k: signature(predict_dataset)[k] for k in ("n", "alpha")} == \
         {k: defaults("predict")[0][k] for k in ("n", "alpha")}
     assert certify["batch"] == RunSpec.batch_size == defaults("targets")[0]["batch"]
-    for text in ("(default 100)", "(default 100000)", "(default 0.001)", "(default 1000;",
+    for text in ("(default 100)", "(default 100000)", "(default 0.001)", "(default 1000)",
                  "(default: 250 on CPU", "{cohen,two-sided}", "{kt,union,staged}",
                  "{channels_last,contiguous}", "{fp32,bf16}"):
         assert text in certify_help, text

@@ -501,7 +501,7 @@ def test_replayable_step_equals_the_eager_step(device, mnist):
 def test_fit_with_cuda_graphs_and_amp_trains_smoothmix_on_drop_last_batches(device, mnist,
                                                                              tmp_path):
     config = TrainConfig(epochs=2, batch_size=12, lr=0.01, device=device, seed=1,
-                         progress=False, workers=0, cuda_graphs=True, amp=True)
+                         progress=False, workers=0, cuda_graphs=True, precision="bf16")
     method = create_method("smoothmix", 0.5, 10, num_noise=2, num_steps=2, warmup=2)
     torch.manual_seed(0)
     # 64 images in steps of 12: the short last batch (4) must be dropped, or the fixed-shape

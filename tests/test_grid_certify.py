@@ -24,6 +24,7 @@ from smoothmix.cli import main
 from smoothmix.core import ABSTAIN, Smooth, radius_from_counts
 from smoothmix.errors import SmoothmixError
 from smoothmix.grid import UNIT_BITS, GridNoise
+from smoothmix.noise import GridGaussianNoise
 from smoothmix.run import RunSpec
 
 UNITS = 1 << UNIT_BITS
@@ -88,8 +89,9 @@ def test_grid_noise_removes_the_contradiction():
     0.9925 at x1 (a = 3). Both points vote class 1 at these frequencies, CERTIFY at x0
     certifies class 1 with a radius beyond 0.329, and PREDICT at x1 agrees."""
     smooth = Smooth(BitReader(), 2, SIGMA, grid=255)
-    smooth.base_classifier.grid = smooth.grid
-    p0, p1 = p_one_on_grid(smooth.grid, 0), p_one_on_grid(smooth.grid, 3)
+    assert isinstance(smooth.noise, GridGaussianNoise)
+    sampler = smooth.base_classifier.grid = smooth.noise.sampler
+    p0, p1 = p_one_on_grid(sampler, 0), p_one_on_grid(sampler, 3)
     assert 0.992 < p1 < p0 < 0.993 and p0 - p1 < 2e-4
     g = torch.Generator().manual_seed(0)
     count = 2000
@@ -153,7 +155,8 @@ def test_certify_counts_rejections_against_the_class_and_for_the_runner_up(bound
     class 0, class 1, no vote. n_A must exclude the rejected draws (n nominal) and n_B must
     include them, so that the two-sided bound on the runner-up stays an upper bound."""
     smooth = Smooth(Threshold(), 2, SIGMA, grid=255)
-    smooth.grid = noise = RecordingNoise.with_law([0.0, 0.85, 0.05])
+    smooth.noise = GridGaussianNoise.wrap(noise := RecordingNoise.with_law([0.0, 0.85, 0.05]),
+                                          SIGMA)
     assert noise.rejected_units == UNITS - int(0.85 * UNITS) - int(0.05 * UNITS)
     n0, n, alpha = 100, 2000, 0.001
     cert = smooth.certificate(torch.zeros(1, 1, 1), n0, n, alpha, 500,
@@ -175,7 +178,8 @@ def test_predict_counts_rejections_for_the_runner_up():
     class 1 would be a clear PREDICT, but with the rejections on the runner-up's side it is
     a tie, and PREDICT must abstain."""
     smooth = Smooth(Threshold(), 2, SIGMA, grid=255)
-    smooth.grid = noise = RecordingNoise.with_law([0.0, 0.5, 0.05])
+    smooth.noise = GridGaussianNoise.wrap(noise := RecordingNoise.with_law([0.0, 0.5, 0.05]),
+                                          SIGMA)
     n, alpha = 1000, 0.001
     assert smooth.predict(torch.zeros(1, 1, 1), n, alpha, 250,
                           torch.Generator().manual_seed(2)) == ABSTAIN
@@ -184,7 +188,7 @@ def test_predict_counts_rejections_for_the_runner_up():
     assert binomtest(zeros, zeros + ones + rejected, 0.5).pvalue > alpha  # what PREDICT ran
     assert binomtest(zeros, zeros + ones, 0.5).pvalue < 1e-50  # without the rejections
     # With few rejections the same classifier predicts class 0.
-    smooth.grid = RecordingNoise.with_law([0.0, 0.9, 0.05])
+    smooth.noise = GridGaussianNoise.wrap(RecordingNoise.with_law([0.0, 0.9, 0.05]), SIGMA)
     assert smooth.predict(torch.zeros(1, 1, 1), n, alpha, 250,
                           torch.Generator().manual_seed(2)) == 0
 
@@ -441,14 +445,14 @@ def test_cli_grid_end_to_end_and_analyze_warns_about_mixed_noise(tmp_path, mnist
     assert excinfo.value.code == 2
     assert "--grid" in capsys.readouterr().err
     assert not (tmp_path / "seven.tsv").exists()
-    # predict and --radius take --grid too.
+    # predict and --radii take --grid too.
     pred = tmp_path / "p.tsv"
     assert main(["predict", str(ckpt), "--dataset", "mnist", "--sigma", str(SIGMA), "--n",
                  "300", "--max", "3", "--no-progress", "--grid", "255", "--out",
                  str(pred)]) == 0
     assert settings(pred)["grid"] == 255
     dec = tmp_path / "d.tsv"
-    assert main([*base, "--radius", "0.25", "--grid", "255", "--out", str(dec)]) == 0
+    assert main([*base, "--radii", "0.25", "--grid", "255", "--out", str(dec)]) == 0
     assert settings(dec)["grid"] == 255 and len(data_rows(dec)) == 4
     # analyze: the noise column, and a warning when grid and float files are compared.
     a, b = read_results(grid), read_results(float_)

@@ -97,10 +97,9 @@ def test_votes_record_and_cohens_sample_noise():
     assert isinstance(votes, Votes) and votes.counts.shape == (3,) and votes.drawn == 300
     counts = smooth._sample_noise(image(), 300, 100)
     assert isinstance(counts, np.ndarray) and counts.shape == (3,) and counts.sum() == 300
-    with pytest.warns(DeprecationWarning, match="Smooth.sample_counts is deprecated"):
-        old, drawn = smooth.sample_counts(image(), 300, 100, torch.Generator().manual_seed(1),
-                                          with_rejected=True)
-    assert old.tolist() == [*votes.counts.tolist(), 0] and drawn == 300
+    # Smooth.sample_counts (deprecated in 0.5) and the Smooth.grid property were removed in
+    # 0.6: votes() and the noise object are the one spelling.
+    assert not hasattr(smooth, "sample_counts") and not hasattr(smooth, "grid")
 
 
 def test_preparing_a_model_never_converts_the_users_module():

@@ -99,12 +99,35 @@ def test_analyze_warns_when_files_differ_in_precision(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--precision", "fp16"], "unknown precision 'fp16'"),
-    (["--precision", "fp32", "--amp"], "--amp means --precision bf16"),
 ])
 def test_bad_precision_flags_are_one_line_errors(tmp_path, capsys, flags, message):
     argv = ["train", *TINY, "--method", "gaussian", "--sigma", "0.5", *flags,
             "--outdir", str(tmp_path / "run")]
     assert message in one_line_error(capsys, argv)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_removed_amp_flag_is_a_one_line_error_naming_precision(tmp_path, capsys):
+    # train --amp (deprecated in 0.3) was removed in 0.6: a usage error naming its spelling.
+    argv = ["train", *TINY, "--method", "gaussian", "--sigma", "0.5", "--amp",
+            "--outdir", str(tmp_path / "run")]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as excinfo:
+        main(argv)
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("smoothmix train: error: ")
+    assert "(--amp is now --precision bf16; the old spelling was removed in 0.6)" in err
+    assert not (tmp_path / "run").exists()
+    from smoothmix.training import TrainConfig, train
+
+    with pytest.raises(TypeError, match="amp"):
+        train(tmp_path / "run", amp=True)
+    with pytest.raises(TypeError, match='amp=True is precision="bf16" since 0.6'):
+        TrainConfig(amp=True)
+    # A config record (what checkpoints store) writes amp beside its precision: it reads back.
+    config = TrainConfig(precision="bf16", device="cpu")
+    assert config.to_dict()["amp"] is True and TrainConfig(**config.to_dict()) == config
     assert not (tmp_path / "run").exists()
 
 
@@ -117,8 +140,7 @@ def test_certify_refuses_an_unknown_precision(tmp_path, capsys):
 def test_a_training_resume_keeps_its_precision_and_refuses_another(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", *TINY, "--method", "gaussian", "--sigma", "0.5", "--outdir", str(out)]
-    assert main([*args, "--amp"]) == 0  # the deprecated spelling of --precision bf16
-    assert "--amp is deprecated" in capsys.readouterr().err
+    assert main([*args, "--precision", "bf16"]) == 0
     ckpt = load_checkpoint(out / "checkpoint.pth.tar")
     assert ckpt["config"]["precision"] == "bf16"
     before = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -1,5 +1,5 @@
-"""One run specification (smoothmix.run.RunSpec) for every dataset entry point, and the
-older keyword arguments that still build one."""
+"""One run specification (smoothmix.run.RunSpec) for every dataset entry point; the older
+keyword arguments that built one (deprecated in 0.5) are one-line errors since 0.6."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from smoothmix.noise import GaussianNoise, GridGaussianNoise
 from smoothmix.run import RunSpec, as_spec
 from smoothmix.targets import build_targets, load_targets
 
-# The warning of the form before 0.5 (sigma and the spec's fields as keywords).
-DEPRECATED = (r"certify_dataset\(.*\) is deprecated; pass a smoothmix\.run\.RunSpec "
-              "instead of sigma")
+# The error of the form before 0.5 (sigma and the spec's fields as keywords), removed in 0.6.
+REMOVED = (r"certify_dataset\(\) got an unexpected keyword argument '{}': the run's fields go "
+           r"in a smoothmix\.run\.RunSpec \(RunSpec\.of\(sigma, {}=\.\.\.\)\) since 0.6$")
 
 
 def net() -> nn.Module:
@@ -33,18 +33,41 @@ def data(count: int = 4) -> TensorImageDataset:
     return TensorImageDataset(images, torch.arange(count) % 3, num_classes=3, name="t")
 
 
-def test_the_spec_and_the_old_keywords_write_the_same_file(tmp_path):
-    spec = RunSpec(GaussianNoise(0.5), batch_size=50, seed=3, skip=2, progress=False,
-                   identity={"dataset": "t"})
+def test_the_old_keywords_are_one_line_errors_naming_the_spec(tmp_path):
+    # Removed in 0.6: the run's fields as keywords beside a sigma (or beside a spec).
+    for name, value in [("seed", 3), ("batch_size", 50), ("skip", 2), ("grid", 255),
+                        ("identity", {"dataset": "t"})]:
+        with pytest.raises(TypeError, match=REMOVED.format(name, name)):
+            certify_dataset(net(), data(), 0.5, tmp_path / "old.tsv", n0=10, n=100,
+                            alpha=0.01, **{name: value})
+        with pytest.raises(TypeError, match=REMOVED.format(name, name)):
+            certify_dataset(net(), data(), RunSpec.of(0.5), tmp_path / "old.tsv", n0=10,
+                            n=100, alpha=0.01, **{name: value})
+    from smoothmix.empirical import attack_dataset
+
+    for kind, call, own in [("predict", predict_dataset, {}),
+                            ("decide", decide_dataset, {"radii": [0.1]}),
+                            ("attack", attack_dataset, {"epsilon": 0.5})]:
+        with pytest.raises(TypeError, match=f"{kind}_dataset\\(\\) got an unexpected keyword "
+                           "argument 'seed': the run's fields go in a smoothmix.run.RunSpec"):
+            call(net(), data(), 0.5, tmp_path / "old.tsv", seed=1, **own)
+    with pytest.raises(TypeError, match=r"build_targets\(\) got an unexpected keyword argument "
+                       r"'precision': .*RunSpec\.of\(sigma, execution=\{'precision': \.\.\.\}\)"):
+        build_targets(net(), data(2), 0.5, tmp_path / "t.npz", n=20, precision="bf16")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bare_sigma_or_noise_is_a_spec_with_the_default_fields(tmp_path):
+    spec = RunSpec(GaussianNoise(0.5), progress=False)
     new = certify_dataset(net(), data(), spec, tmp_path / "new.tsv", n0=10, n=100,
                           alpha=0.01)
-    with pytest.warns(DeprecationWarning, match=DEPRECATED):
-        old = certify_dataset(net(), data(), 0.5, tmp_path / "old.tsv", n0=10, n=100,
-                              alpha=0.01, batch_size=50, seed=3, skip=2, progress=False,
-                              identity={"dataset": "t"})
-    rows = [p.read_text().splitlines() for p in (new, old)]
+    bare = certify_dataset(net(), data(), 0.5, tmp_path / "bare.tsv", n0=10, n=100,
+                           alpha=0.01)
+    noise = certify_dataset(net(), data(), GaussianNoise(0.5), tmp_path / "noise.tsv", n0=10,
+                            n=100, alpha=0.01)
+    rows = [p.read_text().splitlines() for p in (new, bare, noise)]
     strip = [[line.split("\t")[:4] for line in r] for r in rows]  # without the time column
-    assert strip[0] == strip[1] and len(rows[0]) == 3
+    assert strip[0] == strip[1] == strip[2] and len(rows[0]) == 5
 
 
 def test_every_entry_point_takes_the_spec(tmp_path):
@@ -70,9 +93,11 @@ def test_spec_checks_and_misuse():
     with pytest.raises(SmoothmixError, match="Noise"):
         RunSpec(0.5)  # type: ignore[arg-type]
     spec = RunSpec.of(0.5)
-    with pytest.raises(SmoothmixError, match="in the RunSpec"):
+    assert as_spec(spec, {}, "certify_dataset") is spec
+    with pytest.raises(TypeError, match="in a smoothmix.run.RunSpec"):
         as_spec(spec, {"seed": 1}, "certify_dataset")
-    with pytest.raises(TypeError, match="unexpected keyword argument 'sed'"):
+    with pytest.raises(TypeError, match="^certify_dataset\\(\\) got an unexpected keyword "
+                       "argument 'sed'$"):
         as_spec(0.5, {"sed": 1}, "certify_dataset")
     identity = {"a": 1}
     spec = RunSpec.of(0.5, identity=identity)
@@ -89,9 +114,8 @@ def test_spec_refuses_a_max_idx_that_is_neither_all_nor_a_bound(max_idx):
         RunSpec.of(0.5, max_idx=max_idx)
     with pytest.raises(SmoothmixError, match="max_idx"):
         RunSpec.of(0.5).replace(max_idx=max_idx)
-    # The legacy keywords too (they warn before the spec they build refuses the value).
-    with (pytest.warns(DeprecationWarning, match=DEPRECATED),
-          pytest.raises(SmoothmixError, match="max_idx")):
+    # As a keyword (the form removed in 0.6) it is refused before its value is looked at.
+    with pytest.raises(TypeError, match=REMOVED.format("max_idx", "max_idx")):
         certify_dataset(net(), data(2), 0.5, "never-written.tsv", max_idx=max_idx)
 
 

@@ -89,7 +89,7 @@ def test_type_errors_are_rarely_silenced():
 def test_the_grid_branch_lives_in_the_noise_classes():
     """Noise is an object: no module but the noise classes (and the readers of old files'
     settings) branches on a grid."""
-    readers = {"noise.py", "grid.py", "analysis.py", "_deprecated.py"}
+    readers = {"noise.py", "grid.py", "analysis.py"}
     found = [f"{p.relative_to(SRC)}:{n}" for p in SRC.rglob("*.py") if p.name not in readers
              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
              if line.strip().startswith(("if grid", "elif grid", "if self.grid"))]

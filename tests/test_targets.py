@@ -97,11 +97,14 @@ def test_shards_merged_equal_one_run_and_rerun_is_idempotent(tmp_path, capsys):
 
     assert main(["merge", str(tmp_path / "cli.npz"), *map(str, shards)]) == 0
     assert np.array_equal(load_targets(tmp_path / "cli.npz").counts, whole)
-    assert main(["targets-merge", str(tmp_path / "old.npz"), *map(str, shards)]) == 0
-    # The old command still works, with a notice.
-    assert "smoothmix: targets-merge is deprecated (until 0.6); use merge" in \
-        capsys.readouterr().err
-    assert np.array_equal(load_targets(tmp_path / "old.npz").counts, whole)
+    # The old command (targets-merge, removed in 0.6) is a one-line error naming merge.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as excinfo:
+        main(["targets-merge", str(tmp_path / "old.npz"), *map(str, shards)])
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "targets-merge is now merge" in err
+    assert not (tmp_path / "old.npz").exists()
     with pytest.raises(SmoothmixError, match=r"shards \[0, 2\] given"):
         merge_targets(tmp_path / "bad.npz", [shards[0], shards[2]])
     # A finished file is not recounted; other settings are refused.
@@ -415,3 +418,18 @@ def test_a_folder_datasets_transform_draws_apart_from_the_noise_stream():
     assert torch.equal(x, _view(RandomView(), 0, True, generator, torch.device("cpu")))
     same_words = torch.rand(1, 2, 2, generator=torch.Generator().manual_seed(123))
     assert not torch.equal(x, same_words)
+
+
+def test_the_run_fields_as_keywords_are_one_line_errors_naming_the_spec(tmp_path):
+    # targets_from_checkpoint(..., seed=...) was deprecated in 0.5 and removed in 0.6: refused
+    # before the checkpoint is read (it does not exist here) or anything is written.
+    from smoothmix.targets import targets_from_checkpoint
+
+    with pytest.raises(TypeError, match=r"^targets_from_checkpoint\(\) got an unexpected "
+                       r"keyword argument 'seed': the run's fields go in a "
+                       r"smoothmix\.run\.RunSpec \(RunSpec\.of\(sigma, seed=\.\.\.\)\) since 0.6$"):
+        targets_from_checkpoint(tmp_path / "none.pth", "mnist", tmp_path / "t.npz", seed=1)
+    with pytest.raises(TypeError, match="'batch_size': the run's fields go in a"):
+        targets_from_checkpoint(tmp_path / "none.pth", "mnist", tmp_path / "t.npz",
+                                spec=RunSpec.of(0.25), batch_size=10)
+    assert list(tmp_path.iterdir()) == []

@@ -364,15 +364,21 @@ def test_ddp_equals_one_process_with_the_same_global_batch(tmp_path):
     assert (a["1.1.weight"] - init).abs().max() > 1e-2
 
 
-def test_renamed_demo_flags_keep_their_old_spelling(capsys):
-    """demo --train-images / --certify-skip are deprecated spellings of --train-subset /
-    --skip (the names train and reproduce use): they still work, with a one-line notice."""
+@pytest.mark.parametrize("old, new", [("--train-images", "--train-subset"),
+                                      ("--certify-skip", "--skip")])
+def test_removed_demo_flags_are_one_line_errors_naming_the_new_ones(tmp_path, capsys, old,
+                                                                    new):
+    """demo --train-images / --certify-skip, the spellings of --train-subset / --skip (the
+    names train and reproduce use) deprecated in 0.4, were removed in 0.6: a usage error,
+    exit 2, naming the new flag, before anything is written."""
     from smoothmix.cli import build_parser
 
-    args = build_parser().parse_args(["demo", "--train-images", "64", "--certify-skip", "7"])
-    assert (args.train_images, args.certify_skip) == (64, 7)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["smoothmix: --train-images is deprecated (until 0.6); use --train-subset",
-                   "smoothmix: --certify-skip is deprecated (until 0.6); use --skip"]
+    with pytest.raises(SystemExit) as excinfo:
+        main(["demo", old, "7", "--outdir", str(tmp_path / "demo")])
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"smoothmix demo: error: unrecognized arguments: {old} 7 ({old} is now "
+                   f"{new}; the old spelling was removed in 0.6) (see smoothmix demo --help)")
+    assert list(tmp_path.iterdir()) == []
     args = build_parser().parse_args(["demo", "--train-subset", "32", "--skip", "5"])
     assert (args.train_images, args.certify_skip) == (32, 5)

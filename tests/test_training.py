@@ -406,7 +406,7 @@ def test_train_and_resolve_declare_the_same_settings_as_the_recipe_and_runtime()
 
     fields = {f.name for f in dataclasses.fields(Recipe)} | {
         f.name for f in dataclasses.fields(Runtime)}
-    beside = {"preset", "method_options", "deferred", "amp", "runtime", "resume"}
+    beside = {"preset", "method_options", "deferred", "runtime", "resume"}
     settings = fields | beside
     of_train = set(inspect.signature(train).parameters)
     of_resolve = set(inspect.signature(resolve).parameters)

@@ -76,7 +76,7 @@ def certify_dataset(
     alpha: float = DEFAULT_ALPHA,
     skip_wrong: bool = False,
     bound: str = "cohen",
-    **legacy: Any,
+    **extra: Any,
 ) -> Path:
     """CERTIFY the examples ``spec`` selects (:class:`smoothmix.run.RunSpec`: noise,
     selection, shard, seed, identity, execution, batch size) into ``out_path``.
@@ -89,11 +89,13 @@ def certify_dataset(
     ``two-sided``; every row also keeps n_a and n_b, from which either can be recomputed,
     the selected class and n_label, the estimation's votes for the label (p_y's data).
 
-    Before 0.5: ``spec`` was ``sigma`` and the spec's fields (batch_size, skip, max_idx,
-    shard, seed, num_classes, identity, progress, execution, grid) keyword arguments; that
-    still works (``legacy``), with a DeprecationWarning.
+    A bare sigma or :class:`~smoothmix.noise.Noise` as ``spec`` is a spec with the default
+    fields. Before 0.5 the spec's fields (batch_size, skip, max_idx, shard, seed,
+    num_classes, identity, progress, execution, grid) were keyword arguments; that form was
+    removed in 0.6: ``extra``, any keyword not declared here, is a one-line ``TypeError``
+    (naming RunSpec for a run field).
     """
-    spec = as_spec(spec, legacy, "certify_dataset")
+    spec = as_spec(spec, extra, "certify_dataset")
 
     def classify(smooth: Smooth, x: torch.Tensor, label: int,
                  generator: torch.Generator) -> Row:
@@ -123,13 +125,13 @@ def predict_dataset(
     *,
     n: int = DEFAULT_N,
     alpha: float = DEFAULT_ALPHA,
-    **legacy: Any,
+    **extra: Any,
 ) -> Path:
     """PREDICT over the examples ``spec`` selects into ``out_path``: per example the
     smoothed classifier's class, or -1 to abstain; each returned class differs from g(x)
     with probability at most ``alpha``. File ``idx label predict correct time``, resumable
     and shardable; arguments as for :func:`certify_dataset`."""
-    spec = as_spec(spec, legacy, "predict_dataset")
+    spec = as_spec(spec, extra, "predict_dataset")
 
     def classify(smooth: Smooth, x: torch.Tensor, label: int,
                  generator: torch.Generator) -> Row:

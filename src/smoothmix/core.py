@@ -24,7 +24,6 @@ import torch
 from scipy.stats import beta, binomtest, norm
 from torch import nn
 
-from smoothmix._deprecated import SmoothAliases
 from smoothmix.checks import check_alpha, check_count, check_num_classes, check_sigma
 from smoothmix.device import module_device
 from smoothmix.errors import require
@@ -134,7 +133,7 @@ class Certificate(NamedTuple):
     n_label: int = -1
 
 
-class Smooth(SmoothAliases):
+class Smooth:
     """A smoothed classifier g(x) = argmax_c P(f(x + delta) = c), delta ~ N(0, sigma^2 I)
     (or another :class:`smoothmix.noise.Noise`)."""
 

@@ -44,7 +44,7 @@ def decide_dataset(
     n: int = DEFAULT_N,
     alpha: float = DEFAULT_ALPHA,
     use_label: bool = True,
-    **legacy: Any,
+    **extra: Any,
 ) -> Path:
     """Decide "robust at r" for every radius in ``radii`` on each example ``spec`` selects
     with a confidence sequence (``sequence``: kt, union or staged) into ``out_path``.
@@ -61,9 +61,9 @@ def decide_dataset(
     radius was decided; time = seconds from the example's first batch to its last).
     Resumable and shardable like certify (an example's rows are written and fsync'ed
     together and stay together in a shard; a merge checks every example complete). ``spec``
-    and ``legacy`` as for :func:`smoothmix.certification.certify_dataset`.
+    and ``extra`` as for :func:`smoothmix.certification.certify_dataset`.
     """
-    spec = as_spec(spec, legacy, "decide_dataset")
+    spec = as_spec(spec, extra, "decide_dataset")
     radii = check_radii(radii)
     check_choice("sequence", sequence, SEQUENCES)
     check_certify_args(n0, n, alpha, spec.batch_size)

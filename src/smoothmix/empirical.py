@@ -64,7 +64,7 @@ def attack_dataset(
     num_noise: int = ATTACK_NOISE,
     n: int = ATTACK_N,
     alpha: float = DEFAULT_ALPHA,
-    **legacy: Any,
+    **extra: Any,
 ) -> Path:
     """Attack the smoothed classifier at every example ``spec`` selects (PGD in the l2 ball
     of ``epsilon`` on the smoothed soft classifier, ``num_noise`` draws, ``num_steps``
@@ -72,9 +72,9 @@ def attack_dataset(
     label predict correct time adv_predict distance adv_outcome`` with adv_outcome =
     :func:`attack_outcome`: PREDICT abstains near ties, and an abstention is not a failure of
     any certificate, so the three are kept apart. A file of smoothmix 0.1.0 (last column
-    ``robust``: the label at both points) resumes in its own format. ``spec`` and ``legacy``
+    ``robust``: the label at both points) resumes in its own format. ``spec`` and ``extra``
     as for :func:`smoothmix.certification.certify_dataset`."""
-    spec = as_spec(spec, legacy, "attack_dataset")
+    spec = as_spec(spec, extra, "attack_dataset")
 
     def classify(smooth: Smooth, x: torch.Tensor, label: int,
                  generator: torch.Generator) -> Row:

@@ -4,10 +4,11 @@
 ``attack_dataset`` and :func:`smoothmix.targets.build_targets` take a :class:`RunSpec` (the
 examples selected, the shard, the seed of the (seed, idx) noise streams, what the caller knows
 about the model and data, how the model is asked to run, the noise, the block size) and add
-only what their kind computes (n0, n, alpha, radii, epsilon, ...).
+only what their kind computes (n0, n, alpha, radii, epsilon, ...). A bare sigma or
+:class:`~smoothmix.noise.Noise` in place of the spec is one with the default fields.
 
-Before 0.5 each entry point redeclared these as keyword arguments; those still work, through
-:func:`as_spec`, with a DeprecationWarning.
+Before 0.5 each entry point redeclared these as keyword arguments; that form, deprecated in
+0.5, was removed in 0.6: such a keyword is a one-line ``TypeError`` naming :class:`RunSpec`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,25 +147,32 @@ def _json_record(denoiser: object, what: str = "RunSpec.denoiser") -> dict[str, 
     return record
 
 
-# The fields the entry points took as keyword arguments before 0.5 (the denoiser's and
-# model_sigma are new: only through a RunSpec).
-_LEGACY = frozenset({f.name for f in dataclasses.fields(RunSpec)}
-                    - {"noise", "denoiser", "allow_denoiser_sigma_mismatch", "model_sigma"}
-                    | {"grid"})
+# The spec's fields that the entry points took as keyword arguments before 0.5 (deprecated
+# in 0.5, removed in 0.6; the denoiser's and model_sigma were only ever RunSpec fields), and
+# build_targets' precision: named in the error that replaced them.
+_REMOVED_KEYWORDS = frozenset({f.name for f in dataclasses.fields(RunSpec)}
+                              - {"noise", "denoiser", "allow_denoiser_sigma_mismatch",
+                                 "model_sigma"}
+                              | {"grid", "precision"})
 
 
-def as_spec(spec: RunSpec | float | Noise, legacy: Mapping[str, Any], caller: str) -> RunSpec:
-    """The spec of an entry point called with a :class:`RunSpec`, or (before 0.5) with a
-    sigma or noise and the spec's fields as keyword arguments (``legacy``)."""
-    unknown = sorted(set(legacy) - _LEGACY)
-    if unknown:
-        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}")
-    if isinstance(spec, RunSpec):
-        require(not legacy, f"{caller}: pass {', '.join(sorted(legacy))} in the RunSpec, not "
-                "beside it")
-        return spec
-    if legacy:
-        warnings.warn(f"{caller}(model, dataset, sigma, out, batch_size=..., seed=..., ...) "
-                      f"is deprecated; pass a smoothmix.run.RunSpec instead of sigma",
-                      DeprecationWarning, stacklevel=3)
-    return RunSpec.of(spec, **legacy)
+def _removed_keyword_error(caller: str, name: str) -> TypeError:
+    """The one-line ``TypeError`` of a keyword ``caller`` does not take: for a run field
+    passed as a keyword (the form removed in 0.6), it says the field goes in a
+    :class:`RunSpec`."""
+    message = f"{caller}() got an unexpected keyword argument {name!r}"
+    if name in _REMOVED_KEYWORDS:
+        example = "execution={'precision': ...}" if name == "precision" else f"{name}=..."
+        message += (f": the run's fields go in a smoothmix.run.RunSpec (RunSpec.of(sigma, "
+                    f"{example})) since 0.6")
+    return TypeError(message)
+
+
+def as_spec(spec: RunSpec | float | Noise, extra: Mapping[str, Any], caller: str) -> RunSpec:
+    """The spec of an entry point called with a :class:`RunSpec`, or with a bare sigma or
+    noise (a spec with the default fields). ``extra``: the keywords the entry point did not
+    declare; any is a ``TypeError`` (the run's fields as keywords, the form before 0.5, were
+    removed in 0.6: the error says to put them in a RunSpec)."""
+    if extra:
+        raise _removed_keyword_error(caller, sorted(extra)[0])
+    return spec if isinstance(spec, RunSpec) else RunSpec.of(spec)

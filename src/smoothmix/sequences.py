@@ -34,7 +34,7 @@ samples were split between batches or which images shared them: a resumed run, o
 with another batch size, gives the same rows (on the same kind of device). The votes on a
 batch are :func:`smoothmix.votes.base_votes`, the counter CERTIFY uses; only the noise
 blocking differs (per-image 16-row blocks, which the batch-independence above needs), and it
-is part of the recorded stream of every ``--radius`` file, so it stays as it is.
+is part of the recorded stream of every ``--radii`` file, so it stays as it is.
 """
 
 from __future__ import annotations

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from smoothmix.errors import require
 from smoothmix.execution import EXECUTION_KEYS, Execution
 from smoothmix.noise import Noise
 from smoothmix.provenance import provenance
-from smoothmix.run import _LEGACY, RunSpec, as_spec
+from smoothmix.run import _REMOVED_KEYWORDS, RunSpec, as_spec
 from smoothmix.runner import (  # noqa: F401 - example_seed re-exported
     Compute,
     Emit,
@@ -106,7 +105,7 @@ def build_targets(
     *,
     n: int = REFERENCE_N,
     augment: bool | None = None,
-    **legacy: Any,
+    **extra: Any,
 ) -> Path:
     """Count ``n`` votes on one (augmented) view of every example into ``out_path``.
 
@@ -120,15 +119,13 @@ def build_targets(
     ``augment`` (default: the dataset's ``augment`` flag) takes one random crop (padding 4)
     + flip per in-memory example; folder datasets apply their own training transform under
     the example's seed. Returns the path of the finished file (the merged file under
-    torchrun, the shard file with ``shard``).
+    torchrun, the shard file with ``shard``). A bare sigma or noise is a spec with the
+    default fields.
 
-    Before 0.5: ``spec`` was ``sigma`` and the spec's fields (and ``precision``) keyword
-    arguments; that still works, with a DeprecationWarning.
+    Before 0.5 the spec's fields (and ``precision``) were keyword arguments; that form was
+    removed in 0.6 (``extra``: any keyword is a one-line ``TypeError`` naming RunSpec).
     """
-    precision = legacy.pop("precision", None)
-    spec = as_spec(spec, legacy, "build_targets")
-    if precision is not None:
-        spec = spec.replace(execution={**spec.execution, "precision": precision})
+    spec = as_spec(spec, extra, "build_targets")
     check_count("n", n)
     require(len(dataset) >= 1, "the dataset is empty")
     max_idx = spec.max_idx  # -1 or >= 1 (RunSpec checks it)
@@ -283,7 +280,11 @@ def targets_from_checkpoint(
     targets`` runs): the file records the dataset, the checkpoint's SHA-256, arch,
     normalisation, training sigma and method. With ``spec`` (whose noise replaces
     ``sigma``) its identity and classes are set here; ``kwargs`` go to
-    :func:`build_targets` (``augment``, or before 0.5 the spec's fields)."""
+    :func:`build_targets` (``augment``; the spec's fields as keywords, the form before 0.5,
+    are a one-line ``TypeError`` naming RunSpec since 0.6)."""
+    # Before anything is loaded: the run's fields as keywords are an error since 0.6.
+    run_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in _REMOVED_KEYWORDS}
+    spec = as_spec(sigma if spec is None else spec, run_fields, "targets_from_checkpoint")
     from smoothmix.checkpoint import (
         Checkpoint,
         check_checkpoint_for_dataset,
@@ -309,13 +310,6 @@ def targets_from_checkpoint(
         "checkpoint_method": record.method,
     }
     classes = dataset.num_classes  # type: ignore[attr-defined]
-    if spec is None:  # before 0.5: the spec's fields as keyword arguments
-        legacy = {k: kwargs.pop(k) for k in list(kwargs) if k in _LEGACY}
-        if legacy:
-            warnings.warn("targets_from_checkpoint(..., batch_size=..., seed=..., ...) is "
-                          "deprecated; pass spec=smoothmix.run.RunSpec(...)",
-                          DeprecationWarning, stacklevel=2)
-        spec = RunSpec.of(sigma, **legacy)
     spec = spec.replace(identity={**identity, **spec.identity}, num_classes=classes)
     return build_targets(model, dataset, spec, out_path, n=n, **kwargs)
 

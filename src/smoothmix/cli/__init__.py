@@ -21,17 +21,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from smoothmix.checks import SIGMA_LIMIT
 from smoothmix.errors import SmoothmixError, first_line
 
 __all__ = [
-    "SIGMA_HELP", "DeprecatedAlias", "add_deprecated_alias", "add_device_argument",
-    "add_threads_argument",
+    "SIGMA_HELP", "add_device_argument", "add_threads_argument",
     "apply_threads", "build_parser", "choices_metavar",
     "dataset_choices", "import_modules", "main", "method_names", "model_names", "one_of",
-    "warn_deprecated",
 ]
 
 # Order here is the order in `smoothmix --help`.
@@ -51,38 +49,30 @@ _RESUME_HINTS = {
 # Flags renamed so that one name has one meaning in every command (suggested when used).
 _RENAMED = {"--quiet": "--no-progress", "--max": "--max-images"}
 
+# Spellings deprecated in 0.5 or earlier and removed in 0.6 (CHANGELOG.md), by (command, old
+# spelling; "" for a command), with what replaced them: an old spelling is an unknown flag or
+# command, whose one-line error names the new one. (--batch stays a current flag of train,
+# reproduce and diagnose.)
+_REMOVED = {
+    **{(command, "--batch"): "--noise-batch"
+       for command in ("certify", "predict", "attack", "targets")},
+    ("certify", "--radius"): "--radii",
+    ("demo", "--train-images"): "--train-subset", ("demo", "--certify-skip"): "--skip",
+    ("train", "--amp"): "--precision bf16",
+    ("", "targets-merge"): "merge",
+}
+
+
+def _removed_hint(command: str, name: str) -> str:
+    """`` (OLD is now NEW; ...)``, the hint of a spelling of ``command`` removed in 0.6,
+    else ""."""
+    new = _REMOVED.get((command, name))
+    return "" if new is None else f" ({name} is now {new}; the old spelling was removed in 0.6)"
+
 
 #: How every --sigma help begins: sigma's own interval, then the scale of the images it is
 #: measured on ("sigma in [0, 1] pixel units" read as if sigma itself were in [0, 1]).
 SIGMA_HELP = f"noise level sigma, in (0, {SIGMA_LIMIT:g}] for images scaled to [0, 1]"
-
-
-def warn_deprecated(old: str, new: str) -> None:
-    """The one-line notice of a renamed flag or command, kept until the next minor version."""
-    print(f"smoothmix: {old} is deprecated (until 0.6); use {new}", file=sys.stderr)
-
-
-class DeprecatedAlias(argparse.Action):
-    """A renamed option: the first spelling (or ``new``) is the current one; any other
-    spelling still works until the next minor version and prints a one-line notice."""
-
-    def __init__(self, option_strings: list[str], dest: str, new: str | None = None,
-                 **kwargs: Any) -> None:
-        self.new = new or option_strings[0]
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        if option_string is not None and option_string != self.new:
-            warn_deprecated(option_string, self.new)
-        setattr(namespace, self.dest, values)
-
-
-def add_deprecated_alias(group: argparse._ActionsContainer, old: str, new: str,
-                         dest: str, type: type = int) -> None:
-    """``old``, a hidden spelling of the option ``new`` (stored in ``dest``)."""
-    group.add_argument(old, dest=dest, type=type, action=DeprecatedAlias, new=new,
-                       help=argparse.SUPPRESS)
 
 
 def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -152,8 +142,16 @@ class _OneLineParser(argparse.ArgumentParser):
     exit 2, like every other bad input; the usage stays one ``--help`` away."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}{self._typo_hint(message)} "
-                  f"(see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._typo_hint(message)}"
+                  f"{self._removed_command_hint(message)} (see {self.prog} --help)\n")
+
+    @staticmethod
+    def _removed_command_hint(message: str) -> str:
+        """For "argument COMMAND: invalid choice: 'targets-merge' ...": the command that
+        replaced a removed one."""
+        prefix = "argument COMMAND: invalid choice: "
+        return _removed_hint("", message[len(prefix):].split("'")[1]) \
+            if message.startswith(prefix + "'") else ""
 
     def _typo_hint(self, message: str) -> str:
         """For "the following arguments are required: --out": the flag meant by each unknown
@@ -167,8 +165,10 @@ class _OneLineParser(argparse.ArgumentParser):
         flags = sorted(f for f in self._option_string_actions if f.startswith("--"))
         given = [t.split("=", 1)[0] for t in _ARGV if t.startswith("--")
                  and t.split("=", 1)[0] not in self._option_string_actions]
+        command = self.prog.rsplit(" ", 1)[-1]
         pairs = [(g, near[0]) for g in given
-                 if (near := difflib.get_close_matches(g, required, n=1, cutoff=0.6)
+                 if (near := [_REMOVED[command, g]] if (command, g) in _REMOVED  # gone in 0.6
+                     else difflib.get_close_matches(g, required, n=1, cutoff=0.6)
                      or difflib.get_close_matches(g, flags, n=1, cutoff=0.6))]
         meant = ", ".join(f"{want} for {typo}" for typo, want in pairs)
         return f" (did you mean {meant}?)" if pairs else ""
@@ -276,17 +276,20 @@ def _reject_unknown(parser: argparse.ArgumentParser, command: str,
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     subparser = sub.choices[command]
     flags = sorted(subparser._option_string_actions)
-    hints = []
+    hints, removed = [], []
     for token in unknown:
         if not token.startswith("-"):
             continue
         name = token.split("=", 1)[0]
+        if (command, name) in _REMOVED:  # a spelling removed in 0.6: name what replaced it
+            removed.append(_removed_hint(command, name))
+            continue
         spelled = _RENAMED.get(name, name.replace("_", "-"))
         near = [spelled] if spelled in flags else difflib.get_close_matches(name, flags, n=1)
         if near:
             hints.append(f"{name} -> {near[0]}")
     hint = f" (did you mean: {', '.join(hints)}?)" if hints else ""
-    subparser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    subparser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}{''.join(removed)}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from smoothmix.certification import certify_dataset, predict_dataset
 from smoothmix.checks import check_radii, check_sigma
 from smoothmix.cli import (
     SIGMA_HELP,
-    DeprecatedAlias,
     add_device_argument,
     choices_metavar,
     dataset_choices,
@@ -49,14 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="evaluation shortcut: when the n0 selection is not the label, "
                          "skip the estimation (row status 'skipped', predict -1); certified "
                          "accuracy and ACR are exactly those of the full run (default off)")
-    certify.add_argument("--radii", "--radius", type=_radii, default=None, dest="radius",
-                         action=DeprecatedAlias, metavar="R[,R2,...]",
+    certify.add_argument("--radii", type=_radii, default=None, dest="radius",
+                         metavar="R[,R2,...]",
                          help="instead of CERTIFY's radius, decide 'robust at R' for each "
                          "given radius with an anytime-valid confidence sequence "
                          "(docs/MATH.md §2.1): "
                          "usually far fewer samples; --n is then the sample cap (undecided = "
-                         "not certified); the file has one row per example and radius "
-                         "(--radius: the deprecated spelling)")
+                         "not certified); the file has one row per example and radius")
     certify.add_argument("--sequence", choices=SEQUENCES, default="kt",
                          help="with --radii: betting (Krichevsky-Trofimov) confidence "
                          "sequence, union-bound sequence, or Horvath et al.'s staged "
@@ -82,10 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     merge = subparsers.add_parser(
         "merge",
-        help="merge the shard files of one run (certify, predict, attack, --radius, or CAT-RS "
+        help="merge the shard files of one run (certify, predict, attack, --radii, or CAT-RS "
         "targets .npz) into one file",
         description="Merge the files written with --shard 0/K ... K-1/K into OUT (sorted by "
-        "idx; .npz shards are CAT-RS targets, as `targets-merge`). Fails on shards from "
+        "idx; .npz shards are CAT-RS targets). Fails on shards from "
         "different runs, missing or repeated shards, overlapping rows and gaps.",
     )
     merge.add_argument("out", metavar="OUT", help="merged result file to write")
@@ -115,11 +113,9 @@ def add_run_options(parser: argparse.ArgumentParser, with_n0: bool,
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                         help="failure probability of the certificate, in (0, 1) (default "
                         f"{DEFAULT_ALPHA})")
-    parser.add_argument("--noise-batch", "--batch", type=int, default=NOISE_BATCH, dest="batch",
-                        action=DeprecatedAlias, metavar="ROWS",
-                        help=f"most noisy images in memory at once (default {NOISE_BATCH}; "
-                        "--batch: "
-                        "the deprecated spelling, which in train means images per step)")
+    parser.add_argument("--noise-batch", type=int, default=NOISE_BATCH, dest="batch",
+                        metavar="ROWS",
+                        help=f"most noisy images in memory at once (default {NOISE_BATCH})")
     parser.add_argument("--skip", type=int, default=1,
                         help="evaluate every SKIP-th example (default 1: all)")
     parser.add_argument("--max", "--max-idx", type=int, default=-1, dest="max_idx",

@@ -7,7 +7,6 @@ import dataclasses
 
 from smoothmix.cli import (
     SIGMA_HELP,
-    add_deprecated_alias,
     add_device_argument,
     add_threads_argument,
     apply_threads,
@@ -39,14 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-subset", type=int, dest="train_images", metavar="N",
                    default=defaults.train_images,
                    help=f"train on the first N MNIST images (default {defaults.train_images})")
-    add_deprecated_alias(p, "--train-images", "--train-subset", "train_images")
     p.add_argument("--epochs", type=int, default=defaults.epochs,
                    help=f"training epochs of each model (default {defaults.epochs})")
     p.add_argument("--skip", type=int, dest="certify_skip", metavar="K",
                    default=defaults.certify_skip,
                    help="certify every k-th test image (default "
                    f"{defaults.certify_skip}: 100 images)")
-    add_deprecated_alias(p, "--certify-skip", "--skip", "certify_skip")
     p.add_argument("--n", type=int, default=defaults.n,
                    help=f"CERTIFY's N, samples for the bound (default {defaults.n})")
     add_device_argument(p)

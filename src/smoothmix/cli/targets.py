@@ -1,5 +1,5 @@
-"""``smoothmix targets`` and ``smoothmix targets-merge``: the soft targets CAT-RS trains
-against, a thin shell over :mod:`smoothmix.targets`."""
+"""``smoothmix targets``: the soft targets CAT-RS trains against, a thin shell over
+:mod:`smoothmix.targets` (``smoothmix merge`` merges its shards)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,14 @@ import sys
 from smoothmix.checks import check_count, check_sigma
 from smoothmix.cli import (
     SIGMA_HELP,
-    DeprecatedAlias,
     add_device_argument,
     dataset_choices,
-    warn_deprecated,
 )
 from smoothmix.execution import PRECISIONS
 from smoothmix.run import NOISE_BATCH, RunSpec
 from smoothmix.targets import REFERENCE_N, REFERENCE_SIGMA
 
-__all__ = ["register", "run", "run_merge"]
+__all__ = ["register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,10 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "torchrun spell it --num-samples (torchrun takes --n for one of its own "
                    "options)")
     p.add_argument("--out", required=True, help="targets file to write or resume (.npz)")
-    p.add_argument("--noise-batch", "--batch", type=int, default=NOISE_BATCH, dest="batch",
-                   action=DeprecatedAlias, metavar="ROWS",
-                   help=f"most noisy images in memory at once (default {NOISE_BATCH}; "
-                   "--batch: the deprecated spelling, which in train means images per step)")
+    p.add_argument("--noise-batch", type=int, default=NOISE_BATCH, dest="batch",
+                   metavar="ROWS",
+                   help=f"most noisy images in memory at once (default {NOISE_BATCH})")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the views and the noise; image idx uses a stream derived "
                    "from (seed, idx), so the result does not depend on sharding (default 0)")
@@ -72,16 +69,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fp32 (default) or bf16 autocast for the votes (recorded in the file; "
                    "a resumed run takes the recorded one)")
     p.set_defaults(func=run)
-
-    merge = subparsers.add_parser(
-        "targets-merge",
-        help="deprecated: `smoothmix merge` merges targets shards too",
-        description="Deprecated spelling of `smoothmix merge OUT SHARD...` for targets shards "
-        "(OUT.rank0ofK.npz ... OUT.rank{K-1}ofK.npz).",
-    )
-    merge.add_argument("out", metavar="OUT", help="merged targets file to write")
-    merge.add_argument("shards", nargs="+", metavar="SHARD", help="the shard files")
-    merge.set_defaults(func=run_merge)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,11 +105,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"targets of {what} (N={args.n}, sigma={args.sigma}) in {out}")
     return 0
 
-
-def run_merge(args: argparse.Namespace) -> int:
-    from smoothmix.storage.merge import merge
-
-    warn_deprecated("targets-merge", "merge")
-    out = merge(args.out, args.shards)
-    print(f"merged {len(args.shards)} shards into {out}")
-    return 0

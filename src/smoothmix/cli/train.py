@@ -19,9 +19,7 @@ from smoothmix.cli import (
     method_names,
     model_names,
     one_of,
-    warn_deprecated,
 )
-from smoothmix.errors import require
 from smoothmix.training.recipe import option_flag
 
 __all__ = ["add_deferred_flags", "method_option_flags", "register", "run"]
@@ -147,8 +145,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="fp32 (default; the published protocol) or bf16 autocast for the "
                      "step: faster on GPUs and on CPUs with AMX or AVX-512-BF16 (a CPU without "
                      "either says so). Part of the recipe: a resume keeps it")
-    d_g.add_argument("--amp", action="store_true",
-                     help="deprecated spelling of --precision bf16 (until 0.6)")
     d_g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                      help="channels_last memory format for model and inputs (default: on for "
                      "image models: the faster one for convnets on CPU, and the layout GPU "
@@ -165,17 +161,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _resolve_precision(args: argparse.Namespace) -> str | None:
-    """--precision, or bf16 for the deprecated --amp (with a one-line notice)."""
+    """--precision, checked (None: not given)."""
     from smoothmix.execution import check_precision
 
     if args.precision is not None:
         check_precision(args.precision)
-    if not args.amp:
-        return args.precision
-    require(args.precision in (None, "bf16"),
-            f"--amp means --precision bf16; it contradicts --precision {args.precision}")
-    warn_deprecated("--amp", "--precision bf16")
-    return "bf16"
+    return args.precision
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from smoothmix.methods.base import (
 from smoothmix.models import Normalize
 from smoothmix.models.lenet import LeNet
 
-__all__ = ["SmoothMix", "SmoothMixLoss", "is_mode_free"]
+__all__ = ["SmoothMix", "is_mode_free"]
 
 # Layers whose forward is the same function in train and eval mode and reads no batch
 # statistics. Exact types only: a subclass may override forward (and read self.training).
@@ -164,7 +164,3 @@ class SmoothMix(TrainingMethod):
             "mix_fraction": correct.float().mean(),
             "acc": accuracy(logits0, y_copies),
         })
-
-
-#: The class's earlier name (before 0.4), kept as an alias; the others never had the suffix.
-SmoothMixLoss = SmoothMix

@@ -56,7 +56,6 @@ from smoothmix.training.recipe import (
     Recipe,
     Runtime,
     compared,
-    fold_amp,
     merge,
     option_flag,
     recipe_values,
@@ -185,9 +184,9 @@ def _plain_kwargs(kwargs: Any) -> dict[str, Any]:
     return dict(kwargs)
 
 
-def _flags(given: Mapping[str, Any], amp: bool) -> dict[str, Any]:
-    """The recipe values the caller set (``amp=True``: the older spelling of bf16)."""
-    flags = fold_amp(recipe_values(given), amp)
+def _flags(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe values the caller set (precision checked)."""
+    flags = recipe_values(given)
     if flags.get("precision") is not None:
         from smoothmix.execution import check_precision
 
@@ -309,7 +308,7 @@ def resolve(
     lr_milestones: Sequence[int] | None = None, momentum: float | None = None,
     optimizer: str | None = None,
     weight_decay: float | None = None, seed: int | None = None,
-    precision: str | None = None, amp: bool = False,
+    precision: str | None = None,
     runtime: Runtime | None = None, device: str | None = None, compile: bool | None = None,
     channels_last: bool | None = None, cuda_graphs: bool | None = None,
     workers: int | None = None, test_batch_size: int | None = None,
@@ -328,7 +327,7 @@ def resolve(
                     "test_subset": test_subset, "epochs": epochs, "batch_size": batch_size,
                     "lr": lr, "lr_step": lr_step, "lr_gamma": lr_gamma,
                     "lr_milestones": lr_milestones, "momentum": momentum, "optimizer": optimizer,
-                    "weight_decay": weight_decay, "seed": seed, "precision": precision}, amp)
+                    "weight_decay": weight_decay, "seed": seed, "precision": precision})
     run = _runtime(runtime, {"device": device, "compile": compile,
                              "channels_last": channels_last, "cuda_graphs": cuda_graphs,
                              "workers": workers, "test_batch_size": test_batch_size,
@@ -434,7 +433,7 @@ def train(
     lr_step: int | None = None, lr_gamma: float | None = None,
     lr_milestones: Sequence[int] | None = None, momentum: float | None = None,
     optimizer: str | None = None, weight_decay: float | None = None, seed: int | None = None,
-    precision: str | None = None, amp: bool = False,
+    precision: str | None = None,
     runtime: Runtime | None = None, device: str | None = None, compile: bool | None = None,
     channels_last: bool | None = None, cuda_graphs: bool | None = None,
     workers: int | None = None, test_batch_size: int | None = None,
@@ -458,7 +457,7 @@ def train(
     learning-rate drop, ``False``/0: from the start), ``train_subset``, ``test_subset``,
     ``epochs``, ``batch_size``, ``lr``, ``lr_step``, ``lr_gamma``, ``lr_milestones``,
     ``momentum``, ``optimizer`` ("sgd" or "adam"), ``weight_decay``, ``seed`` and
-    ``precision`` (``amp``: ``True`` is the deprecated spelling of ``"bf16"``). The execution
+    ``precision`` ("fp32" or "bf16"). The execution
     (:class:`~smoothmix.training.recipe.Runtime`): ``runtime``, or any of its fields as
     keywords (``device``, ``compile``, ``channels_last``, ``cuda_graphs``, ``workers``,
     ``test_batch_size``, ``log_every``, ``progress``). ``targets`` is the soft-target file
@@ -473,7 +472,7 @@ def train(
         train_subset=train_subset, test_subset=test_subset, epochs=epochs,
         batch_size=batch_size, lr=lr, lr_step=lr_step, lr_gamma=lr_gamma,
         lr_milestones=lr_milestones, momentum=momentum, optimizer=optimizer,
-        weight_decay=weight_decay, seed=seed, precision=precision, amp=amp, runtime=runtime,
+        weight_decay=weight_decay, seed=seed, precision=precision, runtime=runtime,
         device=device, compile=compile, channels_last=channels_last, cuda_graphs=cuda_graphs,
         workers=workers,
         test_batch_size=test_batch_size, log_every=log_every, progress=progress,

@@ -62,8 +62,8 @@ class TrainConfig:
     """The flat spelling of a run's :class:`~smoothmix.training.recipe.Recipe` and
     :class:`~smoothmix.training.recipe.Runtime`, for :func:`fit`: ``TrainConfig(epochs=30,
     lr=0.05, device="cpu")``. Reading an attribute reads the recipe's field, else the
-    runtime's; ``amp=True`` is the deprecated spelling of ``precision="bf16"``. New code
-    passes a ``Recipe`` (and ``runtime=``) to :func:`fit` directly.
+    runtime's (``amp``, the spelling of ``precision="bf16"`` deprecated in 0.3, was removed in
+    0.6). New code passes a ``Recipe`` (and ``runtime=``) to :func:`fit` directly.
     """
 
     __slots__ = ("recipe", "runtime")
@@ -81,8 +81,6 @@ class TrainConfig:
         return config
 
     def __getattr__(self, name: str) -> Any:
-        if name == "amp":
-            return self.recipe.precision == "bf16"
         for part in (self.recipe, self.runtime):
             if name in part.__dataclass_fields__:
                 return getattr(part, name)

@@ -32,7 +32,7 @@ from smoothmix.errors import require
 
 __all__ = ["OPTIMIZERS", "OPTION_PREFIX", "RECIPE_FIELDS", "RUNTIME_FIELDS", "SCHEDULE_FIELDS",
            "Recipe", "Runtime",
-           "comparable", "compared", "fold_amp", "merge", "option_flag", "recipe_values",
+           "comparable", "compared", "merge", "option_flag", "recipe_values",
            "schedule_notes", "show", "split_settings"]
 
 #: The optimisers a recipe may name (:attr:`Recipe.optimizer`).
@@ -182,23 +182,18 @@ def recipe_values(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {k: settings[k] for k in RECIPE_FIELDS if settings.get(k) is not None}
 
 
-def fold_amp(values: Mapping[str, Any], amp: bool) -> dict[str, Any]:
-    """``values`` with ``amp=True``, the deprecated spelling of ``precision="bf16"``, folded
-    into ``precision`` (a contradicting precision is an error)."""
-    out = dict(values)
-    if amp:
-        require(out.get("precision") in (None, "bf16"),
-                f"amp=True means precision bf16, not {out.get('precision')!r}")
-        out["precision"] = "bf16"
-    return out
-
-
 def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], Runtime]:
     """Flat settings (the keywords of the old ``TrainConfig``): the recipe values they set
-    and the :class:`Runtime`. ``amp=True`` is the deprecated spelling of
-    ``precision="bf16"``; an unknown name is a ``TypeError``, as for any keyword."""
-    values = fold_amp(settings, bool(settings.get("amp", False)))
-    values.pop("amp", None)
+    and the :class:`Runtime`. An unknown name is a ``TypeError``, as for any keyword
+    (``amp``, the spelling of ``precision="bf16"`` deprecated in 0.3, was removed in 0.6:
+    its error says so; a config record's ``amp`` beside the ``precision`` it was derived
+    from, as :func:`~smoothmix.training.rundir.config_record` writes it, is ignored)."""
+    values = dict(settings)
+    amp = values.pop("amp", None)
+    if amp is not None and (values.get("precision") is None
+                            or bool(amp) != (values["precision"] == "bf16")):
+        raise TypeError("unknown training setting amp: amp=True is precision=\"bf16\" since "
+                        "0.6 (the amp spelling was removed)")
     unknown = sorted(set(values) - set(RECIPE_FIELDS) - set(RUNTIME_FIELDS)
                      - {"method_options"})
     if unknown:
