@@ -292,7 +292,8 @@ def test_a_record_sigma_that_is_not_a_number_does_not_skip_the_sigma_check(tmp_p
     record = {"kind": "dncnn", "identity": {"sha256": "a"}, "settings": {}, "sigma": "0.5"}
     spec = RunSpec.of(0.25, batch_size=64, progress=False, denoiser=record)
     out = tmp_path / "c.tsv"
-    with pytest.raises(SmoothmixError, match="sigma must be a number >= 0 or None, got '0.5'"):
+    with (pytest.raises(SmoothmixError, match="sigma must be a number >= 0 or None, got '0.5'"),
+          pytest.warns(UserWarning, match="holds no smoothmix Denoised")):
         certify_dataset(small_classifier(), small_images(), spec, out, n0=10, n=100,
                         alpha=0.01)
     assert not out.exists()
@@ -369,7 +370,8 @@ def test_a_denoiser_for_another_sigma_is_refused_unless_allowed(tmp_path):
                        r"sigma=0.25.*allow-denoiser-sigma-mismatch") as refused:
         certify_dataset(model, data, spec, out, n0=10, n=100, alpha=0.01)
     assert "\n" not in str(refused.value) and not out.exists()
-    with pytest.raises(SmoothmixError, match="built for sigma"):  # a spec's record too
+    with (pytest.raises(SmoothmixError, match="built for sigma"),  # a spec's record too
+          pytest.warns(UserWarning, match="holds no smoothmix Denoised")):
         certify_dataset(net, data, spec.replace(denoiser=model.record), out, n0=10, n=100,
                         alpha=0.01)
     allowed = spec.replace(allow_denoiser_sigma_mismatch=True)
