@@ -160,15 +160,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _resolve_precision(args: argparse.Namespace) -> str | None:
-    """--precision, checked (None: not given)."""
-    from smoothmix.execution import check_precision
-
-    if args.precision is not None:
-        check_precision(args.precision)
-    return args.precision
-
-
 def run(args: argparse.Namespace) -> int:
     from smoothmix.training import train
 
@@ -185,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lr_step=args.lr_step,
             momentum=args.momentum, optimizer=args.optimizer,
             weight_decay=args.weight_decay, seed=args.seed,
-            device=args.device, precision=_resolve_precision(args), compile=args.compile,
+            device=args.device, precision=args.precision, compile=args.compile,
             cuda_graphs=args.cuda_graphs,
             channels_last=args.channels_last, workers=args.workers, progress=not args.no_progress,
         )

@@ -319,9 +319,9 @@ def _check_new_outdir(out: Path, chosen: list[str]) -> None:
     which are picked up as they are. Anything of its own beside them (notes, logs, the
     results folder's machine.txt) is left alone; a name reproduce would write, or another
     folder, is refused. A folder with no row of ``chosen`` is not a reproduce folder."""
-    if not out.is_dir() or not any(out.iterdir()):
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if not entries:
         return
-    entries = sorted(out.iterdir())
     rows = [p.name for p in entries if p.is_dir() and p.name in chosen]
     written = {TABLE_NAME, PLOT_NAME, SUMMARY_NAME, TARGETS_NAME}
     prefixes = tuple(f"{kind}_{m}.tsv" for kind in ("certify", "decide") for m in chosen)
