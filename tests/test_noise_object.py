@@ -123,6 +123,24 @@ def test_preparing_a_model_never_converts_the_users_module():
     assert model.training and model[0].weight.is_contiguous()
 
 
+def test_every_convolution_is_converted_when_the_first_is_ambiguous():
+    # One input channel: the first weight is contiguous in both formats; the second is not.
+    # Judging by the first alone left the model unconverted, and the pool (KT decisions),
+    # whose grey inputs carry no layout, ran every later layer in NCHW at half the speed.
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 3)).eval()
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    prepared = prepare_model(model, Execution(layout="channels_last"))
+    assert prepared is not model
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in prepared.modules() if isinstance(m, nn.Conv2d))
+    assert not model[2].weight.is_contiguous(memory_format=torch.channels_last)
+    # The model's own logits, whatever the layout of a grey batch (it is ambiguous too).
+    batch = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.allclose(prepared(batch), model(batch), atol=1e-6)
+
+
 def test_bf16_names_are_checked_without_resolving_a_device(monkeypatch):
     calls = []
     monkeypatch.setattr(execution_module, "warn_if_bf16_emulated", calls.append)
