@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -174,6 +175,25 @@ def test_batches_are_full_while_images_remain(tmp_path):
     assert len(joined) == 200 and joined[-1] > 100
     # Every batch before the one the last image joined is full; only the tail runs short.
     assert set(sizes[: joined[-1]]) == {128} and len(sizes) - joined[-1] < 60
+
+
+def test_the_time_column_is_each_images_share_of_the_wall_time(tmp_path):
+    # Images share batches: the time from an image's first batch to its last counts the
+    # others' rows too, and summed over a pool of 8 it came to about 8 times the run's wall
+    # time. The column is each image's share of its batches instead, so it sums to the run.
+    class Slow(Bernoulli):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.02)  # the forward dominates every batch
+            return super().forward(x)
+
+    start = time.perf_counter()
+    out = decide_dataset(Slow(0.5), Zeros(8), RunSpec.of(SIGMA, batch_size=4000, progress=False),
+                         tmp_path / "t.tsv", radii=[0.0], n=2000, alpha=0.01)
+    wall = time.perf_counter() - start
+    lines = [line.split("\t") for line in out.read_text().splitlines()[1:]]
+    seconds = [float(row[-1]) for row in lines]
+    assert len(seconds) == 8 and min(seconds) > 0
+    assert 0.02 < sum(seconds) <= wall
 
 
 def test_rows_do_not_depend_on_batching_and_resume_after_a_torn_example(tmp_path):

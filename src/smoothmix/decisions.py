@@ -11,7 +11,6 @@ streams, the rows), through the runner every result file uses (:mod:`smoothmix.r
 from __future__ import annotations
 
 import os
-import time
 import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -58,7 +57,11 @@ def decide_dataset(
     class tested; at_radius = the radius asked about, not a certified radius; decision
     certified / not-certified / undecided; certified_correct = certified and tested ==
     label; samples = noise samples drawn for the example, selection included, when that
-    radius was decided; time = seconds from the example's first batch to its last).
+    radius was decided; time = the example's share of the wall time, in seconds: of each
+    forward batch it took rows in, the batch's time times its share of the rows, so that
+    the column sums to the run's time like certify's; files written before 0.6 recorded the
+    seconds from the example's first batch to its last, which count the other examples'
+    rows too).
     Resumable and shardable like certify (an example's rows are written and fsync'ed
     together and stay together in a shard; a merge checks every example complete). ``spec``
     and ``extra`` as for :func:`smoothmix.certification.certify_dataset`.
@@ -86,23 +89,19 @@ def _decisions(model: nn.Module, dataset: Examples, spec: RunSpec, radii: list[f
     sequence, cap, alpha = test
 
     def compute(todo: list[int], ex: Execution, emit: Emit) -> None:
-        started: dict[int, float] = {}
-
         def items() -> Iterable[PoolItem]:
             for idx in todo:
                 x, label = dataset[idx]
                 generator = example_generator(model, spec.seed, idx)
                 procedure = make_procedure(sequence, radii, spec.noise.sigma, alpha, cap,
                                            int(label) if use_label else None, n0)
-                started[idx] = time.perf_counter()
                 yield PoolItem((idx, int(label)), x, generator, procedure)
 
         def write(item: PoolItem) -> None:
             idx, label = typing.cast(tuple[int, int], item.key)
             proc = item.procedure
-            elapsed = f"{time.perf_counter() - started.pop(idx):.4f}"
             emit([(idx, label, proc.cls, repr(r), decision,
-                   int(decision == CERTIFIED and proc.cls == label), used, elapsed)
+                   int(decision == CERTIFIED and proc.cls == label), used, f"{item.seconds:.4f}")
                   for r, decision, used in zip(radii, proc.decisions, proc.samples,
                                                strict=True)])
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import abc
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -278,6 +279,10 @@ class PoolItem:
     spare: torch.Tensor | None = None  # noise rows drawn but not used yet
     spare_rejected: torch.Tensor | None = None
     prepared: object = None  # what the noise prepared for this image, once
+    # Its share of the pool's wall time: of each batch it took rows in, the batch's seconds
+    # times its rows over the batch's (images share batches, so the time from its first
+    # batch to its last counts the others' rows too and sums to far more than the run took).
+    seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.noise, GridNoise):
@@ -320,7 +325,8 @@ def run_pool(
     A batch takes from each image in the pool, in order, what it wants before its next
     look (as much as fits; the rest goes in the next batch), and new images join the pool
     while the batch has room: every batch is full until the last images run out.
-    ``on_done`` is called for each image as soon as it is decided. ``noise`` draws the
+    ``on_done`` is called for each image as soon as it is decided; its ``seconds`` is then
+    its share of the wall time (see :class:`PoolItem`). ``noise`` draws the
     copies of items without their own (a sigma: Gaussian noise). ``execution`` says how
     the model runs (default: :func:`smoothmix.execution.resolve_execution`'s rule).
     """
@@ -332,11 +338,15 @@ def run_pool(
     pool: list[PoolItem] = []
     with voting(model, execution, device) as voter:
         while pieces := _batch(pool, pending, batch_size):
+            start = time.perf_counter()
             votes = _votes(voter, pieces, noise, device, execution, num_classes)
             offset = 0
             for item, piece in pieces:
                 item.procedure.feed(votes[offset: offset + piece], num_classes)
                 offset += piece
+            seconds = time.perf_counter() - start
+            for item, piece in pieces:
+                item.seconds += seconds * piece / offset
             for item in [it for it, _ in pieces if it.procedure.done]:
                 pool.remove(item)
                 on_done(item)
