@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,6 +33,9 @@ from smoothmix.execution import CPU_CHUNK, describe_cpu
 from smoothmix.models import create_model
 from smoothmix.runner import example_generator
 from smoothmix.sequences import PoolItem, make_procedure, run_pool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from certify_throughput import bare_loop  # noqa: E402  (the model-bound loop)
 
 
 def main() -> None:
@@ -56,7 +61,6 @@ def main() -> None:
 
     smooth = Smooth(model, 10, args.sigma)
     bare = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    noisy = torch.randn(CPU_CHUNK, 1, 28, 28).contiguous(memory_format=torch.channels_last)
 
     def decide(chosen: list[int]) -> int:
         """All ``chosen`` images in one pool, as decide_dataset runs them; samples drawn."""
@@ -68,11 +72,6 @@ def main() -> None:
                  lambda done: drawn.append(done.procedure.drawn))
         return sum(drawn)
 
-    def bound(count: int) -> None:
-        with torch.inference_mode():
-            for start in range(0, count, CPU_CHUNK):
-                bare(noisy[: min(CPU_CHUNK, count - start)])
-
     decide([0])  # warm-up: the prepared copy, the allocator
     smooth.certify(images[0][0], 10, 1000, 0.001, args.batch)
     start = time.perf_counter()
@@ -83,7 +82,7 @@ def main() -> None:
         smooth.certify(x, 100, args.cap, 0.001, args.batch)
     time_certify = time.perf_counter() - start
     start = time.perf_counter()
-    bound(drawn_decide)
+    bare_loop(bare, (1, 28, 28), drawn_decide, CPU_CHUNK, torch.device("cpu"))
     time_bound = time.perf_counter() - start
     rate_decide = drawn_decide / time_decide
     rate_certify = len(images) * (100 + args.cap) / time_certify
