@@ -70,7 +70,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Explicit flags override --preset. Multi-GPU: torchrun --nproc_per_node=K -m "
         "smoothmix train ...",
     )
-    run_g = p.add_argument_group("what to train")
+    _add_run_flags(p.add_argument_group("what to train"))
+    _add_optimisation_flags(
+        p.add_argument_group("optimisation (defaults: preset, else the dataset's recipe)"))
+    _add_method_flags(
+        p.add_argument_group("method options (default: the method's published value)"))
+    _add_execution_flags(p.add_argument_group("data and execution"))
+    p.set_defaults(func=run)
+
+
+def _add_run_flags(run_g: argparse._ArgumentGroup) -> None:
+    """What is trained, from what, into where."""
     run_g.add_argument("--preset", help="a published recipe (`smoothmix presets` lists them); "
                        "sets dataset, arch, method, sigma, schedule, batch and method options")
     run_g.add_argument("--dataset", help=one_of(dataset_choices()))
@@ -98,7 +108,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "larger --epochs, which extends the run. An empty OUTDIR, or one whose "
                        "run stopped before its first checkpoint, starts from the beginning")
 
-    opt_g = p.add_argument_group("optimisation (defaults: preset, else the dataset's recipe)")
+
+def _add_optimisation_flags(opt_g: argparse._ArgumentGroup) -> None:
+    """The optimiser and its schedule (the recipe: a resume keeps them)."""
     opt_g.add_argument("--epochs", type=int, help="number of epochs (mnist 90, cifar10 150); "
                        "fewer than the method's warm-up (--warmup) or MACER's deferral "
                        "(--deferred) leaves that term short, with a warning")
@@ -119,7 +131,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="random seed of weights, data order and noise (default 0); runs "
                        "with the same seed are reproducible on CPU")
 
-    m_g = p.add_argument_group("method options (default: the method's published value)")
+
+def _add_method_flags(m_g: argparse._ArgumentGroup) -> None:
+    """One flag per option of the registered methods, and MACER's deferral."""
     for flag, dest, typ, text, choices in method_option_flags():
         metavar = ("{" + ",".join(map(str, choices)) + "}" if choices
                    else _METAVARS.get(dest, dest.upper()))
@@ -127,7 +141,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          metavar=metavar)
     add_deferred_flags(m_g)
 
-    d_g = p.add_argument_group("data and execution")
+
+def _add_execution_flags(d_g: argparse._ArgumentGroup) -> None:
+    """The data, and how the step runs (device, threads, precision, layout, compile)."""
     d_g.add_argument("--data-dir", help="dataset root (default: $SMOOTHMIX_DATA; MNIST falls "
                      "back to the copy embedded in the package)")
     d_g.add_argument("--train-subset", type=int, metavar="N",
@@ -157,7 +173,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "run on a GPU)")
     d_g.add_argument("--no-progress", action="store_true",
                      help="no progress bar (per-epoch lines and files are still written)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
