@@ -145,13 +145,13 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}{self._typo_hint(message)}"
                   f"{self._removed_command_hint(message)} (see {self.prog} --help)\n")
 
-    @staticmethod
-    def _removed_command_hint(message: str) -> str:
-        """For "argument COMMAND: invalid choice: 'targets-merge' ...": the command that
-        replaced a removed one."""
-        prefix = "argument COMMAND: invalid choice: "
-        return _removed_hint("", message[len(prefix):].split("'")[1]) \
-            if message.startswith(prefix + "'") else ""
+    def _removed_command_hint(self, message: str) -> str:
+        """When the top-level parser rejects the command given (``targets-merge``), the
+        command that replaced it, if it is a removed one. The command is read from the
+        command line, not from argparse's message, whose wording varies between Pythons."""
+        if self.prog != "smoothmix" or "invalid choice" not in message:
+            return ""
+        return _removed_hint("", _requested_imports(_ARGV)[1])
 
     def _typo_hint(self, message: str) -> str:
         """For "the following arguments are required: --out": the flag meant by each unknown
