@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from smoothmix.checks import check_count, check_radii
 from smoothmix.errors import require
 from smoothmix.reproduce.experiments import ALPHA, FULL_N, N0, Experiment
+from smoothmix.targets import REFERENCE_N
 
-# The CAT-RS reference's votes per training image (smoothmix.targets.REFERENCE_N, which is
-# not imported here: that module loads torch).
-FULL_TARGETS_N = 10_000
+# The CAT-RS reference's votes per training image: the full budget of `--targets-n`.
+FULL_TARGETS_N = REFERENCE_N
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from smoothmix.reproduce.report import (
     format_terminal,
     write_report,
 )
+from smoothmix.targets import REFERENCE_SIGMA
 
 STATE_NAME = "reproduce.json"
 # Noisy test accuracy logged after every epoch: a training-time monitor only, not part of
@@ -44,7 +45,7 @@ STATE_NAME = "reproduce.json"
 EVAL_IMAGES = 1000
 # CAT-RS rows (docs/MATH.md §3.8) first train a Gaussian sigma = 0.25 "teacher" (its preset, same
 # budget) and count its votes on the training images into the soft targets.
-TEACHER_SIGMA = 0.25
+TEACHER_SIGMA = REFERENCE_SIGMA
 TEACHER_DIR = "catrs-teacher"
 TARGETS_NAME = "catrs-targets.npz"
 
