@@ -23,7 +23,8 @@ def plan() -> list[tuple[str, str, str]]:
 
 def test_every_step_is_a_preset_at_an_allowed_precision():
     steps = plan()
-    assert steps[0] == ("1.00", "-", "-")
+    assert steps[0] == ("1.00", "-", "-") and steps.count(("denoised",)) == 1
+    steps = [step for step in steps if step != ("denoised",)]
     trained = [(sigma, row) for sigma, row, _ in steps if row != "-"]
     assert len(trained) == len(set(trained))
     for sigma, row, precision in steps:
@@ -87,6 +88,10 @@ def test_each_row_is_trained_then_every_held_row_certified(tmp_path):
                                "smoothmix-eta4,smoothmix-eta16,smoothmix-eta2,smoothmix-eta8 "
                                f"--skip 20 --outdir {eta.relative_to(tmp_path)} ")
     assert "--decide-radii" not in log and "certify-undecided" not in log
+    # Issue 28's protocol, once, from the certification install, into its own folder.
+    (denoised,) = (tmp_path / "results").glob("*-denoised-mnist-0.50")
+    assert (f"python scripts/denoised-mnist {denoised.relative_to(tmp_path)}"
+            in (denoised / "run.log").read_text())
 
     missing = subprocess.run(["bash", script], env={**env, "TRAIN_ENV": ""},
                              capture_output=True, text=True)
