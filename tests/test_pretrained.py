@@ -23,9 +23,11 @@ from smoothmix.cli import main
 from smoothmix.errors import SmoothmixError
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ROOT / "results" / "2026-12-01-mnist-0.50-full"
-NAMES = ["mnist-consistency-0.50", "mnist-gaussian-0.50", "mnist-smoothmix-0.50",
-         "mnist-stability-0.50"]
+RESULTS = ROOT / "results"
+RUN = RESULTS / "2026-12-01-mnist-0.50-full"
+NAMES = ["mnist-consistency-0.50", "mnist-consistency-1.00", "mnist-gaussian-0.50",
+         "mnist-smoothmix-0.50", "mnist-stability-0.50"]
+EXPORT = ROOT / "scripts" / "export-pretrained"
 FAST = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--noise-batch", "100", "--no-progress"]
 
 
@@ -62,8 +64,12 @@ def test_index_is_the_model_card():
     for name in NAMES:
         info = pretrained.pretrained_info(name)
         assert info["name"] == name and info["preset"] == name and info["licence"] == "MIT"
+        sigma = float(name.rsplit("-", 1)[1])
         assert (info["arch"], info["dataset"], info["sigma"], info["seed"]) == ("lenet",
-                                                                              "mnist", 0.5, 0)
+                                                                              "mnist", sigma, 0)
+        # the card's curve: 0 to 3.5 sigma in steps of sigma / 2
+        assert [float(r) for r in info["certify"]["certified"]] == [k * sigma / 2
+                                                                    for k in range(8)]
         assert info["file"] == f"{name}.pt"
         assert file_sha256(ROOT / "weights" / info["file"]) == info["sha256"]
         certify = info["certify"]
@@ -81,7 +87,7 @@ def test_index_is_the_model_card():
 def test_card_figures_are_those_of_the_result_files():
     for name in NAMES:
         card = pretrained.pretrained_info(name)
-        results = read_results(RUN / f"certify_{name.split('-')[1]}.tsv")
+        results = read_results(RESULTS / card["certify"]["file"])
         assert card["certify"]["acr"] == round(results.acr(), 4)
         radii = [float(r) for r in card["certify"]["certified"]]
         assert list(card["certify"]["certified"].values()) == [
@@ -100,7 +106,8 @@ def test_weights_file_is_weights_only():
 def test_load_pretrained_equals_the_training_checkpoint(name):
     model, info = smoothmix.load_pretrained(name, source="local")
     assert not model.training and Path(info["path"]).parent == ROOT / "weights"
-    trained, _ = load_model(RUN / name.split("-")[1] / "checkpoint.pth.tar")
+    trained_in = pretrained.pretrained_info(name)["trained_in"]
+    trained, _ = load_model(ROOT / trained_in / "checkpoint.pth.tar")
     images = torch.stack([smoothmix.load_dataset("mnist", "test")[i][0] for i in range(4)])
     with torch.inference_mode():
         assert torch.equal(model(images), trained(images))
@@ -257,3 +264,44 @@ def test_docstring_example_runs():
     import doctest
 
     assert doctest.testmod(pretrained).failed == 0
+
+
+FULL_1 = RESULTS / "2026-12-06-mnist-1.00-full"
+
+
+def _export(run: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EXPORT), "--run", str(run), "--methods",
+                           "consistency", "--weights", str(tmp_path / "weights"), "--index",
+                           str(tmp_path / "index.json")], capture_output=True, text=True)
+
+
+@pytest.mark.skipif(not FULL_1.is_dir(), reason="needs the committed results folder")
+def test_export_rebuilds_the_committed_weights_and_card(tmp_path):
+    """The card is computed from the checkpoint and its result files, never typed: the
+    export run again gives the committed weights byte for byte and the same card."""
+    done = _export(FULL_1, tmp_path)
+    assert done.returncode == 0, done.stderr
+    name = "mnist-consistency-1.00"
+    assert (tmp_path / "weights" / f"{name}.pt").read_bytes() == \
+        (ROOT / "weights" / f"{name}.pt").read_bytes()
+    card = json.loads((tmp_path / "index.json").read_text())["models"][name]
+    committed = json.loads((ROOT / "src/smoothmix/data/pretrained.json").read_text())
+    assert card == committed["models"][name]
+    assert list(card["certify"]["certified"]) == ["0", "0.5", "1", "1.5", "2", "2.5", "3", "3.5"]
+
+
+@pytest.mark.skipif(not FULL_1.is_dir(), reason="needs the committed results folder")
+def test_export_refuses_an_incomplete_decisions_file(tmp_path):
+    run = tmp_path / "run"
+    (run / "consistency").mkdir(parents=True)
+    shutil.copy(FULL_1 / "consistency" / "checkpoint.pth.tar", run / "consistency")
+    for name in ("certify_consistency.tsv", "certify_consistency.tsv.json",
+                 "decide_consistency.tsv.json"):
+        shutil.copy(FULL_1 / name, run)
+    lines = (FULL_1 / "decide_consistency.tsv").read_text().splitlines(keepends=True)
+    (run / "decide_consistency.tsv").write_text("".join(lines[:501]))  # 100 images of 10,000
+    done = _export(run, tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.strip() == (f"export-pretrained: {run}/decide_consistency.tsv is not "
+                                   "complete: 100 of 10000 images decided; nothing written")
+    assert not (tmp_path / "weights").exists() and not (tmp_path / "index.json").exists()
