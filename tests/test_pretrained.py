@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 RUN = RESULTS / "2026-12-01-mnist-0.50-full"
 NAMES = ["mnist-consistency-0.50", "mnist-consistency-1.00", "mnist-gaussian-0.50",
-         "mnist-smoothmix-0.50", "mnist-stability-0.50"]
+         "mnist-smoothmix-0.50", "mnist-stability-0.50", "mnist-stability-1.00"]
 EXPORT = ROOT / "scripts" / "export-pretrained"
 FAST = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--noise-batch", "100", "--no-progress"]
 
