@@ -25,6 +25,7 @@ from smoothmix.errors import SmoothmixError
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 RUN = RESULTS / "2026-12-01-mnist-0.50-full"
+FULL_1 = RESULTS / "2026-12-06-mnist-1.00-full"
 NAMES = ["mnist-consistency-0.50", "mnist-consistency-1.00", "mnist-gaussian-0.50",
          "mnist-smoothmix-0.50", "mnist-stability-0.50", "mnist-stability-1.00"]
 EXPORT = ROOT / "scripts" / "export-pretrained"
@@ -264,9 +265,6 @@ def test_docstring_example_runs():
     import doctest
 
     assert doctest.testmod(pretrained).failed == 0
-
-
-FULL_1 = RESULTS / "2026-12-06-mnist-1.00-full"
 
 
 def _export(run: Path, tmp_path: Path) -> subprocess.CompletedProcess:
