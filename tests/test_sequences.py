@@ -247,6 +247,29 @@ def test_analyze_reads_decisions(tmp_path, capsys):
     assert main(["analyze", str(out), "--radii", "0.5"]) == 2  # radii come from the file
 
 
+
+def test_an_interrupted_decisions_file_is_incomplete_and_analyze_says_so(tmp_path, capsys):
+    from smoothmix.analysis import read_decisions
+    from smoothmix.cli import main
+
+    out = decide_dataset(Bernoulli(0.8), Zeros(6), RunSpec.of(SIGMA, batch_size=100,
+                                                               progress=False),
+                         tmp_path / "d.tsv", radii=[0.25, 1.0], n=300, alpha=0.05)
+    whole = read_decisions(out)
+    assert whole.complete and whole.run is not None and whole.run.selected == 6
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:1 + 2 * 4]))  # killed after four of the six examples
+    cut = read_decisions(out)
+    assert len(cut.idx) == 4 and not cut.complete
+    capsys.readouterr()
+    assert main(["analyze", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "incomplete: 4 of the 6 examples" in err
+    assert main(["analyze", str(out), "--strict"]) == 2
+    # Without its .json companion (a 0.2 file) nothing says what the run selected.
+    (tmp_path / "d.tsv.json").unlink()
+    assert read_decisions(out).run is None and read_decisions(out).complete
+
 LEGACY_HEADER = "idx\tlabel\tpredict\tradius\tdecision\tcorrect\tsamples\ttime"
 
 

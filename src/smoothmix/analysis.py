@@ -513,6 +513,12 @@ class DecisionResults:
     idx: np.ndarray
     certified: np.ndarray  # bool, examples x radii: certified for the label's class
     samples: np.ndarray  # examples x radii: samples drawn when the radius was decided
+    run: RunInfo | None = None  # from the .json companion; None without one (0.2 files)
+
+    @property
+    def complete(self) -> bool:
+        """False when fewer examples are decided than the run selected (an interrupted run)."""
+        return self.run is None or self.run.selected is None or len(self.idx) >= self.run.selected
 
     def certified_accuracy(self) -> np.ndarray:
         """Fraction of examples certified at each radius (undecided = not certified)."""
@@ -553,7 +559,8 @@ _LEGACY_DECISION_NAMES = {"predict": "tested", "radius": "at_radius",
 
 def read_decisions(path: str | os.PathLike) -> DecisionResults:
     """Read a ``certify --radii`` file (one row per example and radius; files of smoothmix
-    0.2, whose columns reused certify's names, too)."""
+    0.2, whose columns reused certify's names, too) into :class:`DecisionResults`, with
+    ``complete`` (whether every example its run selected is decided)."""
     if "at_radius" not in _header_of(path):
         rows = [{_LEGACY_DECISION_NAMES.get(k, k): v for k, v in row.items()}
                 for row in _read_table(path, ("idx", "radius", "decision", "correct",
@@ -573,7 +580,8 @@ def read_decisions(path: str | os.PathLike) -> DecisionResults:
             f"{path}: every example needs exactly one row per radius")
     certified = np.array([[cell[i, r][0] for r in radii] for i in idx], dtype=bool)
     samples = np.array([[cell[i, r][1] for r in radii] for i in idx], dtype=float)
-    return DecisionResults(str(path), np.array(radii), np.array(idx), certified, samples)
+    return DecisionResults(str(path), np.array(radii), np.array(idx), certified, samples,
+                           read_run_info(path))
 
 
 @dataclass(frozen=True)

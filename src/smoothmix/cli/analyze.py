@@ -147,6 +147,13 @@ def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> in
     certified = [read_results(path) for path, kind in files if kind == "certify"]
     require(bool(attacks) or not certified, "certify files go with attack files here (certified "
             "accuracy at epsilon); analyze them on their own otherwise")
+    warnings = [f"{dec.path} is incomplete: {len(dec.idx)} of the {dec.run.selected} examples "
+                "its run selected are decided (rerun its certify command to finish it)"
+                for dec in decisions if not dec.complete and dec.run is not None]
+    for warning in warnings:
+        print(f"smoothmix analyze: warning: {warning}", file=sys.stderr)
+    require(not (args.strict and warnings),
+            f"--strict: {len(warnings)} warning(s) above; no table was written")
     if decisions:
         print(format_decisions(decisions, args.format), end="")
     if attacks:
