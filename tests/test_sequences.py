@@ -247,7 +247,6 @@ def test_analyze_reads_decisions(tmp_path, capsys):
     assert main(["analyze", str(out), "--radii", "0.5"]) == 2  # radii come from the file
 
 
-
 def test_an_interrupted_decisions_file_is_incomplete_and_analyze_says_so(tmp_path, capsys):
     from smoothmix.analysis import read_decisions
     from smoothmix.cli import main
@@ -268,7 +267,9 @@ def test_an_interrupted_decisions_file_is_incomplete_and_analyze_says_so(tmp_pat
     assert main(["analyze", str(out), "--strict"]) == 2
     # Without its .json companion (a 0.2 file) nothing says what the run selected.
     (tmp_path / "d.tsv.json").unlink()
-    assert read_decisions(out).run is None and read_decisions(out).complete
+    legacy = read_decisions(out)
+    assert legacy.run is None and legacy.complete
+
 
 LEGACY_HEADER = "idx\tlabel\tpredict\tradius\tdecision\tcorrect\tsamples\ttime"
 
