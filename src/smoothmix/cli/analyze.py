@@ -12,6 +12,9 @@ from pathlib import Path
 
 from smoothmix.analysis import (
     FORMATS,
+    AttackResults,
+    CertificationResults,
+    DecisionResults,
     RunInfo,
     compare_results,
     default_radii,
@@ -100,12 +103,8 @@ def run(args: argparse.Namespace) -> int:
     p_label = args.p_label or args.p_label_lower
     if p_label:  # refused before any output when a file lacks the column
         require_p_label(results, labels)
-    warnings = compare_results(results, labels).warnings
-    for warning in warnings:
-        print(f"smoothmix analyze: warning: {warning}", file=sys.stderr)
-    _note_model_sigma((res.path, res.run) for res in results)
-    require(not (args.strict and warnings),
-            f"--strict: {len(warnings)} warning(s) above; no table was written")
+    _warn_and_note(compare_results(results, labels).warnings,
+                   [(res.path, res.run) for res in results], args.strict)
     curves, curve_warnings = (paper_curves(results, labels, args.published) if args.plot
                               else ([], []))
     for warning in curve_warnings:
@@ -136,24 +135,30 @@ def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> in
             and not (args.p_label or args.p_label_lower) and args.published is None,
             "--labels, --plot, --radii, --p-label and --published apply to certify files "
             "alone")
-    files = list(zip(args.files, kinds, strict=True))
-    for path, kind in files:  # their tables have no settings columns: one line each
-        run = read_run_info(path) if kind != "certify" else None
-        if run is not None and run.denoiser != "none":
+    decisions: list[DecisionResults] = []
+    attacks: list[AttackResults] = []
+    certified: list[CertificationResults] = []
+    runs: list[tuple[str, RunInfo | None]] = []  # each file read once, in argument order
+    for path, kind in zip(args.files, kinds, strict=True):
+        if kind == "decide":
+            decisions.append(read_decisions(path))
+            run = decisions[-1].run
+        elif kind == "attack":
+            attacks.append(read_attack(path))
+            run = read_run_info(path)
+        else:
+            certified.append(read_results(path))
+            run = certified[-1].run
+        runs.append((path, run))
+        if kind != "certify" and run is not None and run.denoiser != "none":
+            # decision and attack tables have no settings columns: one line each
             print(f"smoothmix analyze: {path}: denoiser {run.denoiser}", file=sys.stderr)
-    _note_model_sigma((path, read_run_info(path)) for path, _ in files)
-    decisions = [read_decisions(path) for path, kind in files if kind == "decide"]
-    attacks = [read_attack(path) for path, kind in files if kind == "attack"]
-    certified = [read_results(path) for path, kind in files if kind == "certify"]
     require(bool(attacks) or not certified, "certify files go with attack files here (certified "
             "accuracy at epsilon); analyze them on their own otherwise")
-    warnings = [f"{dec.path} is incomplete: {len(dec.idx)} of the {dec.run.selected} examples "
-                "its run selected are decided (rerun its certify command to finish it)"
-                for dec in decisions if not dec.complete and dec.run is not None]
-    for warning in warnings:
-        print(f"smoothmix analyze: warning: {warning}", file=sys.stderr)
-    require(not (args.strict and warnings),
-            f"--strict: {len(warnings)} warning(s) above; no table was written")
+    _warn_and_note([f"{dec.path} is incomplete: {len(dec.idx)} of the {dec.run.selected} "
+                    "examples its run selected are decided (rerun its certify command to "
+                    "finish it)" for dec in decisions if not dec.complete and dec.run is not None],
+                   runs, args.strict)
     if decisions:
         print(format_decisions(decisions, args.format), end="")
     if attacks:
@@ -172,13 +177,19 @@ def model_sigma_note(path: str | os.PathLike, run: RunInfo | None) -> str | None
             f"sigma={run.model_sigma:g}")
 
 
-def _note_model_sigma(files: Iterable[tuple[str, RunInfo | None]]) -> None:
-    """One line per file certified at another sigma than its model was trained at (not a
-    warning for --strict: such a run is a legitimate experiment, but easy to misread)."""
-    for path, run in files:
+def _warn_and_note(warnings: list[str], runs: Iterable[tuple[str, RunInfo | None]],
+                   strict: bool) -> None:
+    """Print the warnings (incomplete or incomparable files), then one note per file certified
+    at another sigma than its model was trained at (not a warning for --strict: such a run is
+    a legitimate experiment, but easy to misread); under --strict, refuse after both."""
+    for warning in warnings:
+        print(f"smoothmix analyze: warning: {warning}", file=sys.stderr)
+    for path, run in runs:
         note = model_sigma_note(path, run)
         if note is not None:
             print(f"smoothmix analyze: note: {note}", file=sys.stderr)
+    require(not (strict and warnings),
+            f"--strict: {len(warnings)} warning(s) above; no table was written")
 
 
 def _parse_figsize(text: str) -> tuple[float, float]:
