@@ -27,7 +27,8 @@ RESULTS = ROOT / "results"
 RUN = RESULTS / "2026-12-01-mnist-0.50-full"
 FULL_1 = RESULTS / "2026-12-06-mnist-1.00-full"
 NAMES = ["mnist-consistency-0.50", "mnist-consistency-1.00", "mnist-gaussian-0.50",
-         "mnist-smoothmix-0.50", "mnist-stability-0.50", "mnist-stability-1.00"]
+         "mnist-gaussian-1.00", "mnist-smoothmix-0.50", "mnist-stability-0.50",
+         "mnist-stability-1.00"]
 EXPORT = ROOT / "scripts" / "export-pretrained"
 FAST = ["--n0", "10", "--n", "100", "--alpha", "0.01", "--noise-batch", "100", "--no-progress"]
 
