@@ -138,7 +138,9 @@ def _run_decisions_and_attacks(args: argparse.Namespace, kinds: list[str]) -> in
     decisions: list[DecisionResults] = []
     attacks: list[AttackResults] = []
     certified: list[CertificationResults] = []
-    runs: list[tuple[str, RunInfo | None]] = []  # each file read once, in argument order
+    # Each table read once, in argument order; an attack file's .json companion twice
+    # (read_attack takes epsilon and alpha from it, AttackResults keeps no RunInfo).
+    runs: list[tuple[str, RunInfo | None]] = []
     for path, kind in zip(args.files, kinds, strict=True):
         if kind == "decide":
             decisions.append(read_decisions(path))
