@@ -45,7 +45,9 @@ def stand_in(path: Path) -> Path:
     """A venv whose smoothmix and python print their command lines."""
     (path / "bin").mkdir(parents=True)
     for name, body in (("smoothmix", 'echo "smoothmix $*"'),
-                       ("python", 'if [ "$1" = -c ]; then echo "abc123 0.0"; '
+                       # A checkpoint's "precision epoch epochs" come from CKPT.info.
+                       ("python", 'if [ "$1" = -c ]; then case $2 in *torch.load*) '
+                                  'cat "$3.info" ;; *) echo "abc123 0.0" ;; esac; '
                                   'else echo "python $*"; fi')):
         exe = path / "bin" / name
         exe.write_text(f"#!/usr/bin/env bash\n{body}\n")
@@ -53,14 +55,22 @@ def stand_in(path: Path) -> Path:
     return path
 
 
-def test_each_row_is_trained_then_every_held_row_certified(tmp_path):
+def copy_plan(tmp_path: Path) -> dict[str, str]:
+    """The two scripts under tmp_path/scripts, and the environment of a run with stand-in
+    installs on a CPU with bf16 hardware."""
     for name in SCRIPTS:
         (tmp_path / "scripts").mkdir(exist_ok=True)
         shutil.copy(ROOT / "scripts" / name, tmp_path / "scripts" / name)
     for folder in ("2026-12-01-mnist-0.50-full", "2026-12-06-mnist-1.00-full"):
         (tmp_path / "results" / folder).mkdir(parents=True)
     train_env, certify_env = stand_in(tmp_path / "train"), stand_in(tmp_path / "certify")
-    env = {**os.environ, "TRAIN_ENV": str(train_env), "CERTIFY_ENV": str(certify_env)}
+    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    return {**os.environ, "TRAIN_ENV": str(train_env), "CERTIFY_ENV": str(certify_env),
+            "CPUINFO": str(tmp_path / "cpuinfo")}
+
+
+def test_each_row_is_trained_then_every_held_row_certified(tmp_path):
+    env = copy_plan(tmp_path)
     script = str(tmp_path / "scripts" / "full-budget-plan")
     subprocess.run(["bash", script], env=env, check=True, capture_output=True)
 
@@ -96,3 +106,36 @@ def test_each_row_is_trained_then_every_held_row_certified(tmp_path):
     missing = subprocess.run(["bash", script], env={**env, "TRAIN_ENV": ""},
                              capture_output=True, text=True)
     assert missing.returncode != 0 and "TRAIN_ENV" in missing.stderr
+
+
+def trained_precisions(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
+    """Run the plan; each sigma = 0.5 row's --precision as the training command got it."""
+    subprocess.run(["bash", str(tmp_path / "scripts" / "full-budget-plan")], env=env,
+                   check=True, capture_output=True)
+    log = (tmp_path / "results" / "2026-12-01-mnist-0.50-full" / "train.log").read_text()
+    return {line.split("--preset mnist-")[1].split("-0.50")[0]: line.split("--precision ")[1]
+            .split()[0] for line in log.splitlines() if line.startswith("smoothmix train")}
+
+
+def test_bf16_only_on_a_cpu_with_bf16_hardware_and_a_resume_keeps_its_precision(tmp_path):
+    half = tmp_path / "results" / "2026-12-01-mnist-0.50-full"
+    env = copy_plan(tmp_path)
+    assert trained_precisions(tmp_path, env) == {"smoothadv": "bf16", "macer": "fp32"}
+
+    # No AMX, no AVX-512-BF16 (an AMD EPYC Zen 3): bf16 would be emulated, 7x slower.
+    (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2 fma\n")
+    assert trained_precisions(tmp_path, env) == {"smoothadv": "fp32", "macer": "fp32"}
+
+    # A bf16 checkpoint past a third of its epochs resumes in bf16 (a resume must agree)...
+    ckpt = half / "smoothadv" / "checkpoint.pth.tar"
+    ckpt.parent.mkdir()
+    ckpt.write_text("stand-in")
+    Path(f"{ckpt}.info").write_text("bf16 30 90\n")
+    assert trained_precisions(tmp_path, env)["smoothadv"] == "bf16"
+    assert ckpt.exists()
+    # ...one under a third restarts in fp32 from nothing, and says so in train.log.
+    Path(f"{ckpt}.info").write_text("bf16 29 90\n")
+    assert trained_precisions(tmp_path, env)["smoothadv"] == "fp32"
+    assert not ckpt.parent.exists()
+    assert "bf16 at epoch 29 of 90 on a CPU without bf16 hardware: restarting in fp32" in (
+        half / "train.log").read_text()
