@@ -150,6 +150,7 @@ def test_rerun_continues(finished, tmp_path: Path) -> None:
     # Rerun: nothing retrained or recertified, the same table.
     out = copy_of(finished, tmp_path)
     table = (out / "table.md").read_text()
+    first = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["rows"]}
     stamps = {p: p.stat().st_mtime_ns for p in (out / "certify_gaussian.tsv",
                                                   out / "gaussian" / "checkpoint.pth.tar")}
     # The state file keeps the provenance of the run that started the folder.
@@ -159,6 +160,15 @@ def test_rerun_continues(finished, tmp_path: Path) -> None:
     assert json.loads((out / "reproduce.json").read_text())["git_commit"] == "started-by"
     assert (out / "table.md").read_text() == table
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    # The rerun's stages found their work done: the stage times summed over both
+    # invocations keep the first's (a rerun used to overwrite them with its tenths).
+    again = {r["method"]: r for r in json.loads((out / "summary.json").read_text())["rows"]}
+    for m in ("gaussian", "consistency"):
+        total = again[m]["stage_seconds_all_invocations"]
+        for stage in ("train", "certify", "decide"):
+            assert total[stage] == pytest.approx(
+                first[m][f"{stage}_seconds"] + again[m][f"{stage}_seconds"], abs=0.11)
+        assert first[m]["stage_seconds_all_invocations"]["train"] == first[m]["train_seconds"]
 
     # An interrupted certification (its last row lost) resumes: the row comes back the same.
     tsv = out / "certify_consistency.tsv"
@@ -414,3 +424,16 @@ def test_a_row_folder_of_another_preset_is_refused_before_anything_runs(finished
             "preset mnist-gaussian-0.50, not mnist-consistency-0.50") in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     assert not (out / "stability").exists()
+
+
+def test_stage_seconds_add_up_over_invocations() -> None:
+    from smoothmix.reproduce.report import stage_seconds_all_invocations as total
+
+    first = total(None, {"train_seconds": 100.0, "certify_seconds": 50.0})
+    assert first == {"train": 100.0, "certify": 50.0}
+    second = total({"stage_seconds_all_invocations": first},
+                   {"train_seconds": 0.5, "certify_seconds": 7.0, "decide_seconds": 993.5})
+    assert second == {"train": 100.5, "certify": 57.0, "decide": 993.5}
+    # A summary written before the totals were kept: its seconds are the base.
+    assert total({"train_seconds": 3.0, "decide_seconds": 993.5}, {"decide_seconds": 0.4}) \
+        == {"train": 3.0, "decide": 993.9}

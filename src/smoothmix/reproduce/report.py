@@ -35,6 +35,7 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
     from smoothmix.training.callbacks import LOG_NAME
 
     results = [read_results(out / f"certify_{m}.tsv") for m in methods]
+    before = _rows_before(out / SUMMARY_NAME)
     radii = list(exp.radii)
     skip = budget.skip or exp.skip
     rows = []
@@ -55,6 +56,11 @@ def write_report(exp: Experiment, out: Path, methods: list[str], budget: Budget,
             "published_certified_range": pub.get("certified_range"),
             # This invocation's wall time per stage (a resumed run counts only its part)...
             **(timings or {}).get(m, {}),
+            # ...summed over every invocation that wrote this summary (the decisions' rows
+            # share a pool, so their files cannot give it; a rerun that finds a stage done
+            # adds its few tenths)...
+            "stage_seconds_all_invocations": stage_seconds_all_invocations(
+                before.get(m), (timings or {}).get(m, {})),
             # ...and the whole run's, as its files record it across every resume.
             **_recorded_seconds(out / m / LOG_NAME, res),
         }
@@ -140,6 +146,34 @@ def _published_values(exp: Experiment, row: dict[str, Any]
 
 def _value(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+STAGES = ("train", "certify", "decide")
+
+
+def _rows_before(summary: Path) -> dict[str, dict[str, Any]]:
+    """The rows of the summary an earlier invocation wrote, by method ({} if none or
+    unreadable: a summary is a report, rewritten from the result files, never an input
+    whose loss loses a result)."""
+    try:
+        rows = json.loads(summary.read_text())["rows"]
+        return {row["method"]: row for row in rows}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def stage_seconds_all_invocations(before: dict[str, Any] | None,
+                                  now: dict[str, float]) -> dict[str, float]:
+    """Each stage's wall seconds over every invocation: the earlier summary's row
+    ``before`` (its totals, or for a summary written before totals were kept, its last
+    invocation's seconds) plus this invocation's ``now``."""
+    before = before or {}
+    kept = before.get("stage_seconds_all_invocations")
+    if not isinstance(kept, dict):
+        kept = {s: before.get(f"{s}_seconds") for s in STAGES}
+    total = {s: float(kept.get(s) or 0.0) + float(now.get(f"{s}_seconds", 0.0))
+             for s in STAGES}
+    return {s: round(v, 1) for s, v in total.items() if v or f"{s}_seconds" in now}
 
 
 def _recorded_seconds(log_csv: Path, res: Any) -> dict[str, float]:
