@@ -29,6 +29,12 @@ DECISIONS = [(0, 0.0, "certified", 1), (0, 1.0, "certified", 1),
              (3, 0.0, "not-certified", 0), (3, 1.0, "not-certified", 0)]
 
 
+def decisions(run: Path):
+    from smoothmix.analysis import read_decisions
+
+    return read_decisions(run / "decide_gaussian.tsv")
+
+
 def write_run(run: Path, certify_undecided: list[tuple[int, int, float]] | None) -> None:
     run.mkdir(parents=True)
     rows = ["idx\tlabel\ttested\tat_radius\tdecision\tcertified_correct\tsamples\ttime"]
@@ -46,7 +52,7 @@ def test_undecided_images_take_certifys_answer_once_it_covers_them(evaluation, t
     run = tmp_path / "2026-01-01-mnist-1.00-full"
     # CERTIFY: image 1 certified at radius 1.2 (>= 1), image 2 correct at radius 0.3 (>= 0).
     write_run(run, [(1, 1, 1.2), (2, 1, 0.3)])
-    figures, done, pending = evaluation.with_undecided(run, "gaussian", [0.0, 1.0])
+    figures, done, pending = evaluation.with_undecided(run, "gaussian", decisions(run))
     # r = 0: images 0, 1 (KT) and 2 (CERTIFY) of 4; r = 1: images 0 (KT) and 1 (CERTIFY).
     assert figures == [0.75, 0.5]
     assert (done, pending) == (2, 2)
@@ -57,7 +63,7 @@ def test_undecided_images_take_certifys_answer_once_it_covers_them(evaluation, t
 def test_a_wrong_or_too_small_certify_answer_does_not_count(evaluation, tmp_path):
     run = tmp_path / "2026-01-01-mnist-1.00-full"
     write_run(run, [(1, 1, 0.9), (2, 0, 2.0)])  # below r = 1; a wrong class
-    figures, _, _ = evaluation.with_undecided(run, "gaussian", [0.0, 1.0])
+    figures, _, _ = evaluation.with_undecided(run, "gaussian", decisions(run))
     assert figures == [0.5, 0.25]  # KT alone: nothing added
 
 
@@ -65,7 +71,7 @@ def test_a_wrong_or_too_small_certify_answer_does_not_count(evaluation, tmp_path
 def test_kt_alone_until_certify_covers_every_undecided_image(evaluation, tmp_path, certified):
     run = tmp_path / "2026-01-01-mnist-1.00-full"
     write_run(run, certified)
-    figures, done, pending = evaluation.with_undecided(run, "gaussian", [0.0, 1.0])
+    figures, done, pending = evaluation.with_undecided(run, "gaussian", decisions(run))
     assert figures is None and pending == 2 and done == (0 if certified is None else 1)
     cell = evaluation.kt_cell(run, "gaussian", {}, [0.0, 1.0])
     progress = "" if certified is None else " (CERTIFY on the undecided images: 1 of 2)"

@@ -256,6 +256,11 @@ def test_an_interrupted_decisions_file_is_incomplete_and_analyze_says_so(tmp_pat
                          tmp_path / "d.tsv", radii=[0.25, 1.0], n=300, alpha=0.05)
     whole = read_decisions(out)
     assert whole.complete and whole.run is not None and whole.run.selected == 6
+    # Per example and radius, whether the cap left it undecided, as the file says.
+    header, *rows = [line.split("\t") for line in out.read_text().splitlines()]
+    said = {(int(r[0]), float(r[3])): r[header.index("decision")] == "undecided" for r in rows}
+    assert [[said[i, r] for r in whole.radii] for i in whole.idx] == whole.undecided.tolist()
+    assert 0 < whole.undecided.sum() < whole.undecided.size
     lines = out.read_text().splitlines(keepends=True)
     out.write_text("".join(lines[:1 + 2 * 4]))  # killed after four of the six examples
     cut = read_decisions(out)
