@@ -513,9 +513,7 @@ class DecisionResults:
     idx: np.ndarray
     certified: np.ndarray  # bool, examples x radii: certified for the label's class
     samples: np.ndarray  # examples x radii: samples drawn when the radius was decided
-    # bool, examples x radii: left undecided at the sample cap (neither certified nor
-    # refuted; fixed-N CERTIFY is what settles these, e.g. scripts/certify-undecided)
-    undecided: np.ndarray
+    undecided: np.ndarray  # bool, examples x radii: left undecided at the sample cap
     run: RunInfo | None = None  # from the .json companion; None without one (0.2 files)
 
     @property
@@ -574,17 +572,15 @@ def read_decisions(path: str | os.PathLike) -> DecisionResults:
     try:
         radii = sorted({float(r["at_radius"]) for r in rows})
         idx = sorted({int(r["idx"]) for r in rows})
-        cell = {(int(r["idx"]), float(r["at_radius"])): (r["certified_correct"] == "1",
-                                                          int(r["samples"]),
-                                                          r["decision"] == "undecided")
+        cell = {(int(r["idx"]), float(r["at_radius"])):
+                (r["certified_correct"] == "1", int(r["samples"]), r["decision"] == "undecided")
                 for r in rows}
     except ValueError:
         raise SmoothmixError(f"{path} has a malformed row") from None
     require(len(cell) == len(rows) == len(idx) * len(radii),
             f"{path}: every example needs exactly one row per radius")
-    certified = np.array([[cell[i, r][0] for r in radii] for i in idx], dtype=bool)
-    samples = np.array([[cell[i, r][1] for r in radii] for i in idx], dtype=float)
-    undecided = np.array([[cell[i, r][2] for r in radii] for i in idx], dtype=bool)
+    grid = np.array([[cell[i, r] for r in radii] for i in idx], dtype=float)  # (.., .., 3)
+    certified, samples, undecided = grid[..., 0] == 1, grid[..., 1], grid[..., 2] == 1
     return DecisionResults(str(path), np.array(radii), np.array(idx), certified, samples,
                            undecided, read_run_info(path))
 
