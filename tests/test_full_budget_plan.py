@@ -122,7 +122,7 @@ def test_bf16_only_on_a_cpu_with_bf16_hardware_and_a_resume_keeps_its_precision(
     env = copy_plan(tmp_path)
     assert trained_precisions(tmp_path, env) == {"smoothadv": "bf16", "macer": "fp32"}
 
-    # No AMX, no AVX-512-BF16 (an AMD EPYC Zen 3): bf16 would be emulated, 7x slower.
+    # No AMX, no AVX-512-BF16 (an AMD EPYC Zen 3): bf16 would be emulated, 9x slower.
     (tmp_path / "cpuinfo").write_text("flags\t\t: fpu avx2 fma\n")
     assert trained_precisions(tmp_path, env) == {"smoothadv": "fp32", "macer": "fp32"}
 
