@@ -122,6 +122,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time smoothmix with torch.compile (inductor)")
     args = parser.parse_args()
+    precisions = args.precision.split(",")
+    if not set(precisions) <= {"fp32", "bf16"}:  # before the model and the data load
+        parser.error(f"--precision takes fp32 and bf16, not {args.precision}")
 
     device = resolve_device(args.device)
     if args.checkpoint:
@@ -145,9 +148,9 @@ def main() -> None:
 
     reference = copy.deepcopy(model)  # the plain model: NCHW, fp32
     bare = copy.deepcopy(model).to(memory_format=torch.channels_last)
-    variants = [(p, False) for p in args.precision.split(",")]
+    variants = [(p, False) for p in precisions]
     if args.compile:
-        variants += [(p, True) for p in args.precision.split(",")]
+        variants += [(p, True) for p in precisions]
     # Warm-ups and the scan never outgrow what is timed (a tiny smoke run stays tiny).
     warm = min(1000, max(args.n))
     for precision, compiled in variants:  # warm-up (and compile) each
