@@ -32,7 +32,7 @@ import torch
 from smoothmix.core import Smooth
 from smoothmix.data import load_dataset
 from smoothmix.device import resolve_device
-from smoothmix.execution import describe_cpu
+from smoothmix.execution import PRECISIONS, describe_cpu
 from smoothmix.models import create_model, list_models, model_defaults
 
 
@@ -123,8 +123,8 @@ def main() -> None:
                         help="also time smoothmix with torch.compile (inductor)")
     args = parser.parse_args()
     precisions = args.precision.split(",")
-    if not set(precisions) <= {"fp32", "bf16"}:  # before the model and the data load
-        parser.error(f"--precision takes fp32 and bf16, not {args.precision}")
+    if not set(precisions) <= set(PRECISIONS):  # before the model and the data load
+        parser.error(f"--precision takes {' and '.join(PRECISIONS)}, not {args.precision}")
 
     device = resolve_device(args.device)
     if args.checkpoint:

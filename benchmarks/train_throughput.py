@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from smoothmix.data import load_dataset
 from smoothmix.device import resolve_device
-from smoothmix.execution import describe_cpu
+from smoothmix.execution import PRECISIONS, describe_cpu
 from smoothmix.methods import create_method
 from smoothmix.models import create_model, model_defaults
 from smoothmix.training.graphs import StepGraph
@@ -159,8 +159,8 @@ def main() -> None:
                         "the ratios are to it)")
     args = parser.parse_args()
     precisions = set(args.precision.split(","))
-    if not precisions <= {"fp32", "bf16"}:
-        parser.error(f"--precision takes fp32 and bf16, not {args.precision}")
+    if not precisions <= set(PRECISIONS):
+        parser.error(f"--precision takes {' and '.join(PRECISIONS)}, not {args.precision}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -7,6 +7,12 @@ plain classes and functions live here, because a test module must not import ``c
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import numpy as np
 import torch
 from scipy.stats import binom
@@ -18,7 +24,7 @@ from smoothmix.methods import StepOutput
 from smoothmix.models import wrap_model
 from smoothmix.training import TrainConfig
 
-__all__ = ["Linear2", "NoisyCE", "tiny_config", "tiny_data", "tiny_model"]
+__all__ = ["Linear2", "NoisyCE", "load_script", "tiny_config", "tiny_data", "tiny_model"]
 
 
 class Linear2(nn.Module):
@@ -88,3 +94,14 @@ def tiny_config(**kw) -> TrainConfig:
                 progress=False, workers=0)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of ``scripts/`` (no ``.py``) as a module named after it (``-`` as ``_``)."""
+    loader = importlib.machinery.SourceFileLoader(path.name.replace("-", "_"), str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[loader.name] = module  # a dataclass of the script looks its module up there
+    loader.exec_module(module)
+    return module

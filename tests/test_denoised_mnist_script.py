@@ -3,15 +3,13 @@ certified both ways, a resume of an interrupted result file, and the summary."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from helpers import load_script
 
 from smoothmix.cli import main as smoothmix_main
 
@@ -27,21 +25,11 @@ def run(out: Path, *args: str) -> str:
     return result.stdout
 
 
-def load_script() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("denoised_mnist", str(SCRIPT))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[loader.name] = module  # its dataclass looks its module up there
-    loader.exec_module(module)
-    return module
-
-
 def run_in_process(monkeypatch: pytest.MonkeyPatch, out: Path, *args: str) -> None:
     """The script's main in this process, its smoothmix commands through ``cli.main``: the
     same commands, without paying torch's and scipy's imports (~8 s on 2 cores) for each of
     the eleven (the subprocess route is run() below, once)."""
-    script = load_script()
+    script = load_script(SCRIPT)
 
     def smoothmix(*command: str) -> None:
         code = smoothmix_main(list(command))
@@ -86,7 +74,7 @@ def test_tiny_protocol_trains_certifies_resumes_and_summarises(tmp_path, monkeyp
     assert "| ddpm | 0.25 |" in summary and "| gaussian | 0.5 |" in summary
 
 
-def test_a_failed_step_stops_the_script_with_its_command(tmp_path, monkeypatch):
-    script = load_script()
+def test_a_failed_step_stops_the_script_with_its_command():
+    script = load_script(SCRIPT)
     with pytest.raises(SystemExit, match=r"step failed \(exit 2\): certify --no-such-flag"):
         script.smoothmix("certify", "--no-such-flag")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,17 +9,14 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import helpers
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu-check"
 
 
 def load_script():
-    loader = importlib.machinery.SourceFileLoader("gpu_check", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("gpu_check", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return helpers.load_script(SCRIPT)
 
 
 def test_planner_predicts_from_the_probe_and_takes_the_largest_budget_that_fits(tmp_path):

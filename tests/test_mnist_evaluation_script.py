@@ -4,21 +4,17 @@ those images got, from a hand-made run folder whose answer is known."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "mnist-evaluation"
 
 
 @pytest.fixture(scope="module")
 def evaluation():
-    loader = importlib.machinery.SourceFileLoader("mnist_evaluation", str(SCRIPT))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 # Four images at r = 0 and 1: image 0 certified at both; image 1 certified at 0, undecided
